@@ -1,0 +1,1 @@
+//! `sftpgw demo`: the gateway plus the embedded S3 server, with a generated config and key.

@@ -1,0 +1,1 @@
+//! [`ObjectStore`](super::store::ObjectStore) over aws-sdk-s3.

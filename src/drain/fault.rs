@@ -1,0 +1,1 @@
+//! A fault-injecting [`ObjectStore`](super::store::ObjectStore) wrapper for drain tests.

@@ -1,0 +1,5 @@
+//! The drain: moves sealed files from the spool to S3 with crash-safe multipart uploads.
+
+pub mod aws;
+pub mod fault;
+pub mod store;

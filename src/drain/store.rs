@@ -1,0 +1,127 @@
+//! The one boundary between the drain and S3: the [`ObjectStore`] trait.
+//!
+//! The real implementation is [`crate::drain::aws::AwsStore`] (aws-sdk-s3); the fault-injecting
+//! wrapper [`crate::drain::fault::FaultStore`] wraps any store for tests. Drain logic is written
+//! once, generic over this trait. Errors are classified here, once, so that no retry policy ever
+//! matches strings.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use bytes::Bytes;
+
+/// What kind of failure an S3 call had; the drain's policy keys on this alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum S3ErrorKind {
+    /// Connection refused/reset, timeouts, 5xx, SlowDown, throttling: retry forever with backoff.
+    Transient,
+    /// AccessDenied, NoSuchBucket, InvalidAccessKeyId, other 4xx: the file becomes `failed`.
+    Permanent,
+    /// The multipart upload id is unknown to the store (expired, purged, or already completed).
+    NoSuchUpload,
+    /// HEAD of a missing object (404).
+    NotFound,
+}
+
+/// An error from one S3 operation, already classified.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation}: {message}")]
+pub struct S3Error {
+    pub kind: S3ErrorKind,
+    /// The S3 operation, e.g. "UploadPart".
+    pub operation: &'static str,
+    /// What the service (or the transport) said, for humans: code and message.
+    pub message: String,
+}
+
+impl S3Error {
+    pub fn new(kind: S3ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
+        Self { kind, operation, message: message.into() }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == S3ErrorKind::Transient
+    }
+}
+
+/// User metadata we attach to every object (`x-amz-meta-*`), lower-case names without the prefix.
+pub type ObjectMetadata = BTreeMap<String, String>;
+
+/// Metadata key holding the hex SHA-256 of the whole file.
+pub const META_SHA256: &str = "sha256";
+/// Metadata key holding our upload token, which settles an ambiguous Complete by HEAD.
+pub const META_TOKEN: &str = "sftpgw-token";
+
+/// What HEAD tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: u64,
+    pub metadata: ObjectMetadata,
+}
+
+/// A finished part, as Complete needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    /// 1-based part number.
+    pub number: u32,
+    pub etag: String,
+}
+
+/// An open multipart upload as ListMultipartUploads reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// The S3 operations the drain needs. Keys are full object keys (prefix included).
+/// Bodies are in-memory parts of at most `part_size` bytes, so every request is retryable.
+pub trait ObjectStore: Send + Sync + 'static {
+    fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &ObjectMetadata,
+    ) -> impl Future<Output = Result<(), S3Error>> + Send;
+
+    /// Returns the upload id.
+    fn create_multipart_upload(
+        &self,
+        key: &str,
+        metadata: &ObjectMetadata,
+    ) -> impl Future<Output = Result<String, S3Error>> + Send;
+
+    /// Returns the part's ETag.
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> impl Future<Output = Result<String, S3Error>> + Send;
+
+    fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> impl Future<Output = Result<(), S3Error>> + Send;
+
+    fn abort_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> impl Future<Output = Result<(), S3Error>> + Send;
+
+    /// `Ok(None)` when the object does not exist.
+    fn head_object(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ObjectHead>, S3Error>> + Send;
+
+    /// All open multipart uploads whose key starts with `prefix` (all pages).
+    fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<OpenUpload>, S3Error>> + Send;
+}

@@ -1,0 +1,15 @@
+//! sftpgw: an on-premises SFTP-to-S3 transfer gateway.
+//!
+//! Module dependencies are one-way (see `docs/ARCHITECTURE.md`):
+//! `sftp → spool → journal`; `drain → spool, journal`; `status` reads snapshots;
+//! `main.rs` wires everything. `config` and `limits` are leaves every module may use.
+
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod journal;
+pub mod limits;
+pub mod s3server;
+pub mod sftp;
+pub mod spool;
+pub mod status;

@@ -1,0 +1,3 @@
+//! The `sftpgw` command line.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The embedded S3-compatible server (s3s-fs) used by `demo` and by the tests.

@@ -1,0 +1,388 @@
+//! The catalog: every user's namespace and every file's lifecycle, as a pure state machine over
+//! journal [`Record`]s.
+//!
+//! Live operations and journal replay go through the same [`Catalog::apply`], so the state after
+//! a restart is the state before it by construction. `apply` is total: a record about an unknown
+//! file (for instance after compaction raced a removal) is ignored, never a panic.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::{FileId, FileState, VPath};
+
+/// One journal record. Append-only; the variant order is part of the on-disk format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A directory was created.
+    Mkdir { user: String, path: VPath },
+    /// An empty directory was removed.
+    Rmdir { user: String, path: VPath },
+    /// A new file version started receiving at `spool/partial/<id>`. Not fsynced by itself:
+    /// an unacknowledged file may be forgotten by a crash.
+    Opened { id: FileId, user: String, path: VPath, at_unix: u64 },
+    /// CLOSE: the data is fsynced and renamed to `spool/sealed/<id>`. Fsynced before the ack.
+    Sealed { id: FileId, size: u64, sha256: Option<[u8; 32]>, at_unix: u64 },
+    /// The file moved to another name in the same namespace; any upload under the old key
+    /// is void.
+    Renamed { id: FileId, path: VPath },
+    /// The file is gone from the namespace (rm, superseded, or partial TTL expired).
+    Removed { id: FileId },
+    /// A multipart upload was created for the file under `key`.
+    UploadStarted { id: FileId, key: String, upload_id: String, part_size: u64 },
+    /// One part is in S3; it counts only once this record is journalled.
+    PartDone { id: FileId, number: u32, etag: String, crc32c: u32 },
+    /// The upload is void (NoSuchUpload, or its key no longer matches): start the object again.
+    UploadReset { id: FileId },
+    /// Verified in S3 by HEAD; the spool copy may be freed.
+    Delivered { id: FileId, at_unix: u64 },
+    /// A permanent S3 error; kept in the spool until `retry`.
+    Failed { id: FileId, error: String },
+    /// `sftpgw retry`: a failed file is queued again.
+    Retried { id: FileId },
+}
+
+/// A part already in S3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartReceipt {
+    pub etag: String,
+    pub crc32c: u32,
+}
+
+/// An open multipart upload of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadProgress {
+    pub key: String,
+    pub upload_id: String,
+    pub part_size: u64,
+    pub parts: BTreeMap<u32, PartReceipt>,
+}
+
+/// Everything known about one file version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    pub id: FileId,
+    pub user: String,
+    pub path: VPath,
+    pub state: FileState,
+    /// Final size once sealed; 0 before (the open handle knows the live size).
+    pub size: u64,
+    pub sha256: Option<[u8; 32]>,
+    pub mtime_unix: u64,
+    pub upload: Option<UploadProgress>,
+    pub last_error: Option<String>,
+    pub delivered_unix: Option<u64>,
+    /// Still in `files` but no longer reachable by name: superseded by a newer version that is
+    /// not sealed yet. Its upload goes on; the newer version's seal removes it.
+    pub hidden: bool,
+}
+
+impl FileRecord {
+    /// True while the spool holds the bytes of this file.
+    pub fn has_spool_copy(&self) -> bool {
+        self.state != FileState::Delivered
+    }
+}
+
+/// What a name in a namespace points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Dir,
+    File(FileId),
+}
+
+/// The whole in-memory state.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    files: HashMap<FileId, FileRecord>,
+    /// (user, path) → node. Ordered so that a directory's children are a contiguous range.
+    names: BTreeMap<(String, VPath), Node>,
+    /// Highest file id ever seen, so that new ids never repeat after a restart.
+    pub max_id: FileId,
+}
+
+/// Side effects the caller must carry out after a record was applied (the catalog itself
+/// never touches the disk or the network).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Spool files (by id) whose bytes are no longer needed.
+    pub free_spool: Vec<FileId>,
+    /// Multipart uploads that must be aborted: (key, upload id).
+    pub abort_uploads: Vec<(String, String)>,
+}
+
+impl Catalog {
+    pub fn file(&self, id: FileId) -> Option<&FileRecord> {
+        self.files.get(&id)
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &FileRecord> {
+        self.files.values()
+    }
+
+    pub fn lookup(&self, user: &str, path: &VPath) -> Option<Node> {
+        if path.is_root() {
+            return Some(Node::Dir);
+        }
+        self.names.get(&(user.to_owned(), path.clone())).copied()
+    }
+
+    pub fn is_dir(&self, user: &str, path: &VPath) -> bool {
+        self.lookup(user, path) == Some(Node::Dir)
+    }
+
+    /// Direct children of `dir`, in name order.
+    pub fn children(&self, user: &str, dir: &VPath) -> Vec<(String, Node)> {
+        let start = (user.to_owned(), dir.clone());
+        self.names
+            .range(start..)
+            .skip_while(|((u, p), _)| u == user && p == dir)
+            .take_while(|((u, p), _)| u == user && p.starts_with(dir))
+            .filter(|((_, p), _)| p.parent().as_ref() == Some(dir))
+            .map(|((_, p), node)| (p.name().to_owned(), *node))
+            .collect()
+    }
+
+    pub fn has_children(&self, user: &str, dir: &VPath) -> bool {
+        let start = (user.to_owned(), dir.clone());
+        self.names
+            .range(start..)
+            .skip_while(|((u, p), _)| u == user && p == dir)
+            .take_while(|((u, p), _)| u == user && p.starts_with(dir))
+            .next()
+            .is_some()
+    }
+
+    /// Applies one record and returns what the caller must clean up.
+    pub fn apply(&mut self, record: &Record) -> Effects {
+        let mut effects = Effects::default();
+        match record {
+            Record::Mkdir { user, path } => {
+                self.names.entry((user.clone(), path.clone())).or_insert(Node::Dir);
+            }
+            Record::Rmdir { user, path } => {
+                let key = (user.clone(), path.clone());
+                if self.names.get(&key) == Some(&Node::Dir) {
+                    self.names.remove(&key);
+                }
+            }
+            Record::Opened { id, user, path, at_unix } => {
+                self.max_id = self.max_id.max(*id);
+                let key = (user.clone(), path.clone());
+                if let Some(Node::File(old)) = self.names.get(&key).copied()
+                    && let Some(old_file) = self.files.get_mut(&old)
+                {
+                    match old_file.state {
+                        // A partial or receiving version is simply replaced.
+                        FileState::Receiving | FileState::Partial => {
+                            self.drop_file(old, &mut effects);
+                        }
+                        // A delivered version is only a listing: replaced too.
+                        FileState::Delivered => {
+                            self.files.remove(&old);
+                        }
+                        // A pending version keeps uploading until the new one is sealed.
+                        _ => old_file.hidden = true,
+                    }
+                }
+                self.names.insert(key, Node::File(*id));
+                self.files.insert(
+                    *id,
+                    FileRecord {
+                        id: *id,
+                        user: user.clone(),
+                        path: path.clone(),
+                        state: FileState::Partial,
+                        size: 0,
+                        sha256: None,
+                        mtime_unix: *at_unix,
+                        upload: None,
+                        last_error: None,
+                        delivered_unix: None,
+                        hidden: false,
+                    },
+                );
+            }
+            Record::Sealed { id, size, sha256, at_unix } => {
+                let Some(file) = self.files.get_mut(id) else { return effects };
+                file.state = FileState::Sealed;
+                file.size = *size;
+                file.sha256 = *sha256;
+                file.mtime_unix = *at_unix;
+                let (user, path) = (file.user.clone(), file.path.clone());
+                // Older hidden versions of the same name are superseded now.
+                let superseded: Vec<FileId> = self
+                    .files
+                    .values()
+                    .filter(|f| f.hidden && f.user == user && f.path == path && f.id != *id)
+                    .map(|f| f.id)
+                    .collect();
+                for old in superseded {
+                    self.drop_file(old, &mut effects);
+                }
+            }
+            Record::Renamed { id, path } => {
+                let Some(file) = self.files.get_mut(id) else { return effects };
+                let user = file.user.clone();
+                let old_key = (user.clone(), file.path.clone());
+                file.path = path.clone();
+                if file.state == FileState::Uploading {
+                    file.state = FileState::Sealed;
+                }
+                if let Some(upload) = file.upload.take() {
+                    effects.abort_uploads.push((upload.key, upload.upload_id));
+                }
+                if self.names.get(&old_key) == Some(&Node::File(*id)) {
+                    self.names.remove(&old_key);
+                }
+                let new_key = (user, path.clone());
+                if let Some(Node::File(old)) = self.names.insert(new_key, Node::File(*id))
+                    && old != *id
+                {
+                    self.drop_file(old, &mut effects);
+                }
+            }
+            Record::Removed { id } => self.drop_file(*id, &mut effects),
+            Record::UploadStarted { id, key, upload_id, part_size } => {
+                let Some(file) = self.files.get_mut(id) else { return effects };
+                file.state = FileState::Uploading;
+                if let Some(old) = file.upload.take() {
+                    effects.abort_uploads.push((old.key, old.upload_id));
+                }
+                file.upload = Some(UploadProgress {
+                    key: key.clone(),
+                    upload_id: upload_id.clone(),
+                    part_size: *part_size,
+                    parts: BTreeMap::new(),
+                });
+            }
+            Record::PartDone { id, number, etag, crc32c } => {
+                if let Some(upload) = self.files.get_mut(id).and_then(|f| f.upload.as_mut()) {
+                    upload.parts.insert(*number, PartReceipt { etag: etag.clone(), crc32c: *crc32c });
+                }
+            }
+            Record::UploadReset { id } => {
+                let Some(file) = self.files.get_mut(id) else { return effects };
+                file.upload = None;
+                if file.state == FileState::Uploading {
+                    file.state = FileState::Sealed;
+                }
+            }
+            Record::Delivered { id, at_unix } => {
+                let Some(file) = self.files.get_mut(id) else { return effects };
+                file.state = FileState::Delivered;
+                file.upload = None;
+                file.last_error = None;
+                file.delivered_unix = Some(*at_unix);
+                effects.free_spool.push(*id);
+                if file.hidden {
+                    self.files.remove(id);
+                }
+            }
+            Record::Failed { id, error } => {
+                let Some(file) = self.files.get_mut(id) else { return effects };
+                file.state = FileState::Failed;
+                file.last_error = Some(error.clone());
+            }
+            Record::Retried { id } => {
+                let Some(file) = self.files.get_mut(id) else { return effects };
+                if file.state == FileState::Failed {
+                    file.state =
+                        if file.upload.is_some() { FileState::Uploading } else { FileState::Sealed };
+                }
+            }
+        }
+        effects
+    }
+
+    /// Forgets a file: its name (if it still points at it), its spool copy and its upload.
+    fn drop_file(&mut self, id: FileId, effects: &mut Effects) {
+        let Some(file) = self.files.remove(&id) else { return };
+        let key = (file.user.clone(), file.path.clone());
+        if self.names.get(&key) == Some(&Node::File(id)) {
+            self.names.remove(&key);
+        }
+        if file.has_spool_copy() {
+            effects.free_spool.push(id);
+        }
+        if let Some(upload) = file.upload {
+            effects.abort_uploads.push((upload.key, upload.upload_id));
+        }
+    }
+
+    /// Marks a receiving file partial (its session ended without CLOSE). Not journalled: on
+    /// replay an opened-but-not-sealed file is partial anyway.
+    pub fn mark_partial(&mut self, id: FileId) {
+        if let Some(file) = self.files.get_mut(&id)
+            && file.state == FileState::Receiving
+        {
+            file.state = FileState::Partial;
+        }
+    }
+
+    /// Marks a partial file receiving again (a session reopened it).
+    pub fn mark_receiving(&mut self, id: FileId) {
+        if let Some(file) = self.files.get_mut(&id) {
+            file.state = FileState::Receiving;
+        }
+    }
+
+    /// Records that would rebuild the current state from nothing (journal compaction).
+    /// Receiving files are written as partial; their handles keep writing to the same spool
+    /// file and their Sealed record follows the snapshot.
+    pub fn snapshot_records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut dirs: BTreeSet<(String, VPath)> = BTreeSet::new();
+        for ((user, path), node) in &self.names {
+            if *node == Node::Dir {
+                dirs.insert((user.clone(), path.clone()));
+            }
+        }
+        for (user, path) in dirs {
+            out.push(Record::Mkdir { user, path });
+        }
+        let mut files: Vec<&FileRecord> = self.files.values().collect();
+        // Hidden versions first so that the visible version's Opened hides them again.
+        files.sort_by_key(|f| (!f.hidden, f.id));
+        for f in files {
+            out.push(Record::Opened {
+                id: f.id,
+                user: f.user.clone(),
+                path: f.path.clone(),
+                at_unix: f.mtime_unix,
+            });
+            if matches!(f.state, FileState::Receiving | FileState::Partial) {
+                continue;
+            }
+            out.push(Record::Sealed { id: f.id, size: f.size, sha256: f.sha256, at_unix: f.mtime_unix });
+            if let Some(u) = &f.upload {
+                out.push(Record::UploadStarted {
+                    id: f.id,
+                    key: u.key.clone(),
+                    upload_id: u.upload_id.clone(),
+                    part_size: u.part_size,
+                });
+                for (number, receipt) in &u.parts {
+                    out.push(Record::PartDone {
+                        id: f.id,
+                        number: *number,
+                        etag: receipt.etag.clone(),
+                        crc32c: receipt.crc32c,
+                    });
+                }
+            }
+            match f.state {
+                FileState::Delivered => out.push(Record::Delivered {
+                    id: f.id,
+                    at_unix: f.delivered_unix.unwrap_or(f.mtime_unix),
+                }),
+                FileState::Failed => out.push(Record::Failed {
+                    id: f.id,
+                    error: f.last_error.clone().unwrap_or_default(),
+                }),
+                _ => {}
+            }
+        }
+        out
+    }
+}
