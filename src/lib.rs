@@ -7,6 +7,7 @@
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod gateway;
 pub mod journal;
 pub mod limits;
 pub mod s3server;

@@ -1,3 +1,234 @@
-//! The `sftpgw` command line.
+//! The `sftpgw` command line: parse, wire, and map errors to exit codes.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 usage error (from clap); 3 invalid configuration;
+//! 4 the daemon could not be reached on its control socket.
 
-fn main() {}
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sftpgw::config::Config;
+use sftpgw::status::control::{self, ControlError, Request, Response};
+use sftpgw::status::render::render_text;
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "sftpgw",
+    version,
+    about = "SFTP to S3 transfer gateway: durable spool, crash-safe multipart drain"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gateway with an embedded S3 server on loopback, for trying it out.
+    Demo {
+        /// Where the demo keeps its config, keys, spool and S3 data.
+        #[arg(long, default_value = "sftpgw-demo")]
+        dir: PathBuf,
+        /// SFTP port on 127.0.0.1.
+        #[arg(long, default_value_t = 2222)]
+        port: u16,
+        /// S3 port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 9000)]
+        s3_port: u16,
+    },
+    /// Show what the running gateway is doing: every file's state, queue and spool use.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also list delivered files.
+        #[arg(long)]
+        all: bool,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Queue failed files again (all of them, or one user's below PATH).
+    Retry {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        user: Option<String>,
+        path: Option<String>,
+    },
+    /// Validate a configuration file.
+    CheckConfig { file: PathBuf },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Print an argon2id hash for `password_hash`, reading the password from standard input.
+    Passwd,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sftpgw: {e:#}");
+            if e.downcast_ref::<sftpgw::config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else if matches!(
+                e.downcast_ref::<ControlError>(),
+                Some(ControlError::Connect(..))
+            ) {
+                ExitCode::from(EXIT_UNREACHABLE)
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPGW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(async {
+                sftpgw::gateway::run(config, shutdown_signal(), || {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!(e))
+            })
+        }
+        Command::Demo { dir, port, s3_port } => runtime()?
+            .block_on(sftpgw::demo::run(&dir, port, s3_port, shutdown_signal()))
+            .map_err(|e| anyhow::anyhow!(e)),
+        Command::Status {
+            config,
+            json,
+            all,
+            watch,
+        } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(status(&config.control.socket, json, all, watch))
+        }
+        Command::Retry { config, user, path } => {
+            let config = Config::load(&config)?;
+            let response = runtime()?.block_on(control::request(
+                &config.control.socket,
+                &Request::Retry { user, path },
+            ))?;
+            match response {
+                Response::Retried { count } => {
+                    println!("{count} failed file(s) queued again");
+                    Ok(())
+                }
+                Response::Error { message } => bail!(message),
+                Response::Status(_) => bail!("unexpected response from the daemon"),
+            }
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: OK ({} users, bucket {}, spool {})",
+                file.display(),
+                config.users.len(),
+                config.s3.bucket,
+                config.spool.dir.display()
+            );
+            Ok(())
+        }
+        Command::User {
+            command: UserCommand::Passwd,
+        } => {
+            let password = read_password()?;
+            println!("{}", sftpgw::sftp::namespace::hash_password(&password));
+            Ok(())
+        }
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    Ok(password)
+}
+
+async fn status(socket: &Path, json: bool, all: bool, watch: bool) -> anyhow::Result<()> {
+    loop {
+        let response = control::request(socket, &Request::Status).await?;
+        let Response::Status(snapshot) = response else {
+            bail!("unexpected response from the daemon")
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&snapshot)?);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render_text(&snapshot, all));
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

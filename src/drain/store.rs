@@ -36,7 +36,11 @@ pub struct S3Error {
 
 impl S3Error {
     pub fn new(kind: S3ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, operation, message: message.into() }
+        Self {
+            kind,
+            operation,
+            message: message.into(),
+        }
     }
 
     pub fn is_retryable(&self) -> bool {

@@ -20,18 +20,41 @@ pub enum Record {
     Rmdir { user: String, path: VPath },
     /// A new file version started receiving at `spool/partial/<id>`. Not fsynced by itself:
     /// an unacknowledged file may be forgotten by a crash.
-    Opened { id: FileId, user: String, path: VPath, at_unix: u64 },
+    Opened {
+        id: FileId,
+        user: String,
+        path: VPath,
+        at_unix: u64,
+    },
     /// CLOSE: the data is fsynced and renamed to `spool/sealed/<id>`. Fsynced before the ack.
-    Sealed { id: FileId, size: u64, sha256: Option<[u8; 32]>, at_unix: u64 },
+    Sealed {
+        id: FileId,
+        size: u64,
+        sha256: Option<[u8; 32]>,
+        at_unix: u64,
+    },
     /// The file moved to another name in the same namespace; any upload under the old key
     /// is void.
     Renamed { id: FileId, path: VPath },
     /// The file is gone from the namespace (rm, superseded, or partial TTL expired).
     Removed { id: FileId },
     /// A multipart upload was created for the file under `key`.
-    UploadStarted { id: FileId, key: String, upload_id: String, part_size: u64 },
+    /// `token` is also stored as object metadata: a HEAD that shows it proves the object is ours
+    /// (settles a Complete whose response was lost).
+    UploadStarted {
+        id: FileId,
+        key: String,
+        upload_id: String,
+        part_size: u64,
+        token: String,
+    },
     /// One part is in S3; it counts only once this record is journalled.
-    PartDone { id: FileId, number: u32, etag: String, crc32c: u32 },
+    PartDone {
+        id: FileId,
+        number: u32,
+        etag: String,
+        crc32c: u32,
+    },
     /// The upload is void (NoSuchUpload, or its key no longer matches): start the object again.
     UploadReset { id: FileId },
     /// Verified in S3 by HEAD; the spool copy may be freed.
@@ -55,6 +78,7 @@ pub struct UploadProgress {
     pub key: String,
     pub upload_id: String,
     pub part_size: u64,
+    pub token: String,
     pub parts: BTreeMap<u32, PartReceipt>,
 }
 
@@ -158,7 +182,9 @@ impl Catalog {
         let mut effects = Effects::default();
         match record {
             Record::Mkdir { user, path } => {
-                self.names.entry((user.clone(), path.clone())).or_insert(Node::Dir);
+                self.names
+                    .entry((user.clone(), path.clone()))
+                    .or_insert(Node::Dir);
             }
             Record::Rmdir { user, path } => {
                 let key = (user.clone(), path.clone());
@@ -166,7 +192,12 @@ impl Catalog {
                     self.names.remove(&key);
                 }
             }
-            Record::Opened { id, user, path, at_unix } => {
+            Record::Opened {
+                id,
+                user,
+                path,
+                at_unix,
+            } => {
                 self.max_id = self.max_id.max(*id);
                 let key = (user.clone(), path.clone());
                 if let Some(Node::File(old)) = self.names.get(&key).copied()
@@ -192,7 +223,7 @@ impl Catalog {
                         id: *id,
                         user: user.clone(),
                         path: path.clone(),
-                        state: FileState::Partial,
+                        state: FileState::Receiving,
                         size: 0,
                         sha256: None,
                         mtime_unix: *at_unix,
@@ -203,8 +234,15 @@ impl Catalog {
                     },
                 );
             }
-            Record::Sealed { id, size, sha256, at_unix } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+            Record::Sealed {
+                id,
+                size,
+                sha256,
+                at_unix,
+            } => {
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 file.state = FileState::Sealed;
                 file.size = *size;
                 file.sha256 = *sha256;
@@ -222,7 +260,9 @@ impl Catalog {
                 }
             }
             Record::Renamed { id, path } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 let user = file.user.clone();
                 let old_key = (user.clone(), file.path.clone());
                 file.path = path.clone();
@@ -243,8 +283,16 @@ impl Catalog {
                 }
             }
             Record::Removed { id } => self.drop_file(*id, &mut effects),
-            Record::UploadStarted { id, key, upload_id, part_size } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+            Record::UploadStarted {
+                id,
+                key,
+                upload_id,
+                part_size,
+                token,
+            } => {
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 file.state = FileState::Uploading;
                 if let Some(old) = file.upload.take() {
                     effects.abort_uploads.push((old.key, old.upload_id));
@@ -253,23 +301,39 @@ impl Catalog {
                     key: key.clone(),
                     upload_id: upload_id.clone(),
                     part_size: *part_size,
+                    token: token.clone(),
                     parts: BTreeMap::new(),
                 });
             }
-            Record::PartDone { id, number, etag, crc32c } => {
+            Record::PartDone {
+                id,
+                number,
+                etag,
+                crc32c,
+            } => {
                 if let Some(upload) = self.files.get_mut(id).and_then(|f| f.upload.as_mut()) {
-                    upload.parts.insert(*number, PartReceipt { etag: etag.clone(), crc32c: *crc32c });
+                    upload.parts.insert(
+                        *number,
+                        PartReceipt {
+                            etag: etag.clone(),
+                            crc32c: *crc32c,
+                        },
+                    );
                 }
             }
             Record::UploadReset { id } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 file.upload = None;
                 if file.state == FileState::Uploading {
                     file.state = FileState::Sealed;
                 }
             }
             Record::Delivered { id, at_unix } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 file.state = FileState::Delivered;
                 file.upload = None;
                 file.last_error = None;
@@ -280,15 +344,22 @@ impl Catalog {
                 }
             }
             Record::Failed { id, error } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 file.state = FileState::Failed;
                 file.last_error = Some(error.clone());
             }
             Record::Retried { id } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 if file.state == FileState::Failed {
-                    file.state =
-                        if file.upload.is_some() { FileState::Uploading } else { FileState::Sealed };
+                    file.state = if file.upload.is_some() {
+                        FileState::Uploading
+                    } else {
+                        FileState::Sealed
+                    };
                 }
             }
         }
@@ -297,7 +368,9 @@ impl Catalog {
 
     /// Forgets a file: its name (if it still points at it), its spool copy and its upload.
     fn drop_file(&mut self, id: FileId, effects: &mut Effects) {
-        let Some(file) = self.files.remove(&id) else { return };
+        let Some(file) = self.files.remove(&id) else {
+            return;
+        };
         let key = (file.user.clone(), file.path.clone());
         if self.names.get(&key) == Some(&Node::File(id)) {
             self.names.remove(&key);
@@ -307,6 +380,15 @@ impl Catalog {
         }
         if let Some(upload) = file.upload {
             effects.abort_uploads.push((upload.key, upload.upload_id));
+        }
+    }
+
+    /// After replay no session is connected: every file still receiving is partial.
+    pub fn end_replay(&mut self) {
+        for file in self.files.values_mut() {
+            if file.state == FileState::Receiving {
+                file.state = FileState::Partial;
+            }
         }
     }
 
@@ -354,13 +436,19 @@ impl Catalog {
             if matches!(f.state, FileState::Receiving | FileState::Partial) {
                 continue;
             }
-            out.push(Record::Sealed { id: f.id, size: f.size, sha256: f.sha256, at_unix: f.mtime_unix });
+            out.push(Record::Sealed {
+                id: f.id,
+                size: f.size,
+                sha256: f.sha256,
+                at_unix: f.mtime_unix,
+            });
             if let Some(u) = &f.upload {
                 out.push(Record::UploadStarted {
                     id: f.id,
                     key: u.key.clone(),
                     upload_id: u.upload_id.clone(),
                     part_size: u.part_size,
+                    token: u.token.clone(),
                 });
                 for (number, receipt) in &u.parts {
                     out.push(Record::PartDone {

@@ -1,0 +1,364 @@
+//! Shared harness for the end-to-end tests: the embedded S3 server in this process, the real
+//! `sftpgw` binary as a separate process, and the real OpenSSH `sftp` client.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use sftpgw::s3server::{S3Server, S3ServerConfig};
+use sftpgw::status::Snapshot;
+use sftpgw::status::control::{self, Request, Response};
+
+pub const BUCKET: &str = "uploads";
+pub const ACCESS_KEY: &str = "test-access";
+pub const SECRET_KEY: &str = "test-secret";
+pub const PREFIX: &str = "site/";
+
+pub struct Options {
+    pub part_size: &'static str,
+    pub concurrency: usize,
+    pub partial_ttl: &'static str,
+    pub spool_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            part_size: "5MiB",
+            concurrency: 4,
+            partial_ttl: "24h",
+            spool_dir: None,
+        }
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub s3: S3Server,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub spool_dir: PathBuf,
+    pub sftp_port: u16,
+    pub key_path: PathBuf,
+    daemon: Option<Child>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Writes an ed25519 key pair with ssh-keygen and returns the public key line.
+pub fn keygen(path: &Path) -> String {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (install openssh-client)");
+    assert!(status.success());
+    std::fs::read_to_string(path.with_extension("pub"))
+        .expect("read pub")
+        .trim()
+        .to_owned()
+}
+
+impl Harness {
+    pub async fn new(opts: Options) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s3 = S3Server::start(S3ServerConfig {
+            root: dir.path().join("s3"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            access_key: ACCESS_KEY.into(),
+            secret_key: SECRET_KEY.into(),
+            bucket: BUCKET.into(),
+        })
+        .await
+        .expect("start S3 server");
+        let key_path = dir.path().join("client_key");
+        let public = keygen(&key_path);
+        let sftp_port = free_port();
+        let spool_dir = opts
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("spool"));
+        let socket = dir.path().join("control.sock");
+        let config = format!(
+            r#"
+[sftp]
+listen = "127.0.0.1:{sftp_port}"
+host_key = "{d}/host_key"
+[spool]
+dir = "{spool}"
+partial_ttl = "{ttl}"
+[s3]
+endpoint = "{ep}"
+bucket = "{BUCKET}"
+prefix = "{PREFIX}"
+path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+part_size = "{part}"
+concurrency = {conc}
+[control]
+socket = "{sock}"
+[[users]]
+name = "alice"
+authorized_keys = ["{public}"]
+[[users]]
+name = "bob"
+authorized_keys = ["{public}"]
+"#,
+            d = dir.path().display(),
+            spool = spool_dir.display(),
+            ttl = opts.partial_ttl,
+            ep = s3.endpoint(),
+            part = opts.part_size,
+            conc = opts.concurrency,
+            sock = socket.display(),
+        );
+        let config_path = dir.path().join("sftpgw.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        Harness {
+            dir,
+            s3,
+            config_path,
+            socket,
+            spool_dir,
+            sftp_port,
+            key_path,
+            daemon: None,
+        }
+    }
+
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("SFTPGW_LOG", "info,sftpgw=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sftpgw");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.sftp_port)).is_err() || !self.socket.exists() {
+            if let Some(status) = self
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("sftpgw exited early with {status}; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sftpgw did not start; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up, like a power cut for the process.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    pub fn sftp_command(&self, user: &str) -> Command {
+        let mut cmd = Command::new("sftp");
+        cmd.args(["-b", "-", "-i"])
+            .arg(&self.key_path)
+            .args(["-P", &self.sftp_port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "Ciphers=aes128-gcm@openssh.com",
+            ])
+            .arg(format!("{user}@127.0.0.1"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs an sftp batch (one command per line) as `user`; `-b` stops at the first failing
+    /// command unless it is prefixed with `-`.
+    pub fn sftp(&self, user: &str, batch: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .sftp_command(user)
+            .spawn()
+            .expect("spawn sftp (install openssh-client)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(batch.as_bytes())
+            .expect("write batch");
+        child.wait_with_output().expect("sftp output")
+    }
+
+    pub fn sftp_ok(&self, user: &str, batch: &str) -> String {
+        let out = self.sftp(user, batch);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sftp batch failed:\n{batch}\nstdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        stdout
+    }
+
+    pub async fn status(&self) -> Snapshot {
+        match control::request(&self.socket, &Request::Status)
+            .await
+            .expect("status request")
+        {
+            Response::Status(s) => *s,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Waits until nothing is queued (every sealed file delivered or failed).
+    pub async fn wait_drained(&self, timeout: Duration) -> Snapshot {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status().await;
+            let busy = s.files.iter().any(|f| {
+                matches!(
+                    f.state,
+                    sftpgw::spool::FileState::Sealed | sftpgw::spool::FileState::Uploading
+                )
+            });
+            if !busy {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not drained in {timeout:?}: {s:#?}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn s3_client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(self.s3.endpoint())
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn get_object(&self, key: &str) -> Option<Vec<u8>> {
+        match self
+            .s3_client()
+            .get_object()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Some(
+                out.body
+                    .collect()
+                    .await
+                    .expect("body")
+                    .into_bytes()
+                    .to_vec(),
+            ),
+            Err(_) => None,
+        }
+    }
+
+    pub async fn list_keys(&self) -> Vec<String> {
+        let out = self
+            .s3_client()
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("list");
+        let mut keys: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(String::from))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Regular files left in the spool's data directories.
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for sub in ["partial", "sealed"] {
+            if let Ok(rd) = std::fs::read_dir(self.spool_dir.join(sub)) {
+                out.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.kill_daemon();
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
