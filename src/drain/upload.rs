@@ -158,6 +158,7 @@ impl<S: ObjectStore> Drain<S> {
             {
                 Ok(open) => {
                     let known: HashSet<String> = self
+                        .ctx
                         .spool
                         .files()
                         .into_iter()
