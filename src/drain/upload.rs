@@ -101,8 +101,6 @@ impl<S: ObjectStore> Clone for Ctx<S> {
 /// The drain of one gateway.
 pub struct Drain<S: ObjectStore> {
     ctx: Ctx<S>,
-    active: Mutex<HashSet<FileId>>,
-    active_keys: Mutex<HashSet<String>>,
 }
 
 impl<S: ObjectStore> Drain<S> {
@@ -116,8 +114,6 @@ impl<S: ObjectStore> Drain<S> {
                 stats: Arc::new(DrainStats::default()),
                 permits,
             },
-            active: Mutex::new(HashSet::new()),
-            active_keys: Mutex::new(HashSet::new()),
         })
     }
 
@@ -130,16 +126,31 @@ impl<S: ObjectStore> Drain<S> {
     }
 
     /// Runs forever (the caller aborts the task at shutdown: every step is crash-safe).
+    /// Runs until the task is aborted. Every upload runs in a task owned by this one, so
+    /// aborting it stops them all (every step is crash-safe, so that is a clean stop).
     pub async fn run(self: Arc<Self>) {
         self.abort_unknown_uploads().await;
+        let mut tasks: JoinSet<Option<(FileId, String)>> = JoinSet::new();
+        let mut active: HashSet<FileId> = HashSet::new();
+        let mut active_keys: HashSet<String> = HashSet::new();
         loop {
             for (key, upload_id) in self.ctx.spool.take_aborts() {
-                let me = self.clone();
-                tokio::spawn(async move { me.ctx.abort_upload(&key, &upload_id).await });
+                let ctx = self.ctx.clone();
+                tasks.spawn(async move {
+                    ctx.abort_upload(&key, &upload_id).await;
+                    None
+                });
             }
-            self.start_pending();
+            self.start_pending(&mut tasks, &mut active, &mut active_keys);
             tokio::select! {
                 () = self.ctx.spool.work().notified() => {}
+                Some(done) = tasks.join_next() => {
+                    if let Ok(Some((id, key))) = done {
+                        active.remove(&id);
+                        active_keys.remove(&key);
+                        lock(&self.ctx.stats.retrying).remove(&id);
+                    }
+                }
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -181,35 +192,33 @@ impl<S: ObjectStore> Drain<S> {
         }
     }
 
-    fn start_pending(self: &Arc<Self>) {
+    fn start_pending(
+        &self,
+        tasks: &mut JoinSet<Option<(FileId, String)>>,
+        active: &mut HashSet<FileId>,
+        active_keys: &mut HashSet<String>,
+    ) {
         let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
         for f in self.ctx.spool.files() {
+            if active.len() >= files_active_max {
+                return;
+            }
             if !matches!(f.state, FileState::Sealed | FileState::Uploading) {
                 continue;
             }
             let key = self.ctx.cfg.object_key(&f.user, &f.path);
-            {
-                let mut active = lock(&self.active);
-                if active.len() >= files_active_max {
-                    return;
-                }
-                let mut keys = lock(&self.active_keys);
-                // One upload per key at a time, so that an older version can never complete
-                // after a newer one.
-                if active.contains(&f.id) || keys.contains(&key) {
-                    continue;
-                }
-                active.insert(f.id);
-                keys.insert(key.clone());
+            // One upload per key at a time, so that an older version can never complete
+            // after a newer one.
+            if active.contains(&f.id) || active_keys.contains(&key) {
+                continue;
             }
-            let me = self.clone();
-            tokio::spawn(async move {
+            active.insert(f.id);
+            active_keys.insert(key.clone());
+            let ctx = self.ctx.clone();
+            tasks.spawn(async move {
                 let id = f.id;
-                me.ctx.deliver(f, &key).await;
-                lock(&me.active).remove(&id);
-                lock(&me.active_keys).remove(&key);
-                lock(&me.ctx.stats.retrying).remove(&id);
-                me.ctx.spool.work().notify_one();
+                ctx.deliver(f, &key).await;
+                Some((id, key))
             });
         }
     }
