@@ -5,6 +5,7 @@
 //! "sftp" subsystem channel runs one `session` against the shared spool. The limits below are
 //! the SFTP layer's own (the ones shared with other layers live in [`crate::limits`]).
 
+mod handles;
 pub mod namespace;
 mod ops;
 pub mod server;

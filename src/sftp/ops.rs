@@ -11,7 +11,8 @@ use russh_sftp::protocol::{
     Read, StatusCode,
 };
 
-use super::session::{Ctx, Listing, OpenHandle, invalid_handle};
+use super::handles::{Listing, OpenHandle, invalid_handle};
+use super::session::Ctx;
 use super::{SFTP_NAME_REPLY_BYTES_MAX, wire};
 use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
 use crate::spool::{EntryKind, FsError, FsErrorKind, OpenMode, VPath};

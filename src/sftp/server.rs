@@ -301,6 +301,8 @@ async fn run_connection(
     let grace = tokio::time::sleep(Duration::from_secs(SSH_LOGIN_GRACE_SECONDS));
     tokio::pin!(grace);
     let mut stopping = false;
+    // Until the client logs in (or the grace time is over).
+    let mut awaiting_login = true;
     loop {
         tokio::select! {
             result = &mut session => {
@@ -311,16 +313,20 @@ async fn run_connection(
             }
             changed = stop.changed(), if !stopping => {
                 stopping = true;
-                if changed.is_ok() || *stop.borrow() {
-                    let _ = handle.disconnect(Disconnect::ByApplication, "server shutting down".into(), String::new()).await;
+                if changed.is_ok() && *stop.borrow() {
+                    let reason = "server shutting down".to_owned();
+                    let _ = handle.disconnect(Disconnect::ByApplication, reason, String::new()).await;
                 }
             }
-            () = &mut grace, if !*logged_in.borrow() => {
-                tracing::warn!(%peer, "no login within {SSH_LOGIN_GRACE_SECONDS} s; disconnecting");
-                let _ = handle.disconnect(Disconnect::ByApplication, "login grace time exceeded".into(), String::new()).await;
-                grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+            changed = logged_in.changed(), if awaiting_login => {
+                awaiting_login = changed.is_ok() && !*logged_in.borrow();
             }
-            _ = logged_in.changed() => {}
+            () = &mut grace, if awaiting_login => {
+                awaiting_login = false;
+                tracing::warn!(%peer, "no login within {SSH_LOGIN_GRACE_SECONDS} s; disconnecting");
+                let reason = "login grace time exceeded".to_owned();
+                let _ = handle.disconnect(Disconnect::ByApplication, reason, String::new()).await;
+            }
         }
     }
 }

@@ -33,24 +33,25 @@
 //! still answered if possible, then every write handle that was not closed is dropped, which
 //! leaves its file `partial` in the spool.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use russh_sftp::protocol::{FileAttributes, Packet, Version};
+use russh_sftp::protocol::{Packet, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use super::handles::{Handles, OpenHandle, WriteOp, invalid_handle, write_worker};
 use super::{
     SFTP_NAME_REPLY_BYTES_MAX, SFTP_QUEUED_REQUEST_BYTES_MAX, SFTP_REPLIES_QUEUED_COUNT_MAX,
     SFTP_REPLY_BATCH_BYTES_MAX, SFTP_REPLY_DATA_BYTES_MAX, SFTP_REQUEST_OVERHEAD_BYTES,
-    SFTP_REQUESTS_EXECUTING_COUNT_MAX, SFTP_WRITE_COALESCE_BYTES_MAX, ops, wire,
+    SFTP_REQUESTS_EXECUTING_COUNT_MAX, ops, wire,
 };
-use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
-use crate::spool::{Entry, FsError, FsErrorKind, ReadHandle, Spool, VPath, WriteHandle};
+use crate::limits::{SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
+use crate::spool::{FsError, FsErrorKind, Spool, VPath, WriteHandle};
 
 /// Requests that can be queued at once, implied by the request budget; channels sized with it
 /// never make a sender wait.
@@ -169,7 +170,7 @@ pub(super) struct Ctx {
     pub user: Arc<str>,
     handles: Arc<Mutex<Handles>>,
     replies: mpsc::Sender<Reply>,
-    executing: Arc<Semaphore>,
+    pub executing: Arc<Semaphore>,
     token: TaskToken,
 }
 
@@ -189,7 +190,7 @@ impl Ctx {
     }
 
     /// Queues a reply; fails silently once the writer is gone (the session is ending).
-    async fn reply(&self, bytes: Bytes, budget: Option<OwnedSemaphorePermit>) {
+    pub(super) async fn reply(&self, bytes: Bytes, budget: Option<OwnedSemaphorePermit>) {
         let _ = self
             .replies
             .send(Reply {
@@ -244,78 +245,6 @@ impl TaskTracker {
         // Nothing is ever sent; `None` means every token was dropped.
         while self.0.recv().await.is_some() {}
     }
-}
-
-/// The open handles of a session.
-#[derive(Default)]
-pub(super) struct Handles {
-    open: HashMap<String, OpenHandle>,
-    /// Slots reserved by OPEN/OPENDIR requests still executing.
-    opening: usize,
-    next_id: u64,
-    /// Set when the session ends; later inserts are refused.
-    closed: bool,
-}
-
-pub(super) enum OpenHandle {
-    Write(mpsc::Sender<WriteOp>),
-    Read {
-        handle: Arc<ReadHandle>,
-        path: VPath,
-    },
-    Dir(Listing),
-}
-
-/// A directory listing taken at OPENDIR and handed out by READDIR.
-pub(super) struct Listing {
-    pub entries: Vec<Entry>,
-    pub next: usize,
-}
-
-impl Handles {
-    /// Reserves a slot for a handle about to be opened; false if the session has
-    /// `SFTP_HANDLES_COUNT_MAX` already.
-    pub(super) fn reserve(&mut self) -> bool {
-        if self.closed || self.open.len() + self.opening >= SFTP_HANDLES_COUNT_MAX {
-            return false;
-        }
-        self.opening += 1;
-        true
-    }
-
-    pub(super) fn release(&mut self) {
-        assert!(self.opening > 0, "handle slot released twice");
-        self.opening -= 1;
-    }
-
-    /// Turns a reserved slot into a named handle.
-    pub(super) fn insert(&mut self, handle: OpenHandle) -> Option<String> {
-        self.release();
-        if self.closed {
-            return None;
-        }
-        let name = format!("{:x}", self.next_id);
-        self.next_id += 1;
-        self.open.insert(name.clone(), handle);
-        Some(name)
-    }
-
-    pub(super) fn get_mut(&mut self, name: &str) -> Option<&mut OpenHandle> {
-        self.open.get_mut(name)
-    }
-
-    fn remove(&mut self, name: &str) -> Option<OpenHandle> {
-        self.open.remove(name)
-    }
-
-    fn close(&mut self) {
-        self.closed = true;
-        self.open.clear();
-    }
-}
-
-pub(super) fn invalid_handle() -> FsError {
-    FsError::new(FsErrorKind::Failure, "invalid handle")
 }
 
 async fn read_requests<R: AsyncRead + Unpin>(
@@ -647,212 +576,4 @@ async fn execute(
     drop(slot);
     ctx.reply(reply, reply_budget).await;
     drop(budget);
-}
-
-/// An operation on an open write handle, applied in arrival order by its worker.
-pub(super) enum WriteOp {
-    Write {
-        id: u32,
-        offset: u64,
-        data: Bytes,
-        budget: OwnedSemaphorePermit,
-    },
-    Fsync {
-        id: u32,
-        budget: OwnedSemaphorePermit,
-    },
-    Fstat {
-        id: u32,
-        budget: OwnedSemaphorePermit,
-    },
-    SetStat {
-        id: u32,
-        attrs: FileAttributes,
-        budget: OwnedSemaphorePermit,
-    },
-    Close {
-        id: u32,
-        budget: OwnedSemaphorePermit,
-    },
-}
-
-impl WriteOp {
-    fn into_id_budget(self) -> (u32, OwnedSemaphorePermit) {
-        match self {
-            WriteOp::Write { id, budget, .. }
-            | WriteOp::Fsync { id, budget }
-            | WriteOp::Fstat { id, budget }
-            | WriteOp::SetStat { id, budget, .. }
-            | WriteOp::Close { id, budget } => (id, budget),
-        }
-    }
-}
-
-/// Writes to one handle that continue each other, applied as one.
-struct WriteBatch {
-    offset: u64,
-    parts: Vec<Bytes>,
-    len: usize,
-    requests: Vec<(u32, OwnedSemaphorePermit)>,
-}
-
-impl WriteBatch {
-    fn end(&self) -> u64 {
-        self.offset + self.len as u64
-    }
-
-    fn push(&mut self, id: u32, data: Bytes, budget: OwnedSemaphorePermit) {
-        self.len += data.len();
-        self.parts.push(data);
-        self.requests.push((id, budget));
-    }
-
-    fn data(&mut self) -> Bytes {
-        if self.parts.len() == 1 {
-            return self.parts[0].clone();
-        }
-        let mut joined = BytesMut::with_capacity(self.len);
-        for part in &self.parts {
-            joined.extend_from_slice(part);
-        }
-        joined.freeze()
-    }
-}
-
-async fn write_worker(
-    ctx: Ctx,
-    handle: WriteHandle,
-    mut ops: mpsc::Receiver<WriteOp>,
-    path: VPath,
-) {
-    // The first write error; later writes fail the same way and CLOSE does not seal.
-    let mut failed: Option<FsError> = None;
-    let mut next: Option<WriteOp> = None;
-    loop {
-        let op = match next.take() {
-            Some(op) => op,
-            None => match ops.recv().await {
-                Some(op) => op,
-                // The session ended without CLOSE: dropping the handle leaves the file partial.
-                None => break,
-            },
-        };
-        match op {
-            WriteOp::Write {
-                id,
-                offset,
-                data,
-                budget,
-            } => {
-                let mut batch = WriteBatch {
-                    offset,
-                    parts: Vec::new(),
-                    len: 0,
-                    requests: Vec::new(),
-                };
-                batch.push(id, data, budget);
-                while batch.len < SFTP_WRITE_COALESCE_BYTES_MAX {
-                    match ops.try_recv() {
-                        Ok(WriteOp::Write {
-                            id,
-                            offset,
-                            data,
-                            budget,
-                        }) if offset == batch.end()
-                            && batch.len + data.len() <= SFTP_WRITE_COALESCE_BYTES_MAX =>
-                        {
-                            batch.push(id, data, budget);
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let result = match &failed {
-                    Some(err) => Err(err.clone()),
-                    None => {
-                        let _slot = ctx.executing.acquire().await;
-                        handle.write_at(batch.offset, batch.data()).await
-                    }
-                };
-                if let (Err(err), None) = (&result, &failed) {
-                    tracing::warn!(user = %ctx.user, path = %path.display(), offset = batch.offset,
-                        error = %err, "write failed; the file will stay partial");
-                    failed = Some(err.clone());
-                }
-                for (id, budget) in batch.requests {
-                    let reply = match &result {
-                        Ok(()) => wire::ok(id),
-                        Err(err) => wire::error(id, err),
-                    };
-                    ctx.reply(wire::encode(reply), None).await;
-                    drop(budget);
-                }
-            }
-            WriteOp::Fsync { id, budget } => {
-                let result = match &failed {
-                    Some(err) => Err(err.clone()),
-                    None => {
-                        let _slot = ctx.executing.acquire().await;
-                        handle.fsync().await
-                    }
-                };
-                ctx.reply(wire::encode(ok_or_error(id, result)), None).await;
-                drop(budget);
-            }
-            WriteOp::Fstat { id, budget } => {
-                let attrs = wire::file_attrs(handle.size(), wire::now_unix());
-                let reply = Packet::Attrs(russh_sftp::protocol::Attrs { id, attrs });
-                ctx.reply(wire::encode(reply), None).await;
-                drop(budget);
-            }
-            WriteOp::SetStat { id, attrs, budget } => {
-                let result = ops::check_setstat(&attrs, handle.size());
-                ctx.reply(wire::encode(ok_or_error(id, result)), None).await;
-                drop(budget);
-            }
-            WriteOp::Close { id, budget } => {
-                let result = match failed {
-                    Some(err) => {
-                        // Gone before the client hears of it, so a retry finds the file partial.
-                        #[allow(clippy::drop_non_drop)]
-                        drop(handle);
-                        Err(FsError::new(
-                            err.kind,
-                            format!(
-                                "an earlier write failed, the file was not sealed: {}",
-                                err.message
-                            ),
-                        ))
-                    }
-                    None => {
-                        let _slot = ctx.executing.acquire().await;
-                        handle.close().await
-                    }
-                };
-                match &result {
-                    Ok(()) => {
-                        tracing::info!(user = %ctx.user, path = %path.display(), "file received")
-                    }
-                    Err(err) => {
-                        tracing::warn!(user = %ctx.user, path = %path.display(), error = %err,
-                        "close failed; the file stays partial")
-                    }
-                }
-                ctx.reply(wire::encode(ok_or_error(id, result)), None).await;
-                drop(budget);
-                return;
-            }
-        }
-    }
-    tracing::debug!(user = %ctx.user, path = %path.display(), "write handle dropped without CLOSE");
-}
-
-fn ok_or_error(id: u32, result: Result<(), FsError>) -> Packet {
-    match result {
-        Ok(()) => wire::ok(id),
-        Err(err) => wire::error(id, &err),
-    }
 }
