@@ -1,0 +1,579 @@
+//! One SFTP session over one channel stream: our own pipelined loop over russh-sftp's protocol
+//! types (never `russh_sftp::server::run`, which handles one request at a time and carries on
+//! after garbage).
+//!
+//! Four kinds of task share the work:
+//! - the **reader** reads length-prefixed packets and decodes them. A length above
+//!   [`SFTP_PACKET_BYTES_MAX`] or an undecodable packet ends the session: parsing on after
+//!   garbage would read misaligned bytes as requests. Every request is charged its length plus
+//!   [`SFTP_REQUEST_OVERHEAD_BYTES`] against [`SFTP_QUEUED_REQUEST_BYTES_MAX`] until its reply is
+//!   queued; when that budget is spent the reader stops, which stops russh reading the socket
+//!   (back-pressure to the client).
+//! - the **dispatcher** routes requests in arrival order: operations on a write handle go to
+//!   that handle's worker; READ and READDIR first wait, in a queue of their own, for reply budget
+//!   ([`SFTP_REPLY_DATA_BYTES_MAX`]); everything else waits only for one of the
+//!   [`SFTP_REQUESTS_EXECUTING_COUNT_MAX`] execution slots and then runs in a task of its own.
+//! - one **write worker** per open write handle applies WRITE, FSYNC, FSTAT, FSETSTAT and CLOSE
+//!   in arrival order, merging adjacent writes already queued (up to
+//!   [`SFTP_WRITE_COALESCE_BYTES_MAX`]). CLOSE is answered only after `WriteHandle::close`
+//!   returned (the durability point), which is after every earlier write of the handle. A
+//!   failed write poisons the handle: later writes fail the same way and CLOSE reports failure
+//!   and leaves the file partial, so a file with a hole is never sealed.
+//! - one **writer** sends replies in the order they are ready, merging small ones.
+//!
+//! Why the budgets are split: russh's session loop blocks when a channel's buffer is full and
+//! then stops reading WINDOW_ADJUST from the client. If replies waiting for the client's window
+//! could fill the reader's budget, the reader would stop, russh would stop, the window would
+//! never open: a deadlock (seen with paramiko's unbounded READ pipelines). Here data replies
+//! hold their own budget, READs parked behind it cost the reader only their small request, and
+//! small replies are bounded by count ([`SFTP_REPLIES_QUEUED_COUNT_MAX`]), which only a client
+//! with that many requests outstanding and unread can reach.
+//!
+//! When the session ends (EOF, error, bad packet, disconnect) requests already received are
+//! still answered if possible, then every write handle that was not closed is dropped, which
+//! leaves its file `partial` in the spool.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use russh_sftp::protocol::{Packet, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use super::handles::{Handles, OpenHandle, WriteOp, invalid_handle, write_worker};
+use super::{
+    SFTP_NAME_REPLY_BYTES_MAX, SFTP_QUEUED_REQUEST_BYTES_MAX, SFTP_REPLIES_QUEUED_COUNT_MAX,
+    SFTP_REPLY_BATCH_BYTES_MAX, SFTP_REPLY_DATA_BYTES_MAX, SFTP_REQUEST_OVERHEAD_BYTES,
+    SFTP_REQUESTS_EXECUTING_COUNT_MAX, ops, wire,
+};
+use crate::limits::{SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
+use crate::spool::{FsError, FsErrorKind, Spool, VPath, WriteHandle};
+
+/// Requests that can be queued at once, implied by the request budget; channels sized with it
+/// never make a sender wait.
+const REQUESTS_QUEUED_COUNT_MAX: usize =
+    (SFTP_QUEUED_REQUEST_BYTES_MAX / SFTP_REQUEST_OVERHEAD_BYTES) as usize;
+/// Replies at least this big are written on their own instead of being merged.
+const REPLY_ALONE_BYTES_MIN: usize = 16 * 1024;
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The client closed the stream between packets.
+    ClientClosed,
+    /// The stream ended in the middle of a packet.
+    Truncated,
+    /// A packet announced a length of zero or above `SFTP_PACKET_BYTES_MAX`.
+    BadLength(u32),
+    /// A packet could not be decoded.
+    BadPacket(String),
+    /// A well-formed packet that makes no sense here (a second INIT, a reply type, ...).
+    ProtocolViolation(&'static str),
+    /// Reading the stream failed.
+    ReadFailed(io::Error),
+    /// Writing replies failed (the client went away).
+    WriteFailed(io::Error),
+}
+
+impl SessionEnd {
+    /// True if the client did something a correct client never does.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Self::BadLength(_) | Self::BadPacket(_) | Self::ProtocolViolation(_)
+        )
+    }
+}
+
+/// Runs one SFTP session for `user` over `stream` until it ends, then waits until every
+/// request it started has finished and every unclosed write handle is dropped.
+pub async fn run<S>(stream: S, spool: Arc<Spool>, user: &str) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (input, output) = tokio::io::split(stream);
+    let request_budget = Arc::new(Semaphore::new(SFTP_QUEUED_REQUEST_BYTES_MAX as usize));
+    let (request_tx, request_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
+    let reader = tokio::spawn(read_requests(input, request_budget, request_tx));
+    let (reply_tx, reply_rx) = mpsc::channel(SFTP_REPLIES_QUEUED_COUNT_MAX);
+    let mut writer = tokio::spawn(write_replies(output, reply_rx));
+
+    let (tracker, token) = TaskTracker::new();
+    let ctx = Ctx {
+        spool,
+        user: Arc::from(user),
+        handles: Arc::new(Mutex::new(Handles::default())),
+        replies: reply_tx,
+        executing: Arc::new(Semaphore::new(SFTP_REQUESTS_EXECUTING_COUNT_MAX)),
+        token,
+    };
+    let mut dispatcher = Dispatcher {
+        ctx: ctx.clone(),
+        initialized: false,
+        reply_budget: Arc::new(Semaphore::new(SFTP_REPLY_DATA_BYTES_MAX as usize)),
+        parked: VecDeque::new(),
+        ready: VecDeque::new(),
+    };
+    let dispatched = dispatcher.run(request_rx, &mut writer).await;
+    drop(dispatcher);
+
+    let mut writer_result = None;
+    let end = match dispatched {
+        Dispatched::InputEnded => match reader.await {
+            Ok(end) => end,
+            Err(join) => SessionEnd::ReadFailed(io::Error::other(join)),
+        },
+        Dispatched::Stopped(end, writer_done) => {
+            reader.abort();
+            let _ = reader.await;
+            writer_result = writer_done;
+            end
+        }
+    };
+
+    // Unclosed write handles: their workers finish what is queued, then drop the handle.
+    ctx.handles().close();
+    drop(ctx);
+    tracker.wait().await;
+    let writer_result = match writer_result {
+        Some(result) => result,
+        None => writer
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(join))),
+    };
+    match (end, writer_result) {
+        (SessionEnd::ClientClosed, Err(err)) => SessionEnd::WriteFailed(err),
+        (end, _) => end,
+    }
+}
+
+/// A decoded request and its share of the request budget, returned when its reply is queued.
+struct Request {
+    packet: Packet,
+    budget: OwnedSemaphorePermit,
+}
+
+/// An encoded reply; `budget` (reply data budget) is returned once it is handed to the channel.
+struct Reply {
+    bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// What every request task needs.
+#[derive(Clone)]
+pub(super) struct Ctx {
+    pub spool: Arc<Spool>,
+    pub user: Arc<str>,
+    handles: Arc<Mutex<Handles>>,
+    replies: mpsc::Sender<Reply>,
+    pub executing: Arc<Semaphore>,
+    token: TaskToken,
+}
+
+impl Ctx {
+    pub(super) fn handles(&self) -> MutexGuard<'_, Handles> {
+        // Poisoning needs a panic while locked, and panics abort this program.
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns a task the session waits for before it ends.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let token = self.token.clone();
+        tokio::spawn(async move {
+            task.await;
+            drop(token);
+        });
+    }
+
+    /// Queues a reply; fails silently once the writer is gone (the session is ending).
+    pub(super) async fn reply(&self, bytes: Bytes, budget: Option<OwnedSemaphorePermit>) {
+        let _ = self
+            .replies
+            .send(Reply {
+                bytes,
+                _budget: budget,
+            })
+            .await;
+    }
+
+    /// Queues a reply from the dispatcher, which must never wait on the writer.
+    fn reply_soon(&self, bytes: Bytes, request_budget: OwnedSemaphorePermit) {
+        match self.replies.try_send(Reply {
+            bytes,
+            _budget: None,
+        }) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => drop(request_budget),
+            Err(mpsc::error::TrySendError::Full(reply)) => {
+                let ctx = self.clone();
+                self.spawn(async move {
+                    ctx.reply(reply.bytes, None).await;
+                    drop(request_budget);
+                });
+            }
+        }
+    }
+
+    /// Starts a write worker for a freshly opened handle and registers it; `None` if the
+    /// session is ending (the handle is then dropped: the file stays partial).
+    pub(super) fn register_write(&self, handle: WriteHandle, path: VPath) -> Option<String> {
+        let (ops_tx, ops_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
+        let name = self.handles().insert(OpenHandle::Write(ops_tx))?;
+        let ctx = self.clone();
+        self.spawn(write_worker(ctx, handle, ops_rx, path));
+        Some(name)
+    }
+}
+
+/// Lets the session wait until every task it spawned has ended: each task holds a clone of
+/// the sender; the receiver sees `None` once all clones are gone.
+#[derive(Clone)]
+struct TaskToken(#[allow(dead_code)] mpsc::Sender<()>);
+
+struct TaskTracker(mpsc::Receiver<()>);
+
+impl TaskTracker {
+    fn new() -> (TaskTracker, TaskToken) {
+        let (tx, rx) = mpsc::channel(1);
+        (TaskTracker(rx), TaskToken(tx))
+    }
+
+    async fn wait(mut self) {
+        // Nothing is ever sent; `None` means every token was dropped.
+        while self.0.recv().await.is_some() {}
+    }
+}
+
+async fn read_requests<R: AsyncRead + Unpin>(
+    mut input: R,
+    budget: Arc<Semaphore>,
+    requests: mpsc::Sender<Request>,
+) -> SessionEnd {
+    loop {
+        let len = match read_length(&mut input).await {
+            Ok(Some(len)) => len,
+            Ok(None) => return SessionEnd::ClientClosed,
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
+            Err(err) => return SessionEnd::ReadFailed(err),
+        };
+        if len == 0 || len > SFTP_PACKET_BYTES_MAX {
+            return SessionEnd::BadLength(len);
+        }
+        let Ok(permit) = budget
+            .clone()
+            .acquire_many_owned(len + SFTP_REQUEST_OVERHEAD_BYTES)
+            .await
+        else {
+            return SessionEnd::ClientClosed; // The budget is never closed.
+        };
+        let mut body = vec![0; len as usize];
+        match input.read_exact(&mut body).await {
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
+            Err(err) => return SessionEnd::ReadFailed(err),
+        }
+        let mut body = Bytes::from(body);
+        let packet = match Packet::try_from(&mut body) {
+            Ok(packet) => packet,
+            Err(err) => return SessionEnd::BadPacket(err.to_string()),
+        };
+        if requests
+            .send(Request {
+                packet,
+                budget: permit,
+            })
+            .await
+            .is_err()
+        {
+            return SessionEnd::ClientClosed; // The dispatcher stopped first.
+        }
+    }
+}
+
+/// The next packet length, or `None` at a clean end of stream.
+async fn read_length<R: AsyncRead + Unpin>(input: &mut R) -> io::Result<Option<u32>> {
+    let mut buf = [0u8; 4];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = input.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        filled += n;
+    }
+    Ok(Some(u32::from_be_bytes(buf)))
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut output: W,
+    mut replies: mpsc::Receiver<Reply>,
+) -> io::Result<()> {
+    let mut batch = BytesMut::new();
+    // Replies merged into `batch` keep their budget until the batch is written.
+    let mut held = Vec::new();
+    while let Some(first) = replies.recv().await {
+        let mut next = Some(first);
+        while let Some(reply) = next.take() {
+            if reply.bytes.len() >= REPLY_ALONE_BYTES_MIN {
+                flush_batch(&mut output, &mut batch, &mut held).await?;
+                output.write_all(&reply.bytes).await?;
+            } else {
+                if batch.len() + reply.bytes.len() > SFTP_REPLY_BATCH_BYTES_MAX {
+                    flush_batch(&mut output, &mut batch, &mut held).await?;
+                }
+                batch.extend_from_slice(&reply.bytes);
+                held.push(reply);
+            }
+            // Merge only what is already queued: never delay a reply to wait for another.
+            next = replies.try_recv().ok();
+        }
+        flush_batch(&mut output, &mut batch, &mut held).await?;
+        output.flush().await?;
+    }
+    output.shutdown().await
+}
+
+async fn flush_batch<W: AsyncWrite + Unpin>(
+    output: &mut W,
+    batch: &mut BytesMut,
+    held: &mut Vec<Reply>,
+) -> io::Result<()> {
+    if !batch.is_empty() {
+        output.write_all(batch).await?;
+        batch.clear();
+    }
+    held.clear();
+    Ok(())
+}
+
+enum Dispatched {
+    /// The reader stopped and everything it read was dispatched.
+    InputEnded,
+    /// The session must stop now; carries the writer's result if the writer is why.
+    Stopped(SessionEnd, Option<io::Result<()>>),
+}
+
+struct Dispatcher {
+    ctx: Ctx,
+    initialized: bool,
+    reply_budget: Arc<Semaphore>,
+    /// READ and READDIR waiting for reply budget, with the bytes their reply may take.
+    parked: VecDeque<(Request, u32)>,
+    /// Requests waiting for an execution slot, with their reply budget if they needed one.
+    ready: VecDeque<(Request, Option<OwnedSemaphorePermit>)>,
+}
+
+impl Dispatcher {
+    async fn run(
+        &mut self,
+        mut requests: mpsc::Receiver<Request>,
+        writer: &mut JoinHandle<io::Result<()>>,
+    ) -> Dispatched {
+        let mut input_open = true;
+        loop {
+            if !input_open && self.parked.is_empty() && self.ready.is_empty() {
+                return Dispatched::InputEnded;
+            }
+            let parked_bytes = self.parked.front().map(|(_, bytes)| *bytes);
+            tokio::select! {
+                biased;
+                result = &mut *writer => {
+                    let result = result.unwrap_or_else(|join| Err(io::Error::other(join)));
+                    let err = match &result {
+                        Ok(()) => io::Error::other("reply writer stopped"),
+                        Err(err) => io::Error::new(err.kind(), err.to_string()),
+                    };
+                    return Dispatched::Stopped(SessionEnd::WriteFailed(err), Some(result));
+                }
+                permit = self.reply_budget.clone().acquire_many_owned(parked_bytes.unwrap_or(0)),
+                    if parked_bytes.is_some() =>
+                {
+                    let Ok(permit) = permit else { unreachable!("reply budget is never closed") };
+                    if let Some((request, _)) = self.parked.pop_front() {
+                        self.ready.push_back((request, Some(permit)));
+                    }
+                }
+                slot = self.ctx.executing.clone().acquire_owned(), if !self.ready.is_empty() => {
+                    let Ok(slot) = slot else { unreachable!("execution slots are never closed") };
+                    if let Some((request, reply_budget)) = self.ready.pop_front() {
+                        let ctx = self.ctx.clone();
+                        self.ctx.spawn(execute(ctx, request, reply_budget, slot));
+                    }
+                }
+                incoming = requests.recv(), if input_open => match incoming {
+                    Some(request) => {
+                        if let Err(violation) = self.route(request).await {
+                            return Dispatched::Stopped(SessionEnd::ProtocolViolation(violation), None);
+                        }
+                    }
+                    None => input_open = false,
+                },
+            }
+        }
+    }
+
+    /// Sends one request where it will be executed.
+    async fn route(&mut self, request: Request) -> Result<(), &'static str> {
+        let Request { packet, budget } = request;
+        if let Packet::Init(init) = &packet {
+            if self.initialized {
+                return Err("INIT sent twice");
+            }
+            self.initialized = true;
+            tracing::debug!(version = init.version, "sftp client version");
+            self.ctx
+                .reply_soon(wire::encode(Packet::Version(version())), budget);
+            return Ok(());
+        }
+        if !self.initialized {
+            return Err("request before INIT");
+        }
+        let id = packet.get_request_id();
+        match packet {
+            Packet::Write(write) => {
+                let op = WriteOp::Write {
+                    id,
+                    offset: write.offset,
+                    data: Bytes::from(write.data),
+                    budget,
+                };
+                self.queue_on_write_handle(&write.handle, op).await;
+            }
+            Packet::Close(close) => {
+                let removed = self.ctx.handles().remove(&close.handle);
+                match removed {
+                    Some(OpenHandle::Write(queue)) => {
+                        // The worker answers after every earlier write of the handle.
+                        if let Err(mpsc::error::SendError(op)) =
+                            queue.send(WriteOp::Close { id, budget }).await
+                        {
+                            self.fail(op, invalid_handle());
+                        }
+                    }
+                    Some(OpenHandle::Read { .. } | OpenHandle::Dir(_)) => {
+                        self.ctx.reply_soon(wire::encode(wire::ok(id)), budget);
+                    }
+                    None => self
+                        .ctx
+                        .reply_soon(wire::encode(wire::error(id, &invalid_handle())), budget),
+                }
+            }
+            Packet::Fstat(fstat) if self.is_write_handle(&fstat.handle) => {
+                self.queue_on_write_handle(&fstat.handle, WriteOp::Fstat { id, budget })
+                    .await;
+            }
+            Packet::FSetStat(set) if self.is_write_handle(&set.handle) => {
+                let op = WriteOp::SetStat {
+                    id,
+                    attrs: set.attrs,
+                    budget,
+                };
+                self.queue_on_write_handle(&set.handle, op).await;
+            }
+            Packet::Extended(ext) if ext.request == ops::FSYNC => match ops::parse_fsync(&ext.data)
+            {
+                Ok(handle) if self.is_write_handle(&handle) => {
+                    self.queue_on_write_handle(&handle, WriteOp::Fsync { id, budget })
+                        .await;
+                }
+                // Read handles have nothing to sync; unknown ones fail in the task.
+                _ => self.ready.push_back((
+                    Request {
+                        packet: Packet::Extended(ext),
+                        budget,
+                    },
+                    None,
+                )),
+            },
+            Packet::Read(read) => {
+                let len = read.len.min(SFTP_IO_BYTES_MAX);
+                let request = Request {
+                    packet: Packet::Read(read),
+                    budget,
+                };
+                self.parked
+                    .push_back((request, wire::data_reply_bytes(len)));
+            }
+            packet @ Packet::ReadDir(_) => {
+                self.parked
+                    .push_back((Request { packet, budget }, SFTP_NAME_REPLY_BYTES_MAX));
+            }
+            Packet::Init(_)
+            | Packet::Version(_)
+            | Packet::Status(_)
+            | Packet::Handle(_)
+            | Packet::Data(_)
+            | Packet::Name(_)
+            | Packet::Attrs(_)
+            | Packet::ExtendedReply(_) => return Err("client sent a server packet"),
+            packet => self.ready.push_back((Request { packet, budget }, None)),
+        }
+        Ok(())
+    }
+
+    fn is_write_handle(&self, name: &str) -> bool {
+        matches!(self.ctx.handles().get_mut(name), Some(OpenHandle::Write(_)))
+    }
+
+    /// Queues `op` on its handle's worker, or answers it with an error.
+    async fn queue_on_write_handle(&mut self, name: &str, op: WriteOp) {
+        let queue = match self.ctx.handles().get_mut(name) {
+            Some(OpenHandle::Write(queue)) => Ok(queue.clone()),
+            Some(OpenHandle::Read { .. }) => Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                "the handle was opened for reading",
+            )),
+            Some(OpenHandle::Dir(_)) | None => Err(invalid_handle()),
+        };
+        match queue {
+            // The queue holds as many requests as the request budget allows: never waits.
+            Ok(queue) => {
+                if let Err(mpsc::error::SendError(op)) = queue.send(op).await {
+                    self.fail(op, invalid_handle());
+                }
+            }
+            Err(err) => self.fail(op, err),
+        }
+    }
+
+    fn fail(&self, op: WriteOp, err: FsError) {
+        let (id, budget) = op.into_id_budget();
+        self.ctx
+            .reply_soon(wire::encode(wire::error(id, &err)), budget);
+    }
+}
+
+fn version() -> Version {
+    let mut version = Version::new();
+    for (name, revision) in ops::EXTENSIONS {
+        version
+            .extensions
+            .insert((*name).to_owned(), (*revision).to_owned());
+    }
+    version
+}
+
+/// Runs one request in its own task and queues its reply.
+async fn execute(
+    ctx: Ctx,
+    request: Request,
+    reply_budget: Option<OwnedSemaphorePermit>,
+    slot: OwnedSemaphorePermit,
+) {
+    let Request { packet, budget } = request;
+    let id = packet.get_request_id();
+    let reply = match ops::execute(&ctx, packet).await {
+        Ok(bytes) => bytes,
+        Err(err) => wire::encode(wire::error(id, &err)),
+    };
+    drop(slot);
+    ctx.reply(reply, reply_budget).await;
+    drop(budget);
+}
