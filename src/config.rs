@@ -1,10 +1,57 @@
 //! The configuration file: schema, defaults and validation.
 //!
-//! Every error names the file, the line and the key (see [`ConfigError`]).
+//! Every error names the file, the line and the key (see [`ConfigError`]), e.g.
+//! `/etc/sftpgw.toml:12: s3.part_size: 4MiB is below the minimum part size of 5MiB`.
+//!
+//! How: the file is parsed into a spanned TOML tree first (syntax errors carry their line), then
+//! deserialized into private `Raw*` structs with `deny_unknown_fields` whose fields are small
+//! newtypes validating themselves inside `Deserialize`, so that toml attaches the value's span
+//! to every error. A span is turned into a line and, by looking it up in the tree, into the
+//! dotted key. Checks across keys run afterwards on `Spanned` values. [`EXAMPLE`] is a complete,
+//! commented configuration.
+//!
+//! Relative paths in the file are relative to the directory of the file.
 
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::limits::PART_SIZE_BYTES_DEFAULT;
+
+mod credentials;
+mod example;
+mod values;
+
+use values::{
+    AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Listen, NonEmpty, PartSize,
+    PasswordHash, Percent, Prefix, Ttl, UserName,
+};
+
+pub use example::EXAMPLE;
+
+/// Longest user name; it is a path component of every object key of the user.
+pub const USER_NAME_BYTES_MAX: usize = 64;
+/// Default of `spool.partial_ttl`.
+pub const PARTIAL_TTL_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default of `spool.high_watermark`, in percent of the spool file system.
+pub const HIGH_WATERMARK_PERCENT_DEFAULT: u8 = 90;
+/// Default of `spool.low_watermark`, in percent of the spool file system.
+pub const LOW_WATERMARK_PERCENT_DEFAULT: u8 = 80;
+/// Default of `s3.concurrency`.
+pub const CONCURRENCY_DEFAULT: usize = 4;
+/// Default of `s3.region`.
+pub const REGION_DEFAULT: &str = "us-east-1";
+/// Default of `s3.profile`.
+pub const PROFILE_DEFAULT: &str = "default";
+/// File name of the control socket in the spool directory, when `control.socket` is not set.
+pub const CONTROL_SOCKET_FILE_NAME: &str = "control.sock";
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -27,9 +74,13 @@ pub struct SftpConfig {
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub partial_ttl: Duration,
+    /// New uploads are refused while the spool file system is fuller than this (0..=100).
+    pub high_watermark_percent: u8,
+    /// ... and accepted again once it is below this (0..=100, at most the high watermark).
+    pub low_watermark_percent: u8,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Config {
     /// `None` for AWS.
     pub endpoint: Option<String>,
@@ -45,7 +96,26 @@ pub struct S3Config {
     pub checksums: ChecksumMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl fmt::Debug for S3Config {
+    /// Like a derived `Debug`, but the secret key never reaches a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("part_size", &self.part_size)
+            .field("concurrency", &self.concurrency)
+            .field("checksums", &self.checksums)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ChecksumMode {
     /// Send checksum headers only where S3 requires them (works with every compatible store).
     WhenRequired,
@@ -67,3 +137,402 @@ pub struct User {
     /// PHC string, `$argon2id$...`.
     pub password_hash: Option<String>,
 }
+
+/// Why a configuration was refused. The `Display` form is `file:line: key: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    /// The file is not valid TOML.
+    #[error("{}:{line}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// Valid TOML, but a key is unknown, missing or has a bad value.
+    #[error("{}:{line}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration `text`; `origin` is the file it came from, named in errors and
+    /// the base of relative paths. Reads `s3.credentials_file` if one is given.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let source = Source { text, origin };
+        let tree = DeTable::parse(text).map_err(|error| source.syntax_error(&error))?;
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(tree.clone()))
+            .map_err(|error| source.schema_error(&tree, &error))?;
+        raw.validate(&source)
+    }
+}
+
+/// The text being parsed and where it came from, for error messages.
+struct Source<'a> {
+    text: &'a str,
+    origin: &'a Path,
+}
+
+impl Source<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&byte| byte == b'\n')
+            .count()
+            + 1
+    }
+
+    fn invalid(&self, offset: usize, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_path_buf(),
+            line: self.line_of(offset),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn syntax_error(&self, error: &toml::de::Error) -> ConfigError {
+        let line = self.line_of(error.span().map_or(0, |span| span.start));
+        let mut message = error.message().trim_end().replace('\n', "; ");
+        // toml's messages do not say where ("duplicate key"): quote the line, but not a value,
+        // which may be a secret.
+        if let Some(content) = self.text.lines().nth(line - 1).map(str::trim)
+            && !content.is_empty()
+        {
+            match content.split_once('=') {
+                Some((key, _)) => message = format!("{message}, in `{} = ...`", key.trim()),
+                None => message = format!("{message}, in `{content}`"),
+            }
+        }
+        ConfigError::Syntax {
+            path: self.origin.to_path_buf(),
+            line,
+            message,
+        }
+    }
+
+    fn schema_error(&self, tree: &Spanned<DeTable<'_>>, error: &toml::de::Error) -> ConfigError {
+        let span = error.span().unwrap_or_default();
+        let offset = span.start;
+        // An error about the whole document (a missing section) belongs to no key.
+        let mut key = if span == tree.span() {
+            String::new()
+        } else {
+            key_path_at(tree.get_ref(), offset)
+        };
+        let mut message = error.message().to_owned();
+        // serde reports a missing key at its table; name the key itself.
+        let missing = error
+            .message()
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'));
+        if let Some(field) = missing {
+            message = if key.is_empty() {
+                format!("required section [{field}] is missing")
+            } else {
+                "required key is missing".to_owned()
+            };
+            key = join_key(&key, field);
+        }
+        self.invalid(offset, &key, message)
+    }
+
+    /// `relative` resolved against the directory of the configuration file.
+    fn resolve(&self, relative: PathBuf) -> PathBuf {
+        match self.origin.parent() {
+            Some(base) if relative.is_relative() && !base.as_os_str().is_empty() => {
+                base.join(relative)
+            }
+            _ => relative,
+        }
+    }
+}
+
+fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// The dotted key (`users[1].name`) whose key or value is the smallest one around `offset`.
+fn key_path_at(tree: &DeTable<'_>, offset: usize) -> String {
+    let mut best = None;
+    visit_table(tree, "", offset, &mut best);
+    best.map(|(_, path)| path).unwrap_or_default()
+}
+
+type BestMatch = Option<(usize, String)>;
+
+fn visit_table(table: &DeTable<'_>, prefix: &str, offset: usize, best: &mut BestMatch) {
+    for (key, value) in table.iter() {
+        let path = join_key(prefix, key.get_ref());
+        consider(key.span(), &path, offset, best);
+        visit_value(value, &path, offset, best);
+    }
+}
+
+fn visit_value(value: &Spanned<DeValue<'_>>, path: &str, offset: usize, best: &mut BestMatch) {
+    consider(value.span(), path, offset, best);
+    match value.get_ref() {
+        DeValue::Table(table) => visit_table(table, path, offset, best),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                visit_value(item, &format!("{path}[{index}]"), offset, best);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn consider(span: std::ops::Range<usize>, path: &str, offset: usize, best: &mut BestMatch) {
+    let around = span.contains(&offset) || (span.is_empty() && span.start == offset);
+    // Ties go to the later visit, which is the deeper one (an array and its first item).
+    if around && best.as_ref().is_none_or(|(len, _)| span.len() <= *len) {
+        *best = Some((span.len(), path.to_owned()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The schema as written in the file.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sftp: RawSftp,
+    spool: RawSpool,
+    s3: Spanned<RawS3>,
+    /// Bandwidth shaping is validated by the shaper; here it is only accepted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    shaping: Option<IgnoredAny>,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    users: Vec<Spanned<RawUser>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSftp {
+    listen: Listen,
+    host_key: FilePath,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: FilePath,
+    partial_ttl: Option<Ttl>,
+    high_watermark: Option<Percent>,
+    low_watermark: Option<Spanned<Percent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    endpoint: Option<Endpoint>,
+    region: Option<NonEmpty>,
+    bucket: Bucket,
+    prefix: Option<Prefix>,
+    #[serde(default)]
+    path_style: bool,
+    access_key_id: Option<Spanned<NonEmpty>>,
+    secret_access_key: Option<Spanned<NonEmpty>>,
+    credentials_file: Option<Spanned<FilePath>>,
+    profile: Option<Spanned<NonEmpty>>,
+    part_size: Option<PartSize>,
+    concurrency: Option<Concurrency>,
+    checksums: Option<ChecksumMode>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<FilePath>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<UserName>,
+    #[serde(default)]
+    authorized_keys: Vec<AuthorizedKey>,
+    password_hash: Option<PasswordHash>,
+}
+
+impl RawConfig {
+    /// Checks across keys, defaults, and the final [`Config`].
+    fn validate(self, source: &Source<'_>) -> Result<Config, ConfigError> {
+        let spool = self.spool.validate(source)?;
+        let s3 = validate_s3(self.s3, source)?;
+        let users = validate_users(self.users, source)?;
+        let socket = match self.control.socket {
+            Some(FilePath(path)) => source.resolve(path),
+            None => spool.dir.join(CONTROL_SOCKET_FILE_NAME),
+        };
+        Ok(Config {
+            sftp: SftpConfig {
+                listen: self.sftp.listen.0,
+                host_key: source.resolve(self.sftp.host_key.0),
+            },
+            spool,
+            s3,
+            control: ControlConfig { socket },
+            users,
+        })
+    }
+}
+
+impl RawSpool {
+    fn validate(self, source: &Source<'_>) -> Result<SpoolConfig, ConfigError> {
+        let high = self
+            .high_watermark
+            .map_or(HIGH_WATERMARK_PERCENT_DEFAULT, |p| p.0);
+        let low = match self.low_watermark {
+            Some(low) if low.get_ref().0 > high => {
+                return Err(source.invalid(
+                    low.span().start,
+                    "spool.low_watermark",
+                    format!(
+                        "{}% is above the high watermark of {high}%",
+                        low.get_ref().0
+                    ),
+                ));
+            }
+            Some(low) => low.into_inner().0,
+            None if LOW_WATERMARK_PERCENT_DEFAULT > high => high,
+            None => LOW_WATERMARK_PERCENT_DEFAULT,
+        };
+        Ok(SpoolConfig {
+            dir: source.resolve(self.dir.0),
+            partial_ttl: self.partial_ttl.map_or(PARTIAL_TTL_DEFAULT, |ttl| ttl.0),
+            high_watermark_percent: high,
+            low_watermark_percent: low,
+        })
+    }
+}
+
+fn validate_s3(raw: Spanned<RawS3>, source: &Source<'_>) -> Result<S3Config, ConfigError> {
+    let table_start = raw.span().start;
+    let raw = raw.into_inner();
+    let (access_key_id, secret_access_key) = match (
+        raw.access_key_id,
+        raw.secret_access_key,
+        raw.credentials_file,
+    ) {
+        (Some(id), Some(secret), None) => {
+            if let Some(profile) = raw.profile {
+                return Err(source.invalid(
+                    profile.span().start,
+                    "s3.profile",
+                    "only applies to credentials_file, which is not set",
+                ));
+            }
+            (id.into_inner().0, secret.into_inner().0)
+        }
+        (None, None, Some(file)) => {
+            let path = source.resolve(file.get_ref().0.clone());
+            let profile = raw
+                .profile
+                .map_or(PROFILE_DEFAULT.to_owned(), |p| p.into_inner().0);
+            credentials::read(&path, &profile).map_err(|message| {
+                source.invalid(file.span().start, "s3.credentials_file", message)
+            })?
+        }
+        (Some(_), _, Some(file)) | (_, Some(_), Some(file)) => {
+            return Err(source.invalid(
+                file.span().start,
+                "s3.credentials_file",
+                "set either access_key_id and secret_access_key, or credentials_file, not both",
+            ));
+        }
+        (Some(id), None, None) => {
+            return Err(source.invalid(
+                id.span().start,
+                "s3.secret_access_key",
+                "required key is missing (access_key_id is set)",
+            ));
+        }
+        (None, Some(secret), None) => {
+            return Err(source.invalid(
+                secret.span().start,
+                "s3.access_key_id",
+                "required key is missing (secret_access_key is set)",
+            ));
+        }
+        (None, None, None) => {
+            return Err(source.invalid(
+                table_start,
+                "s3",
+                "no credentials: set access_key_id and secret_access_key, or credentials_file",
+            ));
+        }
+    };
+    Ok(S3Config {
+        endpoint: raw.endpoint.map(|e| e.0),
+        region: raw.region.map_or(REGION_DEFAULT.to_owned(), |r| r.0),
+        bucket: raw.bucket.0,
+        prefix: raw.prefix.map(|p| p.0).unwrap_or_default(),
+        path_style: raw.path_style,
+        access_key_id,
+        secret_access_key,
+        part_size: raw.part_size.map_or(PART_SIZE_BYTES_DEFAULT, |p| p.0),
+        concurrency: raw.concurrency.map_or(CONCURRENCY_DEFAULT, |c| c.0),
+        checksums: raw.checksums.unwrap_or(ChecksumMode::WhenRequired),
+    })
+}
+
+fn validate_users(
+    raw: Vec<Spanned<RawUser>>,
+    source: &Source<'_>,
+) -> Result<Vec<User>, ConfigError> {
+    let mut users: Vec<User> = Vec::with_capacity(raw.len());
+    let mut first_lines = std::collections::HashMap::new();
+    for (index, user) in raw.into_iter().enumerate() {
+        let user = user.into_inner();
+        let name_start = user.name.span().start;
+        let name = user.name.into_inner().0;
+        if let Some(first_line) = first_lines.insert(name.clone(), source.line_of(name_start)) {
+            return Err(source.invalid(
+                name_start,
+                &format!("users[{index}].name"),
+                format!("duplicate user name {name:?} (first defined on line {first_line})"),
+            ));
+        }
+        users.push(User {
+            name,
+            authorized_keys: user.authorized_keys.into_iter().map(|key| key.0).collect(),
+            password_hash: user.password_hash.map(|hash| hash.0),
+        });
+    }
+    let can_log_in = |user: &User| !user.authorized_keys.is_empty() || user.password_hash.is_some();
+    if !users.iter().any(can_log_in) {
+        return Err(source.invalid(
+            // The end of the file, where a [[users]] entry would go.
+            source.text.trim_end().len(),
+            "users",
+            "no user can log in: add a [[users]] entry with authorized_keys or password_hash",
+        ));
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! [`EXAMPLE`]: a complete configuration with every key, its default and what it does.
+
+/// A complete, commented configuration file. It parses as it is (a test checks that); its
+/// credentials and key are placeholders to replace.
+pub const EXAMPLE: &str = r#"# sftpgw configuration.
+# Sizes: "16MiB", "5 MiB", "1GiB" or a plain integer (bytes). Durations: "24h", "90s".
+# Relative paths are relative to the directory of this file. Unknown keys are errors.
+
+[sftp]
+# Address and port the SSH/SFTP server listens on. Required.
+listen = "0.0.0.0:22"
+# The server's ed25519 host key. Generated (mode 0600) on first start if missing. Required.
+host_key = "/data/sftpgw/ssh_host_ed25519_key"
+
+[spool]
+# Where uploads are kept until they are delivered to S3 (partial/, sealed/, the journal).
+# Required. Use a local file system that honours fsync.
+dir = "/data/spool"
+# How long an upload that ended without CLOSE is kept for resuming (reput). Default "24h".
+partial_ttl = "24h"
+# New uploads are refused while the spool file system is fuller than high_watermark, and
+# accepted again once it is below low_watermark. Defaults "90%" and "80%".
+high_watermark = "90%"
+low_watermark = "80%"
+
+[s3]
+# S3-compatible endpoint URL. Omit for AWS.
+endpoint = "http://10.0.2.2:9000"
+# Region used for signing. Default "us-east-1".
+region = "us-east-1"
+# Target bucket. Required.
+bucket = "uploads"
+# Object key = prefix + user + "/" + path. Default "" (no prefix).
+prefix = "site-a/"
+# Path-style URLs (http://host/bucket/key), needed by most S3-compatible stores. Default false.
+path_style = true
+# Credentials: either these two keys ...
+access_key_id = "AKIAIOSFODNN7EXAMPLE"
+secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+# ... or an AWS shared-credentials file (aws_access_key_id, aws_secret_access_key) and the
+# section to use in it (default "default"):
+# credentials_file = "/data/sftpgw/aws-credentials"
+# profile = "default"
+# Size of multipart upload parts, from 5MiB to 5GiB. Default "16MiB". S3 allows 10000 parts
+# per object, so the largest file is 10000 x part_size (156GiB at 16MiB).
+part_size = "16MiB"
+# Parts uploaded at the same time, 1 to 64. Default 4.
+concurrency = 4
+# "when_required" (default): checksum headers only where S3 requires them, which every
+# S3-compatible store accepts. "always": the SDK's default CRC checksums on every request.
+checksums = "when_required"
+
+[shaping]
+# Upload bandwidth: "unlimited" or a rate like "10MiB/s", optionally varying by schedule.
+rate = "unlimited"
+schedule = [ { days = "mon-fri", from = "08:00", to = "18:00", rate = "2MiB/s" },
+             { days = "sat-sun", rate = "unlimited" } ]
+
+[control]
+# Unix socket for `sftpgw status` and the other control commands.
+# Default "<spool.dir>/control.sock".
+socket = "/data/spool/control.sock"
+
+# One [[users]] entry per SFTP account; at least one must be able to log in.
+[[users]]
+# Login name and the user's directory in the bucket: letters, digits, '.', '_', '-'. Required.
+name = "partner1"
+# OpenSSH public keys allowed to log in (lines as in authorized_keys, without options).
+authorized_keys = [
+  "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK7qhCUo2/Yld4vYzCMCnxkDWzB5FZDD3PJgYh9sx2XI partner1@laptop",
+]
+# Optional password login: an argon2 PHC string, as written by `sftpgw user passwd`.
+# password_hash = "$argon2id$v=19$m=19456,t=2,p=1$4SPpRKzzlc/IoBgigzpFSw$HiONdkBJqkn1uTuCKXFn6kezuOwyxhk14PrjEQWrOZs"
+"#;
