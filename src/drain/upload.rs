@@ -199,12 +199,9 @@ impl<S: ObjectStore> Drain<S> {
         active_keys: &mut HashSet<String>,
     ) {
         let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
-        for f in self.ctx.spool.files() {
+        for f in self.ctx.spool.files_in(&[FileState::Sealed, FileState::Uploading]) {
             if active.len() >= files_active_max {
                 return;
-            }
-            if !matches!(f.state, FileState::Sealed | FileState::Uploading) {
-                continue;
             }
             let key = self.ctx.cfg.object_key(&f.user, &f.path);
             // One upload per key at a time, so that an older version can never complete

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::Notify;
 
 use super::catalog::{Catalog, Effects, FileRecord, Node, Record};
@@ -41,6 +42,8 @@ pub struct SpoolOptions {
 
 /// The spool of one gateway, shared by every session and the drain.
 pub struct Spool {
+    /// Held for the spool's life (flock on `dir/lock`).
+    _dir_lock: Flock<fs::File>,
     opts: SpoolOptions,
     partial_dir: PathBuf,
     sealed_dir: PathBuf,
@@ -105,6 +108,16 @@ impl Spool {
         for d in [&opts.dir, &partial_dir, &sealed_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolOpenError::Io(d.clone(), e))?;
         }
+        // One daemon per spool: a second one would interleave journal appends.
+        let lock_path = opts.dir.join("lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| SpoolOpenError::Io(lock_path.clone(), e))?;
+        let dir_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| SpoolOpenError::Locked(opts.dir.clone()))?;
         let (journal, records) = Journal::<Record>::open(&opts.dir.join("journal"))?;
         let mut catalog = Catalog::default();
         let mut aborts = Vec::new();
@@ -113,6 +126,7 @@ impl Spool {
         }
         catalog.end_replay();
         let spool = Spool {
+            _dir_lock: dir_lock,
             partial_dir,
             sealed_dir,
             next_id: AtomicU64::new(catalog.max_id + 1),
@@ -298,6 +312,14 @@ impl Spool {
     /// A copy of one file's record.
     pub fn file(&self, id: FileId) -> Option<FileRecord> {
         self.lock().file(id).cloned()
+    }
+
+    /// Copies of the records of files in one of `states`, oldest first (the drain's queue).
+    pub fn files_in(&self, states: &[FileState]) -> Vec<FileRecord> {
+        let mut v: Vec<FileRecord> =
+            self.lock().files().filter(|f| states.contains(&f.state)).cloned().collect();
+        v.sort_by_key(|f| f.id);
+        v
     }
 
     /// Copies of every file record (for the drain queue and status), oldest first.
@@ -685,4 +707,6 @@ pub enum SpoolOpenError {
     Io(PathBuf, io::Error),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("{0} is in use by another sftpgw process")]
+    Locked(PathBuf),
 }
