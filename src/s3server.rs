@@ -31,7 +31,7 @@ const SHUTDOWN_GRACE_MS: u64 = 1_000;
 const ACCEPT_ERROR_BACKOFF_MS: u64 = 100;
 
 /// Where and how to serve.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3ServerConfig {
     /// Data directory; created if missing. Buckets are its subdirectories.
     pub root: PathBuf,
@@ -56,8 +56,19 @@ impl S3ServerConfig {
     }
 }
 
+impl std::fmt::Debug for S3ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3ServerConfig")
+            .field("root", &self.root)
+            .field("listen", &self.listen)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
 /// A running server; stops on [`S3Server::shutdown`] or when dropped.
-#[derive(Debug)]
 pub struct S3Server {
     addr: SocketAddr,
     stats: Arc<S3Stats>,
@@ -147,6 +158,16 @@ impl S3Server {
         {
             tracing::warn!("embedded S3 server task ended abnormally: {e}");
         }
+    }
+}
+
+impl std::fmt::Debug for S3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Server")
+            .field("addr", &self.addr)
+            .field("bucket", &self.bucket)
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -256,6 +277,8 @@ impl ServerOp {
         self as usize
     }
 }
+
+const _: () = assert!(ServerOp::ListParts as usize + 1 == ServerOp::COUNT);
 
 /// Counters and a throttle, shared between the server and the test that owns it.
 #[derive(Debug, Default)]

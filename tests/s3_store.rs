@@ -671,6 +671,57 @@ async fn sdk_aws_chunked_file_bodies_with_trailing_checksums_are_accepted() {
     assert!(stored_crc32(&store, "file").await.is_some());
 }
 
+#[tokio::test]
+async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_cfg = S3ServerConfig::loopback(dir.path().join("s3"));
+    let server = S3Server::start(server_cfg.clone()).await.unwrap();
+    let store = AwsStore::new(&test_s3_config(&server)).unwrap();
+    store
+        .put_object("done", pattern(10, 0), &metadata("t1"))
+        .await
+        .unwrap();
+    let id = store
+        .create_multipart_upload("open", &metadata("t2"))
+        .await
+        .unwrap();
+    let part = store
+        .upload_part("open", &id, 1, pattern(10, 1))
+        .await
+        .unwrap();
+    server.shutdown().await;
+
+    let server = S3Server::start(server_cfg).await.unwrap();
+    let store = AwsStore::new(&test_s3_config(&server)).unwrap();
+    assert_eq!(
+        store.head_object("done").await.unwrap().unwrap().metadata,
+        metadata("t1")
+    );
+    assert_eq!(
+        store.list_multipart_uploads("").await.unwrap(),
+        vec![OpenUpload {
+            key: "open".into(),
+            upload_id: id.clone()
+        }]
+    );
+    store
+        .complete_multipart_upload(
+            "open",
+            &id,
+            &[CompletedPart {
+                number: 1,
+                etag: part,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(get(&store, "open").await, pattern(10, 1));
+    assert_eq!(
+        store.head_object("open").await.unwrap().unwrap().metadata,
+        metadata("t2")
+    );
+}
+
 // ---- FaultStore ----
 
 async fn fault_fixture() -> (Fixture, FaultStore<AwsStore>) {

@@ -52,6 +52,8 @@ impl Op {
     }
 }
 
+const _: () = assert!(Op::ListMultipartUploads as usize + 1 == Op::COUNT);
+
 /// What goes wrong with one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -144,8 +146,12 @@ impl<S: ObjectStore> FaultStore<S> {
 
     /// The next call of `op` fails with `fault`.
     pub fn fail_next(&self, op: Op, fault: Fault) {
-        let nth = self.calls(op) + 1;
-        self.inject(op, nth, fault);
+        // One lock for reading the count and adding the rule, so no call slips in between.
+        let mut plan = self.plan();
+        let nth = plan.calls[op.index()] + 1;
+        plan.rules.push(Box::new(move |c| {
+            (c.op == op && c.nth == nth).then_some(fault)
+        }));
     }
 
     /// Every call of `op` fails with `fault` until [`FaultStore::clear`].
