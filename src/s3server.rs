@@ -293,7 +293,7 @@ pub struct S3Stats {
 
 impl S3Stats {
     /// Body bytes received by PutObject and UploadPart, including requests that later failed.
-    pub fn body_bytes_received(&self) -> u64 {
+    pub fn upload_bytes(&self) -> u64 {
         self.body_bytes_received.load(Ordering::Relaxed)
     }
 

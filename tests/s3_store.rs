@@ -571,7 +571,7 @@ async fn stats_count_requests_and_uploaded_body_bytes() {
     f.store.head_object("b").await.unwrap();
 
     let part_bytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
-    assert_eq!(stats.body_bytes_received(), 1000 + part_bytes);
+    assert_eq!(stats.upload_bytes(), 1000 + part_bytes);
     assert_eq!(stats.requests(ServerOp::PutObject), 1);
     assert_eq!(stats.requests(ServerOp::CreateMultipartUpload), 2);
     assert_eq!(stats.requests(ServerOp::UploadPart), 3);
@@ -773,10 +773,7 @@ async fn fault_connection_reset_mid_part_is_transient_and_stores_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
-    assert_eq!(
-        f.server.stats().body_bytes_received(),
-        parts[0].len() as u64
-    );
+    assert_eq!(f.server.stats().upload_bytes(), parts[0].len() as u64);
     let etag2 = store
         .upload_part("k", &id, 2, parts[1].clone())
         .await
