@@ -42,6 +42,7 @@ pub async fn run(
             concurrency: config.s3.concurrency,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            settle: crate::drain::upload::SETTLE_DEFAULT,
         },
     );
     let drain_task = tokio::spawn(drain.clone().run());

@@ -30,6 +30,7 @@ fn drain_config(concurrency: usize) -> DrainConfig {
         concurrency,
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
+        settle: Duration::ZERO,
     }
 }
 

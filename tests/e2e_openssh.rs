@@ -162,15 +162,29 @@ async fn rename_refuses_an_existing_target_and_posix_rename_overwrites() {
     h.start_daemon();
     let a = write_local(&h, "a.bin", &data(100, 1));
     let b = write_local(&h, "b.bin", &data(200, 2));
-    h.sftp_ok("alice", &format!("put {a} a\nput {b} b\n"));
-    // `rename -l` forces the plain SFTP rename, which refuses an existing target.
-    let out = h.sftp("alice", "rename -l a b\n");
-    assert!(
-        !out.status.success(),
-        "plain rename over an existing file must fail"
+    // `rename -l` forces the plain SFTP rename, which refuses an existing target (the leading
+    // `-` lets the batch go on); plain `rename` uses posix-rename@openssh.com, which replaces it.
+    // One batch, so that the renames come right after CLOSE, before the files drain.
+    let out = h.sftp(
+        "alice",
+        &format!("put {a} a\nput {b} b\n-rename -l a b\nls -1\nrename a b\nls -1\n"),
     );
-    // Plain `rename` uses posix-rename@openssh.com, which replaces the target.
-    h.sftp_ok("alice", "rename a b\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("remote rename"),
+        "the plain rename was refused: {stderr}"
+    );
+    let listings: Vec<&str> = stdout.split("sftp> ls -1").skip(1).collect();
+    assert!(
+        listings[0].lines().any(|l| l.trim() == "a"),
+        "a still there after the refused rename: {stdout}"
+    );
+    assert!(
+        !listings[1].lines().any(|l| l.trim() == "a"),
+        "a gone after posix-rename: {stdout}"
+    );
     h.wait_drained(Duration::from_secs(30)).await;
     assert_eq!(
         h.get_object(&format!("{PREFIX}alice/b")).await.expect("b"),

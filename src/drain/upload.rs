@@ -18,7 +18,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
@@ -43,6 +43,19 @@ pub struct DrainConfig {
     /// First retry delay; doubles per attempt up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How long a freshly sealed file waits before its upload starts.
+    pub settle: Duration,
+}
+
+/// Default [`DrainConfig::settle`].
+pub const SETTLE_DEFAULT: Duration = Duration::from_secs(1);
+
+/// The drain loop's bookkeeping.
+#[derive(Default)]
+struct Queue {
+    active: HashSet<FileId>,
+    active_keys: HashSet<String>,
+    first_seen: HashMap<FileId, Instant>,
 }
 
 impl DrainConfig {
@@ -84,6 +97,8 @@ struct Ctx<S: ObjectStore> {
     cfg: Arc<DrainConfig>,
     stats: Arc<DrainStats>,
     permits: Arc<Semaphore>,
+    /// Upload ids created by this run (so that start-up reconciliation never aborts them).
+    created_uploads: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<S: ObjectStore> Clone for Ctx<S> {
@@ -94,6 +109,7 @@ impl<S: ObjectStore> Clone for Ctx<S> {
             cfg: self.cfg.clone(),
             stats: self.stats.clone(),
             permits: self.permits.clone(),
+            created_uploads: self.created_uploads.clone(),
         }
     }
 }
@@ -113,6 +129,7 @@ impl<S: ObjectStore> Drain<S> {
                 cfg: Arc::new(cfg),
                 stats: Arc::new(DrainStats::default()),
                 permits,
+                created_uploads: Arc::new(Mutex::new(HashSet::new())),
             },
         })
     }
@@ -129,10 +146,24 @@ impl<S: ObjectStore> Drain<S> {
     /// Runs until the task is aborted. Every upload runs in a task owned by this one, so
     /// aborting it stops them all (every step is crash-safe, so that is a clean stop).
     pub async fn run(self: Arc<Self>) {
-        self.abort_unknown_uploads().await;
         let mut tasks: JoinSet<Option<(FileId, String)>> = JoinSet::new();
-        let mut active: HashSet<FileId> = HashSet::new();
-        let mut active_keys: HashSet<String> = HashSet::new();
+        let ctx = self.ctx.clone();
+        tasks.spawn(async move {
+            ctx.abort_unknown_uploads().await;
+            None
+        });
+        let mut queue = Queue::default();
+        // Files already sealed before this start were settled long ago.
+        let now = Instant::now();
+        for f in self
+            .ctx
+            .spool
+            .files_in(&[FileState::Sealed, FileState::Uploading])
+        {
+            queue
+                .first_seen
+                .insert(f.id, now.checked_sub(self.ctx.cfg.settle).unwrap_or(now));
+        }
         loop {
             for (key, upload_id) in self.ctx.spool.take_aborts() {
                 let ctx = self.ctx.clone();
@@ -141,76 +172,59 @@ impl<S: ObjectStore> Drain<S> {
                     None
                 });
             }
-            self.start_pending(&mut tasks, &mut active, &mut active_keys);
+            let wake = self.start_pending(&mut tasks, &mut queue);
             tokio::select! {
                 () = self.ctx.spool.work().notified() => {}
                 Some(done) = tasks.join_next() => {
                     if let Ok(Some((id, key))) = done {
-                        active.remove(&id);
-                        active_keys.remove(&key);
+                        queue.active.remove(&id);
+                        queue.active_keys.remove(&key);
+                        queue.first_seen.remove(&id);
                         lock(&self.ctx.stats.retrying).remove(&id);
                     }
                 }
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(wake) => {}
             }
         }
     }
 
-    /// Multipart uploads under our prefix that the journal does not know were created by a
-    /// run that crashed before journalling them: nobody will complete them.
-    async fn abort_unknown_uploads(&self) {
-        const ATTEMPTS_MAX: u32 = 3;
-        for attempt in 0..ATTEMPTS_MAX {
-            match self
-                .ctx
-                .store
-                .list_multipart_uploads(&self.ctx.cfg.prefix)
-                .await
-            {
-                Ok(open) => {
-                    let known: HashSet<String> = self
-                        .ctx
-                        .spool
-                        .files()
-                        .into_iter()
-                        .filter_map(|f| f.upload.map(|u| u.upload_id))
-                        .collect();
-                    for u in open.into_iter().filter(|u| !known.contains(&u.upload_id)) {
-                        tracing::info!(key = %u.key, upload_id = %u.upload_id, "aborting multipart upload the journal does not know");
-                        self.ctx.abort_upload(&u.key, &u.upload_id).await;
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing open multipart uploads failed");
-                    if !e.is_retryable() {
-                        return;
-                    }
-                    tokio::time::sleep(self.ctx.backoff(attempt)).await;
-                }
-            }
-        }
-    }
-
+    /// Starts uploads for pending files, within the limits; returns how long until a file
+    /// still settling becomes eligible (at most a second).
     fn start_pending(
         &self,
         tasks: &mut JoinSet<Option<(FileId, String)>>,
-        active: &mut HashSet<FileId>,
-        active_keys: &mut HashSet<String>,
-    ) {
+        queue: &mut Queue,
+    ) -> Duration {
         let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
-        for f in self.ctx.spool.files_in(&[FileState::Sealed, FileState::Uploading]) {
-            if active.len() >= files_active_max {
-                return;
+        let now = Instant::now();
+        let mut wake = Duration::from_secs(1);
+        let pending = self
+            .ctx
+            .spool
+            .files_in(&[FileState::Sealed, FileState::Uploading]);
+        let pending_ids: HashSet<FileId> = pending.iter().map(|f| f.id).collect();
+        queue.first_seen.retain(|id, _| pending_ids.contains(id));
+        for f in pending {
+            if queue.active.len() >= files_active_max {
+                break;
+            }
+            // A file just sealed waits a moment: clients that upload to a temporary name
+            // (WinSCP's `.filepart`) rename it right after CLOSE, and the rename should not
+            // race the upload.
+            let seen = *queue.first_seen.entry(f.id).or_insert(now);
+            let eligible = seen + self.ctx.cfg.settle;
+            if eligible > now {
+                wake = wake.min(eligible - now);
+                continue;
             }
             let key = self.ctx.cfg.object_key(&f.user, &f.path);
             // One upload per key at a time, so that an older version can never complete
             // after a newer one.
-            if active.contains(&f.id) || active_keys.contains(&key) {
+            if queue.active.contains(&f.id) || queue.active_keys.contains(&key) {
                 continue;
             }
-            active.insert(f.id);
-            active_keys.insert(key.clone());
+            queue.active.insert(f.id);
+            queue.active_keys.insert(key.clone());
             let ctx = self.ctx.clone();
             tasks.spawn(async move {
                 let id = f.id;
@@ -218,10 +232,40 @@ impl<S: ObjectStore> Drain<S> {
                 Some((id, key))
             });
         }
+        wake
     }
 }
 
 impl<S: ObjectStore> Ctx<S> {
+    /// Multipart uploads under our prefix that the journal does not know were created by a
+    /// run that crashed before journalling them: nobody will complete them. Retried until the
+    /// store answers (after a power cut the WAN may come up late). Uploads this run created
+    /// are never taken for strays.
+    async fn abort_unknown_uploads(&self) {
+        let mut attempt = 0u32;
+        let open = loop {
+            match self.store.list_multipart_uploads(&self.cfg.prefix).await {
+                Ok(open) => break open,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing open multipart uploads failed; retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        let mut known: HashSet<String> = self
+            .spool
+            .files()
+            .into_iter()
+            .filter_map(|f| f.upload.map(|u| u.upload_id))
+            .collect();
+        known.extend(lock(&self.created_uploads).iter().cloned());
+        for u in open.into_iter().filter(|u| !known.contains(&u.upload_id)) {
+            tracing::info!(key = %u.key, upload_id = %u.upload_id, "aborting a multipart upload the journal does not know");
+            self.abort_upload(&u.key, &u.upload_id).await;
+        }
+    }
+
     async fn abort_upload(&self, key: &str, upload_id: &str) {
         const ATTEMPTS_MAX: u32 = 8;
         for attempt in 0..ATTEMPTS_MAX {
@@ -245,7 +289,9 @@ impl<S: ObjectStore> Ctx<S> {
 
     async fn deliver(&self, mut file: FileRecord, key: &str) {
         loop {
-            let attempt = if file.size < self.cfg.part_size {
+            // An upload already journalled is resumed with its own part size even if the
+            // configured one changed since.
+            let attempt = if file.upload.is_none() && file.size < self.cfg.part_size {
                 self.deliver_single(&file, key).await
             } else {
                 self.deliver_multipart(&file, key).await
@@ -364,7 +410,8 @@ impl<S: ObjectStore> Ctx<S> {
         .await;
         match hashed {
             Ok(Ok(h)) => Ok(h),
-            _ => Err(Stop::Cancelled),
+            Ok(Err(e)) => Err(self.local_error(file.id, "hashing the spool file", &e)),
+            Err(_) => Err(Stop::Cancelled),
         }
     }
 
@@ -379,8 +426,27 @@ impl<S: ObjectStore> Ctx<S> {
         .await;
         match read {
             Ok(Ok(b)) => Ok(b),
-            // Freed meanwhile (removed or superseded): nothing left to send.
-            _ => Err(Stop::Cancelled),
+            Ok(Err(e)) => Err(self.local_error(id, "reading the spool file", &e)),
+            Err(_) => Err(Stop::Cancelled),
+        }
+    }
+
+    /// A local read failed. If the file was freed meanwhile (removed, superseded) there is
+    /// nothing to send; otherwise the spool copy is broken, and the file is marked failed
+    /// instead of being retried in a loop.
+    fn local_error(&self, id: FileId, what: &str, err: &std::io::Error) -> Stop {
+        let current = self
+            .spool
+            .file(id)
+            .is_some_and(|f| matches!(f.state, FileState::Sealed | FileState::Uploading));
+        if current {
+            Stop::Permanent(S3Error::new(
+                S3ErrorKind::Permanent,
+                "spool",
+                format!("{what}: {err}"),
+            ))
+        } else {
+            Stop::Cancelled
         }
     }
 
@@ -406,11 +472,14 @@ impl<S: ObjectStore> Ctx<S> {
             self.store.put_object(key, body.clone(), &meta)
         })
         .await?;
-        drop(permit);
         self.stats
             .bytes_sent
             .fetch_add(file.size, Ordering::Relaxed);
-        self.verify_and_record(file, key, &sha).await
+        // The permit is held until `Delivered` is durable: a file whose PUT is done but not
+        // yet journalled is sent again after a crash, and counts against the bound.
+        let delivered = self.verify_and_record(file, key, &sha).await;
+        drop(permit);
+        delivered
     }
 
     async fn deliver_multipart(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
@@ -425,6 +494,7 @@ impl<S: ObjectStore> Ctx<S> {
                 let upload_id = self
                     .retry(id, key, || self.store.create_multipart_upload(key, &meta))
                     .await?;
+                lock(&self.created_uploads).insert(upload_id.clone());
                 let record = Record::UploadStarted {
                     id,
                     key: key.to_owned(),

@@ -5,7 +5,7 @@
 //! a restart is the state before it by construction. `apply` is total: a record about an unknown
 //! file (for instance after compaction raced a removal) is ignored, never a panic.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -159,25 +159,37 @@ impl Catalog {
     }
 
     /// Direct children of `dir`, in name order.
-    pub fn children(&self, user: &str, dir: &VPath) -> Vec<(String, Node)> {
-        let start = (user.to_owned(), dir.clone());
+    /// Every name strictly below `dir` (any depth), in order. Names are ordered as strings, so
+    /// the range starts at `dir/` and ends where that prefix ends: `d.txt` and `d-x` sort
+    /// between `d` and `d/x` and must not cut the scan short.
+    fn below<'a>(
+        &'a self,
+        user: &'a str,
+        dir: &VPath,
+    ) -> impl Iterator<Item = (&'a VPath, Node)> + 'a {
+        let prefix = if dir.is_root() {
+            String::new()
+        } else {
+            format!("{}/", dir.as_str())
+        };
+        let start = (user.to_owned(), VPath::from_normalized(prefix.clone()));
         self.names
             .range(start..)
-            .skip_while(|((u, p), _)| u == user && p == dir)
-            .take_while(|((u, p), _)| u == user && p.starts_with(dir))
-            .filter(|((_, p), _)| p.parent().as_ref() == Some(dir))
-            .map(|((_, p), node)| (p.name().to_owned(), *node))
+            .take_while(move |((u, p), _)| u == user && p.as_str().starts_with(&prefix))
+            .filter(|((_, p), _)| !p.is_root())
+            .map(|((_, p), node)| (p, *node))
+    }
+
+    /// Direct children of `dir`, in name order.
+    pub fn children(&self, user: &str, dir: &VPath) -> Vec<(String, Node)> {
+        self.below(user, dir)
+            .filter(|(p, _)| p.parent().as_ref() == Some(dir))
+            .map(|(p, node)| (p.name().to_owned(), node))
             .collect()
     }
 
     pub fn has_children(&self, user: &str, dir: &VPath) -> bool {
-        let start = (user.to_owned(), dir.clone());
-        self.names
-            .range(start..)
-            .skip_while(|((u, p), _)| u == user && p == dir)
-            .take_while(|((u, p), _)| u == user && p.starts_with(dir))
-            .next()
-            .is_some()
+        self.below(user, dir).next().is_some()
     }
 
     /// Applies one record and returns what the caller must clean up.
@@ -202,8 +214,10 @@ impl Catalog {
                 at_unix,
             } => {
                 self.max_id = self.max_id.max(*id);
-                if self.files.contains_key(id) {
-                    // Ids never repeat; a second Opened is not a valid history.
+                if self.files.contains_key(id)
+                    || self.names.get(&(user.clone(), path.clone())) == Some(&Node::Dir)
+                {
+                    // Ids never repeat, and a file never replaces a directory.
                     return effects;
                 }
                 let key = (user.clone(), path.clone());
@@ -259,25 +273,20 @@ impl Catalog {
                 file.mtime_unix = *at_unix;
                 let (user, path) = (file.user.clone(), file.path.clone());
                 // Older hidden versions of the same name are superseded now.
-                let superseded: Vec<FileId> = self
-                    .files
-                    .values()
-                    .filter(|f| f.hidden && f.user == user && f.path == path && f.id != *id)
-                    .map(|f| f.id)
-                    .collect();
-                for old in superseded {
-                    self.drop_file(old, &mut effects);
-                }
+                self.drop_hidden_versions(&user, &path, *id, &mut effects);
             }
             Record::Renamed { id, path } => {
                 let Some(file) = self.files.get_mut(id) else {
                     return effects;
                 };
-                if file.hidden {
-                    // Not reachable by name, so not renamable.
+                if file.hidden
+                    || self.names.get(&(file.user.clone(), path.clone())) == Some(&Node::Dir)
+                {
+                    // Not reachable by name, or onto a directory: not a valid rename.
                     return effects;
                 }
                 let user = file.user.clone();
+                let settled = !matches!(file.state, FileState::Receiving | FileState::Partial);
                 let old_key = (user.clone(), file.path.clone());
                 file.path = path.clone();
                 if file.state == FileState::Uploading {
@@ -289,11 +298,15 @@ impl Catalog {
                 if self.names.get(&old_key) == Some(&Node::File(*id)) {
                     self.names.remove(&old_key);
                 }
-                let new_key = (user, path.clone());
+                let new_key = (user.clone(), path.clone());
                 if let Some(Node::File(old)) = self.names.insert(new_key, Node::File(*id))
                     && old != *id
                 {
                     self.drop_file(old, &mut effects);
+                }
+                if settled {
+                    // Like a seal at the new name: older pending versions there are superseded.
+                    self.drop_hidden_versions(&user, path, *id, &mut effects);
                 }
             }
             Record::Removed { id } => self.drop_file(*id, &mut effects),
@@ -342,7 +355,9 @@ impl Catalog {
                 let Some(file) = self.files.get_mut(id) else {
                     return effects;
                 };
-                file.upload = None;
+                if let Some(upload) = file.upload.take() {
+                    effects.abort_uploads.push((upload.key, upload.upload_id));
+                }
                 if file.state == FileState::Uploading {
                     file.state = FileState::Sealed;
                 }
@@ -417,6 +432,24 @@ impl Catalog {
         }
     }
 
+    fn drop_hidden_versions(
+        &mut self,
+        user: &str,
+        path: &VPath,
+        keep: FileId,
+        effects: &mut Effects,
+    ) {
+        let superseded: Vec<FileId> = self
+            .files
+            .values()
+            .filter(|f| f.hidden && f.user == user && f.path == *path && f.id != keep)
+            .map(|f| f.id)
+            .collect();
+        for old in superseded {
+            self.drop_file(old, effects);
+        }
+    }
+
     /// After replay no session is connected: every file still receiving is partial.
     pub fn end_replay(&mut self) {
         for file in self.files.values_mut() {
@@ -448,19 +481,23 @@ impl Catalog {
     /// file and their Sealed record follows the snapshot.
     pub fn snapshot_records(&self) -> Vec<Record> {
         let mut out = Vec::new();
-        let mut dirs: BTreeSet<(String, VPath)> = BTreeSet::new();
-        for ((user, path), node) in &self.names {
-            if *node == Node::Dir {
-                dirs.insert((user.clone(), path.clone()));
-            }
-        }
-        for (user, path) in dirs {
-            out.push(Record::Mkdir { user, path });
-        }
+        // Hidden versions first (each ends with `Hidden`, which frees its name), so that
+        // neither a directory nor the visible version made later under the same name is
+        // disturbed by them; then directories; then visible files.
         let mut files: Vec<&FileRecord> = self.files.values().collect();
-        // Hidden versions first so that the visible version's Opened hides them again.
         files.sort_by_key(|f| (!f.hidden, f.id));
-        for f in files {
+        let visible_from = files.iter().position(|f| !f.hidden).unwrap_or(files.len());
+        for (i, f) in files.into_iter().enumerate() {
+            if i == visible_from {
+                for ((user, path), node) in &self.names {
+                    if *node == Node::Dir {
+                        out.push(Record::Mkdir {
+                            user: user.clone(),
+                            path: path.clone(),
+                        });
+                    }
+                }
+            }
             out.push(Record::Opened {
                 id: f.id,
                 user: f.user.clone(),
@@ -508,6 +545,16 @@ impl Catalog {
                 out.push(Record::Hidden { id: f.id });
             }
         }
+        if visible_from == self.files.len() {
+            for ((user, path), node) in &self.names {
+                if *node == Node::Dir {
+                    out.push(Record::Mkdir {
+                        user: user.clone(),
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
         out
     }
 }
@@ -524,8 +571,16 @@ mod tests {
 
     fn arb_record() -> impl Strategy<Value = Record> {
         let user = prop_oneof![Just("u".to_owned()), Just("v".to_owned())];
-        let path =
-            prop_oneof![Just("a"), Just("b"), Just("d"), Just("d/x"), Just("d/y")].prop_map(vp);
+        let path = prop_oneof![
+            Just("a"),
+            Just("b"),
+            Just("d"),
+            Just("d/x"),
+            Just("d/y"),
+            Just("d.txt"),
+            Just("d-x/y")
+        ]
+        .prop_map(vp);
         let id = 1u64..6;
         prop_oneof![
             (user.clone(), path.clone()).prop_map(|(user, path)| Record::Mkdir { user, path }),
@@ -597,6 +652,18 @@ mod tests {
                     if let Node::File(id) = node {
                         prop_assert!(c.files.contains_key(id), "dangling name after {:?}", r);
                     }
+                }
+                // children() agrees with a plain filter over all names.
+                for dir in ["", "d", "d-x"] {
+                    let dir = if dir.is_empty() { VPath::root() } else { vp(dir) };
+                    let model: Vec<String> = c
+                        .names
+                        .keys()
+                        .filter(|(u, p)| u == "u" && p.parent().as_ref() == Some(&dir))
+                        .map(|(_, p)| p.name().to_owned())
+                        .collect();
+                    let got: Vec<String> = c.children("u", &dir).into_iter().map(|(n, _)| n).collect();
+                    prop_assert_eq!(model, got);
                 }
             }
         }

@@ -58,6 +58,8 @@ pub struct WriteHandle {
     file: Arc<File>,
     size: Arc<AtomicU64>,
     hash: Arc<Mutex<Option<SequentialHash>>>,
+    /// Set when an fsync failed: this version can never be acknowledged.
+    poisoned: std::sync::atomic::AtomicBool,
     closed: bool,
 }
 
@@ -246,6 +248,7 @@ impl WriteHandle {
             file: Arc::new(file),
             size,
             hash: Arc::new(Mutex::new(hash)),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             closed: false,
         }
     }
@@ -281,10 +284,15 @@ impl WriteHandle {
     /// fsync@openssh.com: the bytes written so far are durable (the file is still `receiving`).
     pub async fn fsync(&self) -> Result<(), FsError> {
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || file.sync_data())
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
             .await
-            .map_err(|e| FsError::new(FsErrorKind::Failure, format!("fsync task failed: {e}")))?
-            .map_err(|e| io_error("fsync", &e))
+            .map_err(|e| FsError::new(FsErrorKind::Failure, format!("fsync task failed: {e}")))?;
+        synced.map_err(|e| {
+            // The kernel may have dropped the dirty pages: a later fsync could succeed without
+            // them. This version can never be acknowledged.
+            self.poisoned.store(true, Ordering::Relaxed);
+            io_error("fsync", &e)
+        })
     }
 
     /// Current size (highest offset written, or the resumed size).
@@ -293,9 +301,21 @@ impl WriteHandle {
     }
 
     /// Seals the file: fsync(file) → rename → fsync(dirs) → journal "Sealed" fsynced.
-    /// Only when this returns `Ok` may the client be told SSH_FX_OK. On error the file stays
-    /// `partial` and can be resumed.
-    pub async fn close(mut self) -> Result<(), FsError> {
+    /// Only when this returns `Ok` may the client be told SSH_FX_OK.
+    ///
+    /// The work runs in its own task, so a client that disconnects in the middle cannot leave
+    /// the file half sealed. If an fsync fails the version is discarded (never retried and then
+    /// acknowledged) and the client is told to upload it again; other errors leave it `partial`.
+    pub async fn close(self) -> Result<(), FsError> {
+        tokio::spawn(self.seal()).await.unwrap_or_else(|e| {
+            Err(FsError::new(
+                FsErrorKind::Failure,
+                format!("seal task failed: {e}"),
+            ))
+        })
+    }
+
+    async fn seal(mut self) -> Result<(), FsError> {
         let spool = self.spool.clone();
         let id = self.id;
         if spool.lock().file(id).is_none() {
@@ -305,23 +325,37 @@ impl WriteHandle {
             let _ = fs::remove_file(spool.partial_path(id));
             return Ok(());
         }
+        if self.poisoned.load(Ordering::Relaxed) {
+            return self.discard("an earlier fsync failed").await;
+        }
         let file = self.file.clone();
         let (partial, sealed) = (spool.partial_path(id), spool.sealed_path(id));
         let (partial_dir, sealed_dir) = (
             spool.partial_dir().to_owned(),
             spool.sealed_dir().to_owned(),
         );
-        let durable = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-            file.sync_all()?;
-            let size = file.metadata()?.len();
-            fs::rename(&partial, &sealed)?;
-            fsync_dir(&sealed_dir)?;
-            fsync_dir(&partial_dir)?;
+        let durable = tokio::task::spawn_blocking(move || -> Result<u64, SealError> {
+            file.sync_all().map_err(SealError::Sync)?;
+            let size = file.metadata().map_err(SealError::Other)?.len();
+            fs::rename(&partial, &sealed).map_err(SealError::Other)?;
+            if let Err(e) = fsync_dir(&sealed_dir).and_then(|()| fsync_dir(&partial_dir)) {
+                // Not durable as sealed: put it back so that the state on disk matches the
+                // catalog (partial) whatever happens next.
+                let _ = fs::rename(&sealed, &partial);
+                return Err(SealError::Sync(e));
+            }
             Ok(size)
         })
         .await
         .map_err(|e| FsError::new(FsErrorKind::Failure, format!("seal task failed: {e}")))?;
-        let size = durable.map_err(|e| io_error("sealing", &e))?;
+        let size = match durable {
+            Ok(size) => size,
+            Err(SealError::Sync(e)) => {
+                self.poisoned.store(true, Ordering::Relaxed);
+                return self.discard(&format!("fsync failed: {e}")).await;
+            }
+            Err(SealError::Other(e)) => return Err(io_error("sealing", &e)),
+        };
         let sha256 = self
             .hash
             .lock()
@@ -357,6 +391,32 @@ impl WriteHandle {
             Err(e) => Err(e),
         }
     }
+
+    /// Drops this version after a durability failure and tells the client why.
+    async fn discard(mut self, why: &str) -> Result<(), FsError> {
+        tracing::error!(
+            id = self.id,
+            why,
+            "discarding a file that could not be made durable"
+        );
+        self.closed = true;
+        self.spool.unregister_live(self.id);
+        let id = self.id;
+        let _ = self
+            .spool
+            .commit(vec![Record::Removed { id }], true, |_| Ok(()))
+            .await;
+        Err(FsError::new(
+            FsErrorKind::Failure,
+            format!("{why}; the file was not stored, upload it again"),
+        ))
+    }
+}
+
+enum SealError {
+    /// fsync of the file or a directory failed: durability unknown.
+    Sync(std::io::Error),
+    Other(std::io::Error),
 }
 
 impl Drop for WriteHandle {

@@ -29,6 +29,8 @@ use crate::journal::{Journal, JournalError};
 
 /// Journal size above which the catalog is written out as a snapshot and the log restarted.
 const JOURNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+/// A generous average size of one encoded record, for sizing compaction thresholds.
+const RECORD_BYTES_ESTIMATE: u64 = 128;
 
 /// How the spool is set up.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct Spool {
     catalog: Mutex<Catalog>,
     journal: Journal<Record>,
     next_id: AtomicU64,
+    /// Journal size that triggers the next compaction.
+    compact_above_bytes: AtomicU64,
     /// Live sizes of files being received, by id.
     live_sizes: Mutex<HashMap<FileId, Arc<AtomicU64>>>,
     /// Multipart uploads the drain must abort (key, upload id).
@@ -130,6 +134,7 @@ impl Spool {
             partial_dir,
             sealed_dir,
             next_id: AtomicU64::new(catalog.max_id + 1),
+            compact_above_bytes: AtomicU64::new(JOURNAL_COMPACT_BYTES),
             catalog: Mutex::new(catalog),
             journal,
             live_sizes: Mutex::new(HashMap::new()),
@@ -166,7 +171,21 @@ impl Spool {
                         .and_then(|n| n.parse::<FileId>().ok())
                         .and_then(|id| catalog.file(id))
                         .is_some_and(|f| wanted.contains(&f.state));
-                    if !keep {
+                    if keep {
+                        continue;
+                    }
+                    // Renamed to sealed/ but the Sealed record never made it: the file was not
+                    // acknowledged, so it is partial again (resumable until its TTL).
+                    let back_to_partial = dir == &self.sealed_dir
+                        && entry
+                            .file_name()
+                            .to_str()
+                            .and_then(|n| n.parse::<FileId>().ok())
+                            .and_then(|id| catalog.file(id))
+                            .is_some_and(|f| f.state == FileState::Partial);
+                    if back_to_partial {
+                        fs::rename(entry.path(), self.partial_dir.join(entry.file_name()))?;
+                    } else {
                         fs::remove_file(entry.path())?;
                     }
                 }
@@ -248,8 +267,18 @@ impl Spool {
                 effects.abort_uploads.extend(e.abort_uploads);
             }
             let ticket = self.journal.submit(records, durable);
-            if self.journal.size_bytes() > JOURNAL_COMPACT_BYTES {
-                drop(self.journal.compact(catalog.snapshot_records()));
+            let size = self.journal.size_bytes();
+            if size > self.compact_above_bytes.load(Ordering::Relaxed) {
+                let snapshot = catalog.snapshot_records();
+                // The log shrinks only once the writer has run the compaction, so the next one
+                // waits until the log has grown by a whole threshold again; a large catalog
+                // raises the threshold so that compaction stays a small share of the writes.
+                let snapshot_bytes = snapshot.len() as u64 * RECORD_BYTES_ESTIMATE;
+                self.compact_above_bytes.store(
+                    size.max(snapshot_bytes) + JOURNAL_COMPACT_BYTES.max(snapshot_bytes),
+                    Ordering::Relaxed,
+                );
+                drop(self.journal.compact(snapshot));
             }
             (ticket, effects)
         };
@@ -316,8 +345,12 @@ impl Spool {
 
     /// Copies of the records of files in one of `states`, oldest first (the drain's queue).
     pub fn files_in(&self, states: &[FileState]) -> Vec<FileRecord> {
-        let mut v: Vec<FileRecord> =
-            self.lock().files().filter(|f| states.contains(&f.state)).cloned().collect();
+        let mut v: Vec<FileRecord> = self
+            .lock()
+            .files()
+            .filter(|f| states.contains(&f.state))
+            .cloned()
+            .collect();
         v.sort_by_key(|f| f.id);
         v
     }
@@ -547,11 +580,13 @@ impl Spool {
             .files()
             .filter(|f| f.state == FileState::Partial)
             .filter(|f| {
-                fs::metadata(self.partial_path(f.id))
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .is_some_and(|age| age > self.opts.partial_ttl)
+                match fs::metadata(self.partial_path(f.id)).and_then(|m| m.modified()) {
+                    Ok(m) => now
+                        .duration_since(m)
+                        .is_ok_and(|age| age > self.opts.partial_ttl),
+                    // Its bytes are gone: nothing left to resume.
+                    Err(_) => true,
+                }
             })
             .map(|f| f.id)
             .collect();

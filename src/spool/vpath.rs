@@ -56,6 +56,11 @@ impl VPath {
         Ok(VPath(joined))
     }
 
+    /// Wraps a string that is already normalised (components joined by `/`, no `.`/`..`).
+    pub(crate) fn from_normalized(s: String) -> Self {
+        VPath(s)
+    }
+
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
