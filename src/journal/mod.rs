@@ -1,5 +1,84 @@
 //! The journal: an append-only log of framed records, the source of truth for every file's
-//! state. Generic over the record type, which the spool defines.
+//! state. Generic over the record type, which the spool defines
+//! ([`crate::spool::catalog::Record`]); records are encoded with postcard.
 //!
-//! Frame: `len: u32 LE | crc32c(len bytes ‖ payload): u32 LE | payload (postcard)`, after a file
-//! header `b"SFTPGWJ\0" | version: u32 LE`. A torn or corrupt tail is dropped at open.
+//! # On-disk format
+//!
+//! ```text
+//! file   = header frame*
+//! header = b"SFTPGWJ\0" | version: u32 LE            (12 bytes, version 1)
+//! frame  = len: u32 LE | crc32c(len bytes ‖ payload): u32 LE | payload (len bytes, postcard)
+//! ```
+//!
+//! `len` is at most [`crate::limits::RECORD_BYTES_MAX`]; it is checked before anything is
+//! allocated. Replay keeps every record up to the first frame that is short, oversized, fails
+//! its checksum, or does not decode to exactly one record: that is a torn (or corrupt) tail, and
+//! [`Journal::open`] truncates the file to the last good frame so that appends continue cleanly.
+//! A file that does not start with the magic, or has another version, is refused, never
+//! truncated. A file holding only a prefix of the header (a torn creation) is recreated empty.
+//!
+//! # Durability
+//!
+//! [`Journal::submit`] only enqueues; a single writer thread commits in groups and resolves
+//! each [`Ticket`] after the write, and after `fdatasync` returned Ok if the submission was
+//! durable. After any I/O error the journal is poisoned and every later ticket fails.
+//! [`Journal::compact`] replaces the contents with a snapshot (temporary file `<path>.tmp`,
+//! fsync, rename, directory fsync); a leftover temporary file is deleted at open.
+//!
+//! Files: [`frame`] (one frame), [`replay`] (header and decoding an image), `log` (the file and
+//! its writer thread).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub mod frame;
+mod log;
+pub mod replay;
+
+pub use log::{
+    FaultHook, Faults, Journal, PREALLOCATION_CHUNK_BYTES, SUBMISSIONS_QUEUED_COUNT_MAX, Ticket,
+};
+
+/// What can go wrong with the journal. Cloneable: one failed group commit fails every ticket
+/// in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {}: {op}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        error: Arc<io::Error>,
+    },
+    #[error("{} is not an sftpgw journal (bad magic); refusing to touch it", path.display())]
+    NotAJournal { path: PathBuf },
+    #[error("journal {}: format version {found} is not supported (this build reads {})", path.display(), replay::VERSION)]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error(
+        "journal record of {bytes} bytes exceeds the limit of {} bytes",
+        crate::limits::RECORD_BYTES_MAX
+    )]
+    RecordTooLarge { bytes: usize },
+    #[error("cannot encode a journal record: {message}")]
+    Encode { message: String },
+    #[error("journal {} refuses writes after an earlier failure: {first}", path.display())]
+    Poisoned {
+        path: PathBuf,
+        first: Box<JournalError>,
+    },
+    #[error("journal {} is closed", path.display())]
+    Closed { path: PathBuf },
+}
+
+impl JournalError {
+    fn io(path: &Path, op: &'static str, error: io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            op,
+            error: Arc::new(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -20,18 +20,41 @@ pub enum Record {
     Rmdir { user: String, path: VPath },
     /// A new file version started receiving at `spool/partial/<id>`. Not fsynced by itself:
     /// an unacknowledged file may be forgotten by a crash.
-    Opened { id: FileId, user: String, path: VPath, at_unix: u64 },
+    Opened {
+        id: FileId,
+        user: String,
+        path: VPath,
+        at_unix: u64,
+    },
     /// CLOSE: the data is fsynced and renamed to `spool/sealed/<id>`. Fsynced before the ack.
-    Sealed { id: FileId, size: u64, sha256: Option<[u8; 32]>, at_unix: u64 },
+    Sealed {
+        id: FileId,
+        size: u64,
+        sha256: Option<[u8; 32]>,
+        at_unix: u64,
+    },
     /// The file moved to another name in the same namespace; any upload under the old key
     /// is void.
     Renamed { id: FileId, path: VPath },
     /// The file is gone from the namespace (rm, superseded, or partial TTL expired).
     Removed { id: FileId },
     /// A multipart upload was created for the file under `key`.
-    UploadStarted { id: FileId, key: String, upload_id: String, part_size: u64 },
+    /// `token` is also stored as object metadata: a HEAD that shows it proves the object is ours
+    /// (settles a Complete whose response was lost).
+    UploadStarted {
+        id: FileId,
+        key: String,
+        upload_id: String,
+        part_size: u64,
+        token: String,
+    },
     /// One part is in S3; it counts only once this record is journalled.
-    PartDone { id: FileId, number: u32, etag: String, crc32c: u32 },
+    PartDone {
+        id: FileId,
+        number: u32,
+        etag: String,
+        crc32c: u32,
+    },
     /// The upload is void (NoSuchUpload, or its key no longer matches): start the object again.
     UploadReset { id: FileId },
     /// Verified in S3 by HEAD; the spool copy may be freed.
@@ -40,6 +63,9 @@ pub enum Record {
     Failed { id: FileId, error: String },
     /// `sftpgw retry`: a failed file is queued again.
     Retried { id: FileId },
+    /// Written by compaction only: the file is a superseded version still being delivered,
+    /// reachable by no name.
+    Hidden { id: FileId },
 }
 
 /// A part already in S3.
@@ -55,6 +81,7 @@ pub struct UploadProgress {
     pub key: String,
     pub upload_id: String,
     pub part_size: u64,
+    pub token: String,
     pub parts: BTreeMap<u32, PartReceipt>,
 }
 
@@ -158,7 +185,9 @@ impl Catalog {
         let mut effects = Effects::default();
         match record {
             Record::Mkdir { user, path } => {
-                self.names.entry((user.clone(), path.clone())).or_insert(Node::Dir);
+                self.names
+                    .entry((user.clone(), path.clone()))
+                    .or_insert(Node::Dir);
             }
             Record::Rmdir { user, path } => {
                 let key = (user.clone(), path.clone());
@@ -166,8 +195,17 @@ impl Catalog {
                     self.names.remove(&key);
                 }
             }
-            Record::Opened { id, user, path, at_unix } => {
+            Record::Opened {
+                id,
+                user,
+                path,
+                at_unix,
+            } => {
                 self.max_id = self.max_id.max(*id);
+                if self.files.contains_key(id) {
+                    // Ids never repeat; a second Opened is not a valid history.
+                    return effects;
+                }
                 let key = (user.clone(), path.clone());
                 if let Some(Node::File(old)) = self.names.get(&key).copied()
                     && let Some(old_file) = self.files.get_mut(&old)
@@ -192,7 +230,7 @@ impl Catalog {
                         id: *id,
                         user: user.clone(),
                         path: path.clone(),
-                        state: FileState::Partial,
+                        state: FileState::Receiving,
                         size: 0,
                         sha256: None,
                         mtime_unix: *at_unix,
@@ -203,8 +241,18 @@ impl Catalog {
                     },
                 );
             }
-            Record::Sealed { id, size, sha256, at_unix } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+            Record::Sealed {
+                id,
+                size,
+                sha256,
+                at_unix,
+            } => {
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
+                if !matches!(file.state, FileState::Receiving | FileState::Partial) {
+                    return effects;
+                }
                 file.state = FileState::Sealed;
                 file.size = *size;
                 file.sha256 = *sha256;
@@ -222,7 +270,13 @@ impl Catalog {
                 }
             }
             Record::Renamed { id, path } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
+                if file.hidden {
+                    // Not reachable by name, so not renamable.
+                    return effects;
+                }
                 let user = file.user.clone();
                 let old_key = (user.clone(), file.path.clone());
                 file.path = path.clone();
@@ -243,8 +297,19 @@ impl Catalog {
                 }
             }
             Record::Removed { id } => self.drop_file(*id, &mut effects),
-            Record::UploadStarted { id, key, upload_id, part_size } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+            Record::UploadStarted {
+                id,
+                key,
+                upload_id,
+                part_size,
+                token,
+            } => {
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
+                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
+                    return effects;
+                }
                 file.state = FileState::Uploading;
                 if let Some(old) = file.upload.take() {
                     effects.abort_uploads.push((old.key, old.upload_id));
@@ -253,23 +318,42 @@ impl Catalog {
                     key: key.clone(),
                     upload_id: upload_id.clone(),
                     part_size: *part_size,
+                    token: token.clone(),
                     parts: BTreeMap::new(),
                 });
             }
-            Record::PartDone { id, number, etag, crc32c } => {
+            Record::PartDone {
+                id,
+                number,
+                etag,
+                crc32c,
+            } => {
                 if let Some(upload) = self.files.get_mut(id).and_then(|f| f.upload.as_mut()) {
-                    upload.parts.insert(*number, PartReceipt { etag: etag.clone(), crc32c: *crc32c });
+                    upload.parts.insert(
+                        *number,
+                        PartReceipt {
+                            etag: etag.clone(),
+                            crc32c: *crc32c,
+                        },
+                    );
                 }
             }
             Record::UploadReset { id } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 file.upload = None;
                 if file.state == FileState::Uploading {
                     file.state = FileState::Sealed;
                 }
             }
             Record::Delivered { id, at_unix } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
+                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
+                    return effects;
+                }
                 file.state = FileState::Delivered;
                 file.upload = None;
                 file.last_error = None;
@@ -280,15 +364,36 @@ impl Catalog {
                 }
             }
             Record::Failed { id, error } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
+                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
+                    return effects;
+                }
                 file.state = FileState::Failed;
                 file.last_error = Some(error.clone());
             }
+            Record::Hidden { id } => {
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
+                file.hidden = true;
+                let key = (file.user.clone(), file.path.clone());
+                if self.names.get(&key) == Some(&Node::File(*id)) {
+                    self.names.remove(&key);
+                }
+            }
             Record::Retried { id } => {
-                let Some(file) = self.files.get_mut(id) else { return effects };
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
                 if file.state == FileState::Failed {
-                    file.state =
-                        if file.upload.is_some() { FileState::Uploading } else { FileState::Sealed };
+                    file.last_error = None;
+                    file.state = if file.upload.is_some() {
+                        FileState::Uploading
+                    } else {
+                        FileState::Sealed
+                    };
                 }
             }
         }
@@ -297,7 +402,9 @@ impl Catalog {
 
     /// Forgets a file: its name (if it still points at it), its spool copy and its upload.
     fn drop_file(&mut self, id: FileId, effects: &mut Effects) {
-        let Some(file) = self.files.remove(&id) else { return };
+        let Some(file) = self.files.remove(&id) else {
+            return;
+        };
         let key = (file.user.clone(), file.path.clone());
         if self.names.get(&key) == Some(&Node::File(id)) {
             self.names.remove(&key);
@@ -307,6 +414,15 @@ impl Catalog {
         }
         if let Some(upload) = file.upload {
             effects.abort_uploads.push((upload.key, upload.upload_id));
+        }
+    }
+
+    /// After replay no session is connected: every file still receiving is partial.
+    pub fn end_replay(&mut self) {
+        for file in self.files.values_mut() {
+            if file.state == FileState::Receiving {
+                file.state = FileState::Partial;
+            }
         }
     }
 
@@ -354,13 +470,19 @@ impl Catalog {
             if matches!(f.state, FileState::Receiving | FileState::Partial) {
                 continue;
             }
-            out.push(Record::Sealed { id: f.id, size: f.size, sha256: f.sha256, at_unix: f.mtime_unix });
+            out.push(Record::Sealed {
+                id: f.id,
+                size: f.size,
+                sha256: f.sha256,
+                at_unix: f.mtime_unix,
+            });
             if let Some(u) = &f.upload {
                 out.push(Record::UploadStarted {
                     id: f.id,
                     key: u.key.clone(),
                     upload_id: u.upload_id.clone(),
                     part_size: u.part_size,
+                    token: u.token.clone(),
                 });
                 for (number, receipt) in &u.parts {
                     out.push(Record::PartDone {
@@ -382,7 +504,173 @@ impl Catalog {
                 }),
                 _ => {}
             }
+            if f.hidden {
+                out.push(Record::Hidden { id: f.id });
+            }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn vp(s: &str) -> VPath {
+        VPath::resolve(s).expect("path")
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        let user = prop_oneof![Just("u".to_owned()), Just("v".to_owned())];
+        let path =
+            prop_oneof![Just("a"), Just("b"), Just("d"), Just("d/x"), Just("d/y")].prop_map(vp);
+        let id = 1u64..6;
+        prop_oneof![
+            (user.clone(), path.clone()).prop_map(|(user, path)| Record::Mkdir { user, path }),
+            (user.clone(), path.clone()).prop_map(|(user, path)| Record::Rmdir { user, path }),
+            (id.clone(), user, path.clone()).prop_map(|(id, user, path)| Record::Opened {
+                id,
+                user,
+                path,
+                at_unix: 1
+            }),
+            (id.clone(), 0u64..100).prop_map(|(id, size)| Record::Sealed {
+                id,
+                size,
+                sha256: None,
+                at_unix: 2
+            }),
+            (id.clone(), path).prop_map(|(id, path)| Record::Renamed { id, path }),
+            id.clone().prop_map(|id| Record::Removed { id }),
+            id.clone().prop_map(|id| Record::UploadStarted {
+                id,
+                key: format!("k{id}"),
+                upload_id: format!("up{id}"),
+                part_size: 5,
+                token: "t".into()
+            }),
+            (id.clone(), 1u32..4).prop_map(|(id, number)| Record::PartDone {
+                id,
+                number,
+                etag: "e".into(),
+                crc32c: 7
+            }),
+            id.clone().prop_map(|id| Record::UploadReset { id }),
+            id.clone()
+                .prop_map(|id| Record::Delivered { id, at_unix: 3 }),
+            id.clone().prop_map(|id| Record::Failed {
+                id,
+                error: "AccessDenied".into()
+            }),
+            id.prop_map(|id| Record::Retried { id }),
+        ]
+    }
+
+    proptest! {
+        /// Compaction writes `snapshot_records`; replaying them must rebuild the same namespace
+        /// and the same file states, whatever history led there.
+        #[test]
+        fn snapshot_replays_to_the_same_catalog(records in proptest::collection::vec(arb_record(), 0..60)) {
+            let mut live = Catalog::default();
+            for r in &records {
+                live.apply(r);
+            }
+            live.end_replay();
+            let mut rebuilt = Catalog::default();
+            for r in &live.snapshot_records() {
+                rebuilt.apply(r);
+            }
+            rebuilt.end_replay();
+            prop_assert_eq!(&live.names, &rebuilt.names);
+            prop_assert_eq!(&live.files, &rebuilt.files);
+        }
+
+        /// Every name points at a file that exists (no dangling names), whatever the history.
+        #[test]
+        fn names_never_dangle(records in proptest::collection::vec(arb_record(), 0..60)) {
+            let mut c = Catalog::default();
+            for r in &records {
+                c.apply(r);
+                for node in c.names.values() {
+                    if let Node::File(id) = node {
+                        prop_assert!(c.files.contains_key(id), "dangling name after {:?}", r);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn superseding_a_pending_file_keeps_it_uploading_until_the_new_version_seals() {
+        let mut c = Catalog::default();
+        let (user, path) = ("u".to_owned(), vp("f"));
+        c.apply(&Record::Opened {
+            id: 1,
+            user: user.clone(),
+            path: path.clone(),
+            at_unix: 0,
+        });
+        c.apply(&Record::Sealed {
+            id: 1,
+            size: 10,
+            sha256: None,
+            at_unix: 0,
+        });
+        c.apply(&Record::Opened {
+            id: 2,
+            user: user.clone(),
+            path: path.clone(),
+            at_unix: 0,
+        });
+        assert!(
+            c.file(1).expect("old").hidden,
+            "old version still pending, hidden"
+        );
+        assert_eq!(c.lookup(&user, &path), Some(Node::File(2)));
+        let effects = c.apply(&Record::Sealed {
+            id: 2,
+            size: 5,
+            sha256: None,
+            at_unix: 0,
+        });
+        assert!(c.file(1).is_none(), "superseded at the new version's seal");
+        assert_eq!(effects.free_spool, vec![1]);
+    }
+
+    #[test]
+    fn rename_voids_the_upload_under_the_old_key() {
+        let mut c = Catalog::default();
+        c.apply(&Record::Opened {
+            id: 1,
+            user: "u".into(),
+            path: vp("a"),
+            at_unix: 0,
+        });
+        c.apply(&Record::Sealed {
+            id: 1,
+            size: 10,
+            sha256: None,
+            at_unix: 0,
+        });
+        c.apply(&Record::UploadStarted {
+            id: 1,
+            key: "k".into(),
+            upload_id: "x".into(),
+            part_size: 5,
+            token: "t".into(),
+        });
+        let effects = c.apply(&Record::Renamed {
+            id: 1,
+            path: vp("b"),
+        });
+        assert_eq!(
+            effects.abort_uploads,
+            vec![("k".to_owned(), "x".to_owned())]
+        );
+        let f = c.file(1).expect("file");
+        assert_eq!((f.state, f.upload.is_none()), (FileState::Sealed, true));
+        assert_eq!(c.lookup("u", &vp("a")), None);
     }
 }

@@ -4,12 +4,12 @@
 //! and acknowledges a CLOSE only once the data, the rename and the journal record are durable.
 
 pub mod catalog;
+mod handles;
+mod store;
 pub mod vpath;
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-
+pub use handles::{ReadHandle, WriteHandle};
+pub use store::{Spool, SpoolOpenError, SpoolOptions, now_unix};
 pub use vpath::VPath;
 
 /// Identifies one version of one file for its whole life, in the journal and in the spool.
@@ -39,7 +39,10 @@ pub struct FsError {
 
 impl FsError {
     pub fn new(kind: FsErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -88,106 +91,4 @@ pub struct SpaceInfo {
     pub blocks_total: u64,
     pub blocks_free: u64,
     pub blocks_avail: u64,
-}
-
-/// The spool of one gateway. Shared by every session and the drain.
-pub struct Spool {
-    _private: (),
-}
-
-impl Spool {
-    pub fn stat(&self, _user: &str, _path: &VPath) -> Result<Entry, FsError> {
-        todo!()
-    }
-
-    /// The entries directly below `path`, sorted by name.
-    pub fn list_dir(&self, _user: &str, _path: &VPath) -> Result<Vec<Entry>, FsError> {
-        todo!()
-    }
-
-    pub async fn mkdir(&self, _user: &str, _path: &VPath) -> Result<(), FsError> {
-        todo!()
-    }
-
-    pub async fn rmdir(&self, _user: &str, _path: &VPath) -> Result<(), FsError> {
-        todo!()
-    }
-
-    pub async fn remove(&self, _user: &str, _path: &VPath) -> Result<(), FsError> {
-        todo!()
-    }
-
-    /// `overwrite` is posix-rename@openssh.com; plain SFTP rename refuses an existing target.
-    pub async fn rename(
-        &self,
-        _user: &str,
-        _from: &VPath,
-        _to: &VPath,
-        _overwrite: bool,
-    ) -> Result<(), FsError> {
-        todo!()
-    }
-
-    pub async fn open_write(
-        self: &Arc<Self>,
-        _user: &str,
-        _path: &VPath,
-        _mode: OpenMode,
-    ) -> Result<WriteHandle, FsError> {
-        todo!()
-    }
-
-    /// Reading back works while the spool still holds the file (not after delivery).
-    pub async fn open_read(self: &Arc<Self>, _user: &str, _path: &VPath) -> Result<ReadHandle, FsError> {
-        todo!()
-    }
-
-    pub fn space(&self) -> SpaceInfo {
-        todo!()
-    }
-}
-
-/// An open file being written. Dropping it without [`WriteHandle::close`] leaves the file
-/// `partial` (resumable for `partial_ttl`).
-pub struct WriteHandle {
-    _private: (),
-}
-
-impl WriteHandle {
-    /// Writes at any offset, in any order. Concurrent calls are allowed.
-    pub async fn write_at(&self, _offset: u64, _data: Bytes) -> Result<(), FsError> {
-        todo!()
-    }
-
-    /// fsync@openssh.com: the bytes written so far are durable (the file is still `receiving`).
-    pub async fn fsync(&self) -> Result<(), FsError> {
-        todo!()
-    }
-
-    /// Current size (highest offset written, or the resumed size).
-    pub fn size(&self) -> u64 {
-        todo!()
-    }
-
-    /// Seals the file: fsync(file) → rename → fsync(dir) → journal "Sealed" fsynced.
-    /// Only when this returns `Ok` may the client be told SSH_FX_OK.
-    pub async fn close(self) -> Result<(), FsError> {
-        todo!()
-    }
-}
-
-/// An open file being read back from the spool.
-pub struct ReadHandle {
-    _private: (),
-}
-
-impl ReadHandle {
-    /// Returns fewer bytes than asked at the end of the file and an empty buffer at EOF.
-    pub async fn read_at(&self, _offset: u64, _len: u32) -> Result<Bytes, FsError> {
-        todo!()
-    }
-
-    pub fn size(&self) -> u64 {
-        todo!()
-    }
 }

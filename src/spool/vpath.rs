@@ -9,7 +9,9 @@ use crate::limits::KEY_BYTES_MAX;
 
 /// A normalised path below a user's root: components joined by `/`, no leading slash;
 /// the root itself is the empty path.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct VPath(String);
 
 impl VPath {
@@ -21,10 +23,16 @@ impl VPath {
     /// directory is `/`), against the jail.
     pub fn resolve(raw: &str) -> Result<VPath, FsError> {
         if raw.contains('\0') {
-            return Err(FsError::new(FsErrorKind::PermissionDenied, "path contains NUL"));
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                "path contains NUL",
+            ));
         }
         if raw.contains(char::REPLACEMENT_CHARACTER) {
-            return Err(FsError::new(FsErrorKind::PermissionDenied, "path is not valid UTF-8"));
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                "path is not valid UTF-8",
+            ));
         }
         let mut parts: Vec<&str> = Vec::new();
         for component in raw.split('/') {
@@ -81,7 +89,11 @@ impl VPath {
     }
 
     pub fn join(&self, name: &str) -> VPath {
-        if self.is_root() { VPath(name.to_owned()) } else { VPath(format!("{}/{}", self.0, name)) }
+        if self.is_root() {
+            VPath(name.to_owned())
+        } else {
+            VPath(format!("{}/{}", self.0, name))
+        }
     }
 
     /// True if `self` is `other` or lies below it.
@@ -98,8 +110,14 @@ mod tests {
 
     #[test]
     fn dotdot_above_root_is_refused_not_clamped() {
-        assert_eq!(VPath::resolve("/../etc/passwd").unwrap_err().kind, FsErrorKind::PermissionDenied);
-        assert_eq!(VPath::resolve("a/../../b").unwrap_err().kind, FsErrorKind::PermissionDenied);
+        assert_eq!(
+            VPath::resolve("/../etc/passwd").unwrap_err().kind,
+            FsErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            VPath::resolve("a/../../b").unwrap_err().kind,
+            FsErrorKind::PermissionDenied
+        );
         assert_eq!(VPath::resolve("a/../b").unwrap().as_str(), "b");
         assert_eq!(VPath::resolve("//a/./b/").unwrap().as_str(), "a/b");
         assert!(VPath::resolve("/").unwrap().is_root());
@@ -110,7 +128,11 @@ mod tests {
     fn starts_with_respects_component_boundaries() {
         let ab = VPath::resolve("a/b").unwrap();
         assert!(ab.starts_with(&VPath::resolve("a").unwrap()));
-        assert!(!VPath::resolve("ab").unwrap().starts_with(&VPath::resolve("a").unwrap()));
+        assert!(
+            !VPath::resolve("ab")
+                .unwrap()
+                .starts_with(&VPath::resolve("a").unwrap())
+        );
         assert!(ab.starts_with(&VPath::root()));
         assert_eq!(ab.parent().unwrap().as_str(), "a");
         assert_eq!(ab.name(), "b");

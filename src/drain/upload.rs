@@ -1,0 +1,615 @@
+//! The drain loop: picks sealed files from the spool and delivers them to an [`ObjectStore`],
+//! resuming part by part from the journal after any crash.
+//!
+//! Policy, in one place:
+//! - transient errors are retried forever with capped exponential backoff and full jitter;
+//! - permanent errors mark the file `failed` (kept in the spool until `sftpgw retry`);
+//! - `NoSuchUpload` on a part voids the upload and the object starts again;
+//! - a Complete answered `NoSuchUpload` (its earlier response lost) is settled by HEAD with our
+//!   upload token;
+//! - a file counts as delivered only after HEAD shows its size and SHA-256.
+//!
+//! At most `concurrency` parts (or small-file PUTs) are in flight at once, so at most
+//! `concurrency × part_size` bytes are in memory and can be sent again after a crash.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::store::{
+    CompletedPart, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, S3Error, S3ErrorKind,
+};
+use crate::spool::catalog::{FileRecord, Record};
+use crate::spool::{FileId, FileState, FsError, FsErrorKind, Spool};
+
+/// How the drain behaves.
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    /// Object key = prefix + user + "/" + path.
+    pub prefix: String,
+    pub part_size: u64,
+    /// Parts (or small-file PUTs) in flight at most.
+    pub concurrency: usize,
+    /// First retry delay; doubles per attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl DrainConfig {
+    pub fn object_key(&self, user: &str, path: &crate::spool::VPath) -> String {
+        format!("{}{}/{}", self.prefix, user, path.as_str())
+    }
+}
+
+/// Counters for status and tests.
+#[derive(Debug, Default)]
+pub struct DrainStats {
+    pub bytes_sent: AtomicU64,
+    pub parts_sent: AtomicU64,
+    pub files_delivered: AtomicU64,
+    /// Files currently retrying a transient error, with that error.
+    pub retrying: Mutex<HashMap<FileId, String>>,
+}
+
+/// Why a delivery attempt stopped early.
+enum Stop {
+    /// The file was removed, renamed or superseded meanwhile: nothing more to do now.
+    Cancelled,
+    /// The upload is void; start the object again.
+    Restart,
+    /// A permanent error: the file becomes `failed`.
+    Permanent(S3Error),
+}
+
+impl From<FsError> for Stop {
+    fn from(_: FsError) -> Self {
+        Stop::Cancelled
+    }
+}
+
+/// What every upload step needs; cheap to clone into part tasks.
+struct Ctx<S: ObjectStore> {
+    store: Arc<S>,
+    spool: Arc<Spool>,
+    cfg: Arc<DrainConfig>,
+    stats: Arc<DrainStats>,
+    permits: Arc<Semaphore>,
+}
+
+impl<S: ObjectStore> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Ctx {
+            store: self.store.clone(),
+            spool: self.spool.clone(),
+            cfg: self.cfg.clone(),
+            stats: self.stats.clone(),
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+/// The drain of one gateway.
+pub struct Drain<S: ObjectStore> {
+    ctx: Ctx<S>,
+    active: Mutex<HashSet<FileId>>,
+    active_keys: Mutex<HashSet<String>>,
+}
+
+impl<S: ObjectStore> Drain<S> {
+    pub fn new(store: Arc<S>, spool: Arc<Spool>, cfg: DrainConfig) -> Arc<Self> {
+        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        Arc::new(Drain {
+            ctx: Ctx {
+                store,
+                spool,
+                cfg: Arc::new(cfg),
+                stats: Arc::new(DrainStats::default()),
+                permits,
+            },
+            active: Mutex::new(HashSet::new()),
+            active_keys: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<DrainStats> {
+        &self.ctx.stats
+    }
+
+    pub fn config(&self) -> &DrainConfig {
+        &self.ctx.cfg
+    }
+
+    /// Runs forever (the caller aborts the task at shutdown: every step is crash-safe).
+    pub async fn run(self: Arc<Self>) {
+        self.abort_unknown_uploads().await;
+        loop {
+            for (key, upload_id) in self.ctx.spool.take_aborts() {
+                let me = self.clone();
+                tokio::spawn(async move { me.ctx.abort_upload(&key, &upload_id).await });
+            }
+            self.start_pending();
+            tokio::select! {
+                () = self.ctx.spool.work().notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Multipart uploads under our prefix that the journal does not know were created by a
+    /// run that crashed before journalling them: nobody will complete them.
+    async fn abort_unknown_uploads(&self) {
+        const ATTEMPTS_MAX: u32 = 3;
+        for attempt in 0..ATTEMPTS_MAX {
+            match self
+                .ctx
+                .store
+                .list_multipart_uploads(&self.ctx.cfg.prefix)
+                .await
+            {
+                Ok(open) => {
+                    let known: HashSet<String> = self
+                        .ctx
+                        .spool
+                        .files()
+                        .into_iter()
+                        .filter_map(|f| f.upload.map(|u| u.upload_id))
+                        .collect();
+                    for u in open.into_iter().filter(|u| !known.contains(&u.upload_id)) {
+                        tracing::info!(key = %u.key, upload_id = %u.upload_id, "aborting multipart upload the journal does not know");
+                        self.ctx.abort_upload(&u.key, &u.upload_id).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing open multipart uploads failed");
+                    if !e.is_retryable() {
+                        return;
+                    }
+                    tokio::time::sleep(self.ctx.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    fn start_pending(self: &Arc<Self>) {
+        let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
+        for f in self.ctx.spool.files() {
+            if !matches!(f.state, FileState::Sealed | FileState::Uploading) {
+                continue;
+            }
+            let key = self.ctx.cfg.object_key(&f.user, &f.path);
+            {
+                let mut active = lock(&self.active);
+                if active.len() >= files_active_max {
+                    return;
+                }
+                let mut keys = lock(&self.active_keys);
+                // One upload per key at a time, so that an older version can never complete
+                // after a newer one.
+                if active.contains(&f.id) || keys.contains(&key) {
+                    continue;
+                }
+                active.insert(f.id);
+                keys.insert(key.clone());
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let id = f.id;
+                me.ctx.deliver(f, &key).await;
+                lock(&me.active).remove(&id);
+                lock(&me.active_keys).remove(&key);
+                lock(&me.ctx.stats.retrying).remove(&id);
+                me.ctx.spool.work().notify_one();
+            });
+        }
+    }
+}
+
+impl<S: ObjectStore> Ctx<S> {
+    async fn abort_upload(&self, key: &str, upload_id: &str) {
+        const ATTEMPTS_MAX: u32 = 8;
+        for attempt in 0..ATTEMPTS_MAX {
+            match self.store.abort_multipart_upload(key, upload_id).await {
+                Ok(()) => return,
+                Err(e) if e.kind == S3ErrorKind::NoSuchUpload => return,
+                Err(e) if e.is_retryable() => tokio::time::sleep(self.backoff(attempt)).await,
+                Err(e) => {
+                    tracing::warn!(key, upload_id, error = %e, "could not abort multipart upload");
+                    return;
+                }
+            }
+        }
+        // Left for the next start's reconciliation, which aborts uploads it does not know.
+        tracing::warn!(
+            key,
+            upload_id,
+            "giving up aborting multipart upload for now"
+        );
+    }
+
+    async fn deliver(&self, mut file: FileRecord, key: &str) {
+        loop {
+            let attempt = if file.size < self.cfg.part_size {
+                self.deliver_single(&file, key).await
+            } else {
+                self.deliver_multipart(&file, key).await
+            };
+            match attempt {
+                Ok(()) | Err(Stop::Cancelled) => return,
+                Err(Stop::Restart) => {
+                    let id = file.id;
+                    let reset = self
+                        .spool
+                        .commit(vec![Record::UploadReset { id }], true, |c| {
+                            self.check_current(c.file(id), key)
+                        })
+                        .await;
+                    if reset.is_err() {
+                        return;
+                    }
+                    match self.spool.file(id) {
+                        Some(f) => file = f,
+                        None => return,
+                    }
+                }
+                Err(Stop::Permanent(e)) => {
+                    tracing::error!(id = file.id, key, error = %e, "upload failed permanently");
+                    let id = file.id;
+                    let _ = self
+                        .spool
+                        .commit(
+                            vec![Record::Failed {
+                                id,
+                                error: e.to_string(),
+                            }],
+                            true,
+                            |c| self.check_current(c.file(id), key),
+                        )
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The file is still to be delivered under `key` (not removed, renamed, failed or done).
+    fn check_current(&self, file: Option<&FileRecord>, key: &str) -> Result<(), FsError> {
+        match file {
+            Some(f)
+                if matches!(f.state, FileState::Sealed | FileState::Uploading)
+                    && self.cfg.object_key(&f.user, &f.path) == key =>
+            {
+                Ok(())
+            }
+            _ => Err(FsError::new(FsErrorKind::NotFound, "no longer current")),
+        }
+    }
+
+    fn still_current(&self, id: FileId, key: &str) -> bool {
+        self.check_current(self.spool.file(id).as_ref(), key)
+            .is_ok()
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.cfg.backoff_base.as_millis() as u64;
+        let cap = self.cfg.backoff_max.as_millis() as u64;
+        let ceiling = base.saturating_mul(1u64 << attempt.min(20)).min(cap).max(1);
+        Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
+    }
+
+    /// Runs `op` until it succeeds or fails permanently; transient errors are retried forever
+    /// while the file is still current.
+    async fn retry<T, F, Fut>(&self, id: FileId, key: &str, mut op: F) -> Result<T, Stop>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, S3Error>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        lock(&self.stats.retrying).remove(&id);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(id, key, attempt, error = %e, "transient S3 error; retrying");
+                    lock(&self.stats.retrying).insert(id, e.to_string());
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                    if !self.still_current(id, key) {
+                        return Err(Stop::Cancelled);
+                    }
+                }
+                Err(e) if e.kind == S3ErrorKind::NoSuchUpload => return Err(Stop::Restart),
+                Err(e) => return Err(Stop::Permanent(e)),
+            }
+        }
+    }
+
+    async fn file_sha256(&self, file: &FileRecord) -> Result<[u8; 32], Stop> {
+        if let Some(h) = file.sha256 {
+            return Ok(h);
+        }
+        let path = self.spool.sealed_path(file.id);
+        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
+            let mut f = File::open(path)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(hasher.finalize().into());
+                }
+                hasher.update(&buf[..n]);
+            }
+        })
+        .await;
+        match hashed {
+            Ok(Ok(h)) => Ok(h),
+            _ => Err(Stop::Cancelled),
+        }
+    }
+
+    async fn read_range(&self, id: FileId, offset: u64, len: u64) -> Result<Bytes, Stop> {
+        let path = self.spool.sealed_path(id);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            let f = File::open(path)?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok(Bytes::from(buf))
+        })
+        .await;
+        match read {
+            Ok(Ok(b)) => Ok(b),
+            // Freed meanwhile (removed or superseded): nothing left to send.
+            _ => Err(Stop::Cancelled),
+        }
+    }
+
+    fn metadata(sha256: &[u8; 32], token: &str) -> ObjectMetadata {
+        let mut m = ObjectMetadata::new();
+        m.insert(META_SHA256.to_owned(), hex::encode(sha256));
+        m.insert(META_TOKEN.to_owned(), token.to_owned());
+        m
+    }
+
+    async fn deliver_single(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
+        let sha = self.file_sha256(file).await?;
+        let token = new_token();
+        let meta = Self::metadata(&sha, &token);
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Stop::Cancelled)?;
+        let body = self.read_range(file.id, 0, file.size).await?;
+        self.retry(file.id, key, || {
+            self.store.put_object(key, body.clone(), &meta)
+        })
+        .await?;
+        drop(permit);
+        self.stats
+            .bytes_sent
+            .fetch_add(file.size, Ordering::Relaxed);
+        self.verify_and_record(file, key, &sha).await
+    }
+
+    async fn deliver_multipart(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
+        let id = file.id;
+        let sha = self.file_sha256(file).await?;
+        let upload = match &file.upload {
+            Some(u) if u.key == key => u.clone(),
+            Some(_) => return Err(Stop::Restart),
+            None => {
+                let token = new_token();
+                let meta = Self::metadata(&sha, &token);
+                let upload_id = self
+                    .retry(id, key, || self.store.create_multipart_upload(key, &meta))
+                    .await?;
+                let record = Record::UploadStarted {
+                    id,
+                    key: key.to_owned(),
+                    upload_id: upload_id.clone(),
+                    part_size: self.cfg.part_size,
+                    token,
+                };
+                let started = self
+                    .spool
+                    .commit(vec![record], true, |c| {
+                        self.check_current(c.file(id), key)?;
+                        if c.file(id).is_some_and(|f| f.upload.is_some()) {
+                            return Err(FsError::new(FsErrorKind::Failure, "already uploading"));
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if started.is_err() {
+                    self.abort_upload(key, &upload_id).await;
+                    return Err(Stop::Cancelled);
+                }
+                self.spool
+                    .file(id)
+                    .and_then(|f| f.upload)
+                    .ok_or(Stop::Cancelled)?
+            }
+        };
+        let part_size = upload.part_size;
+        let parts_count = file.size.div_ceil(part_size);
+        let mut tasks: JoinSet<Result<(), Stop>> = JoinSet::new();
+        for number in 1..=parts_count {
+            let number = u32::try_from(number).map_err(|_| {
+                Stop::Permanent(S3Error::new(
+                    S3ErrorKind::Permanent,
+                    "UploadPart",
+                    "too many parts",
+                ))
+            })?;
+            if upload.parts.contains_key(&number) {
+                continue;
+            }
+            let offset = u64::from(number - 1) * part_size;
+            let len = part_size.min(file.size - offset);
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Stop::Cancelled)?;
+            if !self.still_current(id, key) {
+                break;
+            }
+            let body = self.read_range(id, offset, len).await?;
+            let crc32c = crc32c::crc32c(&body);
+            let (ctx, key, upload_id) = (self.clone(), key.to_owned(), upload.upload_id.clone());
+            tasks.spawn(async move {
+                let r = ctx
+                    .upload_one_part(id, &key, &upload_id, number, body, crc32c)
+                    .await;
+                drop(permit);
+                r
+            });
+            // Collect finished parts early so that an error stops the rest soon.
+            while let Some(done) = tasks.try_join_next() {
+                done.map_err(|_| Stop::Cancelled)??;
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|_| Stop::Cancelled)??;
+        }
+        if !self.still_current(id, key) {
+            return Err(Stop::Cancelled);
+        }
+        let parts: Vec<CompletedPart> = self
+            .spool
+            .file(id)
+            .and_then(|f| f.upload)
+            .filter(|u| u.upload_id == upload.upload_id)
+            .ok_or(Stop::Cancelled)?
+            .parts
+            .into_iter()
+            .map(|(number, r)| CompletedPart {
+                number,
+                etag: r.etag,
+            })
+            .collect();
+        if parts.len() as u64 != parts_count {
+            return Err(Stop::Restart);
+        }
+        let completed = self
+            .retry(id, key, || {
+                self.store
+                    .complete_multipart_upload(key, &upload.upload_id, &parts)
+            })
+            .await;
+        match completed {
+            Ok(()) => {}
+            // Completed before, but the answer was lost: HEAD with our token settles it.
+            Err(Stop::Restart) => {
+                let head = self.retry(id, key, || self.store.head_object(key)).await?;
+                let ours = head.as_ref().is_some_and(|h| {
+                    h.size == file.size && h.metadata.get(META_TOKEN) == Some(&upload.token)
+                });
+                if !ours {
+                    return Err(Stop::Restart);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.verify_and_record(file, key, &sha).await
+    }
+
+    async fn upload_one_part(
+        &self,
+        id: FileId,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+        crc32c: u32,
+    ) -> Result<(), Stop> {
+        let len = body.len() as u64;
+        let etag = self
+            .retry(id, key, || {
+                self.store.upload_part(key, upload_id, number, body.clone())
+            })
+            .await?;
+        let record = Record::PartDone {
+            id,
+            number,
+            etag,
+            crc32c,
+        };
+        self.spool
+            .commit(vec![record], true, |c| {
+                match c.file(id).and_then(|f| f.upload.as_ref()) {
+                    Some(u) if u.upload_id == upload_id => Ok(()),
+                    _ => Err(FsError::new(
+                        FsErrorKind::NotFound,
+                        "upload no longer current",
+                    )),
+                }
+            })
+            .await?;
+        self.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        self.stats.parts_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn verify_and_record(
+        &self,
+        file: &FileRecord,
+        key: &str,
+        sha: &[u8; 32],
+    ) -> Result<(), Stop> {
+        let id = file.id;
+        let head = self.retry(id, key, || self.store.head_object(key)).await?;
+        let expected_sha = hex::encode(sha);
+        let verified = head.as_ref().is_some_and(|h| {
+            h.size == file.size && h.metadata.get(META_SHA256) == Some(&expected_sha)
+        });
+        if !verified {
+            return Err(Stop::Permanent(S3Error::new(
+                S3ErrorKind::Permanent,
+                "HeadObject",
+                format!(
+                    "verification failed: expected {} bytes with sha256 {expected_sha}, found {head:?}",
+                    file.size
+                ),
+            )));
+        }
+        self.spool
+            .commit(
+                vec![Record::Delivered {
+                    id,
+                    at_unix: crate::spool::now_unix(),
+                }],
+                true,
+                |c| self.check_current(c.file(id), key),
+            )
+            .await?;
+        self.stats.files_delivered.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(id, key, size = file.size, "delivered");
+        Ok(())
+    }
+}
+
+fn new_token() -> String {
+    format!("{:032x}", rand::thread_rng().r#gen::<u128>())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,516 @@
+//! The journal file and its writer thread: open and repair, group commit, compaction.
+//!
+//! Callers enqueue without awaiting ([`Journal::submit`] is called under the caller's own
+//! mutex, so the queue order is the order in which the caller applied the records). One
+//! dedicated thread owns the file: it drains everything queued, writes it with one `pwrite`,
+//! fsyncs once if any of it asked for durability, and only then resolves the tickets. After
+//! any I/O error the journal is poisoned: a failed fsync may have dropped dirty pages, so
+//! nothing later may be acknowledged as durable.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::marker::PhantomData;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use super::JournalError;
+use super::frame;
+use super::replay::{self, HeaderError, ReplayEnd};
+use crate::limits::RECORD_BYTES_MAX;
+
+/// Submissions (batches of records) queued for the writer at most; `submit` blocks beyond.
+pub const SUBMISSIONS_QUEUED_COUNT_MAX: usize = 4096;
+/// The file is preallocated this far ahead of its end, so that a nearly full disk fails
+/// uploads before it fails the journal.
+pub const PREALLOCATION_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+type Outcome = Result<(), JournalError>;
+
+/// A hook the writer thread calls before a system call; an `Err` is taken as that call failing.
+pub type FaultHook = Box<dyn FnMut() -> io::Result<()> + Send>;
+
+/// Fault injection for tests of the journal and of its users.
+///
+/// The hooks run on the writer thread. Blocking in a hook holds the writer there, which lets a
+/// test observe what is (not) acknowledged meanwhile.
+#[derive(Default)]
+pub struct Faults {
+    /// Before every fsync of the journal file or of a compaction snapshot.
+    pub before_sync: Option<FaultHook>,
+    /// Before every write of appended frames.
+    pub before_write: Option<FaultHook>,
+}
+
+/// The append-only journal of records `R`. See the module documentation of [`crate::journal`].
+pub struct Journal<R> {
+    path: Arc<Path>,
+    sender: Option<SyncSender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    size: Arc<AtomicU64>,
+    poisoned: Arc<AtomicBool>,
+    // `fn() -> R`: the journal holds no `R`, so it is Send + Sync whatever `R` is.
+    records: PhantomData<fn() -> R>,
+}
+
+/// Resolves once the submitted records are written (and fsynced, if durable).
+#[must_use = "a ticket tells whether the records were written"]
+pub struct Ticket {
+    state: TicketState,
+}
+
+enum TicketState {
+    Ready(Outcome),
+    Pending {
+        receiver: oneshot::Receiver<Outcome>,
+        path: Arc<Path>,
+    },
+}
+
+enum Command {
+    Append {
+        frames: Vec<u8>,
+        durable: bool,
+        done: oneshot::Sender<Outcome>,
+    },
+    /// `image` is a whole file: header and frames.
+    Compact {
+        image: Vec<u8>,
+        done: oneshot::Sender<Outcome>,
+    },
+}
+
+impl<R> Journal<R>
+where
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Opens or creates the journal file at `path` (its directory must exist), replays it,
+    /// truncates a torn tail, and returns the journal plus the committed records in order.
+    ///
+    /// A new journal is created atomically (written to a temporary file, fsynced, renamed,
+    /// directory fsynced), so a journal file always starts with a durable header.
+    pub fn open(path: &Path) -> Result<(Journal<R>, Vec<R>), JournalError> {
+        Self::open_with_faults(path, Faults::default())
+    }
+
+    /// [`Journal::open`] with fault injection in the writer thread (for tests).
+    pub fn open_with_faults(
+        path: &Path,
+        faults: Faults,
+    ) -> Result<(Journal<R>, Vec<R>), JournalError> {
+        let (file, len, records) = open_and_repair::<R>(path)?;
+        let path: Arc<Path> = Arc::from(path);
+        let size = Arc::new(AtomicU64::new(len));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let mut writer = Writer {
+            path: Arc::clone(&path),
+            file,
+            len,
+            allocated_to: len,
+            preallocate: true,
+            size: Arc::clone(&size),
+            poisoned: None,
+            poisoned_flag: Arc::clone(&poisoned),
+            faults,
+        };
+        writer.reserve(len);
+        let (sender, receiver) = sync_channel(SUBMISSIONS_QUEUED_COUNT_MAX);
+        let handle = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(&receiver))
+            .map_err(|error| JournalError::io(&path, "cannot start the writer thread of", error))?;
+        let journal = Journal {
+            path,
+            sender: Some(sender),
+            writer: Some(handle),
+            size,
+            poisoned,
+            records: PhantomData,
+        };
+        Ok((journal, records))
+    }
+
+    /// Enqueues `records`, in order, without awaiting. The ticket resolves once they are
+    /// written, and fsynced if `durable` (an empty `records` with `durable` is a barrier that
+    /// makes everything submitted before it durable).
+    ///
+    /// The records of one submission are written together but are not atomic across a crash:
+    /// replay may keep a prefix of them. An `Err` ticket means "not known to be durable".
+    /// Blocks briefly if [`SUBMISSIONS_QUEUED_COUNT_MAX`] submissions are already queued.
+    pub fn submit(&self, records: Vec<R>, durable: bool) -> Ticket {
+        let mut frames = Vec::new();
+        if let Err(error) = encode_frames(&records, &mut frames) {
+            return Ticket::ready(Err(error));
+        }
+        self.send(|done| Command::Append {
+            frames,
+            durable,
+            done,
+        })
+    }
+
+    /// Atomically replaces the journal's contents with `records` (temporary file, fsync,
+    /// rename, directory fsync). Ordered with submissions: those before it are superseded by
+    /// the snapshot (their tickets resolve when it is durable), those after are appended to it.
+    pub fn compact(&self, records: Vec<R>) -> Ticket {
+        let mut image = replay::file_header().to_vec();
+        if let Err(error) = encode_frames(&records, &mut image) {
+            return Ticket::ready(Err(error));
+        }
+        self.send(|done| Command::Compact { image, done })
+    }
+
+    fn send(&self, command: impl FnOnce(oneshot::Sender<Outcome>) -> Command) -> Ticket {
+        let closed = || {
+            Ticket::ready(Err(JournalError::Closed {
+                path: self.path.to_path_buf(),
+            }))
+        };
+        let Some(sender) = &self.sender else {
+            return closed();
+        };
+        let (done, receiver) = oneshot::channel();
+        let command = command(done);
+        // Try first so the common case never blocks; a full queue blocks until the writer
+        // catches up (bounded memory; the brief wait is acceptable for callers).
+        let sent = match sender.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(command)) => sender.send(command).map_err(drop),
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        };
+        match sent {
+            Ok(()) => Ticket {
+                state: TicketState::Pending {
+                    receiver,
+                    path: Arc::clone(&self.path),
+                },
+            },
+            Err(()) => closed(),
+        }
+    }
+}
+
+impl<R> Journal<R> {
+    /// Bytes in the current journal file (for deciding when to compact).
+    pub fn size_bytes(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True once an I/O error has made the journal refuse every later submission.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+}
+
+impl<R> Drop for Journal<R> {
+    /// Closes the queue and joins the writer, which first finishes everything queued.
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "journal writer thread panicked");
+        }
+    }
+}
+
+impl Ticket {
+    fn ready(outcome: Outcome) -> Self {
+        Self {
+            state: TicketState::Ready(outcome),
+        }
+    }
+
+    /// Waits until the records are written (and fsynced, if durable).
+    pub async fn wait(self) -> Result<(), JournalError> {
+        match self.state {
+            TicketState::Ready(outcome) => outcome,
+            TicketState::Pending { receiver, path } => receiver.await.unwrap_or_else(|_| {
+                Err(JournalError::Closed {
+                    path: path.to_path_buf(),
+                })
+            }),
+        }
+    }
+
+    /// [`Ticket::wait`] for synchronous callers. Must not be called on an async runtime thread.
+    pub fn wait_blocking(self) -> Result<(), JournalError> {
+        match self.state {
+            TicketState::Ready(outcome) => outcome,
+            TicketState::Pending { receiver, path } => {
+                receiver.blocking_recv().unwrap_or_else(|_| {
+                    Err(JournalError::Closed {
+                        path: path.to_path_buf(),
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// Appends the frames of `records` to `out`, refusing records above [`RECORD_BYTES_MAX`].
+fn encode_frames<R: Serialize>(records: &[R], out: &mut Vec<u8>) -> Result<(), JournalError> {
+    for record in records {
+        let payload = postcard::to_allocvec(record).map_err(|error| JournalError::Encode {
+            message: error.to_string(),
+        })?;
+        if payload.len() > RECORD_BYTES_MAX as usize {
+            return Err(JournalError::RecordTooLarge {
+                bytes: payload.len(),
+            });
+        }
+        frame::encode_into(&payload, out);
+    }
+    Ok(())
+}
+
+/// Opens the journal at `path` (creating it if missing), replays it and cuts a torn tail.
+/// Returns the file, its length and the records.
+fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<(File, u64, Vec<R>), JournalError> {
+    let temp = temp_path(path);
+    match fs::remove_file(&temp) {
+        Ok(()) => tracing::info!(path = %temp.display(), "removed an unfinished compaction"),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(JournalError::io(&temp, "cannot remove", error)),
+    }
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            write_snapshot(path, &replay::file_header(), &mut Faults::default())?
+        }
+        Err(error) => return Err(JournalError::io(path, "cannot open", error)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|error| JournalError::io(path, "cannot read", error))?;
+    let replayed = replay::decode_all::<R>(&bytes).map_err(|error| match error {
+        HeaderError::NotAJournal => JournalError::NotAJournal {
+            path: path.to_path_buf(),
+        },
+        HeaderError::UnsupportedVersion { found } => JournalError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+        },
+    })?;
+    match replayed.end {
+        ReplayEnd::Clean => {}
+        ReplayEnd::NoHeader => {
+            // Only a torn creation leaves a header prefix; nothing in it was ever committed.
+            tracing::warn!(path = %path.display(), "journal without a complete header; recreating it");
+            file = write_snapshot(path, &replay::file_header(), &mut Faults::default())?;
+            return Ok((file, replay::FILE_HEADER_BYTES as u64, Vec::new()));
+        }
+        ReplayEnd::Torn(reason) => {
+            tracing::warn!(
+                path = %path.display(),
+                kept_records = replayed.records.len(),
+                dropped_bytes = bytes.len() - replayed.valid_len,
+                %reason,
+                "journal ends in a torn or corrupt frame; truncating it"
+            );
+            file.set_len(replayed.valid_len as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(|error| {
+                    JournalError::io(path, "cannot truncate the torn tail of", error)
+                })?;
+        }
+    }
+    Ok((file, replayed.valid_len as u64, replayed.records))
+}
+
+/// Writes `image` as the whole new content of `path`, atomically and durably: temporary file,
+/// fsync, rename over `path`, fsync of the directory. Returns the new file, open read-write.
+fn write_snapshot(path: &Path, image: &[u8], faults: &mut Faults) -> Result<File, JournalError> {
+    let temp = temp_path(path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .map_err(|error| JournalError::io(&temp, "cannot create", error))?;
+    file.write_all(image)
+        .map_err(|error| JournalError::io(&temp, "cannot write", error))?;
+    run_hook(&mut faults.before_sync)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| JournalError::io(&temp, "cannot fsync", error))?;
+    fs::rename(&temp, path).map_err(|error| JournalError::io(path, "cannot rename over", error))?;
+    sync_parent_dir(path)?;
+    Ok(file)
+}
+
+/// `<path>.tmp`: the compaction snapshot before it is renamed over the journal.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+fn sync_parent_dir(path: &Path) -> Result<(), JournalError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| JournalError::io(dir, "cannot fsync directory", error))
+}
+
+fn run_hook(hook: &mut Option<FaultHook>) -> io::Result<()> {
+    hook.as_mut().map_or(Ok(()), |hook| hook())
+}
+
+/// The state owned by the writer thread.
+struct Writer {
+    path: Arc<Path>,
+    file: File,
+    /// End of the good data; appends go here.
+    len: u64,
+    /// The file's blocks are preallocated up to here.
+    allocated_to: u64,
+    /// Cleared when the file system does not support preallocation.
+    preallocate: bool,
+    size: Arc<AtomicU64>,
+    /// The first I/O error; once set, every command fails with it.
+    poisoned: Option<JournalError>,
+    poisoned_flag: Arc<AtomicBool>,
+    faults: Faults,
+}
+
+impl Writer {
+    /// Serves commands until every `Journal` handle is gone and the queue is empty.
+    fn run(&mut self, receiver: &Receiver<Command>) {
+        while let Ok(first) = receiver.recv() {
+            let mut batch = vec![first];
+            // Group commit: take everything already queued, bounded so one round cannot grow
+            // forever while submitters keep up.
+            while batch.len() < SUBMISSIONS_QUEUED_COUNT_MAX {
+                match receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Command>) {
+        let mut frames = Vec::new();
+        let mut durable = false;
+        let mut waiting = Vec::new();
+        for command in batch {
+            match command {
+                Command::Append {
+                    frames: more,
+                    durable: more_durable,
+                    done,
+                } => {
+                    frames.extend_from_slice(&more);
+                    durable |= more_durable;
+                    waiting.push(done);
+                }
+                Command::Compact { image, done } => {
+                    // Appends queued before the snapshot are part of it: never write them.
+                    frames.clear();
+                    durable = false;
+                    waiting.push(done);
+                    let outcome = self.guarded(|writer| writer.replace_with(&image));
+                    resolve(waiting.drain(..), &outcome);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let outcome = self.guarded(|writer| writer.append(&frames, durable));
+        resolve(waiting.drain(..), &outcome);
+    }
+
+    /// Runs `operation` unless poisoned; poisons the journal if it fails.
+    fn guarded(&mut self, operation: impl FnOnce(&mut Self) -> Outcome) -> Outcome {
+        if let Some(first) = &self.poisoned {
+            return Err(JournalError::Poisoned {
+                path: self.path.to_path_buf(),
+                first: Box::new(first.clone()),
+            });
+        }
+        let outcome = operation(self);
+        if let Err(error) = &outcome {
+            tracing::error!(%error, "journal poisoned: no later record will be acknowledged");
+            self.poisoned = Some(error.clone());
+            self.poisoned_flag.store(true, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    fn append(&mut self, frames: &[u8], durable: bool) -> Outcome {
+        let path = Arc::clone(&self.path);
+        if !frames.is_empty() {
+            let end = self.len + frames.len() as u64;
+            self.reserve(end);
+            run_hook(&mut self.faults.before_write)
+                .and_then(|()| self.file.write_all_at(frames, self.len))
+                .map_err(|error| JournalError::io(&path, "cannot write", error))?;
+            self.len = end;
+            self.size.store(end, Ordering::Relaxed);
+        }
+        if durable {
+            run_hook(&mut self.faults.before_sync)
+                .and_then(|()| self.file.sync_data())
+                .map_err(|error| JournalError::io(&path, "cannot fsync", error))?;
+        }
+        Ok(())
+    }
+
+    fn replace_with(&mut self, image: &[u8]) -> Outcome {
+        self.file = write_snapshot(&self.path, image, &mut self.faults)?;
+        self.len = image.len() as u64;
+        self.allocated_to = self.len;
+        self.size.store(self.len, Ordering::Relaxed);
+        self.reserve(self.len);
+        Ok(())
+    }
+
+    /// Preallocates blocks past `end` (without changing the file size) a chunk at a time.
+    /// Best effort: the write itself reports a real lack of space.
+    fn reserve(&mut self, end: u64) {
+        if !self.preallocate || end < self.allocated_to {
+            return;
+        }
+        let target = (end / PREALLOCATION_CHUNK_BYTES + 1) * PREALLOCATION_CHUNK_BYTES;
+        let (Ok(offset), Ok(len)) = (
+            i64::try_from(self.allocated_to),
+            i64::try_from(target - self.allocated_to),
+        ) else {
+            return;
+        };
+        let flags = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match nix::fcntl::fallocate(&self.file, flags, offset, len) {
+            Ok(()) => self.allocated_to = target,
+            Err(nix::errno::Errno::EOPNOTSUPP) => self.preallocate = false,
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "cannot preallocate the journal");
+            }
+        }
+    }
+}
+
+fn resolve(waiting: impl Iterator<Item = oneshot::Sender<Outcome>>, outcome: &Outcome) {
+    for done in waiting {
+        // A dropped ticket is fine: its owner stopped caring about the outcome.
+        let _ = done.send(outcome.clone());
+    }
+}

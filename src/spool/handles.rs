@@ -1,0 +1,451 @@
+//! Open files: [`WriteHandle`] (receiving, sealed by `close`) and [`ReadHandle`].
+//!
+//! The durability point of the whole product is [`WriteHandle::close`]:
+//! fsync(file) → rename `partial/<id>` → `sealed/<id>` → fsync(dirs) → journal `Sealed`, fsynced.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::catalog::{Node, Record};
+use super::store::{fsync_dir, io_error, no_space, now_unix};
+use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
+
+/// SHA-256 of a file that arrives in order; gives up (and leaves hashing to the drain) at the
+/// first write that is not exactly at the end of what was hashed.
+struct SequentialHash {
+    hasher: Sha256,
+    hashed_bytes: u64,
+    in_order: bool,
+}
+
+impl SequentialHash {
+    fn new() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            hashed_bytes: 0,
+            in_order: true,
+        }
+    }
+
+    fn update(&mut self, offset: u64, data: &[u8]) {
+        if !self.in_order {
+            return;
+        }
+        if offset == self.hashed_bytes {
+            self.hasher.update(data);
+            self.hashed_bytes += data.len() as u64;
+        } else {
+            // A gap or a rewrite: the running hash no longer describes the file.
+            self.in_order = false;
+        }
+    }
+
+    fn finish(self, size: u64) -> Option<[u8; 32]> {
+        (self.in_order && self.hashed_bytes == size).then(|| self.hasher.finalize().into())
+    }
+}
+
+/// An open file being written. Dropping it without [`WriteHandle::close`] leaves the file
+/// `partial` (resumable for `partial_ttl`).
+pub struct WriteHandle {
+    spool: Arc<Spool>,
+    id: FileId,
+    file: Arc<File>,
+    size: Arc<AtomicU64>,
+    hash: Arc<Mutex<Option<SequentialHash>>>,
+    closed: bool,
+}
+
+impl WriteHandle {
+    pub(super) async fn open(
+        spool: &Arc<Spool>,
+        user: &str,
+        path: &VPath,
+        mode: OpenMode,
+    ) -> Result<WriteHandle, FsError> {
+        enum Plan {
+            New { copy_from: Option<FileId> },
+            Resume(FileId),
+        }
+        let plan = {
+            let c = spool.lock();
+            match c.lookup(user, path) {
+                Some(Node::Dir) => {
+                    return Err(FsError::new(
+                        FsErrorKind::IsADirectory,
+                        format!("{}: is a directory", path.display()),
+                    ));
+                }
+                None => {
+                    let parent = path.parent().unwrap_or_else(VPath::root);
+                    if !c.is_dir(user, &parent) {
+                        return Err(FsError::new(
+                            FsErrorKind::NotFound,
+                            format!("{}: no such directory", parent.display()),
+                        ));
+                    }
+                    Plan::New { copy_from: None }
+                }
+                Some(Node::File(_)) if mode.exclusive => {
+                    return Err(FsError::new(
+                        FsErrorKind::AlreadyExists,
+                        format!("{}: already exists", path.display()),
+                    ));
+                }
+                Some(Node::File(id)) => {
+                    let state = c.file(id).map(|f| f.state);
+                    match state {
+                        Some(FileState::Receiving) => {
+                            return Err(FsError::new(
+                                FsErrorKind::Failure,
+                                format!("{}: being written by another session", path.display()),
+                            ));
+                        }
+                        Some(FileState::Partial) => Plan::Resume(id),
+                        _ if mode.truncate => Plan::New { copy_from: None },
+                        Some(FileState::Delivered) => {
+                            return Err(FsError::new(
+                                FsErrorKind::Failure,
+                                format!(
+                                    "{}: already delivered and no longer in the spool; upload it again in full",
+                                    path.display()
+                                ),
+                            ));
+                        }
+                        _ => Plan::New {
+                            copy_from: Some(id),
+                        },
+                    }
+                }
+            }
+        };
+        match plan {
+            Plan::Resume(id) => Self::resume(spool, user, path, id, mode.truncate),
+            Plan::New { copy_from } => Self::create(spool, user, path, copy_from).await,
+        }
+    }
+
+    fn resume(
+        spool: &Arc<Spool>,
+        user: &str,
+        path: &VPath,
+        id: FileId,
+        truncate: bool,
+    ) -> Result<WriteHandle, FsError> {
+        {
+            let mut c = spool.lock();
+            let still_partial = c.lookup(user, path) == Some(Node::File(id))
+                && c.file(id).is_some_and(|f| f.state == FileState::Partial);
+            if !still_partial {
+                return Err(FsError::new(
+                    FsErrorKind::Failure,
+                    "file changed while opening; try again",
+                ));
+            }
+            c.mark_receiving(id);
+        }
+        let opened = OpenOptions::new().write(true).open(spool.partial_path(id));
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                spool.lock().mark_partial(id);
+                return Err(io_error("reopening partial file", &e));
+            }
+        };
+        if truncate && let Err(e) = file.set_len(0) {
+            spool.lock().mark_partial(id);
+            return Err(io_error("truncating partial file", &e));
+        }
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self::new(spool, id, file, len))
+    }
+
+    async fn create(
+        spool: &Arc<Spool>,
+        user: &str,
+        path: &VPath,
+        copy_from: Option<FileId>,
+    ) -> Result<WriteHandle, FsError> {
+        let id = spool.new_id();
+        let partial = spool.partial_path(id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(|e| io_error("creating spool file", &e))?;
+        if let Some(src) = copy_from {
+            let src_path = spool.sealed_path(src);
+            let dst = partial.clone();
+            let copied = tokio::task::spawn_blocking(move || fs::copy(src_path, dst)).await;
+            match copied {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let _ = fs::remove_file(&partial);
+                    return Err(io_error("copying the earlier version", &e));
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&partial);
+                    return Err(FsError::new(
+                        FsErrorKind::Failure,
+                        format!("copy task failed: {e}"),
+                    ));
+                }
+            }
+        }
+        let record = Record::Opened {
+            id,
+            user: user.to_owned(),
+            path: path.clone(),
+            at_unix: now_unix(),
+        };
+        let committed = spool
+            .commit(vec![record], false, |c| match c.lookup(user, path) {
+                Some(Node::File(other))
+                    if c.file(other)
+                        .is_some_and(|f| f.state == FileState::Receiving) =>
+                {
+                    Err(FsError::new(
+                        FsErrorKind::Failure,
+                        format!("{}: being written by another session", path.display()),
+                    ))
+                }
+                Some(Node::Dir) => Err(FsError::new(
+                    FsErrorKind::IsADirectory,
+                    format!("{}: is a directory", path.display()),
+                )),
+                _ => Ok(()),
+            })
+            .await;
+        if let Err(e) = committed {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self::new(spool, id, file, len))
+    }
+
+    fn new(spool: &Arc<Spool>, id: FileId, file: File, len: u64) -> WriteHandle {
+        let size = Arc::new(AtomicU64::new(len));
+        spool.register_live(id, size.clone());
+        // A resumed or copied file starts with bytes we did not see: the drain hashes it.
+        let hash = if len == 0 {
+            Some(SequentialHash::new())
+        } else {
+            None
+        };
+        WriteHandle {
+            spool: spool.clone(),
+            id,
+            file: Arc::new(file),
+            size,
+            hash: Arc::new(Mutex::new(hash)),
+            closed: false,
+        }
+    }
+
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Writes at any offset, in any order. Calls for one handle should be awaited in order for
+    /// the running hash to stay valid (out-of-order writes are correct, only slower to drain).
+    pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| FsError::new(FsErrorKind::Failure, "offset out of range"))?;
+        if (data.len() as u64) > self.spool.free_after_reserve() {
+            return Err(no_space());
+        }
+        let file = self.file.clone();
+        let hash = self.hash.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            if let Some(h) = hash.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                h.update(offset, &data);
+            }
+            file.write_all_at(&data, offset)
+        })
+        .await
+        .map_err(|e| FsError::new(FsErrorKind::Failure, format!("write task failed: {e}")))?;
+        written.map_err(|e| io_error("writing spool file", &e))?;
+        self.size.fetch_max(end, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// fsync@openssh.com: the bytes written so far are durable (the file is still `receiving`).
+    pub async fn fsync(&self) -> Result<(), FsError> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| FsError::new(FsErrorKind::Failure, format!("fsync task failed: {e}")))?
+            .map_err(|e| io_error("fsync", &e))
+    }
+
+    /// Current size (highest offset written, or the resumed size).
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Seals the file: fsync(file) → rename → fsync(dirs) → journal "Sealed" fsynced.
+    /// Only when this returns `Ok` may the client be told SSH_FX_OK. On error the file stays
+    /// `partial` and can be resumed.
+    pub async fn close(mut self) -> Result<(), FsError> {
+        let spool = self.spool.clone();
+        let id = self.id;
+        if spool.lock().file(id).is_none() {
+            // Removed while open (like unlink of an open file): the bytes go with it.
+            self.closed = true;
+            spool.unregister_live(id);
+            let _ = fs::remove_file(spool.partial_path(id));
+            return Ok(());
+        }
+        let file = self.file.clone();
+        let (partial, sealed) = (spool.partial_path(id), spool.sealed_path(id));
+        let (partial_dir, sealed_dir) = (
+            spool.partial_dir().to_owned(),
+            spool.sealed_dir().to_owned(),
+        );
+        let durable = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            file.sync_all()?;
+            let size = file.metadata()?.len();
+            fs::rename(&partial, &sealed)?;
+            fsync_dir(&sealed_dir)?;
+            fsync_dir(&partial_dir)?;
+            Ok(size)
+        })
+        .await
+        .map_err(|e| FsError::new(FsErrorKind::Failure, format!("seal task failed: {e}")))?;
+        let size = durable.map_err(|e| io_error("sealing", &e))?;
+        let sha256 = self
+            .hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .and_then(|h| h.finish(size));
+        let record = Record::Sealed {
+            id,
+            size,
+            sha256,
+            at_unix: now_unix(),
+        };
+        let result = spool
+            .commit(vec![record], true, |c| {
+                if c.file(id).is_some() {
+                    Ok(())
+                } else {
+                    Err(FsError::new(FsErrorKind::NotFound, "removed while closing"))
+                }
+            })
+            .await;
+        self.closed = true;
+        spool.unregister_live(id);
+        match result {
+            Ok(()) => {
+                spool.work().notify_one();
+                Ok(())
+            }
+            Err(e) if e.kind == FsErrorKind::NotFound => {
+                let _ = fs::remove_file(spool.sealed_path(id));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for WriteHandle {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.spool.unregister_live(self.id);
+            self.spool.lock().mark_partial(self.id);
+            tracing::info!(
+                id = self.id,
+                "session ended without CLOSE; file kept partial"
+            );
+        }
+    }
+}
+
+/// An open file being read back from the spool.
+pub struct ReadHandle {
+    file: Arc<File>,
+    size: u64,
+}
+
+impl ReadHandle {
+    pub(super) fn open(
+        spool: &Arc<Spool>,
+        user: &str,
+        path: &VPath,
+    ) -> Result<ReadHandle, FsError> {
+        let c = spool.lock();
+        let id = match c.lookup(user, path) {
+            Some(Node::File(id)) => id,
+            Some(Node::Dir) => {
+                return Err(FsError::new(
+                    FsErrorKind::IsADirectory,
+                    format!("{}: is a directory", path.display()),
+                ));
+            }
+            None => {
+                return Err(FsError::new(
+                    FsErrorKind::NotFound,
+                    format!("{}: no such file", path.display()),
+                ));
+            }
+        };
+        let state = c.file(id).map(|f| f.state);
+        let disk = match state {
+            Some(FileState::Receiving | FileState::Partial) => spool.partial_path(id),
+            Some(FileState::Delivered) | None => {
+                return Err(FsError::new(
+                    FsErrorKind::PermissionDenied,
+                    format!(
+                        "{}: delivered to the bucket; read it from S3",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(_) => spool.sealed_path(id),
+        };
+        // Opened under the catalog lock so that the drain cannot free it in between.
+        let file = File::open(disk).map_err(|e| io_error("opening spool file", &e))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(ReadHandle {
+            file: Arc::new(file),
+            size,
+        })
+    }
+
+    /// Returns fewer bytes than asked at the end of the file and an empty buffer at EOF.
+    pub async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(filled);
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| FsError::new(FsErrorKind::Failure, format!("read task failed: {e}")))?
+        .map_err(|e| io_error("reading spool file", &e))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}

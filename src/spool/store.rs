@@ -1,0 +1,688 @@
+//! [`Spool`]: the catalog behind a mutex, the journal that makes it durable, and the spool
+//! directory that holds the bytes.
+//!
+//! Every change follows one pattern: under the catalog lock, validate, [`Catalog::apply`] the
+//! records and submit them to the journal (so journal order equals apply order); then, outside
+//! the lock, wait for durability where the change is acknowledged to a client, and carry out the
+//! [`Effects`] (free spool files, hand uploads to abort to the drain).
+//!
+//! Layout of `dir`: `journal` (the log), `partial/<id>` (receiving or partial files),
+//! `sealed/<id>` (acknowledged files awaiting delivery).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use super::catalog::{Catalog, Effects, FileRecord, Node, Record};
+use super::handles::{ReadHandle, WriteHandle};
+use super::{
+    Entry, EntryKind, FileId, FileState, FsError, FsErrorKind, OpenMode, SpaceInfo, VPath,
+};
+use crate::journal::{Journal, JournalError};
+
+/// Journal size above which the catalog is written out as a snapshot and the log restarted.
+const JOURNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How the spool is set up.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub dir: PathBuf,
+    pub partial_ttl: Duration,
+    /// Writes are refused with "No space left on device" when fewer bytes than this are free,
+    /// so that the journal and the files already acknowledged always have room.
+    pub reserve_bytes: u64,
+}
+
+/// The spool of one gateway, shared by every session and the drain.
+pub struct Spool {
+    opts: SpoolOptions,
+    partial_dir: PathBuf,
+    sealed_dir: PathBuf,
+    catalog: Mutex<Catalog>,
+    journal: Journal<Record>,
+    next_id: AtomicU64,
+    /// Live sizes of files being received, by id.
+    live_sizes: Mutex<HashMap<FileId, Arc<AtomicU64>>>,
+    /// Multipart uploads the drain must abort (key, upload id).
+    aborts: Mutex<Vec<(String, String)>>,
+    /// Wakes the drain when there is new work.
+    work: Notify,
+}
+
+/// Seconds since the epoch, for records and listings.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Maps an I/O error to what a client is told; ENOSPC and EDQUOT become NoSpace.
+pub(super) fn io_error(context: &str, err: &io::Error) -> FsError {
+    match err.raw_os_error() {
+        Some(libc_enospc) if libc_enospc == nix::errno::Errno::ENOSPC as i32 => no_space(),
+        Some(code) if code == nix::errno::Errno::EDQUOT as i32 => no_space(),
+        _ => FsError::new(FsErrorKind::Failure, format!("{context}: {err}")),
+    }
+}
+
+pub(super) fn no_space() -> FsError {
+    FsError::new(FsErrorKind::NoSpace, "No space left on device")
+}
+
+fn not_found(path: &VPath) -> FsError {
+    FsError::new(
+        FsErrorKind::NotFound,
+        format!("{}: no such file or directory", path.display()),
+    )
+}
+
+/// A journal that cannot be written means nothing more can be acknowledged. The process stops
+/// so that its supervisor restarts it and replay recovers the last durable state.
+fn journal_broken(err: &JournalError) -> ! {
+    tracing::error!(error = %err, "journal write failed; stopping so that replay recovers");
+    std::process::abort();
+}
+
+/// Durably syncs a directory's entries.
+pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+impl Spool {
+    /// Opens the spool directory, replays the journal and reconciles the files on disk with it:
+    /// spool files the journal does not know are unacknowledged leftovers and are deleted;
+    /// acknowledged files whose bytes are missing are marked failed, never silently dropped.
+    pub fn open(opts: SpoolOptions) -> Result<Arc<Spool>, SpoolOpenError> {
+        let partial_dir = opts.dir.join("partial");
+        let sealed_dir = opts.dir.join("sealed");
+        for d in [&opts.dir, &partial_dir, &sealed_dir] {
+            fs::create_dir_all(d).map_err(|e| SpoolOpenError::Io(d.clone(), e))?;
+        }
+        let (journal, records) = Journal::<Record>::open(&opts.dir.join("journal"))?;
+        let mut catalog = Catalog::default();
+        let mut aborts = Vec::new();
+        for record in &records {
+            aborts.extend(catalog.apply(record).abort_uploads);
+        }
+        catalog.end_replay();
+        let spool = Spool {
+            partial_dir,
+            sealed_dir,
+            next_id: AtomicU64::new(catalog.max_id + 1),
+            catalog: Mutex::new(catalog),
+            journal,
+            live_sizes: Mutex::new(HashMap::new()),
+            aborts: Mutex::new(aborts),
+            work: Notify::new(),
+            opts,
+        };
+        spool
+            .reconcile_disk()
+            .map_err(|e| SpoolOpenError::Io(spool.opts.dir.clone(), e))?;
+        tracing::info!(records = records.len(), dir = %spool.opts.dir.display(), "spool opened");
+        Ok(Arc::new(spool))
+    }
+
+    fn reconcile_disk(&self) -> io::Result<()> {
+        let mut fixes = Vec::new();
+        {
+            let catalog = self.lock();
+            for (dir, wanted) in [
+                (
+                    &self.partial_dir,
+                    &[FileState::Partial, FileState::Receiving][..],
+                ),
+                (
+                    &self.sealed_dir,
+                    &[FileState::Sealed, FileState::Uploading, FileState::Failed][..],
+                ),
+            ] {
+                for entry in fs::read_dir(dir)? {
+                    let entry = entry?;
+                    let keep = entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.parse::<FileId>().ok())
+                        .and_then(|id| catalog.file(id))
+                        .is_some_and(|f| wanted.contains(&f.state));
+                    if !keep {
+                        fs::remove_file(entry.path())?;
+                    }
+                }
+            }
+            for f in catalog.files() {
+                match f.state {
+                    FileState::Partial | FileState::Receiving => {
+                        if !self.partial_path(f.id).exists() {
+                            fixes.push(Record::Removed { id: f.id });
+                        }
+                    }
+                    FileState::Sealed | FileState::Uploading => {
+                        if !self.sealed_path(f.id).exists() {
+                            tracing::error!(id = f.id, path = %f.path.display(), "sealed file missing from the spool");
+                            fixes.push(Record::Failed {
+                                id: f.id,
+                                error: "spool copy missing after restart".into(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !fixes.is_empty() {
+            let mut catalog = self.lock();
+            for r in &fixes {
+                catalog.apply(r);
+            }
+            // Durability is not needed: replaying without these records reaches the same fixes.
+            drop(self.journal.submit(fixes, false));
+        }
+        Ok(())
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Catalog> {
+        // A poisoned lock means a panic while mutating the catalog: with panic = "abort" that
+        // cannot happen in the daemon; in tests the state is still consistent enough to read.
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn options(&self) -> &SpoolOptions {
+        &self.opts
+    }
+
+    pub(super) fn partial_path(&self, id: FileId) -> PathBuf {
+        self.partial_dir.join(id.to_string())
+    }
+
+    /// Where the bytes of a sealed file are, for the drain.
+    pub fn sealed_path(&self, id: FileId) -> PathBuf {
+        self.sealed_dir.join(id.to_string())
+    }
+
+    pub(super) fn sealed_dir(&self) -> &Path {
+        &self.sealed_dir
+    }
+
+    pub(super) fn partial_dir(&self) -> &Path {
+        &self.partial_dir
+    }
+
+    /// Applies `records` if `check` passes on the current catalog, submits them to the journal
+    /// in the same order, waits for durability if asked, and carries out their effects.
+    /// Returns `false` (nothing applied) if the check failed.
+    pub async fn commit(
+        &self,
+        records: Vec<Record>,
+        durable: bool,
+        check: impl FnOnce(&Catalog) -> Result<(), FsError>,
+    ) -> Result<(), FsError> {
+        let (ticket, effects) = {
+            let mut catalog = self.lock();
+            check(&catalog)?;
+            let mut effects = Effects::default();
+            for r in &records {
+                let e = catalog.apply(r);
+                effects.free_spool.extend(e.free_spool);
+                effects.abort_uploads.extend(e.abort_uploads);
+            }
+            let ticket = self.journal.submit(records, durable);
+            if self.journal.size_bytes() > JOURNAL_COMPACT_BYTES {
+                drop(self.journal.compact(catalog.snapshot_records()));
+            }
+            (ticket, effects)
+        };
+        if durable && let Err(e) = ticket.wait().await {
+            journal_broken(&e);
+        }
+        self.carry_out(effects);
+        Ok(())
+    }
+
+    fn carry_out(&self, effects: Effects) {
+        for id in effects.free_spool {
+            for path in [self.partial_path(id), self.sealed_path(id)] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "could not free spool file")
+                    }
+                }
+            }
+        }
+        if !effects.abort_uploads.is_empty() {
+            self.aborts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(effects.abort_uploads);
+            self.work.notify_one();
+        }
+    }
+
+    pub(super) fn new_id(&self) -> FileId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn register_live(&self, id: FileId, size: Arc<AtomicU64>) {
+        self.live_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, size);
+    }
+
+    pub(super) fn unregister_live(&self, id: FileId) {
+        self.live_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// The drain's wake-up signal.
+    pub fn work(&self) -> &Notify {
+        &self.work
+    }
+
+    /// Uploads the drain must abort, taken once.
+    pub fn take_aborts(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.aborts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A copy of one file's record.
+    pub fn file(&self, id: FileId) -> Option<FileRecord> {
+        self.lock().file(id).cloned()
+    }
+
+    /// Copies of every file record (for the drain queue and status), oldest first.
+    pub fn files(&self) -> Vec<FileRecord> {
+        let mut v: Vec<FileRecord> = self.lock().files().cloned().collect();
+        v.sort_by_key(|f| f.id);
+        v
+    }
+
+    fn entry_of(&self, catalog: &Catalog, name: String, node: Node) -> Entry {
+        match node {
+            Node::Dir => Entry {
+                name,
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime_unix: 0,
+                state: None,
+            },
+            Node::File(id) => {
+                let f = catalog.file(id);
+                let state = f.map(|f| f.state);
+                let size = match state {
+                    Some(FileState::Receiving) => self
+                        .live_sizes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&id)
+                        .map(|s| s.load(Ordering::Relaxed))
+                        .unwrap_or(0),
+                    Some(FileState::Partial) => fs::metadata(self.partial_path(id))
+                        .map(|m| m.len())
+                        .unwrap_or(0),
+                    _ => f.map(|f| f.size).unwrap_or(0),
+                };
+                Entry {
+                    name,
+                    kind: EntryKind::File,
+                    size,
+                    mtime_unix: f.map(|f| f.mtime_unix).unwrap_or(0),
+                    state,
+                }
+            }
+        }
+    }
+
+    pub fn stat(&self, user: &str, path: &VPath) -> Result<Entry, FsError> {
+        let catalog = self.lock();
+        let node = catalog.lookup(user, path).ok_or_else(|| not_found(path))?;
+        Ok(self.entry_of(&catalog, path.name().to_owned(), node))
+    }
+
+    /// The entries directly below `path`, sorted by name.
+    pub fn list_dir(&self, user: &str, path: &VPath) -> Result<Vec<Entry>, FsError> {
+        let catalog = self.lock();
+        match catalog.lookup(user, path) {
+            None => return Err(not_found(path)),
+            Some(Node::File(_)) => {
+                return Err(FsError::new(
+                    FsErrorKind::NotADirectory,
+                    format!("{}: not a directory", path.display()),
+                ));
+            }
+            Some(Node::Dir) => {}
+        }
+        Ok(catalog
+            .children(user, path)
+            .into_iter()
+            .map(|(name, node)| self.entry_of(&catalog, name, node))
+            .collect())
+    }
+
+    pub async fn mkdir(&self, user: &str, path: &VPath) -> Result<(), FsError> {
+        let record = Record::Mkdir {
+            user: user.to_owned(),
+            path: path.clone(),
+        };
+        self.commit(vec![record], true, |c| {
+            if c.lookup(user, path).is_some() {
+                return Err(FsError::new(
+                    FsErrorKind::AlreadyExists,
+                    format!("{}: already exists", path.display()),
+                ));
+            }
+            require_parent_dir(c, user, path)
+        })
+        .await
+    }
+
+    pub async fn rmdir(&self, user: &str, path: &VPath) -> Result<(), FsError> {
+        if path.is_root() {
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                "cannot remove your home directory",
+            ));
+        }
+        let record = Record::Rmdir {
+            user: user.to_owned(),
+            path: path.clone(),
+        };
+        self.commit(vec![record], true, |c| match c.lookup(user, path) {
+            None => Err(not_found(path)),
+            Some(Node::File(_)) => Err(FsError::new(
+                FsErrorKind::NotADirectory,
+                format!("{}: not a directory", path.display()),
+            )),
+            Some(Node::Dir) if c.has_children(user, path) => Err(FsError::new(
+                FsErrorKind::DirectoryNotEmpty,
+                format!("{}: directory not empty", path.display()),
+            )),
+            Some(Node::Dir) => Ok(()),
+        })
+        .await
+    }
+
+    /// Removes a file from the namespace. A pending upload is cancelled and its spool copy
+    /// freed; a delivered object stays in the bucket (the gateway never deletes objects).
+    pub async fn remove(&self, user: &str, path: &VPath) -> Result<(), FsError> {
+        let id = match self.lock().lookup(user, path) {
+            None => return Err(not_found(path)),
+            Some(Node::Dir) => {
+                return Err(FsError::new(
+                    FsErrorKind::IsADirectory,
+                    format!("{}: is a directory", path.display()),
+                ));
+            }
+            Some(Node::File(id)) => id,
+        };
+        self.commit(vec![Record::Removed { id }], true, |c| {
+            if c.lookup(user, path) == Some(Node::File(id)) {
+                Ok(())
+            } else {
+                Err(not_found(path))
+            }
+        })
+        .await
+    }
+
+    /// `overwrite` is posix-rename@openssh.com; plain SFTP rename refuses an existing target.
+    /// Renaming a directory renames everything below it. A file whose upload is under way is
+    /// uploaded again under its new key; a delivered file cannot be renamed (its object is
+    /// already in the bucket under the old key).
+    pub async fn rename(
+        &self,
+        user: &str,
+        from: &VPath,
+        to: &VPath,
+        overwrite: bool,
+    ) -> Result<(), FsError> {
+        if from.is_root() || to.is_root() {
+            return Err(FsError::new(
+                FsErrorKind::PermissionDenied,
+                "cannot rename your home directory",
+            ));
+        }
+        if from == to {
+            return Ok(());
+        }
+        let records = {
+            let c = self.lock();
+            rename_records(&c, user, from, to, overwrite)?
+        };
+        let expected = records.clone();
+        self.commit(records, true, |c| {
+            // Recompute under the lock: if the namespace changed meanwhile, refuse.
+            if rename_records(c, user, from, to, overwrite)? == expected {
+                Ok(())
+            } else {
+                Err(FsError::new(
+                    FsErrorKind::Failure,
+                    "the namespace changed during rename; try again",
+                ))
+            }
+        })
+        .await?;
+        self.work.notify_one();
+        Ok(())
+    }
+
+    pub async fn open_write(
+        self: &Arc<Self>,
+        user: &str,
+        path: &VPath,
+        mode: OpenMode,
+    ) -> Result<WriteHandle, FsError> {
+        WriteHandle::open(self, user, path, mode).await
+    }
+
+    /// Reading back works while the spool still holds the file (not after delivery).
+    pub async fn open_read(
+        self: &Arc<Self>,
+        user: &str,
+        path: &VPath,
+    ) -> Result<ReadHandle, FsError> {
+        ReadHandle::open(self, user, path)
+    }
+
+    pub fn space(&self) -> SpaceInfo {
+        match nix::sys::statvfs::statvfs(&self.opts.dir) {
+            Ok(s) => SpaceInfo {
+                block_size: s.fragment_size(),
+                blocks_total: s.blocks(),
+                blocks_free: s.blocks_free(),
+                blocks_avail: s.blocks_available(),
+            },
+            Err(_) => SpaceInfo {
+                block_size: 4096,
+                blocks_total: 0,
+                blocks_free: 0,
+                blocks_avail: 0,
+            },
+        }
+    }
+
+    /// Bytes free for new data, after the reserve.
+    pub(super) fn free_after_reserve(&self) -> u64 {
+        let s = self.space();
+        (s.blocks_avail * s.block_size).saturating_sub(self.opts.reserve_bytes)
+    }
+
+    /// Removes partial files older than `partial_ttl`; returns how many.
+    pub async fn expire_partials(&self) -> usize {
+        let now = SystemTime::now();
+        let expired: Vec<FileId> = self
+            .lock()
+            .files()
+            .filter(|f| f.state == FileState::Partial)
+            .filter(|f| {
+                fs::metadata(self.partial_path(f.id))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|age| age > self.opts.partial_ttl)
+            })
+            .map(|f| f.id)
+            .collect();
+        let mut n = 0;
+        for id in expired {
+            let r = self
+                .commit(vec![Record::Removed { id }], false, |c| {
+                    if c.file(id).is_some_and(|f| f.state == FileState::Partial) {
+                        Ok(())
+                    } else {
+                        Err(FsError::new(FsErrorKind::Failure, "reopened"))
+                    }
+                })
+                .await;
+            if r.is_ok() {
+                tracing::info!(id, "partial file expired");
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Queues failed files again (all of a user's below `path`, or every failed file).
+    /// Returns how many.
+    pub async fn retry_failed(&self, filter: Option<(&str, &VPath)>) -> usize {
+        let ids: Vec<FileId> = self
+            .lock()
+            .files()
+            .filter(|f| f.state == FileState::Failed)
+            .filter(|f| filter.is_none_or(|(u, p)| f.user == u && f.path.starts_with(p)))
+            .map(|f| f.id)
+            .collect();
+        let n = ids.len();
+        if n > 0 {
+            let records = ids.into_iter().map(|id| Record::Retried { id }).collect();
+            // Cannot fail: Retried applies to any state.
+            let _ = self.commit(records, true, |_| Ok(())).await;
+            self.work.notify_one();
+        }
+        n
+    }
+}
+
+fn require_parent_dir(c: &Catalog, user: &str, path: &VPath) -> Result<(), FsError> {
+    let parent = path.parent().unwrap_or_else(VPath::root);
+    match c.lookup(user, &parent) {
+        Some(Node::Dir) => Ok(()),
+        Some(Node::File(_)) => Err(FsError::new(
+            FsErrorKind::NotADirectory,
+            format!("{}: not a directory", parent.display()),
+        )),
+        None => Err(not_found(&parent)),
+    }
+}
+
+/// The records a rename amounts to, or why it is refused.
+fn rename_records(
+    c: &Catalog,
+    user: &str,
+    from: &VPath,
+    to: &VPath,
+    overwrite: bool,
+) -> Result<Vec<Record>, FsError> {
+    let source = c.lookup(user, from).ok_or_else(|| not_found(from))?;
+    require_parent_dir(c, user, to)?;
+    if to.starts_with(from) {
+        return Err(FsError::new(
+            FsErrorKind::Failure,
+            "cannot move a directory into itself",
+        ));
+    }
+    match (source, c.lookup(user, to)) {
+        (_, None) => {}
+        (Node::File(_), Some(Node::File(_))) if overwrite => {}
+        (_, Some(_)) => {
+            return Err(FsError::new(
+                FsErrorKind::AlreadyExists,
+                format!("{}: already exists", to.display()),
+            ));
+        }
+    }
+    let delivered = |id: FileId| c.file(id).is_some_and(|f| f.state == FileState::Delivered);
+    let refuse_delivered = |p: &VPath| {
+        FsError::new(
+            FsErrorKind::PermissionDenied,
+            format!(
+                "{}: already delivered to the bucket; it cannot be renamed",
+                p.display()
+            ),
+        )
+    };
+    match source {
+        Node::File(id) => {
+            if delivered(id) {
+                return Err(refuse_delivered(from));
+            }
+            Ok(vec![Record::Renamed {
+                id,
+                path: to.clone(),
+            }])
+        }
+        Node::Dir => {
+            // Walk the whole subtree: directories are created under the new name first,
+            // files moved, then the old directories removed deepest first.
+            let mut mkdirs = vec![Record::Mkdir {
+                user: user.to_owned(),
+                path: to.clone(),
+            }];
+            let mut moves = Vec::new();
+            let mut rmdirs = vec![Record::Rmdir {
+                user: user.to_owned(),
+                path: from.clone(),
+            }];
+            let mut stack = vec![from.clone()];
+            while let Some(dir) = stack.pop() {
+                for (name, node) in c.children(user, &dir) {
+                    let old = dir.join(&name);
+                    let rel = &old.as_str()[from.as_str().len() + 1..];
+                    let new = to.join(rel);
+                    match node {
+                        Node::Dir => {
+                            mkdirs.push(Record::Mkdir {
+                                user: user.to_owned(),
+                                path: new,
+                            });
+                            rmdirs.push(Record::Rmdir {
+                                user: user.to_owned(),
+                                path: old.clone(),
+                            });
+                            stack.push(old);
+                        }
+                        Node::File(id) => {
+                            if delivered(id) {
+                                return Err(refuse_delivered(&old));
+                            }
+                            moves.push(Record::Renamed { id, path: new });
+                        }
+                    }
+                }
+            }
+            rmdirs.reverse();
+            mkdirs.extend(moves);
+            mkdirs.extend(rmdirs);
+            Ok(mkdirs)
+        }
+    }
+}
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolOpenError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, io::Error),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}

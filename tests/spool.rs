@@ -1,0 +1,335 @@
+//! The spool's durability and namespace semantics, through its public API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use sftpgw::spool::{FileState, FsErrorKind, OpenMode, Spool, SpoolOptions, VPath};
+
+fn open(dir: &std::path::Path, ttl: Duration, reserve_bytes: u64) -> Arc<Spool> {
+    Spool::open(SpoolOptions {
+        dir: dir.to_owned(),
+        partial_ttl: ttl,
+        reserve_bytes,
+    })
+    .expect("open spool")
+}
+
+fn vp(s: &str) -> VPath {
+    VPath::resolve(s).expect("path")
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn close_is_acknowledged_only_after_the_file_is_sealed_and_journalled() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("spool");
+    let spool = open(&dir, Duration::from_secs(3600), 0);
+    let h = spool
+        .open_write(
+            "u",
+            &vp("f.bin"),
+            OpenMode {
+                truncate: true,
+                exclusive: false,
+            },
+        )
+        .await
+        .expect("open");
+    h.write_at(0, Bytes::from(pattern(100_000, 1)))
+        .await
+        .expect("write");
+    h.close().await.expect("close");
+    // The moment CLOSE is acknowledged, what is on disk already holds the sealed file and its
+    // journal record: a copy taken now (as a crash would leave it) replays to `sealed`.
+    let snapshot = tmp.path().join("after-ack");
+    copy_dir(&dir, &snapshot);
+    let reopened = open(&snapshot, Duration::from_secs(3600), 0);
+    let e = reopened.stat("u", &vp("f.bin")).expect("stat");
+    assert_eq!(e.state, Some(FileState::Sealed));
+    assert_eq!(e.size, 100_000);
+    let r = reopened.open_read("u", &vp("f.bin")).await.expect("read");
+    assert_eq!(
+        r.read_at(0, 200_000).await.expect("read").to_vec(),
+        pattern(100_000, 1)
+    );
+}
+
+#[tokio::test]
+async fn writes_are_accepted_at_any_offset_and_in_any_order() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    let content = pattern(1 << 20, 9);
+    let mut chunks: Vec<(usize, &[u8])> = content
+        .chunks(32 * 1024 + 7)
+        .scan(0, |off, c| {
+            let at = *off;
+            *off += c.len();
+            Some((at, c))
+        })
+        .collect();
+    chunks.shuffle(&mut rand::rngs::StdRng::seed_from_u64(42));
+    let h = spool
+        .open_write("u", &vp("shuffled"), OpenMode::default())
+        .await
+        .expect("open");
+    for (at, c) in chunks {
+        h.write_at(at as u64, Bytes::copy_from_slice(c))
+            .await
+            .expect("write");
+    }
+    assert_eq!(h.size(), content.len() as u64);
+    h.close().await.expect("close");
+    let r = spool.open_read("u", &vp("shuffled")).await.expect("read");
+    assert!(r.read_at(0, 2 << 20).await.expect("read").to_vec() == content);
+}
+
+#[tokio::test]
+async fn a_session_that_dies_before_close_leaves_the_file_partial_and_resumable() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    let h = spool
+        .open_write(
+            "u",
+            &vp("p"),
+            OpenMode {
+                truncate: true,
+                exclusive: false,
+            },
+        )
+        .await
+        .expect("open");
+    h.write_at(0, Bytes::from(pattern(1000, 3)))
+        .await
+        .expect("write");
+    drop(h);
+    assert_eq!(
+        spool.stat("u", &vp("p")).expect("stat").state,
+        Some(FileState::Partial)
+    );
+    // Reopened without TRUNC (OpenSSH `reput`): the bytes so far are kept.
+    let h = spool
+        .open_write("u", &vp("p"), OpenMode::default())
+        .await
+        .expect("reopen");
+    assert_eq!(h.size(), 1000);
+    h.write_at(1000, Bytes::from(pattern(500, 4)))
+        .await
+        .expect("write");
+    h.close().await.expect("close");
+    let e = spool.stat("u", &vp("p")).expect("stat");
+    assert_eq!((e.state, e.size), (Some(FileState::Sealed), 1500));
+}
+
+#[tokio::test]
+async fn partial_files_are_removed_after_their_ttl_and_survive_a_restart_before_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    {
+        let spool = open(tmp.path(), Duration::from_secs(1), 0);
+        let h = spool
+            .open_write("u", &vp("p"), OpenMode::default())
+            .await
+            .expect("open");
+        h.write_at(0, Bytes::from_static(b"abc"))
+            .await
+            .expect("write");
+        drop(h);
+        assert_eq!(spool.expire_partials().await, 0, "not expired yet");
+    }
+    let spool = open(tmp.path(), Duration::from_secs(1), 0);
+    assert_eq!(
+        spool.stat("u", &vp("p")).expect("stat").state,
+        Some(FileState::Partial)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(spool.expire_partials().await, 1);
+    assert_eq!(
+        spool.stat("u", &vp("p")).expect_err("gone").kind,
+        FsErrorKind::NotFound
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("partial"))
+            .expect("dir")
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn namespace_mkdir_rmdir_rename_and_remove_follow_posix_expectations() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    let w = |p: &'static str| {
+        let spool = spool.clone();
+        async move {
+            let h = spool.open_write("u", &vp(p), OpenMode::default()).await?;
+            h.write_at(0, Bytes::from_static(b"x")).await?;
+            h.close().await
+        }
+    };
+    assert_eq!(
+        w("nodir/f").await.expect_err("no parent").kind,
+        FsErrorKind::NotFound
+    );
+    spool.mkdir("u", &vp("d")).await.expect("mkdir");
+    assert_eq!(
+        spool.mkdir("u", &vp("d")).await.expect_err("exists").kind,
+        FsErrorKind::AlreadyExists
+    );
+    w("d/f").await.expect("write");
+    w("g").await.expect("write");
+    assert_eq!(
+        spool
+            .rmdir("u", &vp("d"))
+            .await
+            .expect_err("not empty")
+            .kind,
+        FsErrorKind::DirectoryNotEmpty
+    );
+    assert_eq!(
+        spool
+            .rename("u", &vp("g"), &vp("d/f"), false)
+            .await
+            .expect_err("exists")
+            .kind,
+        FsErrorKind::AlreadyExists
+    );
+    spool
+        .rename("u", &vp("g"), &vp("d/f"), true)
+        .await
+        .expect("posix rename overwrites");
+    spool
+        .rename("u", &vp("d"), &vp("e"), false)
+        .await
+        .expect("directory rename");
+    let names: Vec<String> = spool
+        .list_dir("u", &vp("e"))
+        .expect("ls")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["f".to_owned()]);
+    assert!(spool.stat("u", &vp("d")).is_err());
+    spool.remove("u", &vp("e/f")).await.expect("rm");
+    spool.rmdir("u", &vp("e")).await.expect("rmdir");
+    assert!(spool.list_dir("u", &VPath::root()).expect("ls").is_empty());
+    assert!(
+        spool
+            .list_dir("other", &VPath::root())
+            .expect("ls")
+            .is_empty(),
+        "users do not see each other"
+    );
+    // Everything above is journalled: a restart shows the same namespace.
+    drop(spool);
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    assert!(spool.list_dir("u", &VPath::root()).expect("ls").is_empty());
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("sealed"))
+            .expect("dir")
+            .count(),
+        0,
+        "removed files are freed"
+    );
+}
+
+/// A small tmpfs as the spool's filesystem (needs root; skipped with a message otherwise).
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(size_mib: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().expect("tmp").keep();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            Some(SmallFs(dir))
+        } else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+            None
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_with_no_space_and_keeps_earlier_files_intact() {
+    let Some(fs) = SmallFs::mount(24) else { return };
+    let spool = open(&fs.0, Duration::from_secs(3600), 4 << 20);
+    let first = pattern(2 << 20, 5);
+    let h = spool
+        .open_write("u", &vp("first"), OpenMode::default())
+        .await
+        .expect("open");
+    h.write_at(0, Bytes::from(first.clone()))
+        .await
+        .expect("write");
+    h.close().await.expect("close");
+
+    let h = spool
+        .open_write("u", &vp("huge"), OpenMode::default())
+        .await
+        .expect("open");
+    let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+    let mut offset = 0u64;
+    let err = loop {
+        match h.write_at(offset, chunk.clone()).await {
+            Ok(()) => offset += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(offset < 64 << 20, "never ran out of space");
+    };
+    assert_eq!(err.kind, FsErrorKind::NoSpace);
+    assert_eq!(err.to_string(), "No space left on device");
+    drop(h);
+    // The earlier, acknowledged file is intact, and the journal still takes records.
+    let r = spool.open_read("u", &vp("first")).await.expect("read");
+    assert!(r.read_at(0, 4 << 20).await.expect("read").to_vec() == first);
+    spool
+        .remove("u", &vp("huge"))
+        .await
+        .expect("rm frees space");
+    let h = spool
+        .open_write("u", &vp("after"), OpenMode::default())
+        .await
+        .expect("open");
+    h.write_at(0, Bytes::from_static(b"ok"))
+        .await
+        .expect("write after freeing");
+    h.close().await.expect("close");
+    drop(spool);
+    let spool = open(&fs.0, Duration::from_secs(3600), 4 << 20);
+    assert_eq!(
+        spool.stat("u", &vp("first")).expect("stat").state,
+        Some(FileState::Sealed)
+    );
+    assert_eq!(
+        spool.stat("u", &vp("after")).expect("stat").state,
+        Some(FileState::Sealed)
+    );
+}
