@@ -10,6 +10,8 @@ pub mod namespace;
 mod ops;
 pub mod server;
 pub mod session;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 pub use namespace::{Users, UsersError, hash_password};

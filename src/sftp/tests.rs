@@ -1,0 +1,814 @@
+//! The SFTP session loop driven with raw packets over an in-memory stream, against a real
+//! spool in a temporary directory.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use russh_sftp::protocol::{
+    Close, Extended, FileAttributes, Init, Open, OpenDir, OpenFlags, Packet, Read, ReadDir,
+    ReadLink, RealPath, Rename, SetStat, Stat, StatusCode, Write,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::task::JoinHandle;
+
+use super::session::{self, SessionEnd};
+use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
+use crate::spool::{FileState, Spool, SpoolOptions, VPath};
+
+/// Long enough for a debug build on a busy machine; a deadlock shows up as this timeout.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn open_spool(dir: &std::path::Path, reserve_bytes: u64) -> Arc<Spool> {
+    Spool::open(SpoolOptions {
+        dir: dir.join("spool"),
+        partial_ttl: Duration::from_secs(3600),
+        reserve_bytes,
+    })
+    .expect("open spool")
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The client end of a session.
+struct Client {
+    io: DuplexStream,
+    next_id: u32,
+}
+
+fn start(spool: &Arc<Spool>, buffer_bytes: usize) -> (Client, JoinHandle<SessionEnd>) {
+    let (client, server) = tokio::io::duplex(buffer_bytes);
+    let session = tokio::spawn(session::run(server, Arc::clone(spool), "alice"));
+    (
+        Client {
+            io: client,
+            next_id: 1,
+        },
+        session,
+    )
+}
+
+async fn start_initialized(spool: &Arc<Spool>) -> (Client, JoinHandle<SessionEnd>) {
+    let (mut client, session) = start(spool, 1024 * 1024);
+    client.init().await;
+    (client, session)
+}
+
+fn encode(packet: Packet) -> Bytes {
+    Bytes::try_from(packet).expect("encode")
+}
+
+impl Client {
+    fn id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn send(&mut self, packet: Packet) {
+        self.io.write_all(&encode(packet)).await.expect("send");
+    }
+
+    /// The next reply, or `None` once the server closed the stream.
+    async fn recv(&mut self) -> Option<Packet> {
+        let mut len = [0u8; 4];
+        if self.io.read_exact(&mut len).await.is_err() {
+            return None;
+        }
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        self.io.read_exact(&mut body).await.expect("reply body");
+        Some(Packet::try_from(&mut Bytes::from(body)).expect("decodable reply"))
+    }
+
+    async fn call(&mut self, packet: Packet) -> Packet {
+        self.send(packet).await;
+        self.recv().await.expect("a reply")
+    }
+
+    async fn init(&mut self) -> Packet {
+        let version = self.call(Packet::Init(Init::new())).await;
+        assert!(matches!(version, Packet::Version(_)), "{version:?}");
+        version
+    }
+
+    async fn open(
+        &mut self,
+        path: &str,
+        pflags: OpenFlags,
+    ) -> Result<String, (StatusCode, String)> {
+        let id = self.id();
+        let open = Open {
+            id,
+            filename: path.into(),
+            pflags,
+            attrs: FileAttributes::empty(),
+        };
+        match self.call(Packet::Open(open)).await {
+            Packet::Handle(h) => Ok(h.handle),
+            other => Err(status_of(other)),
+        }
+    }
+
+    fn write(&mut self, handle: &str, offset: u64, data: Vec<u8>) -> Packet {
+        let id = self.id();
+        Packet::Write(Write {
+            id,
+            handle: handle.into(),
+            offset,
+            data,
+        })
+    }
+
+    fn close(&mut self, handle: &str) -> Packet {
+        let id = self.id();
+        Packet::Close(Close {
+            id,
+            handle: handle.into(),
+        })
+    }
+
+    async fn put(&mut self, path: &str, data: &[u8]) {
+        let handle = self
+            .open(path, write_flags())
+            .await
+            .expect("open for write");
+        for (i, chunk) in data.chunks(SFTP_IO_BYTES_MAX as usize).enumerate() {
+            let write = self.write(
+                &handle,
+                (i * SFTP_IO_BYTES_MAX as usize) as u64,
+                chunk.to_vec(),
+            );
+            self.send(write).await;
+        }
+        for _ in data.chunks(SFTP_IO_BYTES_MAX as usize) {
+            assert_eq!(
+                status_of(self.recv().await.expect("write reply")).0,
+                StatusCode::Ok
+            );
+        }
+        let close = self.close(&handle);
+        assert_eq!(status_of(self.call(close).await).0, StatusCode::Ok);
+    }
+
+    async fn get(&mut self, path: &str) -> Vec<u8> {
+        let handle = self
+            .open(path, OpenFlags::READ)
+            .await
+            .expect("open for read");
+        let mut out = Vec::new();
+        loop {
+            let id = self.id();
+            let read = Read {
+                id,
+                handle: handle.clone(),
+                offset: out.len() as u64,
+                len: 100_000,
+            };
+            match self.call(Packet::Read(read)).await {
+                Packet::Data(d) => out.extend_from_slice(&d.data),
+                other => {
+                    assert_eq!(status_of(other).0, StatusCode::Eof);
+                    break;
+                }
+            }
+        }
+        let close = self.close(&handle);
+        assert_eq!(status_of(self.call(close).await).0, StatusCode::Ok);
+        out
+    }
+
+    async fn status(&mut self, packet: Packet) -> (StatusCode, String) {
+        status_of(self.call(packet).await)
+    }
+}
+
+fn write_flags() -> OpenFlags {
+    OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
+}
+
+fn status_of(packet: Packet) -> (StatusCode, String) {
+    match packet {
+        Packet::Status(s) => (s.status_code, s.error_message),
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+fn reply_id(packet: &Packet) -> u32 {
+    match packet {
+        Packet::Status(p) => p.id,
+        Packet::Handle(p) => p.id,
+        Packet::Data(p) => p.id,
+        Packet::Name(p) => p.id,
+        Packet::Attrs(p) => p.id,
+        Packet::ExtendedReply(p) => p.id,
+        other => panic!("not a reply: {other:?}"),
+    }
+}
+
+fn extended(id: u32, request: &str, data: Vec<u8>) -> Packet {
+    Packet::Extended(Extended {
+        id,
+        request: request.into(),
+        data,
+    })
+}
+
+fn ssh_strings(strings: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in strings {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out
+}
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_TIMEOUT, future)
+        .await
+        .expect("timed out: deadlock?")
+}
+
+#[tokio::test]
+async fn version_advertises_the_openssh_extensions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start(&spool, 64 * 1024);
+    let Packet::Version(version) = client.init().await else {
+        unreachable!()
+    };
+    assert_eq!(version.version, 3);
+    for (name, revision) in [
+        ("limits@openssh.com", "1"),
+        ("fsync@openssh.com", "1"),
+        ("posix-rename@openssh.com", "1"),
+        ("statvfs@openssh.com", "2"),
+    ] {
+        assert_eq!(
+            version.extensions.get(name).map(String::as_str),
+            Some(revision),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn garbage_packet_ends_the_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, session) = start_initialized(&spool).await;
+    // Type 0xEE does not exist; a loop that "logs and continues" would parse what follows.
+    client
+        .io
+        .write_all(&[0, 0, 0, 5, 0xEE, 0, 0, 0, 1])
+        .await
+        .unwrap();
+    let stat = Packet::Stat(Stat {
+        id: 7,
+        path: "/".into(),
+    });
+    let _ = client.io.write_all(&encode(stat)).await;
+    let end = within(session).await.unwrap();
+    assert!(matches!(end, SessionEnd::BadPacket(_)), "{end:?}");
+    assert!(client.recv().await.is_none(), "no reply after garbage");
+}
+
+#[tokio::test]
+async fn truncated_packet_body_ends_the_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, session) = start_initialized(&spool).await;
+    // A STAT whose path string claims more bytes than the packet holds.
+    client
+        .io
+        .write_all(&[0, 0, 0, 9, 17, 0, 0, 0, 1, 0, 0, 0, 200])
+        .await
+        .unwrap();
+    let end = within(session).await.unwrap();
+    assert!(matches!(end, SessionEnd::BadPacket(_)), "{end:?}");
+}
+
+#[tokio::test]
+async fn oversized_length_ends_the_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, session) = start_initialized(&spool).await;
+    client
+        .io
+        .write_all(&(SFTP_PACKET_BYTES_MAX + 1).to_be_bytes())
+        .await
+        .unwrap();
+    let end = within(session).await.unwrap();
+    assert!(
+        matches!(end, SessionEnd::BadLength(len) if len == SFTP_PACKET_BYTES_MAX + 1),
+        "{end:?}"
+    );
+    assert!(client.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn requests_before_init_or_a_second_init_end_the_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, session) = start(&spool, 64 * 1024);
+    client
+        .send(Packet::Stat(Stat {
+            id: 1,
+            path: "/".into(),
+        }))
+        .await;
+    let end = within(session).await.unwrap();
+    assert!(matches!(end, SessionEnd::ProtocolViolation(_)), "{end:?}");
+
+    let (mut client, session) = start_initialized(&spool).await;
+    client.send(Packet::Init(Init::new())).await;
+    let end = within(session).await.unwrap();
+    assert!(matches!(end, SessionEnd::ProtocolViolation(_)), "{end:?}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_all_get_replies_with_matching_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, session) = start_initialized(&spool).await;
+    client.put("/f.bin", &pattern(1000, 1)).await;
+    let handle = client.open("/g.bin", write_flags()).await.unwrap();
+
+    let mut sent = HashSet::new();
+    for i in 0..300u32 {
+        let id = client.id();
+        let packet = match i % 6 {
+            0 => Packet::RealPath(RealPath {
+                id,
+                path: ".".into(),
+            }),
+            1 => Packet::Stat(Stat {
+                id,
+                path: "/f.bin".into(),
+            }),
+            2 => Packet::Stat(Stat {
+                id,
+                path: "/missing".into(),
+            }),
+            3 => Packet::ReadLink(ReadLink {
+                id,
+                path: "/f.bin".into(),
+            }),
+            4 => extended(id, "limits@openssh.com", Vec::new()),
+            _ => Packet::Write(Write {
+                id,
+                handle: handle.clone(),
+                offset: u64::from(i) * 10,
+                data: vec![7; 10],
+            }),
+        };
+        sent.insert(id);
+        client.send(packet).await;
+    }
+    let mut received = HashSet::new();
+    for _ in 0..300 {
+        let reply = within(client.recv()).await.expect("reply");
+        assert!(received.insert(reply_id(&reply)), "duplicate reply id");
+    }
+    assert_eq!(sent, received);
+    drop(client);
+    assert!(matches!(
+        within(session).await.unwrap(),
+        SessionEnd::ClientClosed
+    ));
+}
+
+#[tokio::test]
+async fn writes_to_one_handle_apply_in_arrival_order_and_close_answers_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    let handle = client.open("/order.bin", write_flags()).await.unwrap();
+    // Overlapping writes: only arrival order gives the expected bytes.
+    let writes = [
+        (0u64, vec![b'A'; 100]),
+        (0, vec![b'B'; 100]),
+        (50, vec![b'C'; 10]),
+    ];
+    let mut write_ids = Vec::new();
+    for (offset, data) in writes {
+        let write = client.write(&handle, offset, data);
+        write_ids.push(write.get_request_id());
+        client.send(write).await;
+    }
+    // A sequential run that the worker may merge, and CLOSE right behind it, unanswered.
+    for i in 0..64u64 {
+        let write = client.write(&handle, 100 + i * 4096, pattern(4096, i as u8));
+        write_ids.push(write.get_request_id());
+        client.send(write).await;
+    }
+    let close = client.close(&handle);
+    let close_id = close.get_request_id();
+    client.send(close).await;
+    for _ in 0..write_ids.len() {
+        let reply = within(client.recv()).await.unwrap();
+        assert_ne!(
+            reply_id(&reply),
+            close_id,
+            "CLOSE answered before a write of its handle"
+        );
+        assert_eq!(status_of(reply).0, StatusCode::Ok);
+    }
+    let reply = within(client.recv()).await.unwrap();
+    assert_eq!(
+        (reply_id(&reply), status_of(reply).0),
+        (close_id, StatusCode::Ok)
+    );
+
+    let mut expected = vec![b'B'; 100];
+    expected[50..60].fill(b'C');
+    for i in 0..64u64 {
+        expected.extend(pattern(4096, i as u8));
+    }
+    assert_eq!(client.get("/order.bin").await, expected);
+}
+
+#[tokio::test]
+async fn put_then_get_round_trips_a_large_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    let data = pattern(3 * 1024 * 1024 + 17, 9);
+    client.put("/big.bin", &data).await;
+    assert_eq!(client.get("/big.bin").await, data);
+    let attrs = client
+        .call(Packet::Stat(Stat {
+            id: 99,
+            path: "/big.bin".into(),
+        }))
+        .await;
+    let Packet::Attrs(attrs) = attrs else {
+        panic!("{attrs:?}")
+    };
+    assert_eq!(attrs.attrs.size, Some(data.len() as u64));
+    assert_eq!(attrs.attrs.permissions, Some(0o100644));
+}
+
+#[tokio::test]
+async fn read_pipeline_beyond_the_reply_budget_with_a_blocked_writer_does_not_deadlock() {
+    // paramiko's prefetch sends READs for a whole file before reading any reply. Here the
+    // stream holds 16 KiB: replies block at once, so the requests (2000 × 8 KiB = 16 MiB, twice
+    // the reply budget) only get through if the session keeps reading while replies wait.
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut setup, _session) = start_initialized(&spool).await;
+    setup.put("/r.bin", &pattern(1024 * 1024, 3)).await;
+    drop(setup);
+
+    let (mut client, session) = start(&spool, 16 * 1024);
+    client.init().await;
+    let handle = client.open("/r.bin", OpenFlags::READ).await.unwrap();
+    let (mut rx, mut tx) = tokio::io::split(client.io);
+    const READS: u32 = 2000;
+    let sender = tokio::spawn(async move {
+        for i in 0..READS {
+            let offset = u64::from(i % 128) * 8192;
+            let read = Read {
+                id: 1000 + i,
+                handle: handle.clone(),
+                offset,
+                len: 8192,
+            };
+            tx.write_all(&encode(Packet::Read(read)))
+                .await
+                .expect("send READ");
+        }
+        tx
+    });
+    let tx = within(sender).await.unwrap();
+    let mut ids = HashSet::new();
+    for _ in 0..READS {
+        let mut len = [0u8; 4];
+        within(rx.read_exact(&mut len)).await.unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        rx.read_exact(&mut body).await.unwrap();
+        let reply = Packet::try_from(&mut Bytes::from(body)).unwrap();
+        let Packet::Data(data) = &reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(data.data.len(), 8192);
+        ids.insert(data.id);
+    }
+    assert_eq!(ids.len(), READS as usize);
+    drop((rx, tx));
+    within(session).await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_write_poisons_the_handle_close_fails_and_the_file_stays_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A reserve no disk has: every write is refused for lack of space.
+    let spool = open_spool(tmp.path(), u64::MAX / 2);
+    let (mut client, _session) = start_initialized(&spool).await;
+    let handle = client.open("/full.bin", write_flags()).await.unwrap();
+    let write = client.write(&handle, 0, vec![1; 1000]);
+    let (code, message) = client.status(write).await;
+    assert_eq!(
+        (code, message.as_str()),
+        (StatusCode::Failure, "No space left on device")
+    );
+    let close = client.close(&handle);
+    let (code, message) = client.status(close).await;
+    assert_eq!(
+        (code, message.as_str()),
+        (StatusCode::Failure, "No space left on device")
+    );
+    let states: Vec<_> = spool.files().iter().map(|f| f.state).collect();
+    assert_eq!(states, vec![FileState::Partial]);
+}
+
+#[tokio::test]
+async fn session_end_without_close_leaves_the_upload_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, session) = start_initialized(&spool).await;
+    let handle = client.open("/half.bin", write_flags()).await.unwrap();
+    let write = client.write(&handle, 0, pattern(5000, 2));
+    assert_eq!(client.status(write).await.0, StatusCode::Ok);
+    drop(client);
+    assert!(matches!(
+        within(session).await.unwrap(),
+        SessionEnd::ClientClosed
+    ));
+    let files = spool.files();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        (files[0].state, files[0].path.clone()),
+        (FileState::Partial, VPath::resolve("half.bin").unwrap())
+    );
+}
+
+#[tokio::test]
+async fn paths_outside_the_jail_are_permission_denied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    assert_eq!(
+        client.open("/../x", write_flags()).await.unwrap_err().0,
+        StatusCode::PermissionDenied
+    );
+    assert_eq!(
+        client
+            .open("a/../../x", OpenFlags::READ)
+            .await
+            .unwrap_err()
+            .0,
+        StatusCode::PermissionDenied
+    );
+    let stat = Packet::Stat(Stat {
+        id: 3,
+        path: "../etc/passwd".into(),
+    });
+    assert_eq!(client.status(stat).await.0, StatusCode::PermissionDenied);
+    let realpath = Packet::RealPath(RealPath {
+        id: 4,
+        path: "/..".into(),
+    });
+    assert_eq!(
+        client.status(realpath).await.0,
+        StatusCode::PermissionDenied
+    );
+    let Packet::Name(name) = client
+        .call(Packet::RealPath(RealPath {
+            id: 5,
+            path: ".".into(),
+        }))
+        .await
+    else {
+        panic!("realpath . is a NAME")
+    };
+    assert_eq!(name.files[0].filename, "/");
+    let Packet::Name(name) = client
+        .call(Packet::RealPath(RealPath {
+            id: 6,
+            path: "a/./b/../c".into(),
+        }))
+        .await
+    else {
+        panic!("realpath is a NAME")
+    };
+    assert_eq!(name.files[0].filename, "/a/c");
+}
+
+#[tokio::test]
+async fn rename_refuses_an_existing_target_and_posix_rename_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    client.put("/a", b"first").await;
+    client.put("/b", b"second").await;
+    let rename = Packet::Rename(Rename {
+        id: 10,
+        oldpath: "/a".into(),
+        newpath: "/b".into(),
+    });
+    assert_eq!(client.status(rename).await.0, StatusCode::Failure);
+    assert_eq!(client.get("/b").await, b"second");
+    let posix = extended(11, "posix-rename@openssh.com", ssh_strings(&["/a", "/b"]));
+    assert_eq!(client.status(posix).await.0, StatusCode::Ok);
+    assert_eq!(client.get("/b").await, b"first");
+    let stat = Packet::Stat(Stat {
+        id: 12,
+        path: "/a".into(),
+    });
+    assert_eq!(client.status(stat).await.0, StatusCode::NoSuchFile);
+}
+
+#[tokio::test]
+async fn readdir_lists_entries_like_ls_then_eof() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    client.put("/one.txt", b"12345").await;
+    let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
+        id: 20,
+        path: "/sub".into(),
+        attrs: FileAttributes::empty(),
+    });
+    assert_eq!(client.status(mkdir).await.0, StatusCode::Ok);
+    let Packet::Handle(dir) = client
+        .call(Packet::OpenDir(OpenDir {
+            id: 21,
+            path: "/".into(),
+        }))
+        .await
+    else {
+        panic!("opendir")
+    };
+    let Packet::Name(name) = client
+        .call(Packet::ReadDir(ReadDir {
+            id: 22,
+            handle: dir.handle.clone(),
+        }))
+        .await
+    else {
+        panic!("readdir")
+    };
+    let lines: Vec<_> = name
+        .files
+        .iter()
+        .map(|f| (f.filename.as_str(), f.longname.as_str()))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0].0, "one.txt");
+    assert!(
+        lines[0]
+            .1
+            .starts_with("-rw-r--r--   1 alice    alice           5 "),
+        "{}",
+        lines[0].1
+    );
+    assert!(lines[0].1.ends_with(" one.txt"));
+    assert!(
+        lines[1].1.starts_with("drwxr-xr-x   2 alice    alice    "),
+        "{}",
+        lines[1].1
+    );
+    let eof = client
+        .call(Packet::ReadDir(ReadDir {
+            id: 23,
+            handle: dir.handle.clone(),
+        }))
+        .await;
+    assert_eq!(status_of(eof).0, StatusCode::Eof);
+    let close = client.close(&dir.handle);
+    assert_eq!(client.status(close).await.0, StatusCode::Ok);
+}
+
+#[tokio::test]
+async fn setstat_is_accepted_for_existing_names_only_and_links_are_unsupported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    client.put("/s", b"x").await;
+    let mut attrs = FileAttributes::empty();
+    attrs.mtime = Some(1);
+    attrs.atime = Some(1);
+    let set = Packet::SetStat(SetStat {
+        id: 30,
+        path: "/s".into(),
+        attrs: attrs.clone(),
+    });
+    assert_eq!(client.status(set).await.0, StatusCode::Ok);
+    let set = Packet::SetStat(SetStat {
+        id: 31,
+        path: "/nope".into(),
+        attrs,
+    });
+    assert_eq!(client.status(set).await.0, StatusCode::NoSuchFile);
+    let link = Packet::ReadLink(ReadLink {
+        id: 32,
+        path: "/s".into(),
+    });
+    assert_eq!(client.status(link).await.0, StatusCode::OpUnsupported);
+    let unknown = extended(33, "hardlink@openssh.com", ssh_strings(&["/s", "/t"]));
+    assert_eq!(client.status(unknown).await.0, StatusCode::OpUnsupported);
+}
+
+#[tokio::test]
+async fn limits_and_statvfs_extensions_report_our_limits_and_the_spool_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    let Packet::ExtendedReply(limits) = client
+        .call(extended(40, "limits@openssh.com", Vec::new()))
+        .await
+    else {
+        panic!("limits reply")
+    };
+    let mut data = Bytes::from(limits.data);
+    let values: Vec<u64> = (0..4).map(|_| data.get_u64()).collect();
+    assert_eq!(
+        values,
+        vec![
+            u64::from(SFTP_PACKET_BYTES_MAX),
+            u64::from(SFTP_IO_BYTES_MAX),
+            u64::from(SFTP_IO_BYTES_MAX),
+            SFTP_HANDLES_COUNT_MAX as u64
+        ]
+    );
+    let request = extended(41, "statvfs@openssh.com", ssh_strings(&["/"]));
+    let Packet::ExtendedReply(statvfs) = client.call(request).await else {
+        panic!("statvfs reply")
+    };
+    assert_eq!(statvfs.data.len(), 11 * 8);
+    let space = spool.space();
+    let mut data = Bytes::from(statvfs.data);
+    assert_eq!(data.get_u64(), space.block_size);
+    let request = extended(42, "statvfs@openssh.com", ssh_strings(&["/.."]));
+    assert_eq!(client.status(request).await.0, StatusCode::PermissionDenied);
+}
+
+#[tokio::test]
+async fn fsync_syncs_write_handles_in_order_and_fstat_sees_the_written_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    let handle = client.open("/s.bin", write_flags()).await.unwrap();
+    let write = client.write(&handle, 0, vec![5; 12345]);
+    client.send(write).await;
+    client
+        .send(extended(50, "fsync@openssh.com", ssh_strings(&[&handle])))
+        .await;
+    client
+        .send(Packet::Fstat(russh_sftp::protocol::Fstat {
+            id: 51,
+            handle: handle.clone(),
+        }))
+        .await;
+    assert_eq!(status_of(client.recv().await.unwrap()).0, StatusCode::Ok);
+    let fsync = client.recv().await.unwrap();
+    assert_eq!((reply_id(&fsync), status_of(fsync).0), (50, StatusCode::Ok));
+    let Some(Packet::Attrs(attrs)) = client.recv().await else {
+        panic!("fstat")
+    };
+    assert_eq!(attrs.attrs.size, Some(12345));
+}
+
+#[tokio::test]
+async fn open_handles_are_capped_per_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    client.put("/h", b"h").await;
+    for _ in 0..SFTP_HANDLES_COUNT_MAX {
+        client
+            .open("/h", OpenFlags::READ)
+            .await
+            .expect("under the cap");
+    }
+    let (code, message) = client.open("/h", OpenFlags::READ).await.unwrap_err();
+    assert_eq!(code, StatusCode::Failure);
+    assert!(message.contains("too many open handles"), "{message}");
+}
+
+#[tokio::test]
+async fn invalid_and_mismatched_handles_are_errors_not_crashes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    client.put("/r", b"data").await;
+    let write = client.write("nope", 0, vec![1]);
+    assert_eq!(client.status(write).await.0, StatusCode::Failure);
+    let reader = client.open("/r", OpenFlags::READ).await.unwrap();
+    let write = client.write(&reader, 0, vec![1]);
+    assert_eq!(client.status(write).await.0, StatusCode::PermissionDenied);
+    let close = client.close("nope");
+    assert_eq!(client.status(close).await.0, StatusCode::Failure);
+    let close = client.close(&reader);
+    assert_eq!(client.status(close).await.0, StatusCode::Ok);
+    let close = client.close(&reader);
+    assert_eq!(
+        client.status(close).await.0,
+        StatusCode::Failure,
+        "closed twice"
+    );
+}

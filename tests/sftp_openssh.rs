@@ -1,0 +1,377 @@
+//! The SFTP server driven by the real OpenSSH client (`/usr/bin/sftp`, `/usr/bin/ssh`) against
+//! a real spool, on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sftpgw::config::User;
+use sftpgw::sftp::server::{generate_ed25519, write_private_key};
+use sftpgw::sftp::{Users, hash_password, serve};
+use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const PASSWORD: &str = "correct horse battery";
+
+struct Gateway {
+    dir: tempfile::TempDir,
+    port: u16,
+    key: PathBuf,
+    spool: Arc<Spool>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), sftpgw::sftp::ServeError>>,
+}
+
+async fn start() -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(SpoolOptions {
+        dir: dir.path().join("spool"),
+        partial_ttl: Duration::from_secs(3600),
+        reserve_bytes: 0,
+    })
+    .expect("spool");
+    let client = generate_ed25519("test client");
+    let key = dir.path().join("client_ed25519");
+    write_private_key(&key, &client).expect("client key");
+    let users = Users::new(&[User {
+        name: "alice".into(),
+        authorized_keys: vec![client.public_key().to_openssh().expect("public key")],
+        password_hash: Some(hash_password(PASSWORD)),
+    }])
+    .expect("users");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        generate_ed25519("host"),
+        Arc::new(users),
+        Arc::clone(&spool),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Gateway {
+        dir,
+        port,
+        key,
+        spool,
+        stop: Some(stop),
+        server,
+    }
+}
+
+/// Options for `sftp` (`-P port`); see [`ssh_options`] for `ssh`.
+fn client_options(port: u16) -> Vec<String> {
+    let mut options = vec!["-P".to_owned(), port.to_string()];
+    options.extend(common_options(true));
+    options
+}
+
+fn ssh_options(port: u16, batch: bool) -> Vec<String> {
+    let mut options = vec!["-p".to_owned(), port.to_string()];
+    options.extend(common_options(batch));
+    options
+}
+
+fn common_options(batch: bool) -> Vec<String> {
+    let batch = if batch {
+        "BatchMode=yes"
+    } else {
+        "BatchMode=no"
+    };
+    [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "LogLevel=ERROR",
+        batch,
+    ]
+    .iter()
+    .flat_map(|o| ["-o".to_owned(), (*o).to_owned()])
+    .collect()
+}
+
+impl Gateway {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `sftp -b` with `commands` as user alice with her key.
+    async fn sftp(&self, commands: &str) -> Output {
+        let batch = self.path("batch");
+        std::fs::write(&batch, commands).expect("batch file");
+        let mut cmd = tokio::process::Command::new("/usr/bin/sftp");
+        cmd.args(client_options(self.port))
+            .arg("-i")
+            .arg(&self.key)
+            .arg("-b")
+            .arg(&batch)
+            .arg("alice@127.0.0.1")
+            .current_dir(self.dir.path());
+        run(cmd).await
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("server stops within 10 s")
+            .expect("server task");
+        result.expect("serve returns Ok");
+    }
+}
+
+async fn run(mut cmd: tokio::process::Command) -> Output {
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("client finished within 120 s")
+        .expect("client runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn state_of(spool: &Spool, path: &str) -> Option<FileState> {
+    let path = VPath::resolve(path).expect("path");
+    spool
+        .files()
+        .into_iter()
+        .find(|f| f.path == path && f.user == "alice")
+        .map(|f| f.state)
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "sftp failed: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_put_ls_mkdir_rename_get_rm_roundtrip() {
+    let gw = start().await;
+    let data = pattern(3 * 1024 * 1024, 5);
+    std::fs::write(gw.path("upload.bin"), &data).unwrap();
+    let output = gw
+        .sftp(
+            "put upload.bin up.bin\n\
+             ls -l\n\
+             mkdir inbox\n\
+             rename up.bin inbox/final.bin\n\
+             ls -l inbox\n\
+             get inbox/final.bin back.bin\n\
+             df\n\
+             rm inbox/final.bin\n\
+             ls -l inbox\n\
+             rmdir inbox\n",
+        )
+        .await;
+    assert_success(&output);
+    let stdout = text(&output.stdout);
+    // `ls -l` prints our long names verbatim.
+    assert!(
+        stdout.contains("-rw-r--r--   1 alice    alice     3145728 "),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" up.bin\n"), "{stdout}");
+    assert!(stdout.contains(" final.bin\n"), "{stdout}");
+    // statvfs@openssh.com is recognised (revision 2), or `df` would fail the batch.
+    assert!(stdout.contains("Avail"), "{stdout}");
+    assert_eq!(std::fs::read(gw.path("back.bin")).unwrap(), data);
+    assert_eq!(state_of(&gw.spool, "inbox/final.bin"), None, "removed");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_upload_is_sealed_when_put_returns() {
+    let gw = start().await;
+    let data = pattern(5 * 1024 * 1024 + 3, 1);
+    std::fs::write(gw.path("f.bin"), &data).unwrap();
+    let output = gw.sftp("put f.bin sealed.bin\n").await;
+    assert_success(&output);
+    // `put` returns after CLOSE was acknowledged: the spool must already hold it sealed.
+    let state = state_of(&gw.spool, "sealed.bin");
+    assert!(
+        matches!(
+            state,
+            Some(FileState::Sealed | FileState::Uploading | FileState::Delivered)
+        ),
+        "{state:?}"
+    );
+    let entry = gw
+        .spool
+        .stat("alice", &VPath::resolve("sealed.bin").unwrap())
+        .unwrap();
+    assert_eq!(entry.size, data.len() as u64);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_paths_outside_the_jail_are_permission_denied() {
+    let gw = start().await;
+    std::fs::write(gw.path("f.bin"), b"x").unwrap();
+    let output = gw
+        .sftp(
+            "-put f.bin ../escape.bin\n\
+             -put f.bin /../../etc/escape.bin\n\
+             -mkdir ../outside\n\
+             -cd ..\n\
+             -rename f.bin ../x\n\
+             ls -l\n",
+        )
+        .await;
+    assert_success(&output);
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("\"/../escape.bin\": Permission denied"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"/../../etc/escape.bin\": Permission denied"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("outside your home directory"), "{stderr}");
+    assert!(gw.spool.files().is_empty(), "nothing was written");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_reput_resumes_a_partial_upload() {
+    let gw = start().await;
+    let data = pattern(2 * 1024 * 1024, 7);
+    std::fs::write(gw.path("resume.bin"), &data).unwrap();
+    // A session that ended after the first MiB: the spool keeps it partial.
+    let first = gw
+        .spool
+        .open_write(
+            "alice",
+            &VPath::resolve("resume.bin").unwrap(),
+            OpenMode::default(),
+        )
+        .await
+        .unwrap();
+    first
+        .write_at(0, Bytes::copy_from_slice(&data[..1024 * 1024]))
+        .await
+        .unwrap();
+    drop(first);
+    assert_eq!(state_of(&gw.spool, "resume.bin"), Some(FileState::Partial));
+
+    let output = gw
+        .sftp("reput resume.bin resume.bin\nget resume.bin back.bin\n")
+        .await;
+    assert_success(&output);
+    assert_eq!(std::fs::read(gw.path("back.bin")).unwrap(), data);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_password_login_works_and_wrong_password_fails() {
+    let gw = start().await;
+    let askpass = gw.path("askpass.sh");
+    // `sftp -b` forces BatchMode (no passwords), so log in with `ssh`: a successful login is
+    // then refused a shell (exit 1), a failed one ends with "Permission denied" (exit 255).
+    let attempt = |password: &str| {
+        std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut cmd = tokio::process::Command::new("/usr/bin/ssh");
+        cmd.args(ssh_options(gw.port, false))
+            .args([
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+            ])
+            .args(["-o", "NumberOfPasswordPrompts=1"])
+            .arg("alice@127.0.0.1")
+            .arg("true")
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    let right = run(attempt(PASSWORD)).await;
+    assert_eq!(right.status.code(), Some(1), "{}", text(&right.stderr));
+    assert!(
+        text(&right.stderr).contains("only offers SFTP"),
+        "{}",
+        text(&right.stderr)
+    );
+    let wrong = run(attempt("wrong")).await;
+    assert_eq!(wrong.status.code(), Some(255));
+    assert!(
+        text(&wrong.stderr).contains("Permission denied"),
+        "{}",
+        text(&wrong.stderr)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_key_login_does_not_pay_the_rejection_delay_and_shells_are_refused() {
+    let gw = start().await;
+    // OpenSSH's first `none` probe must be rejected without the 500 ms rejection delay
+    // (SSH_AUTH_REJECTION_MILLISECONDS): a whole login plus `ls` takes about 50 ms here.
+    let started = Instant::now();
+    assert_success(&gw.sftp("ls\n").await);
+    let elapsed = started.elapsed();
+    eprintln!("key login + ls took {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(450), "{elapsed:?}");
+
+    let mut cmd = tokio::process::Command::new("/usr/bin/ssh");
+    cmd.args(ssh_options(gw.port, true))
+        .arg("-i")
+        .arg(&gw.key)
+        .arg("alice@127.0.0.1")
+        .arg("cat /etc/passwd");
+    let output = run(cmd).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("only offers SFTP"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(output.stdout.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_user_is_refused_like_a_wrong_key() {
+    let gw = start().await;
+    std::fs::write(gw.path("batch"), "ls\n").unwrap();
+    let mut cmd = tokio::process::Command::new("/usr/bin/sftp");
+    cmd.args(client_options(gw.port))
+        .arg("-i")
+        .arg(&gw.key)
+        .arg("-b")
+        .arg(gw.path("batch"))
+        .arg("mallory@127.0.0.1");
+    let output = run(cmd).await;
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("Permission denied (publickey,password)"),
+        "{}",
+        text(&output.stderr)
+    );
+    gw.stop().await;
+}
