@@ -34,7 +34,10 @@ async fn put_mkdir_ls_rename_rm_nested_and_objects_match_byte_for_byte() {
     batch.push_str(&format!("put {gone} in/gone.bin\nrm in/gone.bin\n"));
     batch.push_str("rename in/deep/er/one.bin in/renamed.bin\nls -l in/deep/er\n");
     let out = h.sftp_ok("alice", &batch);
-    let listing = out.split("sftp> ls -l in/deep/er").nth(1).unwrap_or_default();
+    let listing = out
+        .split("sftp> ls -l in/deep/er")
+        .nth(1)
+        .unwrap_or_default();
     assert!(listing.contains("twelve.bin"), "ls shows the files: {out}");
     assert!(
         !listing.contains("one.bin"),

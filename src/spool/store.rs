@@ -192,19 +192,19 @@ impl Spool {
             }
             for f in catalog.files() {
                 match f.state {
-                    FileState::Partial | FileState::Receiving => {
-                        if !self.partial_path(f.id).exists() {
-                            fixes.push(Record::Removed { id: f.id });
-                        }
+                    FileState::Partial | FileState::Receiving
+                        if !self.partial_path(f.id).exists() =>
+                    {
+                        fixes.push(Record::Removed { id: f.id });
                     }
-                    FileState::Sealed | FileState::Uploading => {
-                        if !self.sealed_path(f.id).exists() {
-                            tracing::error!(id = f.id, path = %f.path.display(), "sealed file missing from the spool");
-                            fixes.push(Record::Failed {
-                                id: f.id,
-                                error: "spool copy missing after restart".into(),
-                            });
-                        }
+                    FileState::Sealed | FileState::Uploading
+                        if !self.sealed_path(f.id).exists() =>
+                    {
+                        tracing::error!(id = f.id, path = %f.path.display(), "sealed file missing from the spool");
+                        fixes.push(Record::Failed {
+                            id: f.id,
+                            error: "spool copy missing after restart".into(),
+                        });
                     }
                     _ => {}
                 }
