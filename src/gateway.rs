@@ -47,6 +47,12 @@ pub async fn run(
     );
     let drain_task = tokio::spawn(drain.clone().run());
 
+    // The control socket answers before the SFTP port accepts, so that whoever sees the
+    // port open can also ask for status.
+    let control_listener = control::bind(&config.control.socket)?;
+    let handler = control_handler(spool.clone(), drain.clone(), config.clone(), started);
+    let control_task = tokio::spawn(control::serve(control_listener, handler));
+
     let host_key = crate::sftp::server::load_or_generate_host_key(&config.sftp.host_key).await?;
     let users = Arc::new(crate::sftp::namespace::Users::new(&config.users)?);
     let listener = tokio::net::TcpListener::bind(config.sftp.listen)
@@ -63,10 +69,6 @@ pub async fn run(
             let _ = sftp_stop.wait_for(|s| *s).await;
         },
     ));
-
-    let control_listener = control::bind(&config.control.socket)?;
-    let handler = control_handler(spool.clone(), drain.clone(), config.clone(), started);
-    let control_task = tokio::spawn(control::serve(control_listener, handler));
 
     let sweeper_spool = spool.clone();
     let sweep_every =

@@ -89,7 +89,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::debug!("exiting normally");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("sftpgw: {e:#}");
             if e.downcast_ref::<sftpgw::config::ConfigError>().is_some() {
@@ -228,7 +231,10 @@ async fn shutdown_signal() {
         return;
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => match r {
+            Ok(()) => tracing::info!("interrupt received (SIGINT)"),
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGINT; stopping"),
+        },
+        r = term.recv() => tracing::info!(signal = ?r, "termination requested (SIGTERM)"),
     }
 }

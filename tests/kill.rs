@@ -189,6 +189,19 @@ async fn killed_at_random_moments_every_acknowledged_file_arrives_exactly_once()
     );
 
     let sent = h.s3.stats().upload_bytes();
+    {
+        use sftpgw::s3server::ServerOp::*;
+        let st = h.s3.stats();
+        println!(
+            "seed {seed}: requests: put {} create {} part {} complete {} abort {} head {}",
+            st.requests(PutObject),
+            st.requests(CreateMultipartUpload),
+            st.requests(UploadPart),
+            st.requests(CompleteMultipartUpload),
+            st.requests(AbortMultipartUpload),
+            st.requests(HeadObject)
+        );
+    }
     let resend_bound = KILLS as u64 * CONCURRENCY * PART_SIZE;
     println!(
         "seed {seed}: {total_bytes} bytes in the workload, {sent} received by S3 ({sent_before_final} before the final run)"

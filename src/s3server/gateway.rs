@@ -165,7 +165,8 @@ async fn is_file(path: &Path) -> bool {
 
 /// s3s-fs plus the AWS semantics the drain relies on (see the module doc).
 pub(super) struct GatewayFs {
-    fs: s3s_fs::FileSystem,
+    /// Shared so that a Complete can run to its end in a task of its own.
+    fs: Arc<s3s_fs::FileSystem>,
     layout: FsLayout,
     stats: Arc<S3Stats>,
     /// ETags returned by UploadPart, checked on Complete as S3 does. Lost on restart; parts
@@ -177,7 +178,7 @@ impl GatewayFs {
     /// `root` is the canonical path `fs` was opened at.
     pub(super) fn new(fs: s3s_fs::FileSystem, root: PathBuf, stats: Arc<S3Stats>) -> Self {
         Self {
-            fs,
+            fs: Arc::new(fs),
             layout: FsLayout { root },
             stats,
             part_etags: Mutex::new(HashMap::new()),
@@ -376,7 +377,13 @@ impl S3 for GatewayFs {
             .await?;
         self.validate_complete(input).await?;
         let upload_id = input.upload_id.clone();
-        let resp = self.fs.complete_multipart_upload(req).await?;
+        // Like S3, a Complete that has started finishes even if the client hangs up: s3s-fs
+        // forgets the upload id before it assembles the object, so a Complete cancelled in
+        // between (hyper drops the handler when the connection closes) would lose both.
+        let fs = Arc::clone(&self.fs);
+        let resp = tokio::spawn(async move { fs.complete_multipart_upload(req).await })
+            .await
+            .map_err(|e| s3_error!(InternalError, "complete task failed: {e}"))??;
         self.forget_etags(&upload_id);
         Ok(resp)
     }

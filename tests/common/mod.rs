@@ -154,7 +154,10 @@ authorized_keys = ["{public}"]
             .expect("spawn sftpgw");
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.sftp_port)).is_err() || !self.socket.exists() {
+        // A killed daemon leaves its socket file behind: wait until one answers.
+        while TcpStream::connect(("127.0.0.1", self.sftp_port)).is_err()
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_err()
+        {
             if let Some(status) = self
                 .daemon
                 .as_mut()
@@ -344,6 +347,10 @@ authorized_keys = ["{public}"]
 impl Drop for Harness {
     fn drop(&mut self) {
         self.kill_daemon();
+        if std::env::var_os("SFTPGW_KEEP_TEST_DIR").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tmp")).keep();
+            eprintln!("test directory kept: {}", kept.display());
+        }
     }
 }
 

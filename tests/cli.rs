@@ -1,0 +1,197 @@
+//! The command line as an operator uses it: `check-config`, `user passwd`, `demo`, exit codes.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sftpgw() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_file_line_and_key_of_a_mistake() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, sftpgw::config::EXAMPLE).expect("write");
+    let out = sftpgw()
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+
+    let bad = tmp.path().join("bad.toml");
+    let text = sftpgw::config::EXAMPLE.replace("part_size = \"16MiB\"", "part_size = \"4MiB\"");
+    assert_ne!(text, sftpgw::config::EXAMPLE, "the example sets part_size");
+    std::fs::write(&bad, &text).expect("write");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("part_size"))
+        .expect("line")
+        + 1;
+    let out = sftpgw()
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "invalid config → exit 3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:{line}:", bad.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("part_size"), "{stderr}");
+
+    let out = sftpgw()
+        .arg("check-config")
+        .arg(tmp.path().join("missing.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn user_passwd_prints_an_argon2id_hash_of_the_password() {
+    use argon2::PasswordVerifier;
+    let mut child = sftpgw()
+        .args(["user", "passwd"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"correct horse\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let parsed = argon2::PasswordHash::new(&hash).expect("PHC string");
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"correct horse", &parsed)
+            .is_ok()
+    );
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"wrong", &parsed)
+            .is_err()
+    );
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let out = sftpgw().arg("no-such-command").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("demo");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut child = sftpgw()
+        .arg("demo")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--port", &port.to_string(), "--s3-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "demo exited early"
+        );
+        assert!(Instant::now() < deadline, "demo did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let config = std::fs::read_to_string(dir.join("sftpgw.toml")).expect("config written");
+    assert!(
+        config.contains("[[users]]") && config.contains("name = \"demo\""),
+        "{config}"
+    );
+    assert!(dir.join("client_ed25519").exists() && dir.join("client_ed25519.pub").exists());
+    // The config it wrote is valid.
+    let out = sftpgw()
+        .arg("check-config")
+        .arg(dir.join("sftpgw.toml"))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A real upload with the key it wrote.
+    let local = tmp.path().join("hello.txt");
+    std::fs::write(&local, b"hello from the demo\n").expect("write");
+    let mut sftp = Command::new("sftp")
+        .args(["-b", "-", "-i"])
+        .arg(dir.join("client_ed25519"))
+        .args([
+            "-P",
+            &port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "BatchMode=yes", "demo@127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sftp");
+    sftp.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("put {} hello.txt\n", local.display()).as_bytes())
+        .expect("batch");
+    let out = sftp.wait_with_output().expect("sftp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It lands in the embedded S3 server's directory (bucket "uploads", prefix "site-a/").
+    let object = dir.join("s3/uploads/site-a/demo/hello.txt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&object).ok().as_deref() != Some(&b"hello from the demo\n"[..]) {
+        assert!(
+            Instant::now() < deadline,
+            "object never appeared at {}",
+            object.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "Ctrl-C stops the demo cleanly");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("sftp -i {}", dir.join("client_ed25519").display())),
+        "{stdout}"
+    );
+}
