@@ -375,3 +375,62 @@ async fn unknown_user_is_refused_like_a_wrong_key() {
     );
     gw.stop().await;
 }
+
+/// CPU seconds this process (the server side) has used so far, from /proc/self/stat.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Throughput of `put` of 1 GiB with OpenSSH's client over loopback, durable close included.
+/// Run: `cargo test --release --test sftp_openssh -- --ignored --nocapture put_1gib`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, takes tens of seconds"]
+async fn put_1gib_throughput() {
+    let gw = start().await;
+    let source = std::env::var("SFTPGW_BENCH_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let path = gw.path("1gib.bin");
+            let mut data = pattern(1024 * 1024, 11);
+            let mut file = std::fs::File::create(&path).unwrap();
+            for i in 0..1024u32 {
+                data[0..4].copy_from_slice(&i.to_be_bytes());
+                std::io::Write::write_all(&mut file, &data).unwrap();
+            }
+            path
+        });
+    let cipher = std::env::var("SFTPGW_BENCH_CIPHER").unwrap_or("aes128-gcm@openssh.com".into());
+    let mut runs = Vec::new();
+    for run_index in 0..3 {
+        let batch = format!("put {} big{run_index}.bin\n", source.display());
+        std::fs::write(gw.path("batch"), batch).unwrap();
+        let mut cmd = tokio::process::Command::new("/usr/bin/sftp");
+        cmd.args(client_options(gw.port))
+            .args(["-c", &cipher, "-i"])
+            .arg(&gw.key)
+            .arg("-b")
+            .arg(gw.path("batch"))
+            .arg("alice@127.0.0.1");
+        let cpu_before = process_cpu_seconds();
+        let started = Instant::now();
+        let output = run(cmd).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let server_cpu = process_cpu_seconds() - cpu_before;
+        assert_success(&output);
+        eprintln!(
+            "put 1 GiB ({cipher}): {elapsed:.2} s, {:.0} MiB/s, server CPU {server_cpu:.2} s",
+            1024.0 / elapsed
+        );
+        runs.push(elapsed);
+        // Free the spool copy so that runs do not pile up gigabytes in the page cache.
+        assert_success(&gw.sftp(&format!("rm big{run_index}.bin\n")).await);
+    }
+    runs.sort_by(f64::total_cmp);
+    eprintln!("median {:.2} s ({:.0} MiB/s)", runs[1], 1024.0 / runs[1]);
+    gw.stop().await;
+}

@@ -151,6 +151,12 @@ where
     }
 }
 
+/// A packet as read, with its share of the request budget.
+struct Arrival {
+    incoming: wire::Incoming,
+    budget: OwnedSemaphorePermit,
+}
+
 /// A decoded request and its share of the request budget, returned when its reply is queued.
 struct Request {
     packet: Packet,
@@ -250,7 +256,7 @@ impl TaskTracker {
 async fn read_requests<R: AsyncRead + Unpin>(
     mut input: R,
     budget: Arc<Semaphore>,
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<Arrival>,
 ) -> SessionEnd {
     loop {
         let len = match read_length(&mut input).await {
@@ -269,28 +275,35 @@ async fn read_requests<R: AsyncRead + Unpin>(
         else {
             return SessionEnd::ClientClosed; // The budget is never closed.
         };
-        let mut body = vec![0; len as usize];
-        match input.read_exact(&mut body).await {
-            Ok(_) => {}
+        let body = match read_body(&mut input, len as usize).await {
+            Ok(body) => body,
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
             Err(err) => return SessionEnd::ReadFailed(err),
-        }
-        let mut body = Bytes::from(body);
-        let packet = match Packet::try_from(&mut body) {
-            Ok(packet) => packet,
-            Err(err) => return SessionEnd::BadPacket(err.to_string()),
         };
-        if requests
-            .send(Request {
-                packet,
-                budget: permit,
-            })
-            .await
-            .is_err()
-        {
+        let incoming = match wire::decode(body) {
+            Ok(incoming) => incoming,
+            Err(err) => return SessionEnd::BadPacket(err),
+        };
+        let arrival = Arrival {
+            incoming,
+            budget: permit,
+        };
+        if requests.send(arrival).await.is_err() {
             return SessionEnd::ClientClosed; // The dispatcher stopped first.
         }
     }
+}
+
+/// Exactly `len` bytes, read into a buffer that is not zero-filled first.
+async fn read_body<R: AsyncRead + Unpin>(input: &mut R, len: usize) -> io::Result<Bytes> {
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        let limit = (len - body.len()) as u64;
+        if (&mut *input).take(limit).read_buf(&mut body).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// The next packet length, or `None` at a clean end of stream.
@@ -373,7 +386,7 @@ struct Dispatcher {
 impl Dispatcher {
     async fn run(
         &mut self,
-        mut requests: mpsc::Receiver<Request>,
+        mut requests: mpsc::Receiver<Arrival>,
         writer: &mut JoinHandle<io::Result<()>>,
     ) -> Dispatched {
         let mut input_open = true;
@@ -420,8 +433,27 @@ impl Dispatcher {
     }
 
     /// Sends one request where it will be executed.
-    async fn route(&mut self, request: Request) -> Result<(), &'static str> {
-        let Request { packet, budget } = request;
+    async fn route(&mut self, arrival: Arrival) -> Result<(), &'static str> {
+        let Arrival { incoming, budget } = arrival;
+        let packet = match incoming {
+            wire::Incoming::Write { .. } if !self.initialized => return Err("request before INIT"),
+            wire::Incoming::Write {
+                id,
+                handle,
+                offset,
+                data,
+            } => {
+                let op = WriteOp::Write {
+                    id,
+                    offset,
+                    data,
+                    budget,
+                };
+                self.queue_on_write_handle(&handle, op).await;
+                return Ok(());
+            }
+            wire::Incoming::Other(packet) => packet,
+        };
         if let Packet::Init(init) = &packet {
             if self.initialized {
                 return Err("INIT sent twice");
@@ -437,15 +469,6 @@ impl Dispatcher {
         }
         let id = packet.get_request_id();
         match packet {
-            Packet::Write(write) => {
-                let op = WriteOp::Write {
-                    id,
-                    offset: write.offset,
-                    data: Bytes::from(write.data),
-                    budget,
-                };
-                self.queue_on_write_handle(&write.handle, op).await;
-            }
             Packet::Close(close) => {
                 let removed = self.ctx.handles().remove(&close.handle);
                 match removed {
