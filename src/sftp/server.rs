@@ -24,7 +24,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::namespace::Users;
 use super::{
@@ -239,6 +239,7 @@ pub async fn serve(
                         rejections: 0,
                         channels: HashMap::new(),
                         sessions: Arc::new(Semaphore::new(SSH_CHANNELS_PER_CONNECTION_COUNT_MAX)),
+                        running: HashMap::new(),
                         alive: alive_tx.clone(),
                         logged_in: watch::channel(false).0,
                     };
@@ -344,6 +345,9 @@ struct Connection {
     channels: HashMap<ChannelId, Channel<Msg>>,
     /// SFTP sessions this connection may still start.
     sessions: Arc<Semaphore>,
+    /// Running sessions by channel; dropping a sender tells its session the channel is gone
+    /// (on CHANNEL_CLOSE, and for all of them when the connection ends and this is dropped).
+    running: HashMap<ChannelId, oneshot::Sender<()>>,
     alive: mpsc::Sender<()>,
     logged_in: watch::Sender<bool>,
 }
@@ -463,6 +467,7 @@ impl Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.running.remove(&channel);
         Ok(())
     }
 
@@ -485,12 +490,18 @@ impl Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
+        let (closed_tx, closed_rx) = oneshot::channel::<()>();
+        self.running.insert(channel_id, closed_tx);
+        let closed = async move {
+            // Nothing is sent: the sender is dropped when the channel is gone.
+            let _ = closed_rx.await;
+        };
         let (peer, spool, alive) = (self.peer, Arc::clone(&self.spool), self.alive.clone());
         // The session runs beside russh's loop, never inside it: that loop must keep reading
         // the socket (window adjustments) while the session waits on anything.
         tokio::spawn(async move {
             tracing::info!(%peer, user, "sftp session started");
-            let end = session::run(channel.into_stream(), spool, &user).await;
+            let end = session::run(channel.into_stream(), spool, &user, closed).await;
             if end.is_client_error() {
                 tracing::warn!(%peer, user, ?end, "sftp session ended by a protocol error");
             } else {

@@ -91,7 +91,16 @@ impl SessionEnd {
 
 /// Runs one SFTP session for `user` over `stream` until it ends, then waits until every
 /// request it started has finished and every unclosed write handle is dropped.
-pub async fn run<S>(stream: S, spool: Arc<Spool>, user: &str) -> SessionEnd
+///
+/// `closed` must complete when the stream's channel is gone (closed by the client, or the
+/// connection ended). A russh channel writer waiting for window that will never come is not
+/// woken when its channel goes away; `closed` is what stops it.
+pub async fn run<S>(
+    stream: S,
+    spool: Arc<Spool>,
+    user: &str,
+    closed: impl Future<Output = ()> + Send + 'static,
+) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -100,7 +109,12 @@ where
     let (request_tx, request_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
     let reader = tokio::spawn(read_requests(input, request_budget, request_tx));
     let (reply_tx, reply_rx) = mpsc::channel(SFTP_REPLIES_QUEUED_COUNT_MAX);
-    let mut writer = tokio::spawn(write_replies(output, reply_rx));
+    let mut writer = tokio::spawn(async move {
+        tokio::select! {
+            result = write_replies(output, reply_rx) => result,
+            () = closed => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed")),
+        }
+    });
 
     let (tracker, token) = TaskTracker::new();
     let ctx = Ctx {
