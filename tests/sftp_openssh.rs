@@ -554,3 +554,29 @@ async fn client_killed_while_replies_wait_for_its_window_ends_the_session() {
     }
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_up_by_a_silent_or_a_busy_client() {
+    let gw = start().await;
+    // One client that never sends its SSH version, one in the middle of an SFTP session.
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let mut raw = RawSftp::connect(&gw).await;
+    let upload = raw
+        .open(1, "/busy.bin", OpenFlags::WRITE | OpenFlags::CREATE)
+        .await;
+    let write = Write {
+        id: 2,
+        handle: upload,
+        offset: 0,
+        data: vec![3; 4096],
+    };
+    raw.send(Packet::Write(write)).await;
+    assert!(matches!(raw.recv().await, Packet::Status(_)));
+    let spool = Arc::clone(&gw.spool);
+    // `stop` fails the test if serve does not return within 10 s.
+    gw.stop().await;
+    assert_eq!(state_of(&spool, "busy.bin"), Some(FileState::Partial));
+    let _ = raw.child.wait().await;
+}

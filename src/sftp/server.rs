@@ -290,17 +290,26 @@ async fn run_connection(
         tracing::debug!(%peer, error = %err, "set_nodelay failed");
     }
     let mut logged_in = connection.logged_in.subscribe();
-    let session = match russh::server::run_stream(config, socket, connection).await {
-        Ok(session) => session,
-        Err(err) => {
-            tracing::debug!(%peer, error = %err, "SSH handshake failed");
+    let grace = tokio::time::sleep(Duration::from_secs(SSH_LOGIN_GRACE_SECONDS));
+    tokio::pin!(grace);
+    // The version exchange has no timeout of its own (no inactivity timeout is set): bound it
+    // by the login grace time and by shutdown.
+    let session = tokio::select! {
+        started = russh::server::run_stream(config, socket, connection) => match started {
+            Ok(session) => session,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "SSH handshake failed");
+                return;
+            }
+        },
+        () = &mut grace => {
+            tracing::warn!(%peer, "no SSH version exchange within {SSH_LOGIN_GRACE_SECONDS} s; closed");
             return;
         }
+        _ = stop.wait_for(|stopping| *stopping) => return,
     };
     let handle = session.handle();
     tokio::pin!(session);
-    let grace = tokio::time::sleep(Duration::from_secs(SSH_LOGIN_GRACE_SECONDS));
-    tokio::pin!(grace);
     let mut stopping = false;
     // Until the client logs in (or the grace time is over).
     let mut awaiting_login = true;
