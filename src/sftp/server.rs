@@ -5,6 +5,12 @@
 //! russh's defaults are for terminals (see DESIGN.md): we set TCP_NODELAY, a 16 MiB window,
 //! 256 KiB channel packets, keepalives, a small channel buffer (it holds whole packets), and a
 //! rejection delay that OpenSSH's first `none` probe does not pay.
+//!
+//! Lifetimes: a connection must log in within `SSH_LOGIN_GRACE_SECONDS` (the version exchange
+//! included); dead peers are found by keepalives. Each SFTP session runs in a task of its own,
+//! never inside russh's loop, and is told when its channel goes away (CHANNEL_CLOSE or the end
+//! of the connection), because a russh channel writer waiting for window is not woken by that.
+//! On shutdown every client is disconnected and `serve` returns once all sessions have ended.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
