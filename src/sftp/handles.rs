@@ -255,7 +255,6 @@ pub(super) async fn write_worker(
                 let result = match failed {
                     Some(err) => {
                         // Gone before the client hears of it, so a retry finds the file partial.
-                        #[allow(clippy::drop_non_drop)]
                         drop(handle);
                         Err(FsError::new(
                             err.kind,

@@ -29,9 +29,10 @@
 //! small replies are bounded by count ([`SFTP_REPLIES_QUEUED_COUNT_MAX`]), which only a client
 //! with that many requests outstanding and unread can reach.
 //!
-//! When the session ends (EOF, error, bad packet, disconnect) requests already received are
-//! still answered if possible, then every write handle that was not closed is dropped, which
-//! leaves its file `partial` in the spool.
+//! When the input ends (EOF, or a bad packet), the requests read before are still executed and
+//! answered; when the session must stop at once (protocol violation, channel gone) queued
+//! requests are dropped. Either way writes already queued on a handle are applied, then every
+//! write handle that was not closed is dropped, which leaves its file `partial` in the spool.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -160,7 +161,10 @@ where
             .unwrap_or_else(|join| Err(io::Error::other(join))),
     };
     match (end, writer_result) {
-        (SessionEnd::ClientClosed, Err(err)) => SessionEnd::WriteFailed(err),
+        // A broken pipe after the client's EOF is just the client having left first.
+        (SessionEnd::ClientClosed, Err(err)) if err.kind() != io::ErrorKind::BrokenPipe => {
+            SessionEnd::WriteFailed(err)
+        }
         (end, _) => end,
     }
 }
