@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use russh_sftp::protocol::{FileAttributes, Init, Open, OpenFlags, Packet, Read, Write};
 use sftpgw::config::User;
 use sftpgw::sftp::server::{generate_ed25519, write_private_key};
 use sftpgw::sftp::{Users, hash_password, serve};
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -374,4 +376,207 @@ async fn unknown_user_is_refused_like_a_wrong_key() {
         text(&output.stderr)
     );
     gw.stop().await;
+}
+
+/// CPU seconds this process (the server side) has used so far, from /proc/self/stat.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Throughput of `put` of 1 GiB with OpenSSH's client over loopback, durable close included.
+/// Run: `cargo test --release --test sftp_openssh -- --ignored --nocapture put_1gib`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, takes tens of seconds"]
+async fn put_1gib_throughput() {
+    let gw = start().await;
+    let source = std::env::var("SFTPGW_BENCH_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let path = gw.path("1gib.bin");
+            let mut data = pattern(1024 * 1024, 11);
+            let mut file = std::fs::File::create(&path).unwrap();
+            for i in 0..1024u32 {
+                data[0..4].copy_from_slice(&i.to_be_bytes());
+                std::io::Write::write_all(&mut file, &data).unwrap();
+            }
+            path
+        });
+    let cipher = std::env::var("SFTPGW_BENCH_CIPHER").unwrap_or("aes128-gcm@openssh.com".into());
+    let mut runs = Vec::new();
+    for run_index in 0..3 {
+        let batch = format!("put {} big{run_index}.bin\n", source.display());
+        std::fs::write(gw.path("batch"), batch).unwrap();
+        let mut cmd = tokio::process::Command::new("/usr/bin/sftp");
+        cmd.args(client_options(gw.port))
+            .args(["-c", &cipher, "-i"])
+            .arg(&gw.key)
+            .arg("-b")
+            .arg(gw.path("batch"))
+            .arg("alice@127.0.0.1");
+        let cpu_before = process_cpu_seconds();
+        let started = Instant::now();
+        let output = run(cmd).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let server_cpu = process_cpu_seconds() - cpu_before;
+        assert_success(&output);
+        eprintln!(
+            "put 1 GiB ({cipher}): {elapsed:.2} s, {:.0} MiB/s, server CPU {server_cpu:.2} s",
+            1024.0 / elapsed
+        );
+        runs.push(elapsed);
+        // Free the spool copy so that runs do not pile up gigabytes in the page cache.
+        assert_success(&gw.sftp(&format!("rm big{run_index}.bin\n")).await);
+    }
+    runs.sort_by(f64::total_cmp);
+    eprintln!("median {:.2} s ({:.0} MiB/s)", runs[1], 1024.0 / runs[1]);
+    gw.stop().await;
+}
+
+/// Raw SFTP over `ssh -s sftp`, to send requests without reading replies.
+struct RawSftp {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+}
+
+impl RawSftp {
+    async fn connect(gw: &Gateway) -> RawSftp {
+        let mut cmd = tokio::process::Command::new("/usr/bin/ssh");
+        cmd.args(ssh_options(gw.port, true))
+            .arg("-i")
+            .arg(&gw.key)
+            .args(["-s", "alice@127.0.0.1", "sftp"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("ssh");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut raw = RawSftp {
+            child,
+            stdin,
+            stdout,
+        };
+        raw.send(Packet::Init(Init::new())).await;
+        assert!(matches!(raw.recv().await, Packet::Version(_)));
+        raw
+    }
+
+    async fn send(&mut self, packet: Packet) {
+        let bytes = Bytes::try_from(packet).expect("encode");
+        self.stdin.write_all(&bytes).await.expect("send");
+    }
+
+    async fn recv(&mut self) -> Packet {
+        let mut len = [0u8; 4];
+        self.stdout
+            .read_exact(&mut len)
+            .await
+            .expect("reply length");
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        self.stdout.read_exact(&mut body).await.expect("reply body");
+        Packet::try_from(&mut Bytes::from(body)).expect("reply")
+    }
+
+    async fn open(&mut self, id: u32, path: &str, pflags: OpenFlags) -> String {
+        let attrs = FileAttributes::empty();
+        let open = Open {
+            id,
+            filename: path.into(),
+            pflags,
+            attrs,
+        };
+        self.send(Packet::Open(open)).await;
+        match self.recv().await {
+            Packet::Handle(handle) => handle.handle,
+            other => panic!("open {path}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_killed_while_replies_wait_for_its_window_ends_the_session() {
+    let gw = start().await;
+    let big = VPath::resolve("big.bin").unwrap();
+    let writer = gw
+        .spool
+        .open_write("alice", &big, OpenMode::default())
+        .await
+        .unwrap();
+    writer
+        .write_at(0, Bytes::from(pattern(64 * 1024 * 1024, 1)))
+        .await
+        .unwrap();
+    writer.close().await.unwrap();
+
+    let mut raw = RawSftp::connect(&gw).await;
+    let upload = raw
+        .open(1, "/open.bin", OpenFlags::WRITE | OpenFlags::CREATE)
+        .await;
+    let write = Write {
+        id: 2,
+        handle: upload,
+        offset: 0,
+        data: vec![1; 1000],
+    };
+    raw.send(Packet::Write(write)).await;
+    assert!(matches!(raw.recv().await, Packet::Status(_)));
+    let reader = raw.open(3, "/big.bin", OpenFlags::READ).await;
+    // 64 MiB of replies that nobody reads: ssh's stdout pipe fills, the SSH window closes,
+    // and the session's writer waits for window that will never come.
+    for i in 0..256u32 {
+        let read = Read {
+            id: 100 + i,
+            handle: reader.clone(),
+            offset: u64::from(i) << 18,
+            len: 1 << 18,
+        };
+        raw.send(Packet::Read(read)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state_of(&gw.spool, "open.bin"), Some(FileState::Receiving));
+
+    raw.child.start_kill().expect("kill ssh");
+    let _ = raw.child.wait().await;
+    // The connection is gone: the session must end and drop its write handle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(&gw.spool, "open.bin") != Some(FileState::Partial) {
+        assert!(
+            Instant::now() < deadline,
+            "session did not end after its client was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_up_by_a_silent_or_a_busy_client() {
+    let gw = start().await;
+    // One client that never sends its SSH version, one in the middle of an SFTP session.
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let mut raw = RawSftp::connect(&gw).await;
+    let upload = raw
+        .open(1, "/busy.bin", OpenFlags::WRITE | OpenFlags::CREATE)
+        .await;
+    let write = Write {
+        id: 2,
+        handle: upload,
+        offset: 0,
+        data: vec![3; 4096],
+    };
+    raw.send(Packet::Write(write)).await;
+    assert!(matches!(raw.recv().await, Packet::Status(_)));
+    let spool = Arc::clone(&gw.spool);
+    // `stop` fails the test if serve does not return within 10 s.
+    gw.stop().await;
+    assert_eq!(state_of(&spool, "busy.bin"), Some(FileState::Partial));
+    let _ = raw.child.wait().await;
 }

@@ -9,7 +9,7 @@ use russh_sftp::protocol::{FileAttributes, Packet};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::session::Ctx;
-use super::{SFTP_WRITE_COALESCE_BYTES_MAX, ops, wire};
+use super::{SFTP_WRITE_COALESCE_BYTES_MAX, SFTP_WRITE_COALESCE_PART_BYTES_MAX, ops, wire};
 use crate::limits::SFTP_HANDLES_COUNT_MAX;
 use crate::spool::{Entry, FsError, FsErrorKind, ReadHandle, VPath, WriteHandle};
 
@@ -187,7 +187,8 @@ pub(super) async fn write_worker(
                     requests: Vec::new(),
                 };
                 batch.push(id, data, budget);
-                while batch.len < SFTP_WRITE_COALESCE_BYTES_MAX {
+                // Only small writes are merged: a large one costs a copy and saves little.
+                while batch.len < SFTP_WRITE_COALESCE_PART_BYTES_MAX {
                     match ops.try_recv() {
                         Ok(WriteOp::Write {
                             id,
@@ -195,6 +196,7 @@ pub(super) async fn write_worker(
                             data,
                             budget,
                         }) if offset == batch.end()
+                            && data.len() < SFTP_WRITE_COALESCE_PART_BYTES_MAX
                             && batch.len + data.len() <= SFTP_WRITE_COALESCE_BYTES_MAX =>
                         {
                             batch.push(id, data, budget);
@@ -253,7 +255,6 @@ pub(super) async fn write_worker(
                 let result = match failed {
                     Some(err) => {
                         // Gone before the client hears of it, so a retry finds the file partial.
-                        #[allow(clippy::drop_non_drop)]
                         drop(handle);
                         Err(FsError::new(
                             err.kind,

@@ -37,8 +37,11 @@ pub const SFTP_REPLY_DATA_BYTES_MAX: u32 = 8 * 1024 * 1024;
 /// Replies queued for the writer task. Every reply answers one outstanding request, so only a
 /// client with this many requests outstanding and not reading replies can fill it.
 pub const SFTP_REPLIES_QUEUED_COUNT_MAX: usize = 8192;
-/// Adjacent writes to one handle are merged up to this size before reaching the spool.
+/// Adjacent small writes to one handle are merged up to this size before reaching the spool.
 pub const SFTP_WRITE_COALESCE_BYTES_MAX: usize = 1024 * 1024;
+/// Writes at least this big are not merged (OpenSSH sends 255 KiB): merging costs a copy and
+/// saves a spool call per write, which only pays for small writes (32 KiB from some clients).
+pub const SFTP_WRITE_COALESCE_PART_BYTES_MAX: usize = 64 * 1024;
 /// Largest NAME reply for READDIR.
 pub const SFTP_NAME_REPLY_BYTES_MAX: u32 = 64 * 1024;
 /// Longest error message in a STATUS reply.
@@ -72,3 +75,4 @@ const _: () = assert!(SFTP_IO_BYTES_MAX + 64 <= SFTP_REPLY_DATA_BYTES_MAX);
 const _: () = assert!(SFTP_NAME_REPLY_BYTES_MAX <= SFTP_REPLY_DATA_BYTES_MAX);
 const _: () = assert!(crate::limits::SFTP_HANDLES_COUNT_MAX <= SFTP_REPLIES_QUEUED_COUNT_MAX);
 const _: () = assert!(SFTP_IO_BYTES_MAX as usize <= SFTP_WRITE_COALESCE_BYTES_MAX);
+const _: () = assert!(SFTP_WRITE_COALESCE_PART_BYTES_MAX < SFTP_WRITE_COALESCE_BYTES_MAX);

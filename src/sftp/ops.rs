@@ -205,8 +205,8 @@ async fn read_file(ctx: &Ctx, read: Read) -> Result<Bytes, FsError> {
 
 fn fstat_readable(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
     let (size, path) = match ctx.handles().get_mut(name) {
-        Some(OpenHandle::Read { handle, path }) => (Some(handle.size()), path.clone()),
-        // Write handles are answered by their worker; directories by their path.
+        Some(OpenHandle::Read { handle, path }) => (handle.size(), path.clone()),
+        // Write handles are answered by their worker; a directory handle has no FSTAT here.
         _ => return Err(invalid_handle()),
     };
     let mtime = ctx
@@ -214,7 +214,7 @@ fn fstat_readable(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
         .stat(&ctx.user, &path)
         .map(|e| e.mtime_unix)
         .unwrap_or_else(|_| wire::now_unix());
-    let attrs = wire::file_attrs(size.unwrap_or(0), mtime);
+    let attrs = wire::file_attrs(size, mtime);
     Ok(wire::encode(Packet::Attrs(Attrs { id, attrs })))
 }
 

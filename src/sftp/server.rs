@@ -5,6 +5,12 @@
 //! russh's defaults are for terminals (see DESIGN.md): we set TCP_NODELAY, a 16 MiB window,
 //! 256 KiB channel packets, keepalives, a small channel buffer (it holds whole packets), and a
 //! rejection delay that OpenSSH's first `none` probe does not pay.
+//!
+//! Lifetimes: a connection must log in within `SSH_LOGIN_GRACE_SECONDS` (the version exchange
+//! included); dead peers are found by keepalives. Each SFTP session runs in a task of its own,
+//! never inside russh's loop, and is told when its channel goes away (CHANNEL_CLOSE or the end
+//! of the connection), because a russh channel writer waiting for window is not woken by that.
+//! On shutdown every client is disconnected and `serve` returns once all sessions have ended.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -24,7 +30,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::namespace::Users;
 use super::{
@@ -239,6 +245,7 @@ pub async fn serve(
                         rejections: 0,
                         channels: HashMap::new(),
                         sessions: Arc::new(Semaphore::new(SSH_CHANNELS_PER_CONNECTION_COUNT_MAX)),
+                        running: HashMap::new(),
                         alive: alive_tx.clone(),
                         logged_in: watch::channel(false).0,
                     };
@@ -289,17 +296,26 @@ async fn run_connection(
         tracing::debug!(%peer, error = %err, "set_nodelay failed");
     }
     let mut logged_in = connection.logged_in.subscribe();
-    let session = match russh::server::run_stream(config, socket, connection).await {
-        Ok(session) => session,
-        Err(err) => {
-            tracing::debug!(%peer, error = %err, "SSH handshake failed");
+    let grace = tokio::time::sleep(Duration::from_secs(SSH_LOGIN_GRACE_SECONDS));
+    tokio::pin!(grace);
+    // The version exchange has no timeout of its own (no inactivity timeout is set): bound it
+    // by the login grace time and by shutdown.
+    let session = tokio::select! {
+        started = russh::server::run_stream(config, socket, connection) => match started {
+            Ok(session) => session,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "SSH handshake failed");
+                return;
+            }
+        },
+        () = &mut grace => {
+            tracing::warn!(%peer, "no SSH version exchange within {SSH_LOGIN_GRACE_SECONDS} s; closed");
             return;
         }
+        _ = stop.wait_for(|stopping| *stopping) => return,
     };
     let handle = session.handle();
     tokio::pin!(session);
-    let grace = tokio::time::sleep(Duration::from_secs(SSH_LOGIN_GRACE_SECONDS));
-    tokio::pin!(grace);
     let mut stopping = false;
     // Until the client logs in (or the grace time is over).
     let mut awaiting_login = true;
@@ -344,6 +360,9 @@ struct Connection {
     channels: HashMap<ChannelId, Channel<Msg>>,
     /// SFTP sessions this connection may still start.
     sessions: Arc<Semaphore>,
+    /// Running sessions by channel; dropping a sender tells its session the channel is gone
+    /// (on CHANNEL_CLOSE, and for all of them when the connection ends and this is dropped).
+    running: HashMap<ChannelId, oneshot::Sender<()>>,
     alive: mpsc::Sender<()>,
     logged_in: watch::Sender<bool>,
 }
@@ -463,6 +482,7 @@ impl Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.running.remove(&channel);
         Ok(())
     }
 
@@ -485,12 +505,18 @@ impl Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel_id)?;
+        let (closed_tx, closed_rx) = oneshot::channel::<()>();
+        self.running.insert(channel_id, closed_tx);
+        let closed = async move {
+            // Nothing is sent: the sender is dropped when the channel is gone.
+            let _ = closed_rx.await;
+        };
         let (peer, spool, alive) = (self.peer, Arc::clone(&self.spool), self.alive.clone());
         // The session runs beside russh's loop, never inside it: that loop must keep reading
         // the socket (window adjustments) while the session waits on anything.
         tokio::spawn(async move {
             tracing::info!(%peer, user, "sftp session started");
-            let end = session::run(channel.into_stream(), spool, &user).await;
+            let end = session::run(channel.into_stream(), spool, &user, closed).await;
             if end.is_client_error() {
                 tracing::warn!(%peer, user, ?end, "sftp session ended by a protocol error");
             } else {

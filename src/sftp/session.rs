@@ -29,9 +29,10 @@
 //! small replies are bounded by count ([`SFTP_REPLIES_QUEUED_COUNT_MAX`]), which only a client
 //! with that many requests outstanding and unread can reach.
 //!
-//! When the session ends (EOF, error, bad packet, disconnect) requests already received are
-//! still answered if possible, then every write handle that was not closed is dropped, which
-//! leaves its file `partial` in the spool.
+//! When the input ends (EOF, or a bad packet), the requests read before are still executed and
+//! answered; when the session must stop at once (protocol violation, channel gone) queued
+//! requests are dropped. Either way writes already queued on a handle are applied, then every
+//! write handle that was not closed is dropped, which leaves its file `partial` in the spool.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -91,7 +92,16 @@ impl SessionEnd {
 
 /// Runs one SFTP session for `user` over `stream` until it ends, then waits until every
 /// request it started has finished and every unclosed write handle is dropped.
-pub async fn run<S>(stream: S, spool: Arc<Spool>, user: &str) -> SessionEnd
+///
+/// `closed` must complete when the stream's channel is gone (closed by the client, or the
+/// connection ended). A russh channel writer waiting for window that will never come is not
+/// woken when its channel goes away; `closed` is what stops it.
+pub async fn run<S>(
+    stream: S,
+    spool: Arc<Spool>,
+    user: &str,
+    closed: impl Future<Output = ()> + Send + 'static,
+) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -100,7 +110,12 @@ where
     let (request_tx, request_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
     let reader = tokio::spawn(read_requests(input, request_budget, request_tx));
     let (reply_tx, reply_rx) = mpsc::channel(SFTP_REPLIES_QUEUED_COUNT_MAX);
-    let mut writer = tokio::spawn(write_replies(output, reply_rx));
+    let mut writer = tokio::spawn(async move {
+        tokio::select! {
+            result = write_replies(output, reply_rx) => result,
+            () = closed => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed")),
+        }
+    });
 
     let (tracker, token) = TaskTracker::new();
     let ctx = Ctx {
@@ -146,9 +161,18 @@ where
             .unwrap_or_else(|join| Err(io::Error::other(join))),
     };
     match (end, writer_result) {
-        (SessionEnd::ClientClosed, Err(err)) => SessionEnd::WriteFailed(err),
+        // A broken pipe after the client's EOF is just the client having left first.
+        (SessionEnd::ClientClosed, Err(err)) if err.kind() != io::ErrorKind::BrokenPipe => {
+            SessionEnd::WriteFailed(err)
+        }
         (end, _) => end,
     }
+}
+
+/// A packet as read, with its share of the request budget.
+struct Arrival {
+    incoming: wire::Incoming,
+    budget: OwnedSemaphorePermit,
 }
 
 /// A decoded request and its share of the request budget, returned when its reply is queued.
@@ -250,7 +274,7 @@ impl TaskTracker {
 async fn read_requests<R: AsyncRead + Unpin>(
     mut input: R,
     budget: Arc<Semaphore>,
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<Arrival>,
 ) -> SessionEnd {
     loop {
         let len = match read_length(&mut input).await {
@@ -269,28 +293,35 @@ async fn read_requests<R: AsyncRead + Unpin>(
         else {
             return SessionEnd::ClientClosed; // The budget is never closed.
         };
-        let mut body = vec![0; len as usize];
-        match input.read_exact(&mut body).await {
-            Ok(_) => {}
+        let body = match read_body(&mut input, len as usize).await {
+            Ok(body) => body,
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
             Err(err) => return SessionEnd::ReadFailed(err),
-        }
-        let mut body = Bytes::from(body);
-        let packet = match Packet::try_from(&mut body) {
-            Ok(packet) => packet,
-            Err(err) => return SessionEnd::BadPacket(err.to_string()),
         };
-        if requests
-            .send(Request {
-                packet,
-                budget: permit,
-            })
-            .await
-            .is_err()
-        {
+        let incoming = match wire::decode(body) {
+            Ok(incoming) => incoming,
+            Err(err) => return SessionEnd::BadPacket(err),
+        };
+        let arrival = Arrival {
+            incoming,
+            budget: permit,
+        };
+        if requests.send(arrival).await.is_err() {
             return SessionEnd::ClientClosed; // The dispatcher stopped first.
         }
     }
+}
+
+/// Exactly `len` bytes, read into a buffer that is not zero-filled first.
+async fn read_body<R: AsyncRead + Unpin>(input: &mut R, len: usize) -> io::Result<Bytes> {
+    let mut body = BytesMut::with_capacity(len);
+    while body.len() < len {
+        let limit = (len - body.len()) as u64;
+        if (&mut *input).take(limit).read_buf(&mut body).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// The next packet length, or `None` at a clean end of stream.
@@ -373,7 +404,7 @@ struct Dispatcher {
 impl Dispatcher {
     async fn run(
         &mut self,
-        mut requests: mpsc::Receiver<Request>,
+        mut requests: mpsc::Receiver<Arrival>,
         writer: &mut JoinHandle<io::Result<()>>,
     ) -> Dispatched {
         let mut input_open = true;
@@ -420,8 +451,27 @@ impl Dispatcher {
     }
 
     /// Sends one request where it will be executed.
-    async fn route(&mut self, request: Request) -> Result<(), &'static str> {
-        let Request { packet, budget } = request;
+    async fn route(&mut self, arrival: Arrival) -> Result<(), &'static str> {
+        let Arrival { incoming, budget } = arrival;
+        let packet = match incoming {
+            wire::Incoming::Write { .. } if !self.initialized => return Err("request before INIT"),
+            wire::Incoming::Write {
+                id,
+                handle,
+                offset,
+                data,
+            } => {
+                let op = WriteOp::Write {
+                    id,
+                    offset,
+                    data,
+                    budget,
+                };
+                self.queue_on_write_handle(&handle, op).await;
+                return Ok(());
+            }
+            wire::Incoming::Other(packet) => packet,
+        };
         if let Packet::Init(init) = &packet {
             if self.initialized {
                 return Err("INIT sent twice");
@@ -437,15 +487,6 @@ impl Dispatcher {
         }
         let id = packet.get_request_id();
         match packet {
-            Packet::Write(write) => {
-                let op = WriteOp::Write {
-                    id,
-                    offset: write.offset,
-                    data: Bytes::from(write.data),
-                    budget,
-                };
-                self.queue_on_write_handle(&write.handle, op).await;
-            }
             Packet::Close(close) => {
                 let removed = self.ctx.handles().remove(&close.handle);
                 match removed {

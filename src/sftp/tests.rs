@@ -43,7 +43,8 @@ struct Client {
 
 fn start(spool: &Arc<Spool>, buffer_bytes: usize) -> (Client, JoinHandle<SessionEnd>) {
     let (client, server) = tokio::io::duplex(buffer_bytes);
-    let session = tokio::spawn(session::run(server, Arc::clone(spool), "alice"));
+    let closed = std::future::pending();
+    let session = tokio::spawn(session::run(server, Arc::clone(spool), "alice", closed));
     (
         Client {
             io: client,

@@ -1,7 +1,7 @@
 //! What SFTP replies look like on the wire: the one mapping from [`FsError`] to SSH_FX_*,
 //! attributes and `ls -l` long names for spool entries, and packet encoding.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{FileAttributes, Packet, Status, StatusCode};
 
 use super::SFTP_STATUS_MESSAGE_BYTES_MAX;
@@ -12,7 +12,54 @@ pub const FILE_MODE: u32 = 0o100_644;
 /// `S_IFDIR | 0755`.
 pub const DIR_MODE: u32 = 0o040_755;
 
+const SSH_FXP_WRITE: u8 = 6;
 const SSH_FXP_DATA: u8 = 103;
+
+/// A decoded client packet. WRITE, which carries nearly every byte of an upload, is decoded
+/// here so that its payload stays a slice of the received buffer (russh-sftp copies it into a
+/// `Vec`); everything else is decoded by russh-sftp.
+#[derive(Debug)]
+pub enum Incoming {
+    Write {
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Bytes,
+    },
+    Other(Packet),
+}
+
+/// Decodes one packet body (after its length). Bytes after the last field are ignored, as
+/// OpenSSH's sftp-server does.
+pub fn decode(mut body: Bytes) -> Result<Incoming, String> {
+    if body.first() == Some(&SSH_FXP_WRITE) {
+        return decode_write(body).ok_or_else(|| "malformed WRITE".to_owned());
+    }
+    Packet::try_from(&mut body)
+        .map(Incoming::Other)
+        .map_err(|err| err.to_string())
+}
+
+fn decode_write(mut body: Bytes) -> Option<Incoming> {
+    body.advance(1);
+    let id = body.try_get_u32().ok()?;
+    let handle = take_string(&mut body)?;
+    let offset = body.try_get_u64().ok()?;
+    let data = take_string(&mut body)?;
+    // Handles are ours and ASCII; anything else simply matches no handle.
+    let handle = String::from_utf8_lossy(&handle).into_owned();
+    Some(Incoming::Write {
+        id,
+        handle,
+        offset,
+        data,
+    })
+}
+
+fn take_string(body: &mut Bytes) -> Option<Bytes> {
+    let len = body.try_get_u32().ok()? as usize;
+    (body.remaining() >= len).then(|| body.split_to(len))
+}
 
 /// The only place where an error becomes an SFTP status code.
 pub fn status_of(err: &FsError) -> (StatusCode, String) {
@@ -251,6 +298,48 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn write_is_decoded_without_copying_and_truncated_writes_are_refused() {
+        let write = russh_sftp::protocol::Write {
+            id: 3,
+            handle: "1f".into(),
+            offset: 1 << 40,
+            data: vec![9; 300],
+        };
+        let encoded = Bytes::try_from(Packet::Write(write)).unwrap();
+        let body = encoded.slice(4..);
+        let Ok(Incoming::Write {
+            id,
+            handle,
+            offset,
+            data,
+        }) = decode(body.clone())
+        else {
+            panic!("not a write")
+        };
+        assert_eq!(
+            (id, handle.as_str(), offset, data.len()),
+            (3, "1f", 1 << 40, 300)
+        );
+        assert_eq!(
+            data.as_ptr(),
+            body[body.len() - 300..].as_ptr(),
+            "payload copied"
+        );
+        for cut in 1..body.len() {
+            assert!(
+                decode(body.slice(..cut)).is_err(),
+                "truncated at {cut} accepted"
+            );
+        }
+        let stat = Packet::Stat(russh_sftp::protocol::Stat {
+            id: 4,
+            path: "/".into(),
+        });
+        let body = Bytes::try_from(stat).unwrap().slice(4..);
+        assert!(matches!(decode(body), Ok(Incoming::Other(Packet::Stat(_)))));
     }
 
     #[test]
