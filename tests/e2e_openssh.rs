@@ -312,3 +312,81 @@ async fn status_command_shows_states_as_text_and_json() {
         .expect("status");
     assert_eq!(out.status.code(), Some(4), "daemon not running → exit 4");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_is_shown_in_status_and_retry_delivers_once_it_is_fixed() {
+    let mut h = Harness::new(Options {
+        bucket: "not-yet",
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    let local = write_local(&h, "f.bin", &data(70_000, 11));
+    h.sftp_ok("alice", &format!("put {local} f.bin\n"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let s = h.status().await;
+        if let Some(f) = s.files.iter().find(|f| f.state == FileState::Failed) {
+            break f.clone();
+        }
+        assert!(Instant::now() < deadline, "never failed: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("NoSuchBucket"),
+        "{failed:?}"
+    );
+    let bin = env!("CARGO_BIN_EXE_sftpgw");
+    let text = std::process::Command::new(bin)
+        .args(["status", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("FAILED") && text.contains("NoSuchBucket"),
+        "{text}"
+    );
+    assert!(
+        !h.spool_files().is_empty(),
+        "a failed file keeps its spool copy"
+    );
+    // Someone creates the bucket; an operator retries.
+    h.s3_client()
+        .create_bucket()
+        .bucket("not-yet")
+        .send()
+        .await
+        .expect("create bucket");
+    let out = std::process::Command::new(bin)
+        .args(["retry", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .expect("retry");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 failed file"));
+    let s = h.wait_drained(Duration::from_secs(30)).await;
+    assert_eq!(s.files[0].state, FileState::Delivered, "{s:#?}");
+    let got = h
+        .s3_client()
+        .get_object()
+        .bucket("not-yet")
+        .key(format!("{PREFIX}alice/f.bin"))
+        .send()
+        .await
+        .expect("get")
+        .body
+        .collect()
+        .await
+        .expect("body")
+        .into_bytes();
+    assert!(got.to_vec() == data(70_000, 11));
+}

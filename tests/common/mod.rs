@@ -22,6 +22,8 @@ pub struct Options {
     pub concurrency: usize,
     pub partial_ttl: &'static str,
     pub spool_dir: Option<PathBuf>,
+    /// The bucket the gateway is configured with (default: the one the S3 server has).
+    pub bucket: &'static str,
 }
 
 impl Default for Options {
@@ -31,6 +33,7 @@ impl Default for Options {
             concurrency: 4,
             partial_ttl: "24h",
             spool_dir: None,
+            bucket: BUCKET,
         }
     }
 }
@@ -98,7 +101,7 @@ dir = "{spool}"
 partial_ttl = "{ttl}"
 [s3]
 endpoint = "{ep}"
-bucket = "{BUCKET}"
+bucket = "{bucket}"
 prefix = "{PREFIX}"
 path_style = true
 access_key_id = "{ACCESS_KEY}"
@@ -121,6 +124,7 @@ authorized_keys = ["{public}"]
             part = opts.part_size,
             conc = opts.concurrency,
             sock = socket.display(),
+            bucket = opts.bucket,
         );
         let config_path = dir.path().join("sftpgw.toml");
         std::fs::write(&config_path, config).expect("write config");
