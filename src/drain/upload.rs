@@ -457,16 +457,20 @@ impl<S: ObjectStore> Ctx<S> {
         m
     }
 
+    /// One of the `concurrency` slots for a part (or a small file) in flight.
+    async fn part_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Stop> {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Stop::Cancelled)
+    }
+
     async fn deliver_single(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
         let sha = self.file_sha256(file).await?;
         let token = new_token();
         let meta = Self::metadata(&sha, &token);
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Stop::Cancelled)?;
+        let permit = self.part_permit().await?;
         let body = self.read_range(file.id, 0, file.size).await?;
         self.retry(file.id, key, || {
             self.store.put_object(key, body.clone(), &meta)
@@ -538,12 +542,7 @@ impl<S: ObjectStore> Ctx<S> {
             }
             let offset = u64::from(number - 1) * part_size;
             let len = part_size.min(file.size - offset);
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Stop::Cancelled)?;
+            let permit = self.part_permit().await?;
             if !self.still_current(id, key) {
                 break;
             }
