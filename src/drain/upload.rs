@@ -503,7 +503,7 @@ impl<S: ObjectStore> Ctx<S> {
                     id,
                     key: key.to_owned(),
                     upload_id: upload_id.clone(),
-                    part_size: self.cfg.part_size,
+                    part_size: part_size_for(self.cfg.part_size, file.size),
                     token,
                 };
                 let started = self
@@ -681,10 +681,36 @@ impl<S: ObjectStore> Ctx<S> {
     }
 }
 
+/// The part size for a file: the configured one, raised (to whole MiB) where the file would
+/// otherwise need more parts than S3 allows.
+pub fn part_size_for(configured: u64, file_size: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let needed = file_size
+        .div_ceil(crate::limits::PARTS_COUNT_MAX)
+        .div_ceil(MIB)
+        * MIB;
+    configured.max(needed)
+}
+
 fn new_token() -> String {
     format!("{:032x}", rand::thread_rng().r#gen::<u128>())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_so_that_no_file_needs_more_than_ten_thousand_parts() {
+        let mib = 1024 * 1024;
+        assert_eq!(part_size_for(16 * mib, 100 * mib), 16 * mib);
+        let huge = 400 * 1024 * mib; // 400 GiB
+        let p = part_size_for(16 * mib, huge);
+        assert!(huge.div_ceil(p) <= crate::limits::PARTS_COUNT_MAX, "{p}");
+        assert_eq!(p % mib, 0);
+    }
 }

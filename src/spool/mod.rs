@@ -16,7 +16,7 @@ pub use vpath::VPath;
 pub type FileId = u64;
 
 /// What went wrong with a namespace or file operation; mapped to SSH_FX_* in one place
-/// (`sftp::session`).
+/// (`sftp::wire::status_of`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsErrorKind {
     NotFound,
