@@ -104,4 +104,6 @@ impl SpoolEngine {
 }
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 pub(super) mod tests;
