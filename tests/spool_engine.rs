@@ -31,7 +31,10 @@ fn io_uring_available() -> bool {
 async fn status_shows_pwrite_when_configured() {
     let (engine, log) = engine_in_status("engine = \"pwrite\"").await;
     assert_eq!(engine, "pwrite");
-    assert!(log.contains("spool engine: pwrite (configured)"), "log:\n{log}");
+    assert!(
+        log.contains("spool engine: pwrite (configured)"),
+        "log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,6 +44,9 @@ async fn status_shows_the_engine_auto_picked() {
         assert_eq!(engine, "io_uring");
     } else {
         assert_eq!(engine, "pwrite");
-        assert!(log.contains("because io_uring is unavailable"), "log:\n{log}");
+        assert!(
+            log.contains("because io_uring is unavailable"),
+            "log:\n{log}"
+        );
     }
 }

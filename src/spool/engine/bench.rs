@@ -51,7 +51,12 @@ fn thread_ticks(prefix: &str) -> HashMap<u64, u64> {
             continue;
         }
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let tid = stat[..open].trim().parse().unwrap_or(0);
         ticks.insert(tid, field(11) + field(12));
     }
@@ -68,7 +73,11 @@ struct Run {
 }
 
 async fn run(engine: &SpoolEngine, file: &Arc<File>, depth: usize) -> Run {
-    let chunk = Bytes::from((0..WRITE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let chunk = Bytes::from(
+        (0..WRITE_BYTES)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = {
         let sampling = sampling.clone();
@@ -119,7 +128,10 @@ fn engine_throughput_1gib_in_256kib_writes_then_fsync() {
     };
     let dir = std::env::var_os("SFTPGW_BENCH_DIR").unwrap_or_else(|| ".".into());
     let dir = tempfile::tempdir_in(dir).expect("bench dir");
-    let engines = [SpoolEngine::Pwrite(PwriteEngine), SpoolEngine::IoUring(uring)];
+    let engines = [
+        SpoolEngine::Pwrite(PwriteEngine),
+        SpoolEngine::IoUring(uring),
+    ];
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,7 +143,9 @@ fn engine_throughput_1gib_in_256kib_writes_then_fsync() {
     for repeat in 0..REPEATS_COUNT {
         for depth in [1, 8] {
             for engine in &engines {
-                let path = dir.path().join(format!("{}-{depth}-{repeat}", engine.name()));
+                let path = dir
+                    .path()
+                    .join(format!("{}-{depth}-{repeat}", engine.name()));
                 let file = Arc::new(
                     OpenOptions::new()
                         .write(true)

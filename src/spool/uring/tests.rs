@@ -127,7 +127,7 @@ fn an_fsync_waits_for_the_writes_submitted_before_it_and_later_requests_queue_be
     let ready = barriers.write_done(fd);
     assert_eq!(ready.len(), 1);
     assert!(!ready[0].op.is_write());
-    assert!(barriers.files.is_empty(), "idle files are forgotten");
+    assert!(barriers.is_idle(), "idle files are forgotten");
 }
 
 fn pattern(file_index: usize, chunk: usize, len: usize) -> Bytes {
