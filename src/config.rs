@@ -78,6 +78,21 @@ pub struct SpoolConfig {
     pub high_watermark_percent: u8,
     /// ... and accepted again once it is below this (0..=100, at most the high watermark).
     pub low_watermark_percent: u8,
+    /// How spool files are written (`spool.engine`).
+    pub engine: EngineChoice,
+}
+
+/// `spool.engine`: which engine writes and syncs spool files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// io_uring if the kernel allows it, otherwise pwrite (one log line says why).
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    IoUring,
+    /// pwrite/fsync from a thread pool, never io_uring.
+    Pwrite,
 }
 
 #[derive(Clone)]
@@ -342,6 +357,7 @@ struct RawSpool {
     partial_ttl: Option<Ttl>,
     high_watermark: Option<Percent>,
     low_watermark: Option<Spanned<Percent>>,
+    engine: Option<EngineChoice>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +441,7 @@ impl RawSpool {
             partial_ttl: self.partial_ttl.map_or(PARTIAL_TTL_DEFAULT, |ttl| ttl.0),
             high_watermark_percent: high,
             low_watermark_percent: low,
+            engine: self.engine.unwrap_or_default(),
         })
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::drain::aws::AwsStore;
 use crate::drain::upload::{Drain, DrainConfig};
-use crate::spool::{FileState, Spool, SpoolOptions, VPath};
+use crate::spool::{FileState, Spool, SpoolEngine, SpoolOptions, VPath};
 use crate::status::control::{self, Request, Response};
 use crate::status::{DrainSummary, FileStatus, Snapshot, SpoolUsage};
 
@@ -27,11 +27,14 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> Result<(), BoxError> {
     let started = Instant::now();
-    let spool = Spool::open(SpoolOptions {
-        dir: config.spool.dir.clone(),
-        partial_ttl: config.spool.partial_ttl,
-        reserve_bytes: SPOOL_RESERVE_BYTES,
-    })?;
+    let spool = Spool::open_with_engine(
+        SpoolOptions {
+            dir: config.spool.dir.clone(),
+            partial_ttl: config.spool.partial_ttl,
+            reserve_bytes: SPOOL_RESERVE_BYTES,
+        },
+        SpoolEngine::select(config.spool.engine)?,
+    )?;
     let store = Arc::new(AwsStore::new(&config.s3)?);
     let drain = Drain::new(
         store,
@@ -188,7 +191,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
     Snapshot {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: started.elapsed().as_secs(),
-        engine: "pwrite".to_owned(),
+        engine: spool.engine_name().to_owned(),
         spool: SpoolUsage {
             dir: config.spool.dir.display().to_string(),
             total_bytes: space.blocks_total * space.block_size,

@@ -22,6 +22,9 @@ partial_ttl = "24h"
 # accepted again once it is below low_watermark. Defaults "90%" and "80%".
 high_watermark = "90%"
 low_watermark = "80%"
+# How spool files are written: "auto" (default) uses io_uring when the kernel allows it and
+# falls back to "pwrite" with one log line saying why; "io_uring" refuses to start without it.
+engine = "auto"
 
 [s3]
 # S3-compatible endpoint URL. Omit for AWS.

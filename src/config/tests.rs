@@ -92,6 +92,7 @@ fn example_parses_with_the_values_it_documents() {
     assert_eq!(config.s3.part_size, 16 << 20);
     assert_eq!(config.s3.concurrency, 4);
     assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
+    assert_eq!(config.spool.engine, EngineChoice::Auto);
     assert_eq!(config.control.socket, Path::new("/data/spool/control.sock"));
     assert_eq!(config.users.len(), 1);
     assert_eq!(config.users[0].name, "partner1");
@@ -370,6 +371,12 @@ fn bad_scalar_values_name_line_and_key() {
             "checksums = \"sometimes\"\nbucket = ",
             "s3.checksums",
             "when_required",
+        ),
+        (
+            "dir = \"/data/spool\"",
+            "dir = \"/data/spool\"\nengine = \"uring\"",
+            "spool.engine",
+            "io_uring",
         ),
     ];
     for (from, to, key, message) in cases {
@@ -663,4 +670,24 @@ fn debug_output_never_shows_the_secret_key() {
     let debug = format!("{config:?}");
     assert!(!debug.contains("SECRET"), "{debug}");
     assert!(debug.contains("AKID"));
+}
+
+#[test]
+fn spool_engine_defaults_to_auto_and_can_be_forced_either_way() {
+    assert_eq!(
+        parse(&base()).expect("base").spool.engine,
+        EngineChoice::Auto
+    );
+    for (value, choice) in [
+        ("auto", EngineChoice::Auto),
+        ("io_uring", EngineChoice::IoUring),
+        ("pwrite", EngineChoice::Pwrite),
+    ] {
+        let text = replace(
+            &base(),
+            "dir = \"/data/spool\"",
+            &format!("dir = \"/data/spool\"\nengine = \"{value}\""),
+        );
+        assert_eq!(parse(&text).expect(value).spool.engine, choice);
+    }
 }

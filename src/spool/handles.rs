@@ -12,6 +12,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::catalog::{Node, Record};
+use super::engine::SyncScope;
 use super::store::{fsync_dir, io_error, no_space, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
 
@@ -30,6 +31,11 @@ impl SequentialHash {
             hashed_bytes: 0,
             in_order: true,
         }
+    }
+
+    /// Whether a write at `offset` would still be hashed.
+    fn wants(&self, offset: u64) -> bool {
+        self.in_order && offset == self.hashed_bytes
     }
 
     fn update(&mut self, offset: u64, data: &[u8]) {
@@ -266,27 +272,44 @@ impl WriteHandle {
         if (data.len() as u64) > self.spool.free_after_reserve() {
             return Err(no_space());
         }
-        let file = self.file.clone();
-        let hash = self.hash.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            if let Some(h) = hash.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                h.update(offset, &data);
-            }
-            file.write_all_at(&data, offset)
-        })
-        .await
-        .map_err(|e| FsError::new(FsErrorKind::Failure, format!("write task failed: {e}")))?;
+        // The hash runs on the blocking pool while the engine writes; both finish before this
+        // returns, so hash updates keep the order in which the writes were awaited.
+        let hashing = self.hash_in_background(offset, data.clone());
+        let writing = self.spool.engine().write_at(&self.file, offset, data);
+        let (hashed, written) = tokio::join!(hashing, writing);
+        hashed?;
         written.map_err(|e| io_error("writing spool file", &e))?;
         self.size.fetch_max(end, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Feeds `data` to the running hash on the blocking pool, unless the hash has given up or
+    /// would give up at this write (then only the lock is taken here).
+    async fn hash_in_background(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
+        {
+            let mut hash = self.hash.lock().unwrap_or_else(|p| p.into_inner());
+            match hash.as_mut() {
+                Some(h) if h.wants(offset) => {}
+                Some(h) => {
+                    h.update(offset, &data);
+                    return Ok(());
+                }
+                None => return Ok(()),
+            }
+        }
+        let hash = self.hash.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(h) = hash.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                h.update(offset, &data);
+            }
+        })
+        .await
+        .map_err(|e| FsError::new(FsErrorKind::Failure, format!("hash task failed: {e}")))
+    }
+
     /// fsync@openssh.com: the bytes written so far are durable (the file is still `receiving`).
     pub async fn fsync(&self) -> Result<(), FsError> {
-        let file = self.file.clone();
-        let synced = tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| FsError::new(FsErrorKind::Failure, format!("fsync task failed: {e}")))?;
+        let synced = self.spool.engine().fsync(&self.file, SyncScope::Data).await;
         synced.map_err(|e| {
             // The kernel may have dropped the dirty pages: a later fsync could succeed without
             // them. This version can never be acknowledged.
@@ -300,7 +323,8 @@ impl WriteHandle {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// Seals the file: fsync(file) → rename → fsync(dirs) → journal "Sealed" fsynced.
+    /// Seals the file: fsync(file) (through the engine, after every write awaited before) →
+    /// rename → fsync(dirs) → journal "Sealed" fsynced.
     /// Only when this returns `Ok` may the client be told SSH_FX_OK.
     ///
     /// The work runs in its own task, so a client that disconnects in the middle cannot leave
@@ -328,6 +352,10 @@ impl WriteHandle {
         if self.poisoned.load(Ordering::Relaxed) {
             return self.discard("an earlier fsync failed").await;
         }
+        if let Err(e) = spool.engine().fsync(&self.file, SyncScope::All).await {
+            self.poisoned.store(true, Ordering::Relaxed);
+            return self.discard(&format!("fsync failed: {e}")).await;
+        }
         let file = self.file.clone();
         let (partial, sealed) = (spool.partial_path(id), spool.sealed_path(id));
         let (partial_dir, sealed_dir) = (
@@ -335,7 +363,6 @@ impl WriteHandle {
             spool.sealed_dir().to_owned(),
         );
         let durable = tokio::task::spawn_blocking(move || -> Result<u64, SealError> {
-            file.sync_all().map_err(SealError::Sync)?;
             let size = file.metadata().map_err(SealError::Other)?.len();
             fs::rename(&partial, &sealed).map_err(SealError::Other)?;
             if let Err(e) = fsync_dir(&sealed_dir).and_then(|()| fsync_dir(&partial_dir)) {

@@ -4,12 +4,18 @@
 //! and acknowledges a CLOSE only once the data, the rename and the journal record are durable.
 
 pub mod catalog;
+mod engine;
 mod handles;
+mod pwrite;
 mod store;
+mod uring;
 pub mod vpath;
 
+pub use engine::{EngineError, SpoolEngine, SyncScope};
 pub use handles::{ReadHandle, WriteHandle};
+pub use pwrite::PwriteEngine;
 pub use store::{Spool, SpoolOpenError, SpoolOptions, now_unix};
+pub use uring::{ProbeError, UringEngine};
 pub use vpath::VPath;
 
 /// Identifies one version of one file for its whole life, in the journal and in the spool.

@@ -21,10 +21,12 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::Notify;
 
 use super::catalog::{Catalog, Effects, FileRecord, Node, Record};
+use super::engine::{EngineError, SpoolEngine};
 use super::handles::{ReadHandle, WriteHandle};
 use super::{
     Entry, EntryKind, FileId, FileState, FsError, FsErrorKind, OpenMode, SpaceInfo, VPath,
 };
+use crate::config::EngineChoice;
 use crate::journal::{Journal, JournalError};
 
 /// Journal size above which the catalog is written out as a snapshot and the log restarted.
@@ -47,6 +49,8 @@ pub struct Spool {
     /// Held for the spool's life (flock on `dir/lock`).
     _dir_lock: Flock<fs::File>,
     opts: SpoolOptions,
+    /// Writes and syncs the bytes of files being received.
+    engine: SpoolEngine,
     partial_dir: PathBuf,
     sealed_dir: PathBuf,
     catalog: Mutex<Catalog>,
@@ -106,7 +110,17 @@ impl Spool {
     /// Opens the spool directory, replays the journal and reconciles the files on disk with it:
     /// spool files the journal does not know are unacknowledged leftovers and are deleted;
     /// acknowledged files whose bytes are missing are marked failed, never silently dropped.
+    ///
+    /// Files are written with io_uring if the kernel allows it, else with pwrite.
     pub fn open(opts: SpoolOptions) -> Result<Arc<Spool>, SpoolOpenError> {
+        Self::open_with_engine(opts, SpoolEngine::select(EngineChoice::Auto)?)
+    }
+
+    /// [`Spool::open`] with the engine that writes files chosen by the caller.
+    pub fn open_with_engine(
+        opts: SpoolOptions,
+        engine: SpoolEngine,
+    ) -> Result<Arc<Spool>, SpoolOpenError> {
         let partial_dir = opts.dir.join("partial");
         let sealed_dir = opts.dir.join("sealed");
         for d in [&opts.dir, &partial_dir, &sealed_dir] {
@@ -131,6 +145,7 @@ impl Spool {
         catalog.end_replay();
         let spool = Spool {
             _dir_lock: dir_lock,
+            engine,
             partial_dir,
             sealed_dir,
             next_id: AtomicU64::new(catalog.max_id + 1),
@@ -145,7 +160,7 @@ impl Spool {
         spool
             .reconcile_disk()
             .map_err(|e| SpoolOpenError::Io(spool.opts.dir.clone(), e))?;
-        tracing::info!(records = records.len(), dir = %spool.opts.dir.display(), "spool opened");
+        tracing::info!(records = records.len(), dir = %spool.opts.dir.display(), engine = spool.engine.name(), "spool opened");
         Ok(Arc::new(spool))
     }
 
@@ -229,6 +244,16 @@ impl Spool {
 
     pub fn options(&self) -> &SpoolOptions {
         &self.opts
+    }
+
+    /// The engine that writes and syncs files being received.
+    pub(super) fn engine(&self) -> &SpoolEngine {
+        &self.engine
+    }
+
+    /// "io_uring" or "pwrite", for status.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
     }
 
     pub(super) fn partial_path(&self, id: FileId) -> PathBuf {
@@ -744,4 +769,6 @@ pub enum SpoolOpenError {
     Journal(#[from] JournalError),
     #[error("{0} is in use by another sftpgw process")]
     Locked(PathBuf),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }

@@ -1,0 +1,109 @@
+//! [`SpoolEngine`]: the one interface through which spool files are written and synced, with
+//! an io_uring engine ([`UringEngine`]) and a plain pwrite fallback ([`PwriteEngine`]).
+//!
+//! Which one runs is decided once, at start ([`SpoolEngine::select`], from `spool.engine`):
+//! `auto` probes io_uring and falls back to pwrite with one log line naming the cause (Docker's
+//! seccomp profile, `kernel.io_uring_disabled`, a kernel without io_uring, a low memlock limit);
+//! `io_uring` refuses to start without it; `pwrite` never tries.
+//!
+//! Both engines promise the same: `write_at` returns once all bytes are in the file (short
+//! writes are continued), and `fsync` covers every write that completed before it was called.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::pwrite::PwriteEngine;
+use super::uring::{ProbeError, UringEngine};
+use crate::config::EngineChoice;
+
+/// What an fsync must make durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncScope {
+    /// The data and what is needed to read it back (`fdatasync`).
+    Data,
+    /// Data and all metadata (`fsync`).
+    All,
+}
+
+/// The engine that writes and syncs spool files.
+#[derive(Debug)]
+pub enum SpoolEngine {
+    Pwrite(PwriteEngine),
+    IoUring(UringEngine),
+}
+
+/// Why no engine could be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("spool.engine is \"io_uring\" but io_uring is unavailable: {0}")]
+    IoUringUnavailable(#[source] ProbeError),
+}
+
+impl SpoolEngine {
+    /// The engine for `choice`; see the module documentation.
+    pub fn select(choice: EngineChoice) -> Result<SpoolEngine, EngineError> {
+        Self::select_with(choice, UringEngine::start)
+    }
+
+    /// [`SpoolEngine::select`] with the io_uring probe given, so that tests can make it fail.
+    fn select_with(
+        choice: EngineChoice,
+        start_uring: impl FnOnce() -> Result<UringEngine, ProbeError>,
+    ) -> Result<SpoolEngine, EngineError> {
+        match choice {
+            EngineChoice::Pwrite => {
+                tracing::info!("spool engine: pwrite (configured)");
+                Ok(SpoolEngine::Pwrite(PwriteEngine))
+            }
+            EngineChoice::IoUring => match start_uring() {
+                Ok(engine) => {
+                    tracing::info!("spool engine: io_uring (configured)");
+                    Ok(SpoolEngine::IoUring(engine))
+                }
+                Err(err) => Err(EngineError::IoUringUnavailable(err)),
+            },
+            EngineChoice::Auto => match start_uring() {
+                Ok(engine) => {
+                    tracing::info!("spool engine: io_uring");
+                    Ok(SpoolEngine::IoUring(engine))
+                }
+                Err(err) => {
+                    tracing::warn!("spool engine: pwrite, because io_uring is unavailable: {err}");
+                    Ok(SpoolEngine::Pwrite(PwriteEngine))
+                }
+            },
+        }
+    }
+
+    /// "io_uring" or "pwrite", as `sftpgw status` shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SpoolEngine::Pwrite(_) => "pwrite",
+            SpoolEngine::IoUring(_) => "io_uring",
+        }
+    }
+
+    /// Writes all of `data` at `offset` of `file`.
+    pub async fn write_at(&self, file: &Arc<File>, offset: u64, data: Bytes) -> io::Result<()> {
+        match self {
+            SpoolEngine::Pwrite(engine) => engine.write_at(file, offset, data).await,
+            SpoolEngine::IoUring(engine) => engine.write_at(file, offset, data).await,
+        }
+    }
+
+    /// Makes every write to `file` that completed before this call durable.
+    pub async fn fsync(&self, file: &Arc<File>, scope: SyncScope) -> io::Result<()> {
+        match self {
+            SpoolEngine::Pwrite(engine) => engine.fsync(file, scope).await,
+            SpoolEngine::IoUring(engine) => engine.fsync(file, scope).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+pub(super) mod tests;
