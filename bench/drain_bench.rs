@@ -11,6 +11,7 @@
 //! process and of the server during the drain, and peak RSS (VmHWM) of both. The peak of this
 //! process is reset (`/proc/self/clear_refs` 5) after the spool file is written, so it covers the
 //! drain only. The working directory is under `$TMPDIR` (a real disk, not tmpfs, on our boxes).
+//! With `DRAIN_BENCH_PERF=FILE`, `perf record -g` samples this process during the drain only.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -92,6 +93,20 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
 
     let rss_idle = status_kib("self", "VmRSS:")?;
     std::fs::write("/proc/self/clear_refs", "5")?;
+    let perf = match std::env::var_os("DRAIN_BENCH_PERF") {
+        Some(out) => {
+            let perf = Command::new("perf")
+                .args(["record", "-g", "-F", "1999", "-p"])
+                .arg(std::process::id().to_string())
+                .arg("-o")
+                .arg(out)
+                .spawn()?;
+            // perf needs a moment to attach.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(perf)
+        }
+        None => None,
+    };
     let cpu_before = cpu_secs("self")?;
     let server_cpu_before = cpu_secs(&server.id().to_string())?;
     let started = Instant::now();
@@ -124,6 +139,12 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
     let server_hwm = status_kib(&server_pid, "VmHWM:")?;
     let hwm = status_kib("self", "VmHWM:")?;
     task.abort();
+    if let Some(mut perf) = perf {
+        Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status()?;
+        perf.wait()?;
+    }
     drop(server.stdin.take());
     server.wait()?;
 
