@@ -92,7 +92,7 @@ async fn upload_parts(
     for (i, body) in parts.iter().enumerate() {
         let number = u32::try_from(i + 1).unwrap();
         let etag = store
-            .upload_part(key, upload_id, number, body.clone())
+            .upload_part(key, upload_id, number, body.clone().into())
             .await
             .unwrap();
         done.push(CompletedPart { number, etag });
@@ -123,7 +123,7 @@ async fn put_then_head_returns_size_and_user_metadata() {
     let f = fixture().await;
     let body = pattern(10_000, 9);
     f.store
-        .put_object("site/u/a.txt", body.clone(), &metadata("tok-1"))
+        .put_object("site/u/a.txt", body.clone().into(), &metadata("tok-1"))
         .await
         .unwrap();
     let head = f.store.head_object("site/u/a.txt").await.unwrap().unwrap();
@@ -226,7 +226,7 @@ async fn list_multipart_uploads_shows_open_uploads_under_prefix_only_and_abort_r
     );
     let err = f
         .store
-        .upload_part("site-a/x", &a, 1, pattern(10, 0))
+        .upload_part("site-a/x", &a, 1, pattern(10, 0).into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -286,7 +286,7 @@ async fn unknown_upload_id_is_no_such_upload_for_part_complete_and_abort() {
     let unknown = "0f8e3c2a-1b2c-4d5e-8f90-a1b2c3d4e5f6";
     let err = f
         .store
-        .upload_part("k", unknown, 1, pattern(10, 0))
+        .upload_part("k", unknown, 1, pattern(10, 0).into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -310,7 +310,7 @@ async fn unknown_upload_id_is_no_such_upload_for_part_complete_and_abort() {
     // Not even shaped like an id.
     let err = f
         .store
-        .upload_part("k", "garbage", 1, pattern(10, 0))
+        .upload_part("k", "garbage", 1, pattern(10, 0).into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -322,7 +322,7 @@ async fn unknown_upload_id_is_no_such_upload_for_part_complete_and_abort() {
         .unwrap();
     let err = f
         .store
-        .upload_part("other", &id, 1, pattern(10, 0))
+        .upload_part("other", &id, 1, pattern(10, 0).into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -432,7 +432,7 @@ async fn wrong_secret_is_permanent() {
     };
     let store = AwsStore::new(&cfg).unwrap();
     let err = store
-        .put_object("k", pattern(10, 0), &ObjectMetadata::new())
+        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
@@ -463,7 +463,7 @@ async fn nothing_listening_is_transient() {
     let f = fixture().await;
     let store = AwsStore::new(&unreachable_store_config(&f.cfg)).unwrap();
     let err = store
-        .put_object("k", pattern(10, 0), &ObjectMetadata::new())
+        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
@@ -523,7 +523,7 @@ async fn missing_bucket_is_permanent_and_not_created() {
     };
     let store = AwsStore::new(&cfg).unwrap();
     let err = store
-        .put_object("k", pattern(10, 0), &ObjectMetadata::new())
+        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
@@ -537,7 +537,7 @@ async fn missing_bucket_is_permanent_and_not_created() {
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
     // A second try still fails: the first PUT did not create the bucket.
     let err = store
-        .put_object("k", pattern(10, 0), &ObjectMetadata::new())
+        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
@@ -548,7 +548,7 @@ async fn stats_count_requests_and_uploaded_body_bytes() {
     let f = fixture().await;
     let stats = f.server.stats();
     f.store
-        .put_object("a", pattern(1000, 0), &ObjectMetadata::new())
+        .put_object("a", pattern(1000, 0).into(), &ObjectMetadata::new())
         .await
         .unwrap();
     let parts = three_parts();
@@ -586,7 +586,11 @@ async fn upload_throttle_slows_bodies_to_the_set_rate() {
     f.server.stats().set_upload_bytes_per_sec(Some(1024 * 1024));
     let started = Instant::now();
     f.store
-        .put_object("slow", pattern(512 * 1024, 0), &ObjectMetadata::new())
+        .put_object(
+            "slow",
+            pattern(512 * 1024, 0).into(),
+            &ObjectMetadata::new(),
+        )
         .await
         .unwrap();
     let elapsed = started.elapsed();
@@ -597,7 +601,11 @@ async fn upload_throttle_slows_bodies_to_the_set_rate() {
     f.server.stats().set_upload_bytes_per_sec(None);
     let started = Instant::now();
     f.store
-        .put_object("fast", pattern(512 * 1024, 0), &ObjectMetadata::new())
+        .put_object(
+            "fast",
+            pattern(512 * 1024, 0).into(),
+            &ObjectMetadata::new(),
+        )
         .await
         .unwrap();
     assert!(
@@ -616,7 +624,7 @@ async fn sdk_default_checksums_are_accepted_by_the_embedded_server() {
     };
     let store = AwsStore::new(&cfg).unwrap();
     store
-        .put_object("a", pattern(70_000, 1), &metadata("t"))
+        .put_object("a", pattern(70_000, 1).into(), &metadata("t"))
         .await
         .unwrap();
     assert_eq!(get(&store, "a").await, pattern(70_000, 1));
@@ -678,7 +686,7 @@ async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
     let server = S3Server::start(server_cfg.clone()).await.unwrap();
     let store = AwsStore::new(&test_s3_config(&server)).unwrap();
     store
-        .put_object("done", pattern(10, 0), &metadata("t1"))
+        .put_object("done", pattern(10, 0).into(), &metadata("t1"))
         .await
         .unwrap();
     let id = store
@@ -686,7 +694,7 @@ async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
         .await
         .unwrap();
     let part = store
-        .upload_part("open", &id, 1, pattern(10, 1))
+        .upload_part("open", &id, 1, pattern(10, 1).into())
         .await
         .unwrap();
     server.shutdown().await;
@@ -739,7 +747,7 @@ async fn fault_server_error_is_transient_and_never_reaches_the_store() {
         .unwrap();
     store.fail_next(Op::UploadPart, Fault::ServerError);
     let err = store
-        .upload_part("k", &id, 1, pattern(10, 0))
+        .upload_part("k", &id, 1, pattern(10, 0).into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
@@ -747,7 +755,7 @@ async fn fault_server_error_is_transient_and_never_reaches_the_store() {
     assert_eq!(f.server.stats().requests(ServerOp::UploadPart), 0);
     // The retry goes through.
     store
-        .upload_part("k", &id, 1, pattern(10, 0))
+        .upload_part("k", &id, 1, pattern(10, 0).into())
         .await
         .unwrap();
     assert_eq!(f.server.stats().requests(ServerOp::UploadPart), 1);
@@ -765,21 +773,21 @@ async fn fault_connection_reset_mid_part_is_transient_and_stores_nothing() {
     store.inject(Op::UploadPart, 2, Fault::ConnectionReset);
     let parts = three_parts();
     let etag1 = store
-        .upload_part("k", &id, 1, parts[0].clone())
+        .upload_part("k", &id, 1, parts[0].clone().into())
         .await
         .unwrap();
     let err = store
-        .upload_part("k", &id, 2, parts[1].clone())
+        .upload_part("k", &id, 2, parts[1].clone().into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
     assert_eq!(f.server.stats().upload_bytes(), parts[0].len() as u64);
     let etag2 = store
-        .upload_part("k", &id, 2, parts[1].clone())
+        .upload_part("k", &id, 2, parts[1].clone().into())
         .await
         .unwrap();
     let etag3 = store
-        .upload_part("k", &id, 3, parts[2].clone())
+        .upload_part("k", &id, 3, parts[2].clone().into())
         .await
         .unwrap();
     let done = [
@@ -811,14 +819,14 @@ async fn fault_no_such_upload_on_part_really_ends_the_upload() {
         .unwrap();
     store.fail_next(Op::UploadPart, Fault::NoSuchUpload);
     let err = store
-        .upload_part("k", &id, 1, pattern(10, 0))
+        .upload_part("k", &id, 1, pattern(10, 0).into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
     assert!(store.list_multipart_uploads("").await.unwrap().is_empty());
     let err = f
         .store
-        .upload_part("k", &id, 1, pattern(10, 0))
+        .upload_part("k", &id, 1, pattern(10, 0).into())
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -879,7 +887,7 @@ async fn fault_access_denied_is_permanent_and_never_reaches_the_store() {
     store.fail_always(Op::PutObject, Fault::AccessDenied);
     for _ in 0..2 {
         let err = store
-            .put_object("k", pattern(10, 0), &ObjectMetadata::new())
+            .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
             .await
             .unwrap_err();
         assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
@@ -887,7 +895,7 @@ async fn fault_access_denied_is_permanent_and_never_reaches_the_store() {
     assert_eq!(f.server.stats().requests(ServerOp::PutObject), 0);
     store.clear();
     store
-        .put_object("k", pattern(10, 0), &ObjectMetadata::new())
+        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
         .await
         .unwrap();
     assert_eq!(store.calls(Op::PutObject), 3);
@@ -908,9 +916,29 @@ async fn fault_rule_can_target_one_part_of_one_key() {
     let meta = ObjectMetadata::new();
     let a = store.create_multipart_upload("a", &meta).await.unwrap();
     let b = store.create_multipart_upload("b", &meta).await.unwrap();
-    assert!(store.upload_part("a", &a, 2, pattern(10, 0)).await.is_ok());
-    assert!(store.upload_part("b", &b, 1, pattern(10, 0)).await.is_ok());
-    assert!(store.upload_part("b", &b, 2, pattern(10, 0)).await.is_err());
-    assert!(store.upload_part("b", &b, 2, pattern(10, 0)).await.is_ok());
+    assert!(
+        store
+            .upload_part("a", &a, 2, pattern(10, 0).into())
+            .await
+            .is_ok()
+    );
+    assert!(
+        store
+            .upload_part("b", &b, 1, pattern(10, 0).into())
+            .await
+            .is_ok()
+    );
+    assert!(
+        store
+            .upload_part("b", &b, 2, pattern(10, 0).into())
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .upload_part("b", &b, 2, pattern(10, 0).into())
+            .await
+            .is_ok()
+    );
     assert_eq!(f.server.stats().requests(ServerOp::UploadPart), 3);
 }

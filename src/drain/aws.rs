@@ -17,12 +17,12 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkCompletedPart};
+use aws_smithy_types::byte_stream::Length;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
-use bytes::Bytes;
 
 use super::store::{
-    CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
+    Body, CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
 };
 use crate::config::{ChecksumMode, S3Config};
 
@@ -39,6 +39,11 @@ const COMPLETE_ATTEMPT_TIMEOUT_SECS: u64 = 15 * 60;
 const BODY_ATTEMPT_TIMEOUT_SECS: u64 = 60 * 60;
 /// A body slower than 1 B/s for this long fails the attempt (the SDK's default, made explicit).
 const STALLED_STREAM_GRACE_SECS: u64 = 20;
+/// Read buffer of one file body. Every part in flight holds about three of these (the one being
+/// filled by the blocking read, the chunks queued in hyper's write buffer), so at the largest
+/// concurrency bodies stay within a few MiB; larger buffers measured no faster (see
+/// `bench/drain_bench.rs`). The SDK's default is 64 KiB.
+const BODY_READ_BUFFER_BYTES: usize = 128 * 1024;
 /// ListMultipartUploads pages at most; S3 returns at most 1000 uploads per page.
 const LIST_PAGES_COUNT_MAX: usize = 10_000;
 
@@ -68,9 +73,6 @@ pub struct AwsStore {
     client: aws_sdk_s3::Client,
     bucket: String,
     timeouts: AwsTimeouts,
-    /// Over HTTPS TLS already protects the body, so hashing every byte again for SigV4 is waste.
-    /// Over plain HTTP (local stores, tests) the signed hash is the only integrity check.
-    sign_payload: bool,
 }
 
 impl AwsStore {
@@ -86,16 +88,14 @@ impl AwsStore {
         if cfg.region.is_empty() {
             return Err(invalid("region is empty".to_owned()));
         }
-        let sign_payload = match cfg.endpoint.as_deref() {
-            None => false,
-            Some(url) if url.starts_with("https://") => false,
-            Some(url) if url.starts_with("http://") => true,
-            Some(url) => {
-                return Err(invalid(format!(
-                    "endpoint {url:?} must start with http:// or https://"
-                )));
-            }
-        };
+        if let Some(url) = cfg.endpoint.as_deref()
+            && !url.starts_with("https://")
+            && !url.starts_with("http://")
+        {
+            return Err(invalid(format!(
+                "endpoint {url:?} must start with http:// or https://"
+            )));
+        }
         let checksums = match cfg.checksums {
             ChecksumMode::WhenRequired => (
                 RequestChecksumCalculation::WhenRequired,
@@ -138,7 +138,6 @@ impl AwsStore {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
             timeouts,
-            sign_payload,
         })
     }
 
@@ -184,6 +183,37 @@ fn part_number_i32(operation: &'static str, number: u32) -> Result<i32, S3Error>
     })
 }
 
+/// The SDK body for `body`. A file range becomes a path-based stream: the SDK opens the file
+/// again for every attempt (a `.file()` stream could not be retried) and reads it through one
+/// buffer of [`BODY_READ_BUFFER_BYTES`] at a time, so a part never sits in memory whole.
+async fn byte_stream(operation: &'static str, body: Body) -> Result<ByteStream, S3Error> {
+    match body {
+        Body::Bytes(bytes) => Ok(ByteStream::from(bytes)),
+        Body::File(range) => ByteStream::read_from()
+            .path(&range.path)
+            .offset(range.offset)
+            .length(Length::Exact(range.len))
+            .buffer_size(BODY_READ_BUFFER_BYTES)
+            .build()
+            .await
+            // The file is gone or shorter than the range: a broken spool copy, which no retry
+            // mends. (A file removed because it was superseded is no longer current, and the
+            // drain drops the error.)
+            .map_err(|e| {
+                S3Error::new(
+                    S3ErrorKind::Permanent,
+                    operation,
+                    format!(
+                        "reading {} bytes at {} of {}: {e}",
+                        range.len,
+                        range.offset,
+                        range.path.display()
+                    ),
+                )
+            }),
+    }
+}
+
 fn missing(operation: &'static str, what: &str) -> S3Error {
     // A success response without a field S3 always sends: the store is broken or something in
     // between mangled the answer. Retrying cannot be worse than giving up.
@@ -198,25 +228,22 @@ impl ObjectStore for AwsStore {
     async fn put_object(
         &self,
         key: &str,
-        body: Bytes,
+        body: Body,
         metadata: &ObjectMetadata,
     ) -> Result<(), S3Error> {
         const OP: &str = "PutObject";
-        let request = self
-            .client
+        self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .set_metadata(sdk_metadata(metadata))
-            .body(ByteStream::from(body))
+            .body(byte_stream(OP, body).await?)
             .customize()
-            .config_override(self.attempt_timeout(self.timeouts.body_attempt));
-        let request = if self.sign_payload {
-            request
-        } else {
-            request.disable_payload_signing()
-        };
-        request.send().await.map_err(|e| classify(OP, e))?;
+            .config_override(self.attempt_timeout(self.timeouts.body_attempt))
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))?;
         Ok(())
     }
 
@@ -247,25 +274,23 @@ impl ObjectStore for AwsStore {
         key: &str,
         upload_id: &str,
         part_number: u32,
-        body: Bytes,
+        body: Body,
     ) -> Result<String, S3Error> {
         const OP: &str = "UploadPart";
-        let request = self
+        let out = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number_i32(OP, part_number)?)
-            .body(ByteStream::from(body))
+            .body(byte_stream(OP, body).await?)
             .customize()
-            .config_override(self.attempt_timeout(self.timeouts.body_attempt));
-        let request = if self.sign_payload {
-            request
-        } else {
-            request.disable_payload_signing()
-        };
-        let out = request.send().await.map_err(|e| classify(OP, e))?;
+            .config_override(self.attempt_timeout(self.timeouts.body_attempt))
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))?;
         out.e_tag.ok_or_else(|| missing(OP, "an ETag"))
     }
 

@@ -13,10 +13,8 @@
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use bytes::Bytes;
-
 use super::store::{
-    CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
+    Body, CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
 };
 
 /// The operations of [`ObjectStore`].
@@ -110,6 +108,9 @@ pub struct Call<'a> {
     pub key: &'a str,
     pub upload_id: Option<&'a str>,
     pub part_number: Option<u32>,
+    /// The body of PutObject and UploadPart: a rule can see which range of which file a
+    /// request would send.
+    pub body: Option<&'a Body>,
 }
 
 type Rule = Box<dyn FnMut(&Call<'_>) -> Option<Fault> + Send>;
@@ -192,6 +193,7 @@ impl<S: ObjectStore> FaultStore<S> {
         key: &str,
         upload_id: Option<&str>,
         part_number: Option<u32>,
+        body: Option<&Body>,
     ) -> Option<Fault> {
         let mut plan = self.plan();
         plan.calls[op.index()] += 1;
@@ -201,6 +203,7 @@ impl<S: ObjectStore> FaultStore<S> {
             key,
             upload_id,
             part_number,
+            body,
         };
         let fault = plan.rules.iter_mut().find_map(|rule| rule(&call));
         if fault.is_some() {
@@ -216,13 +219,14 @@ impl<S: ObjectStore> FaultStore<S> {
         key: &str,
         upload: Option<&str>,
         part_number: Option<u32>,
+        body: Option<&Body>,
         forward: F,
     ) -> Result<T, S3Error>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, S3Error>>,
     {
-        match self.arm(op, key, upload, part_number) {
+        match self.arm(op, key, upload, part_number, body) {
             None => forward().await,
             Some(fault @ Fault::ResponseLost) => {
                 let outcome = forward().await;
@@ -251,11 +255,12 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     async fn put_object(
         &self,
         key: &str,
-        body: Bytes,
+        body: Body,
         metadata: &ObjectMetadata,
     ) -> Result<(), S3Error> {
-        self.run(Op::PutObject, key, None, None, || {
-            self.inner.put_object(key, body, metadata)
+        let sent = body.clone();
+        self.run(Op::PutObject, key, None, None, Some(&body), || {
+            self.inner.put_object(key, sent, metadata)
         })
         .await
     }
@@ -265,7 +270,7 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         key: &str,
         metadata: &ObjectMetadata,
     ) -> Result<String, S3Error> {
-        self.run(Op::CreateMultipartUpload, key, None, None, || {
+        self.run(Op::CreateMultipartUpload, key, None, None, None, || {
             self.inner.create_multipart_upload(key, metadata)
         })
         .await
@@ -276,14 +281,16 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         key: &str,
         upload_id: &str,
         part_number: u32,
-        body: Bytes,
+        body: Body,
     ) -> Result<String, S3Error> {
+        let sent = body.clone();
         self.run(
             Op::UploadPart,
             key,
             Some(upload_id),
             Some(part_number),
-            || self.inner.upload_part(key, upload_id, part_number, body),
+            Some(&body),
+            || self.inner.upload_part(key, upload_id, part_number, sent),
         )
         .await
     }
@@ -299,27 +306,33 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
             key,
             Some(upload_id),
             None,
+            None,
             || self.inner.complete_multipart_upload(key, upload_id, parts),
         )
         .await
     }
 
     async fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
-        self.run(Op::AbortMultipartUpload, key, Some(upload_id), None, || {
-            self.inner.abort_multipart_upload(key, upload_id)
-        })
+        self.run(
+            Op::AbortMultipartUpload,
+            key,
+            Some(upload_id),
+            None,
+            None,
+            || self.inner.abort_multipart_upload(key, upload_id),
+        )
         .await
     }
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectHead>, S3Error> {
-        self.run(Op::HeadObject, key, None, None, || {
+        self.run(Op::HeadObject, key, None, None, None, || {
             self.inner.head_object(key)
         })
         .await
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, S3Error> {
-        self.run(Op::ListMultipartUploads, prefix, None, None, || {
+        self.run(Op::ListMultipartUploads, prefix, None, None, None, || {
             self.inner.list_multipart_uploads(prefix)
         })
         .await

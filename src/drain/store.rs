@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 
@@ -78,13 +79,60 @@ pub struct OpenUpload {
     pub upload_id: String,
 }
 
+/// The body of a PutObject or UploadPart request.
+///
+/// The drain sends [`Body::File`]: a range of a sealed spool file, which the store streams
+/// through a small buffer and opens again on every attempt, so memory does not grow with the
+/// part size and every request can be retried. [`Body::Bytes`] is for small in-memory bodies
+/// (tests, tools).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Bytes(Bytes),
+    File(FileRange),
+}
+
+/// `len` bytes of the file at `path`, from `offset`. The file must not change while a request
+/// that names it may still be sent: sealed spool files never do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRange {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Body {
+    /// Length in bytes, as sent in Content-Length.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File(r) => r.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body::Bytes(bytes)
+    }
+}
+
+impl From<FileRange> for Body {
+    fn from(range: FileRange) -> Self {
+        Body::File(range)
+    }
+}
+
 /// The S3 operations the drain needs. Keys are full object keys (prefix included).
-/// Bodies are in-memory parts of at most `part_size` bytes, so every request is retryable.
+/// Bodies are cheap to clone (a file range or shared bytes), so every request is retryable.
 pub trait ObjectStore: Send + Sync + 'static {
     fn put_object(
         &self,
         key: &str,
-        body: Bytes,
+        body: Body,
         metadata: &ObjectMetadata,
     ) -> impl Future<Output = Result<(), S3Error>> + Send;
 
@@ -101,7 +149,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload_id: &str,
         part_number: u32,
-        body: Bytes,
+        body: Body,
     ) -> impl Future<Output = Result<String, S3Error>> + Send;
 
     fn complete_multipart_upload(

@@ -10,7 +10,12 @@
 //! - a file counts as delivered only after HEAD shows its size and SHA-256.
 //!
 //! At most `concurrency` parts (or small-file PUTs) are in flight at once, so at most
-//! `concurrency × part_size` bytes are in memory and can be sent again after a crash.
+//! `concurrency × part_size` bytes can be sent again after a crash. No part is ever held in
+//! memory whole: bodies are ranges of the sealed spool file that the store streams through a
+//! small buffer (and opens again for every attempt), and the local passes over spool data (the
+//! CRC32C of each part, the SHA-256 of a file written out of order) read through bounded
+//! buffers too. Memory therefore depends on `concurrency` alone, not on part or file sizes or
+//! on how many files wait.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -20,14 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::store::{
-    CompletedPart, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, S3Error, S3ErrorKind,
+    Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, S3Error,
+    S3ErrorKind,
 };
 use crate::spool::catalog::{FileRecord, Record};
 use crate::spool::{FileId, FileState, FsError, FsErrorKind, Spool};
@@ -49,6 +54,16 @@ pub struct DrainConfig {
 
 /// Default [`DrainConfig::settle`].
 pub const SETTLE_DEFAULT: Duration = Duration::from_secs(1);
+
+/// Read buffer of the CRC32C pass over one part. Small enough that each chunk is still in the
+/// CPU cache when the CRC reads it, and that `concurrency` passes at once stay small; the extra
+/// `pread` calls cost little next to the copy.
+const PART_CRC_BUFFER_BYTES: usize = 64 * 1024;
+/// Read buffer of the SHA-256 pass over a whole file (only for files written out of order).
+const FILE_HASH_BUFFER_BYTES: usize = 1024 * 1024;
+/// Whole-file SHA-256 passes at once. They are CPU-bound, so more than the box has cores only
+/// adds buffers; the bound also keeps their memory independent of `concurrency`.
+const FILE_HASH_PASSES_COUNT_MAX: usize = 2;
 
 /// The drain loop's bookkeeping.
 #[derive(Default)]
@@ -97,6 +112,8 @@ struct Ctx<S: ObjectStore> {
     cfg: Arc<DrainConfig>,
     stats: Arc<DrainStats>,
     permits: Arc<Semaphore>,
+    /// Slots for whole-file SHA-256 passes, [`FILE_HASH_PASSES_COUNT_MAX`] of them.
+    hash_permits: Arc<Semaphore>,
     /// Upload ids created by this run (so that start-up reconciliation never aborts them).
     created_uploads: Arc<Mutex<HashSet<String>>>,
 }
@@ -109,6 +126,7 @@ impl<S: ObjectStore> Clone for Ctx<S> {
             cfg: self.cfg.clone(),
             stats: self.stats.clone(),
             permits: self.permits.clone(),
+            hash_permits: self.hash_permits.clone(),
             created_uploads: self.created_uploads.clone(),
         }
     }
@@ -129,6 +147,7 @@ impl<S: ObjectStore> Drain<S> {
                 cfg: Arc::new(cfg),
                 stats: Arc::new(DrainStats::default()),
                 permits,
+                hash_permits: Arc::new(Semaphore::new(FILE_HASH_PASSES_COUNT_MAX)),
                 created_uploads: Arc::new(Mutex::new(HashSet::new())),
             },
         })
@@ -394,11 +413,16 @@ impl<S: ObjectStore> Ctx<S> {
         if let Some(h) = file.sha256 {
             return Ok(h);
         }
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| Stop::Cancelled)?;
         let path = self.spool.sealed_path(file.id);
         let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
             let mut f = File::open(path)?;
             let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; FILE_HASH_BUFFER_BYTES];
             loop {
                 let n = f.read(&mut buf)?;
                 if n == 0 {
@@ -415,17 +439,35 @@ impl<S: ObjectStore> Ctx<S> {
         }
     }
 
-    async fn read_range(&self, id: FileId, offset: u64, len: u64) -> Result<Bytes, Stop> {
+    /// `len` bytes of the sealed file `id` from `offset`, as a request body.
+    fn spool_range(&self, id: FileId, offset: u64, len: u64) -> Body {
+        Body::File(FileRange {
+            path: self.spool.sealed_path(id),
+            offset,
+            len,
+        })
+    }
+
+    /// CRC32C of a range of the sealed file `id`, read through one small buffer. The upload
+    /// reads the same range again (from the page cache, where the spool just wrote it): two
+    /// cheap reads instead of one whole part in memory.
+    async fn range_crc32c(&self, id: FileId, offset: u64, len: u64) -> Result<u32, Stop> {
         let path = self.spool.sealed_path(id);
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+        let summed = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
             let f = File::open(path)?;
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact_at(&mut buf, offset)?;
-            Ok(Bytes::from(buf))
+            let mut buf = vec![0u8; PART_CRC_BUFFER_BYTES.min(len as usize)];
+            let (mut crc, mut done) = (0u32, 0u64);
+            while done < len {
+                let n = buf.len().min((len - done) as usize);
+                f.read_exact_at(&mut buf[..n], offset + done)?;
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+                done += n as u64;
+            }
+            Ok(crc)
         })
         .await;
-        match read {
-            Ok(Ok(b)) => Ok(b),
+        match summed {
+            Ok(Ok(crc)) => Ok(crc),
             Ok(Err(e)) => Err(self.local_error(id, "reading the spool file", &e)),
             Err(_) => Err(Stop::Cancelled),
         }
@@ -471,7 +513,7 @@ impl<S: ObjectStore> Ctx<S> {
         let token = new_token();
         let meta = Self::metadata(&sha, &token);
         let permit = self.part_permit().await?;
-        let body = self.read_range(file.id, 0, file.size).await?;
+        let body = self.spool_range(file.id, 0, file.size);
         self.retry(file.id, key, || {
             self.store.put_object(key, body.clone(), &meta)
         })
@@ -546,12 +588,10 @@ impl<S: ObjectStore> Ctx<S> {
             if !self.still_current(id, key) {
                 break;
             }
-            let body = self.read_range(id, offset, len).await?;
-            let crc32c = crc32c::crc32c(&body);
             let (ctx, key, upload_id) = (self.clone(), key.to_owned(), upload.upload_id.clone());
             tasks.spawn(async move {
                 let r = ctx
-                    .upload_one_part(id, &key, &upload_id, number, body, crc32c)
+                    .upload_one_part(id, &key, &upload_id, number, offset, len)
                     .await;
                 drop(permit);
                 r
@@ -612,10 +652,13 @@ impl<S: ObjectStore> Ctx<S> {
         key: &str,
         upload_id: &str,
         number: u32,
-        body: Bytes,
-        crc32c: u32,
+        offset: u64,
+        len: u64,
     ) -> Result<(), Stop> {
-        let len = body.len() as u64;
+        // Before the upload, so that a broken spool copy fails the file before any byte is
+        // sent, as a failed read did when parts were read into memory.
+        let crc32c = self.range_crc32c(id, offset, len).await?;
+        let body = self.spool_range(id, offset, len);
         let etag = self
             .retry(id, key, || {
                 self.store.upload_part(key, upload_id, number, body.clone())
