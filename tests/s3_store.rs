@@ -94,7 +94,8 @@ async fn upload_parts(
         let etag = store
             .upload_part(key, upload_id, number, body.clone().into())
             .await
-            .unwrap();
+            .unwrap()
+            .etag;
         done.push(CompletedPart { number, etag });
     }
     done
@@ -696,7 +697,8 @@ async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
     let part = store
         .upload_part("open", &id, 1, pattern(10, 1).into())
         .await
-        .unwrap();
+        .unwrap()
+        .etag;
     server.shutdown().await;
 
     let server = S3Server::start(server_cfg).await.unwrap();
@@ -775,7 +777,8 @@ async fn fault_connection_reset_mid_part_is_transient_and_stores_nothing() {
     let etag1 = store
         .upload_part("k", &id, 1, parts[0].clone().into())
         .await
-        .unwrap();
+        .unwrap()
+        .etag;
     let err = store
         .upload_part("k", &id, 2, parts[1].clone().into())
         .await
@@ -785,11 +788,13 @@ async fn fault_connection_reset_mid_part_is_transient_and_stores_nothing() {
     let etag2 = store
         .upload_part("k", &id, 2, parts[1].clone().into())
         .await
-        .unwrap();
+        .unwrap()
+        .etag;
     let etag3 = store
         .upload_part("k", &id, 3, parts[2].clone().into())
         .await
-        .unwrap();
+        .unwrap()
+        .etag;
     let done = [
         CompletedPart {
             number: 1,
