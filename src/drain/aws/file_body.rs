@@ -151,6 +151,11 @@ impl FileRangeBody {
         }
     }
 
+    /// Bytes of the range not read yet (saturated on 32-bit targets, where a range is smaller).
+    fn left(&self) -> usize {
+        usize::try_from(self.range.len - self.read).unwrap_or(usize::MAX)
+    }
+
     /// A buffer for the next read: a returned one, a new one while fewer than the maximum
     /// exist, or `None` after registering to be woken when one comes back.
     fn buffer(&mut self, cx: &mut Context<'_>) -> Option<Vec<u8>> {
@@ -159,7 +164,8 @@ impl FileRangeBody {
         }
         if self.made < BODY_CHUNKS_COUNT_MAX {
             self.made += 1;
-            return Some(vec![0; BODY_CHUNK_BYTES]);
+            // No bigger than what is left: a small file gets a small buffer.
+            return Some(vec![0; BODY_CHUNK_BYTES.min(self.left())]);
         }
         self.buffers.returned.register(cx.waker());
         // A chunk may have come back between the first look and the registration.
@@ -174,9 +180,7 @@ impl FileRangeBody {
         let Some(mut buf) = self.buffer(cx) else {
             return;
         };
-        let len = buf
-            .len()
-            .min(usize::try_from(self.range.len - self.read).unwrap_or(usize::MAX));
+        let len = buf.len().min(self.left());
         let offset = self.range.offset + self.read;
         let (file, path, crc) = (self.file.clone(), self.range.path.clone(), self.crc);
         self.reading = Some(tokio::task::spawn_blocking(move || {
