@@ -2,13 +2,13 @@
 //! the fault-injecting store: 5xx, a connection reset in the middle of a part, NoSuchUpload, a
 //! Complete whose response is lost, a permanent error, and a crash in the middle of an upload.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sftpgw::drain::aws::AwsStore;
 use sftpgw::drain::fault::{Fault, FaultStore, Op};
-use sftpgw::drain::store::ObjectStore;
+use sftpgw::drain::store::{Body, FileRange, ObjectStore};
 use sftpgw::drain::upload::{Drain, DrainConfig};
 use sftpgw::s3server::{S3Server, S3ServerConfig, test_s3_config};
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
@@ -355,4 +355,107 @@ async fn multipart_uploads_the_journal_does_not_know_are_aborted_at_start() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_stream_from_the_spool_file_and_a_part_retried_after_a_reset_is_read_from_it_again() {
+    let rig = Rig::new(2).await;
+    // Every UploadPart call, with the body it was given; the first call for part 2 is reset.
+    let calls: Arc<Mutex<Vec<(u32, Body)>>> = Arc::default();
+    let seen = calls.clone();
+    rig.store.add_rule(move |c| {
+        if c.op != Op::UploadPart {
+            return None;
+        }
+        let (number, body) = (c.part_number?, c.body?.clone());
+        let mut seen = seen.lock().unwrap();
+        let first_of_part_2 = number == 2 && !seen.iter().any(|(n, _)| *n == 2);
+        seen.push((number, body));
+        first_of_part_2.then_some(Fault::ConnectionReset)
+    });
+    // Hold Complete back so that the journalled parts can be inspected.
+    rig.store
+        .fail_always(Op::CompleteMultipartUpload, Fault::ServerError);
+    let bytes = content(2 * PART as usize + 12_345, 6);
+    rig.put("s.bin", &bytes).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        let f = rig
+            .spool
+            .files()
+            .into_iter()
+            .find(|f| f.path.as_str() == "s.bin")
+            .expect("file");
+        if f.upload.as_ref().is_some_and(|u| u.parts.len() == 3) {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "parts never all done: {f:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let sealed = rig.spool.sealed_path(file.id);
+    let range = |number: u32| {
+        let offset = u64::from(number - 1) * PART;
+        FileRange {
+            path: sealed.clone(),
+            offset,
+            len: PART.min(bytes.len() as u64 - offset),
+        }
+    };
+    for (number, receipt) in &file.upload.as_ref().expect("upload").parts {
+        let r = range(*number);
+        let want = crc32c::crc32c(&bytes[r.offset as usize..(r.offset + r.len) as usize]);
+        assert_eq!(receipt.crc32c, want, "journalled CRC32C of part {number}");
+    }
+    {
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        for (number, body) in calls.iter() {
+            assert_eq!(
+                body,
+                &Body::File(range(*number)),
+                "part {number} is a range of the sealed spool file, not bytes in memory"
+            );
+        }
+        let part_2: Vec<_> = calls.iter().filter(|(n, _)| *n == 2).collect();
+        assert_eq!(part_2.len(), 2, "part 2 sent again after the reset");
+    }
+    rig.store.clear();
+    rig.wait_state("s.bin", FileState::Delivered).await;
+    assert!(rig.object("s.bin").await == bytes);
+    assert_eq!(rig.server.stats().upload_bytes(), bytes.len() as u64);
+    rig.no_open_uploads().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_is_put_from_the_spool_file() {
+    let rig = Rig::new(2).await;
+    let bodies: Arc<Mutex<Vec<Body>>> = Arc::default();
+    let seen = bodies.clone();
+    rig.store.add_rule(move |c| {
+        if c.op == Op::PutObject {
+            seen.lock().unwrap().extend(c.body.cloned());
+        }
+        None
+    });
+    let bytes = content(300_001, 7);
+    rig.put("small.bin", &bytes).await;
+    rig.put("empty.bin", &[]).await;
+    rig.wait_state("small.bin", FileState::Delivered).await;
+    rig.wait_state("empty.bin", FileState::Delivered).await;
+    assert!(rig.object("small.bin").await == bytes);
+    assert!(rig.object("empty.bin").await.is_empty());
+    let bodies = bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 2);
+    let mut lens: Vec<u64> = bodies
+        .iter()
+        .map(|b| match b {
+            Body::File(r) => {
+                assert_eq!(r.offset, 0);
+                r.len
+            }
+            Body::Bytes(_) => panic!("a PUT body in memory: {b:?}"),
+        })
+        .collect();
+    lens.sort_unstable();
+    assert_eq!(lens, [0, 300_001]);
 }

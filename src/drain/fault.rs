@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::store::{
     Body, CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
+    UploadedPart,
 };
 
 /// The operations of [`ObjectStore`].
@@ -282,7 +283,7 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         upload_id: &str,
         part_number: u32,
         body: Body,
-    ) -> Result<String, S3Error> {
+    ) -> Result<UploadedPart, S3Error> {
         let sent = body.clone();
         self.run(
             Op::UploadPart,

@@ -72,6 +72,15 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
+/// What UploadPart returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub etag: String,
+    /// CRC32C of the bytes the store read from the body and sent: summed while streaming a
+    /// file range, so that the drain need not read the part a second time for it.
+    pub crc32c: u32,
+}
+
 /// An open multipart upload as ListMultipartUploads reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenUpload {
@@ -143,14 +152,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         metadata: &ObjectMetadata,
     ) -> impl Future<Output = Result<String, S3Error>> + Send;
 
-    /// Returns the part's ETag.
+    /// Returns the part's ETag and the CRC32C of the body as the store read it.
     fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: u32,
         body: Body,
-    ) -> impl Future<Output = Result<String, S3Error>> + Send;
+    ) -> impl Future<Output = Result<UploadedPart, S3Error>> + Send;
 
     fn complete_multipart_upload(
         &self,

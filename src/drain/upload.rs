@@ -12,15 +12,14 @@
 //! At most `concurrency` parts (or small-file PUTs) are in flight at once, so at most
 //! `concurrency × part_size` bytes can be sent again after a crash. No part is ever held in
 //! memory whole: bodies are ranges of the sealed spool file that the store streams through a
-//! small buffer (and opens again for every attempt), and the local passes over spool data (the
-//! CRC32C of each part, the SHA-256 of a file written out of order) read through bounded
-//! buffers too. Memory therefore depends on `concurrency` alone, not on part or file sizes or
-//! on how many files wait.
+//! few small buffers (and reads again from the file for every attempt), summing each part's
+//! CRC32C on the way; the one other pass over spool data, the SHA-256 of a file written out of
+//! order, reads through a bounded buffer too. Memory therefore depends on `concurrency` alone,
+//! not on part or file sizes or on how many files wait.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,10 +54,6 @@ pub struct DrainConfig {
 /// Default [`DrainConfig::settle`].
 pub const SETTLE_DEFAULT: Duration = Duration::from_secs(1);
 
-/// Read buffer of the CRC32C pass over one part. Small enough that each chunk is still in the
-/// CPU cache when the CRC reads it, and that `concurrency` passes at once stay small; the extra
-/// `pread` calls cost little next to the copy.
-const PART_CRC_BUFFER_BYTES: usize = 64 * 1024;
 /// Read buffer of the SHA-256 pass over a whole file (only for files written out of order).
 const FILE_HASH_BUFFER_BYTES: usize = 1024 * 1024;
 /// Whole-file SHA-256 passes at once. They are CPU-bound, so more than the box has cores only
@@ -448,31 +443,6 @@ impl<S: ObjectStore> Ctx<S> {
         })
     }
 
-    /// CRC32C of a range of the sealed file `id`, read through one small buffer. The upload
-    /// reads the same range again (from the page cache, where the spool just wrote it): two
-    /// cheap reads instead of one whole part in memory.
-    async fn range_crc32c(&self, id: FileId, offset: u64, len: u64) -> Result<u32, Stop> {
-        let path = self.spool.sealed_path(id);
-        let summed = tokio::task::spawn_blocking(move || -> std::io::Result<u32> {
-            let f = File::open(path)?;
-            let mut buf = vec![0u8; PART_CRC_BUFFER_BYTES.min(len as usize)];
-            let (mut crc, mut done) = (0u32, 0u64);
-            while done < len {
-                let n = buf.len().min((len - done) as usize);
-                f.read_exact_at(&mut buf[..n], offset + done)?;
-                crc = crc32c::crc32c_append(crc, &buf[..n]);
-                done += n as u64;
-            }
-            Ok(crc)
-        })
-        .await;
-        match summed {
-            Ok(Ok(crc)) => Ok(crc),
-            Ok(Err(e)) => Err(self.local_error(id, "reading the spool file", &e)),
-            Err(_) => Err(Stop::Cancelled),
-        }
-    }
-
     /// A local read failed. If the file was freed meanwhile (removed, superseded) there is
     /// nothing to send; otherwise the spool copy is broken, and the file is marked failed
     /// instead of being retried in a loop.
@@ -655,11 +625,8 @@ impl<S: ObjectStore> Ctx<S> {
         offset: u64,
         len: u64,
     ) -> Result<(), Stop> {
-        // Before the upload, so that a broken spool copy fails the file before any byte is
-        // sent, as a failed read did when parts were read into memory.
-        let crc32c = self.range_crc32c(id, offset, len).await?;
         let body = self.spool_range(id, offset, len);
-        let etag = self
+        let uploaded = self
             .retry(id, key, || {
                 self.store.upload_part(key, upload_id, number, body.clone())
             })
@@ -667,8 +634,8 @@ impl<S: ObjectStore> Ctx<S> {
         let record = Record::PartDone {
             id,
             number,
-            etag,
-            crc32c,
+            etag: uploaded.etag,
+            crc32c: uploaded.crc32c,
         };
         self.spool
             .commit(vec![record], true, |c| {
