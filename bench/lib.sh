@@ -4,6 +4,7 @@
 # `track_pid` and ended by the EXIT trap, which also removes the scratch directory.
 
 set -euo pipefail
+shopt -s inherit_errexit
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
@@ -265,6 +266,8 @@ ensure_rclone() {
 # rclone_env ENDPOINT ACCESS SECRET: remote "bs3:" without a config file.
 rclone_env() {
     export RCLONE_CONFIG=/dev/null
+    # rclone 1.60 refuses to start with AWS_CA_BUNDLE set; the endpoint is plain http anyway.
+    unset AWS_CA_BUNDLE
     export RCLONE_CONFIG_BS3_TYPE=s3 RCLONE_CONFIG_BS3_PROVIDER=Other
     export RCLONE_CONFIG_BS3_ENDPOINT="$1" RCLONE_CONFIG_BS3_REGION=us-east-1
     export RCLONE_CONFIG_BS3_ACCESS_KEY_ID="$2" RCLONE_CONFIG_BS3_SECRET_ACCESS_KEY="$3"
