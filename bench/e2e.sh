@@ -65,6 +65,7 @@ e2e_sftpgw() {
     echo "put $WORK/src.bin /e2e-$1.bin" >"$WORK/batch"
     t0=$(now)
     sftp_batch "$DEMO_PORT" demo "$WORK/demo/client_ed25519" "$WORK/batch"
+    log "e2e sftpgw run $1: put done after $(elapsed "$t0")s"
     wait_object "$OBJECTS/site-a/demo/e2e-$1.bin" "$t0"
     while :; do
         state="$(file_state "$cfg" "/e2e-$1.bin")"
@@ -80,6 +81,7 @@ e2e_openssh_aws() {
     echo "put $WORK/src.bin $dst" >"$WORK/batch"
     t0=$(now)
     sftp_batch "$SSHD_PORT" root "$KEY" "$WORK/batch"
+    log "e2e openssh_aws run $1: put done after $(elapsed "$t0")s"
     "$AWS" s3 cp --endpoint-url "$AWS_ENDPOINT" --only-show-errors --no-progress \
         "$dst" "s3://uploads/aws/e2e-$1.bin" >/dev/null
     elapsed "$t0"
@@ -91,6 +93,7 @@ e2e_openssh_rclone() {
     echo "put $WORK/src.bin $dst" >"$WORK/batch"
     t0=$(now)
     sftp_batch "$SSHD_PORT" root "$KEY" "$WORK/batch"
+    log "e2e openssh_rclone run $1: put done after $(elapsed "$t0")s"
     rclone copyto --s3-chunk-size 16M --s3-upload-concurrency 4 \
         "$dst" "bs3:uploads/rclone/e2e-$1.bin" >/dev/null 2>"$WORK/rclone.err" ||
         die "rclone copyto: $(tail -3 "$WORK/rclone.err")"
@@ -103,6 +106,7 @@ e2e_rclone_serve() {
     echo "put $WORK/src.bin /e2e-$1.bin" >"$WORK/batch"
     t0=$(now)
     sftp_batch "$RSERVE_PORT" bench "$KEY" "$WORK/batch"
+    log "e2e rclone_serve run $1: put done after $(elapsed "$t0")s"
     wait_object "$OBJECTS/rserve/e2e-$1.bin" "$t0"
     elapsed "$t0"
 }
