@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# End to end: from the start of a 1 GiB `sftp put` (aes128-gcm) until the object is in the
+# local S3-compatible server (the embedded s3s-fs server of `sftpgw demo`, on 127.0.0.1).
+#
+#   sftpgw            `sftpgw demo`: put, then its drain; done when `sftpgw status` says
+#                     "delivered" (after its HEAD check)
+#   OpenSSH + aws     put to sshd/internal-sftp, then `aws s3 cp` (8 MiB parts, 10 in flight)
+#   OpenSSH + rclone  put to sshd/internal-sftp, then `rclone copyto` (16 MiB parts, 4)
+#   rclone serve sftp an S3 remote, --vfs-cache-mode writes --vfs-write-back 0s (16 MiB parts,
+#                     4); done when the object file appears in the S3 server's directory
+#
+#   bench/e2e.sh               # RUNS=3 SIZE_MIB=1024 are the defaults
+source "$(dirname "$0")/lib.sh"
+
+RUNS="${RUNS:-3}"
+SIZE_MIB="${SIZE_MIB:-1024}"
+BYTES=$((SIZE_MIB * MIB))
+
+build_sftpgw
+ensure_awscli
+ensure_rclone
+machine_info
+echo "tools:   $("$AWS" --version 2>&1 | cut -d' ' -f1-2), $(rclone version | head -1), $(ssh -V 2>&1 | cut -d, -f1)"
+
+client_key "$WORK"
+KEY="$WORK/client_key"
+PUB="$(cat "$WORK/client_key.pub")"
+make_file "$WORK/src.bin" "$SIZE_MIB"
+
+DEMO_PORT="$(free_port)"
+S3_PORT="$(free_port)"
+start_demo "$WORK/demo" "$DEMO_PORT" "$S3_PORT"
+S3_EP="http://127.0.0.1:$S3_PORT"
+OBJECTS="$WORK/demo/s3/uploads"
+aws_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
+rclone_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
+
+SSHD_PORT="$(free_port)"
+start_sshd "$WORK/sshd" "$SSHD_PORT" "$PUB"
+mkdir -p "$WORK/sshd-dst"
+
+RSERVE_PORT="$(free_port)"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/rserve_host_key"
+rclone serve sftp "bs3:uploads/rserve" --addr "127.0.0.1:$RSERVE_PORT" \
+    --authorized-keys "$WORK/client_key.pub" --key "$WORK/rserve_host_key" \
+    --vfs-cache-mode writes --vfs-write-back 0s --cache-dir "$WORK/rserve-cache" \
+    --s3-chunk-size 16M --s3-upload-concurrency 4 >"$WORK/rserve.log" 2>&1 &
+RSERVE_PID=$!
+track_pid "$RSERVE_PID"
+wait_tcp "$RSERVE_PORT"
+
+settle() { sync; sleep 1; }
+
+# wait_object PATH T0: until PATH exists with the full size (s3s-fs renames it into place).
+wait_object() {
+    until [ "$(stat -c %s "$1" 2>/dev/null || echo 0)" = "$BYTES" ]; do
+        [ "$(elapsed "$2" | cut -d. -f1)" -lt 900 ] || die "no object $1 after 900 s"
+        sleep 0.05
+    done
+}
+
+# e2e_TOOL RUN: prints seconds from the start of the put until the object is in S3.
+e2e_sftpgw() {
+    local t0 state cfg="$WORK/demo/sftpgw.toml"
+    echo "put $WORK/src.bin /e2e-$1.bin" >"$WORK/batch"
+    t0=$(now)
+    sftp_batch "$DEMO_PORT" demo "$WORK/demo/client_ed25519" "$WORK/batch"
+    log "e2e sftpgw run $1: put done after $(elapsed "$t0")s"
+    wait_object "$OBJECTS/site-a/demo/e2e-$1.bin" "$t0"
+    while :; do
+        state="$(file_state "$cfg" "/e2e-$1.bin")"
+        [ "$state" = delivered ] && break
+        [ "$state" = failed ] && die "sftpgw: delivery failed"
+        sleep 0.05
+    done
+    elapsed "$t0"
+}
+
+e2e_openssh_aws() {
+    local t0 dst="$WORK/sshd-dst/aws-$1.bin"
+    echo "put $WORK/src.bin $dst" >"$WORK/batch"
+    t0=$(now)
+    sftp_batch "$SSHD_PORT" root "$KEY" "$WORK/batch"
+    log "e2e openssh_aws run $1: put done after $(elapsed "$t0")s"
+    "$AWS" s3 cp --endpoint-url "$AWS_ENDPOINT" --only-show-errors --no-progress \
+        "$dst" "s3://uploads/aws/e2e-$1.bin" >/dev/null
+    elapsed "$t0"
+    rm -f "$dst"
+}
+
+e2e_openssh_rclone() {
+    local t0 dst="$WORK/sshd-dst/rclone-$1.bin"
+    echo "put $WORK/src.bin $dst" >"$WORK/batch"
+    t0=$(now)
+    sftp_batch "$SSHD_PORT" root "$KEY" "$WORK/batch"
+    log "e2e openssh_rclone run $1: put done after $(elapsed "$t0")s"
+    rclone copyto --s3-chunk-size 16M --s3-upload-concurrency 4 \
+        "$dst" "bs3:uploads/rclone/e2e-$1.bin" >/dev/null 2>"$WORK/rclone.err" ||
+        die "rclone copyto: $(tail -3 "$WORK/rclone.err")"
+    elapsed "$t0"
+    rm -f "$dst"
+}
+
+e2e_rclone_serve() {
+    local t0
+    echo "put $WORK/src.bin /e2e-$1.bin" >"$WORK/batch"
+    t0=$(now)
+    sftp_batch "$RSERVE_PORT" bench "$KEY" "$WORK/batch"
+    log "e2e rclone_serve run $1: put done after $(elapsed "$t0")s"
+    wait_object "$OBJECTS/rserve/e2e-$1.bin" "$t0"
+    elapsed "$t0"
+}
+
+declare -A T
+TOOLS=(sftpgw openssh_aws openssh_rclone rclone_serve)
+for run in $(seq "$RUNS"); do
+    for tool in "${TOOLS[@]}"; do
+        settle
+        l="$(loadavg)"
+        t="$("e2e_$tool" "$run")"
+        T[$tool]="${T[$tool]:-} $t"
+        log "e2e $tool run $run: ${t}s, load before $l"
+    done
+done
+cmp -s "$OBJECTS/site-a/demo/e2e-1.bin" "$WORK/src.bin" || die "sftpgw: the object differs"
+cmp -s "$OBJECTS/rserve/e2e-1.bin" "$WORK/src.bin" || die "rclone serve: the object differs"
+
+echo
+echo "end to end: 1 x ${SIZE_MIB} MiB, put start -> object in the embedded s3s-fs server, ${RUNS} runs alternating"
+echo "load at end: $(loadavg)"
+printf '%-40s %-26s %8s %7s\n' path "runs (s)" median "MiB/s"
+for tool in "${TOOLS[@]}"; do
+    case "$tool" in
+        sftpgw) label="sftpgw demo (put + drain)" ;;
+        openssh_aws) label="OpenSSH put + aws s3 cp" ;;
+        openssh_rclone) label="OpenSSH put + rclone copyto" ;;
+        rclone_serve) label="rclone serve sftp (VFS writes, 0s)" ;;
+    esac
+    m="$(median ${T[$tool]})"
+    printf '%-40s %-26s %8s %7s\n' "$label" "${T[$tool]# }" "$m" "$(mibps "$BYTES" "$m")"
+done
+echo
+best=""
+for tool in openssh_aws openssh_rclone rclone_serve; do
+    m="$(median ${T[$tool]})"
+    if [ -z "$best" ] || awk -v a="$m" -v b="$best" 'BEGIN { exit !(a < b) }'; then best="$m"; fi
+done
+echo "speed ratio sftpgw / fastest anchor (anchor median / sftpgw median): $(div "$best" "$(median ${T[sftpgw]})")"
