@@ -97,6 +97,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         part_size,
         concurrency,
         checksums: ChecksumMode::WhenRequired,
+        early_drain: false,
     };
     let spool = Spool::open(SpoolOptions {
         dir: tmp.path().join("spool"),
@@ -135,6 +136,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             settle: Duration::ZERO,
+            early: false,
         },
     );
     let task = tokio::spawn(drain.run());

@@ -109,6 +109,8 @@ pub struct S3Config {
     pub part_size: u64,
     pub concurrency: usize,
     pub checksums: ChecksumMode,
+    /// Upload parts of a file that arrives in order while it is still arriving.
+    pub early_drain: bool,
 }
 
 impl fmt::Debug for S3Config {
@@ -125,6 +127,7 @@ impl fmt::Debug for S3Config {
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
             .field("checksums", &self.checksums)
+            .field("early_drain", &self.early_drain)
             .finish()
     }
 }
@@ -376,6 +379,7 @@ struct RawS3 {
     part_size: Option<PartSize>,
     concurrency: Option<Concurrency>,
     checksums: Option<ChecksumMode>,
+    early_drain: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -513,6 +517,7 @@ fn validate_s3(raw: Spanned<RawS3>, source: &Source<'_>) -> Result<S3Config, Con
         part_size: raw.part_size.map_or(PART_SIZE_BYTES_DEFAULT, |p| p.0),
         concurrency: raw.concurrency.map_or(CONCURRENCY_DEFAULT, |c| c.0),
         checksums: raw.checksums.unwrap_or(ChecksumMode::WhenRequired),
+        early_drain: raw.early_drain.unwrap_or(true),
     })
 }
 

@@ -46,6 +46,7 @@ pub async fn run(
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             settle: crate::drain::upload::SETTLE_DEFAULT,
+            early: config.s3.early_drain,
         },
     );
     let drain_task = tokio::spawn(drain.clone().run());

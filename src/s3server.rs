@@ -195,6 +195,7 @@ pub fn test_s3_config(server: &S3Server) -> S3Config {
         part_size: PART_SIZE_BYTES_MIN,
         concurrency: 4,
         checksums: ChecksumMode::WhenRequired,
+        early_drain: true,
     }
 }
 

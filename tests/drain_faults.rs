@@ -11,7 +11,7 @@ use sftpgw::drain::fault::{Fault, FaultStore, Op};
 use sftpgw::drain::store::{Body, FileRange, ObjectStore};
 use sftpgw::drain::upload::{Drain, DrainConfig};
 use sftpgw::s3server::{S3Server, S3ServerConfig, test_s3_config};
-use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
+use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath, WriteHandle};
 
 const PART: u64 = 5 << 20;
 
@@ -31,6 +31,7 @@ fn drain_config(concurrency: usize) -> DrainConfig {
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(50),
         settle: Duration::ZERO,
+        early: true,
     }
 }
 
@@ -42,6 +43,10 @@ fn content(len: usize, seed: u8) -> Vec<u8> {
 
 impl Rig {
     async fn new(concurrency: usize) -> Rig {
+        Self::with_ttl(concurrency, Duration::from_secs(3600)).await
+    }
+
+    async fn with_ttl(concurrency: usize, partial_ttl: Duration) -> Rig {
         let tmp = tempfile::tempdir().expect("tmp");
         let server = S3Server::start(S3ServerConfig::loopback(tmp.path().join("s3")))
             .await
@@ -49,7 +54,7 @@ impl Rig {
         let store = Arc::new(FaultStore::new(
             AwsStore::new(&test_s3_config(&server)).expect("store"),
         ));
-        let spool = open_spool(tmp.path());
+        let spool = open_spool_ttl(tmp.path(), partial_ttl);
         let mut rig = Rig {
             tmp,
             server,
@@ -138,6 +143,62 @@ impl Rig {
             .to_vec()
     }
 
+    /// Opens `name` for writing: a new version (`truncate`) or a resume of a partial one.
+    async fn open(&self, name: &str, truncate: bool) -> WriteHandle {
+        self.spool
+            .open_write(
+                "u",
+                &VPath::resolve(name).expect("path"),
+                OpenMode {
+                    truncate,
+                    exclusive: false,
+                },
+            )
+            .await
+            .expect("open")
+    }
+
+    /// Appends `bytes[from..to]` in 1 MiB writes, as an SFTP client would.
+    async fn append(&self, h: &WriteHandle, bytes: &[u8], from: usize, to: usize) {
+        for at in (from..to).step_by(1 << 20) {
+            let end = (at + (1 << 20)).min(to);
+            h.write_at(at as u64, Bytes::copy_from_slice(&bytes[at..end]))
+                .await
+                .expect("write");
+        }
+    }
+
+    /// Waits until the store has been sent `n` parts.
+    async fn wait_parts_sent(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.store.calls(Op::UploadPart) < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} parts sent, waiting for {n}: {:?}",
+                self.store.calls(Op::UploadPart),
+                self.spool.files()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn head(&self, name: &str) -> Option<sftpgw::drain::store::ObjectHead> {
+        self.store
+            .inner()
+            .head_object(&format!("p/u/{name}"))
+            .await
+            .expect("head")
+    }
+
+    async fn open_uploads(&self) -> usize {
+        self.store
+            .inner()
+            .list_multipart_uploads("")
+            .await
+            .expect("list")
+            .len()
+    }
+
     async fn no_open_uploads(&self) {
         let open = self
             .store
@@ -150,9 +211,13 @@ impl Rig {
 }
 
 fn open_spool(dir: &std::path::Path) -> Arc<Spool> {
+    open_spool_ttl(dir, Duration::from_secs(3600))
+}
+
+fn open_spool_ttl(dir: &std::path::Path, partial_ttl: Duration) -> Arc<Spool> {
     Spool::open(SpoolOptions {
         dir: dir.join("spool"),
-        partial_ttl: Duration::from_secs(3600),
+        partial_ttl,
         reserve_bytes: 0,
     })
     .expect("spool")
@@ -399,6 +464,7 @@ async fn parts_stream_from_the_spool_file_and_a_part_retried_after_a_reset_is_re
             path: sealed.clone(),
             offset,
             len: PART.min(bytes.len() as u64 - offset),
+            open: None,
         }
     };
     for (number, receipt) in &file.upload.as_ref().expect("upload").parts {
@@ -458,4 +524,142 @@ async fn a_small_file_is_put_from_the_spool_file() {
         .collect();
     lens.sort_unstable();
     assert_eq!(lens, [0, 300_001]);
+}
+
+// Early drain: parts of a file still arriving in order go out before CLOSE.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_of_a_file_still_arriving_are_sent_before_close_and_completed_after_it() {
+    let rig = Rig::new(2).await;
+    let bytes = content((3 * PART + (2 << 20)) as usize, 11);
+    let h = rig.open("e.bin", true).await;
+    rig.append(&h, &bytes, 0, (3 * PART) as usize).await;
+    rig.wait_parts_sent(3).await;
+    assert_eq!(rig.state("e.bin"), Some(FileState::Receiving));
+    assert_eq!(rig.head("e.bin").await, None, "no object before CLOSE");
+    rig.append(&h, &bytes, (3 * PART) as usize, bytes.len())
+        .await;
+    h.close().await.expect("close");
+    rig.wait_state("e.bin", FileState::Delivered).await;
+    assert!(rig.object("e.bin").await == bytes);
+    assert_eq!(
+        rig.store.calls(Op::UploadPart),
+        4,
+        "three parts before CLOSE, the last one after; none twice"
+    );
+    assert_eq!(rig.store.calls(Op::CreateMultipartUpload), 1);
+    let head = rig.head("e.bin").await.expect("object");
+    assert!(head.metadata.contains_key("sftpgw-token"), "{head:?}");
+    assert!(
+        !head.metadata.contains_key("sha256"),
+        "the SHA-256 is not known when an early upload starts: {head:?}"
+    );
+    rig.no_open_uploads().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_written_again_after_its_part_was_sent_is_sent_again() {
+    let rig = Rig::new(2).await;
+    let mut bytes = content((3 * PART + 1000) as usize, 12);
+    let h = rig.open("r.bin", true).await;
+    rig.append(&h, &bytes, 0, (3 * PART) as usize).await;
+    rig.wait_parts_sent(3).await;
+    // Rewrite a range inside part 2, then finish the file.
+    let at = (PART + 4096) as usize;
+    for b in &mut bytes[at..at + 5000] {
+        *b = b.wrapping_add(1);
+    }
+    h.write_at(at as u64, Bytes::copy_from_slice(&bytes[at..at + 5000]))
+        .await
+        .expect("rewrite");
+    rig.append(&h, &bytes, (3 * PART) as usize, bytes.len())
+        .await;
+    h.close().await.expect("close");
+    rig.wait_state("r.bin", FileState::Delivered).await;
+    assert!(
+        rig.object("r.bin").await == bytes,
+        "the object holds the rewrite"
+    );
+    assert_eq!(
+        rig.store.calls(Op::UploadPart),
+        5,
+        "three early parts, part 2 again, and the last part"
+    );
+    rig.no_open_uploads().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_left_partial_keeps_its_early_upload_open_and_a_resume_completes_it() {
+    let rig = Rig::new(2).await;
+    let bytes = content((2 * PART + 3000) as usize, 13);
+    let h = rig.open("p.bin", true).await;
+    rig.append(&h, &bytes, 0, (2 * PART) as usize).await;
+    rig.wait_parts_sent(2).await;
+    drop(h); // the session ends without CLOSE
+    rig.wait_state("p.bin", FileState::Partial).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rig.head("p.bin").await,
+        None,
+        "a partial file never becomes an object"
+    );
+    assert_eq!(
+        rig.open_uploads().await,
+        1,
+        "its upload stays open for the resume"
+    );
+    let h = rig.open("p.bin", false).await;
+    assert_eq!(h.size(), 2 * PART);
+    rig.append(&h, &bytes, (2 * PART) as usize, bytes.len())
+        .await;
+    h.close().await.expect("close");
+    rig.wait_state("p.bin", FileState::Delivered).await;
+    assert!(rig.object("p.bin").await == bytes);
+    assert_eq!(
+        rig.store.calls(Op::CreateMultipartUpload),
+        1,
+        "the upload resumed"
+    );
+    assert_eq!(
+        rig.store.calls(Op::UploadPart),
+        3,
+        "the early parts were kept"
+    );
+    rig.no_open_uploads().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_partial_file_aborts_its_early_upload() {
+    let rig = Rig::with_ttl(2, Duration::from_millis(100)).await;
+    let bytes = content((PART + 10) as usize, 14);
+    let h = rig.open("x.bin", true).await;
+    rig.append(&h, &bytes, 0, bytes.len()).await;
+    rig.wait_parts_sent(1).await;
+    drop(h);
+    rig.wait_state("x.bin", FileState::Partial).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rig.spool.expire_partials().await, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rig.open_uploads().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the early upload was never aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rig.head("x.bin").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_names_are_not_drained_early() {
+    let rig = Rig::new(2).await;
+    let bytes = content((2 * PART + 10) as usize, 15);
+    let h = rig.open("t.bin.filepart", true).await;
+    rig.append(&h, &bytes, 0, bytes.len()).await;
+    // Longer than the drain loop's longest sleep (1 s) and its early polling.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rig.store.calls(Op::CreateMultipartUpload), 0);
+    assert_eq!(rig.store.calls(Op::UploadPart), 0);
+    h.close().await.expect("close");
+    rig.wait_state("t.bin.filepart", FileState::Delivered).await;
 }

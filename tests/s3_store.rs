@@ -969,6 +969,7 @@ fn range(path: &std::path::Path, offset: usize, len: usize) -> Body {
         path: path.to_owned(),
         offset: offset as u64,
         len: len as u64,
+        open: None,
     })
 }
 

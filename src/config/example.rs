@@ -52,6 +52,12 @@ concurrency = 4
 # "when_required" (default): checksum headers only where S3 requires them, which every
 # S3-compatible store accepts. "always": the SDK's default CRC checksums on every request.
 checksums = "when_required"
+# Upload the parts of a file that arrives in order while it is still arriving, so that the
+# object is complete soon after CLOSE (default true). Such objects carry no x-amz-meta-sha256
+# (unknown when their upload starts); their parts are checked against the sealed spool file
+# before Complete. Set false to have every object carry its SHA-256. Names ending .filepart,
+# .part, .partial or .tmp (temporary names renamed after CLOSE) never drain early.
+early_drain = true
 
 [shaping]
 # Upload bandwidth: "unlimited" or a rate like "10MiB/s", optionally varying by schedule.

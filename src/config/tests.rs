@@ -92,6 +92,7 @@ fn example_parses_with_the_values_it_documents() {
     assert_eq!(config.s3.part_size, 16 << 20);
     assert_eq!(config.s3.concurrency, 4);
     assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
+    assert!(config.s3.early_drain);
     assert_eq!(config.spool.engine, EngineChoice::Auto);
     assert_eq!(config.control.socket, Path::new("/data/spool/control.sock"));
     assert_eq!(config.users.len(), 1);
@@ -149,6 +150,7 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.s3.part_size, PART_SIZE_BYTES_DEFAULT);
     assert_eq!(config.s3.concurrency, 4);
     assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
+    assert!(config.s3.early_drain);
     assert_eq!(config.control.socket, Path::new("/data/spool/control.sock"));
     assert_eq!(config.users[0].authorized_keys, vec![KEY.to_owned()]);
     assert_eq!(config.users[0].password_hash, None);
@@ -690,4 +692,21 @@ fn spool_engine_defaults_to_auto_and_can_be_forced_either_way() {
         );
         assert_eq!(parse(&text).expect(value).spool.engine, choice);
     }
+}
+
+#[test]
+fn early_drain_can_be_turned_off_and_must_be_a_boolean() {
+    let text = replace(
+        &base(),
+        "bucket = \"uploads\"",
+        "bucket = \"uploads\"\nearly_drain = false",
+    );
+    assert!(!parse(&text).expect("parses").s3.early_drain);
+    let text = replace(
+        &base(),
+        "bucket = \"uploads\"",
+        "bucket = \"uploads\"\nearly_drain = \"no\"",
+    );
+    let line = line_of(&text, "early_drain");
+    assert_invalid(&text, line, "s3.early_drain", "");
 }

@@ -553,6 +553,7 @@ mod tests {
             part_size: crate::limits::PART_SIZE_BYTES_MIN,
             concurrency: 1,
             checksums: ChecksumMode::WhenRequired,
+            early_drain: true,
         };
         let err = AwsStore::new(&cfg).unwrap_err();
         assert_eq!(err.kind, S3ErrorKind::Permanent);

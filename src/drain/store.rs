@@ -6,8 +6,10 @@
 //! matches strings.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -100,14 +102,32 @@ pub enum Body {
     File(FileRange),
 }
 
-/// `len` bytes of the file at `path`, from `offset`. The file must not change while a request
-/// that names it may still be sent: sealed spool files never do.
+/// `len` bytes of the file at `path`, from `offset`. The range must not change while a request
+/// that names it may still be sent: sealed spool files never do, and the early drain only
+/// sends ranges below a receiving file's append frontier (and checks them again at the seal).
+///
+/// `open`, when set, is read instead of opening `path`: a receiving file is renamed when it is
+/// sealed, and a part being sent must not lose its file then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRange {
     pub path: PathBuf,
     pub offset: u64,
     pub len: u64,
+    pub open: Option<OpenFile>,
 }
+
+/// A file already open, shared by the attempts of one request. Equal when it is the same open
+/// file.
+#[derive(Debug, Clone)]
+pub struct OpenFile(pub Arc<File>);
+
+impl PartialEq for OpenFile {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for OpenFile {}
 
 impl Body {
     /// Length in bytes, as sent in Content-Length.

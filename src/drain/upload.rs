@@ -7,7 +7,12 @@
 //! - `NoSuchUpload` on a part voids the upload and the object starts again;
 //! - a Complete answered `NoSuchUpload` (its earlier response lost) is settled by HEAD with our
 //!   upload token;
-//! - a file counts as delivered only after HEAD shows its size and SHA-256.
+//! - a file counts as delivered only after HEAD shows its size and SHA-256 (or, for an early
+//!   upload, its size and our upload token);
+//! - early drain: a file still arriving in order has its full parts uploaded as its writer's
+//!   append frontier passes them; the object is completed only after the seal, once every early
+//!   part is known to hold the sealed bytes (the file was only ever appended to, or each part's
+//!   CRC32C matches the sealed file again); a part that does not is sent again.
 //!
 //! At most `concurrency` parts (or small-file PUTs) are in flight at once, so at most
 //! `concurrency × part_size` bytes can be sent again after a crash. No part is ever held in
@@ -20,6 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,10 +36,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::store::{
-    Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, S3Error,
-    S3ErrorKind,
+    Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, OpenFile,
+    S3Error, S3ErrorKind,
 };
-use crate::spool::catalog::{FileRecord, Record};
+use crate::spool::catalog::{FileRecord, Record, UploadProgress};
 use crate::spool::{FileId, FileState, FsError, FsErrorKind, Spool};
 
 /// How the drain behaves.
@@ -49,6 +55,8 @@ pub struct DrainConfig {
     pub backoff_max: Duration,
     /// How long a freshly sealed file waits before its upload starts.
     pub settle: Duration,
+    /// Upload parts of files still arriving in order (early drain).
+    pub early: bool,
 }
 
 /// Default [`DrainConfig::settle`].
@@ -60,12 +68,32 @@ const FILE_HASH_BUFFER_BYTES: usize = 1024 * 1024;
 /// adds buffers; the bound also keeps their memory independent of `concurrency`.
 const FILE_HASH_PASSES_COUNT_MAX: usize = 2;
 
+/// Names that clients upload to and rename right after CLOSE (WinSCP's `.filepart`, rclone's
+/// `.partial`, ...). They never drain early: the rename would void the upload and every part
+/// would be sent again.
+const TEMPORARY_NAME_SUFFIXES: &[&str] = &[".filepart", ".part", ".partial", ".tmp"];
+/// How often an early upload looks whether its file's writer has passed another part.
+/// At 300 MiB/s a 16 MiB part takes 53 ms to arrive.
+const EARLY_POLL: Duration = Duration::from_millis(20);
+
 /// The drain loop's bookkeeping.
 #[derive(Default)]
 struct Queue {
     active: HashSet<FileId>,
     active_keys: HashSet<String>,
     first_seen: HashMap<FileId, Instant>,
+    /// Files whose delivery task started as an early upload (also in `active`).
+    early: HashSet<FileId>,
+    /// Files whose early upload met a permanent error: they wait for their seal.
+    early_refused: HashSet<FileId>,
+}
+
+/// What a delivery task reports when it ends.
+struct Ended {
+    id: FileId,
+    key: String,
+    /// The early upload stopped at a permanent error; do not start it again before the seal.
+    early_refused: bool,
 }
 
 impl DrainConfig {
@@ -160,7 +188,7 @@ impl<S: ObjectStore> Drain<S> {
     /// Runs until the task is aborted. Every upload runs in a task owned by this one, so
     /// aborting it stops them all (every step is crash-safe, so that is a clean stop).
     pub async fn run(self: Arc<Self>) {
-        let mut tasks: JoinSet<Option<(FileId, String)>> = JoinSet::new();
+        let mut tasks: JoinSet<Option<Ended>> = JoinSet::new();
         let ctx = self.ctx.clone();
         tasks.spawn(async move {
             ctx.abort_unknown_uploads().await;
@@ -190,10 +218,14 @@ impl<S: ObjectStore> Drain<S> {
             tokio::select! {
                 () = self.ctx.spool.work().notified() => {}
                 Some(done) = tasks.join_next() => {
-                    if let Ok(Some((id, key))) = done {
+                    if let Ok(Some(Ended { id, key, early_refused })) = done {
                         queue.active.remove(&id);
                         queue.active_keys.remove(&key);
                         queue.first_seen.remove(&id);
+                        queue.early.remove(&id);
+                        if early_refused {
+                            queue.early_refused.insert(id);
+                        }
                         lock(&self.ctx.stats.retrying).remove(&id);
                     }
                 }
@@ -204,11 +236,7 @@ impl<S: ObjectStore> Drain<S> {
 
     /// Starts uploads for pending files, within the limits; returns how long until a file
     /// still settling becomes eligible (at most a second).
-    fn start_pending(
-        &self,
-        tasks: &mut JoinSet<Option<(FileId, String)>>,
-        queue: &mut Queue,
-    ) -> Duration {
+    fn start_pending(&self, tasks: &mut JoinSet<Option<Ended>>, queue: &mut Queue) -> Duration {
         let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
         let now = Instant::now();
         let mut wake = Duration::from_secs(1);
@@ -219,7 +247,7 @@ impl<S: ObjectStore> Drain<S> {
         let pending_ids: HashSet<FileId> = pending.iter().map(|f| f.id).collect();
         queue.first_seen.retain(|id, _| pending_ids.contains(id));
         for f in pending {
-            if queue.active.len() >= files_active_max {
+            if queue.active.len() - queue.early.len() >= files_active_max {
                 break;
             }
             // A file just sealed waits a moment: clients that upload to a temporary name
@@ -243,10 +271,58 @@ impl<S: ObjectStore> Drain<S> {
             tasks.spawn(async move {
                 let id = f.id;
                 ctx.deliver(f, &key).await;
-                Some((id, key))
+                Some(Ended {
+                    id,
+                    key,
+                    early_refused: false,
+                })
             });
         }
+        if self.ctx.cfg.early {
+            self.start_early(tasks, queue);
+        }
         wake
+    }
+
+    /// Starts early uploads of files still arriving whose first part is written.
+    fn start_early(&self, tasks: &mut JoinSet<Option<Ended>>, queue: &mut Queue) {
+        let early_max = self.ctx.cfg.concurrency.max(1);
+        let receiving = self.ctx.spool.files_in(&[FileState::Receiving]);
+        queue
+            .early_refused
+            .retain(|id| receiving.iter().any(|f| f.id == *id));
+        for f in receiving {
+            if queue.early.len() >= early_max {
+                break;
+            }
+            if queue.active.contains(&f.id)
+                || queue.early_refused.contains(&f.id)
+                || is_temporary_name(f.path.as_str())
+            {
+                continue;
+            }
+            let frontier = self.ctx.spool.live_frontier(f.id).unwrap_or(0);
+            if frontier < self.ctx.cfg.part_size {
+                continue;
+            }
+            let key = self.ctx.cfg.object_key(&f.user, &f.path);
+            if queue.active_keys.contains(&key) {
+                continue;
+            }
+            queue.active.insert(f.id);
+            queue.active_keys.insert(key.clone());
+            queue.early.insert(f.id);
+            let ctx = self.ctx.clone();
+            tasks.spawn(async move {
+                let id = f.id;
+                let early_refused = ctx.deliver_early(id, &key).await;
+                Some(Ended {
+                    id,
+                    key,
+                    early_refused,
+                })
+            });
+        }
     }
 }
 
@@ -348,12 +424,18 @@ impl<S: ObjectStore> Ctx<S> {
         }
     }
 
-    /// The file is still to be delivered under `key` (not removed, renamed, failed or done).
+    /// The file is still to be delivered under `key` (not removed, renamed, failed or done;
+    /// a file still arriving counts, for its early upload).
     fn check_current(&self, file: Option<&FileRecord>, key: &str) -> Result<(), FsError> {
         match file {
             Some(f)
-                if matches!(f.state, FileState::Sealed | FileState::Uploading)
-                    && self.cfg.object_key(&f.user, &f.path) == key =>
+                if matches!(
+                    f.state,
+                    FileState::Receiving
+                        | FileState::Partial
+                        | FileState::Sealed
+                        | FileState::Uploading
+                ) && self.cfg.object_key(&f.user, &f.path) == key =>
             {
                 Ok(())
             }
@@ -434,12 +516,18 @@ impl<S: ObjectStore> Ctx<S> {
         }
     }
 
-    /// `len` bytes of the sealed file `id` from `offset`, as a request body.
-    fn spool_range(&self, id: FileId, offset: u64, len: u64) -> Body {
+    /// `len` bytes of the sealed file `id` from `offset`, as a request body; or of the
+    /// receiving file open as `receiving` (early drain).
+    fn spool_range(&self, id: FileId, offset: u64, len: u64, receiving: Option<&OpenFile>) -> Body {
+        let path = match receiving {
+            Some(_) => self.spool.partial_path(id),
+            None => self.spool.sealed_path(id),
+        };
         Body::File(FileRange {
-            path: self.spool.sealed_path(id),
+            path,
             offset,
             len,
+            open: receiving.cloned(),
         })
     }
 
@@ -462,9 +550,13 @@ impl<S: ObjectStore> Ctx<S> {
         }
     }
 
-    fn metadata(sha256: &[u8; 32], token: &str) -> ObjectMetadata {
+    /// The object's metadata: our upload token, and the SHA-256 where it is known before the
+    /// upload starts (not for an early upload).
+    fn metadata(sha256: Option<&[u8; 32]>, token: &str) -> ObjectMetadata {
         let mut m = ObjectMetadata::new();
-        m.insert(META_SHA256.to_owned(), hex::encode(sha256));
+        if let Some(sha256) = sha256 {
+            m.insert(META_SHA256.to_owned(), hex::encode(sha256));
+        }
         m.insert(META_TOKEN.to_owned(), token.to_owned());
         m
     }
@@ -481,9 +573,9 @@ impl<S: ObjectStore> Ctx<S> {
     async fn deliver_single(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
         let sha = self.file_sha256(file).await?;
         let token = new_token();
-        let meta = Self::metadata(&sha, &token);
+        let meta = Self::metadata(Some(&sha), &token);
         let permit = self.part_permit().await?;
-        let body = self.spool_range(file.id, 0, file.size);
+        let body = self.spool_range(file.id, 0, file.size, None);
         self.retry(file.id, key, || {
             self.store.put_object(key, body.clone(), &meta)
         })
@@ -493,53 +585,94 @@ impl<S: ObjectStore> Ctx<S> {
             .fetch_add(file.size, Ordering::Relaxed);
         // The permit is held until `Delivered` is durable: a file whose PUT is done but not
         // yet journalled is sent again after a crash, and counts against the bound.
-        let delivered = self.verify_and_record(file, key, &sha).await;
+        let delivered = self.verify_and_record(file, key, Some(&sha), &token).await;
         drop(permit);
         delivered
     }
 
+    /// Creates a multipart upload for `file` under `key` and journals it; for a file not
+    /// sealed yet (early drain) when `sha256` is `None`.
+    async fn start_upload(
+        &self,
+        file: &FileRecord,
+        key: &str,
+        sha256: Option<&[u8; 32]>,
+    ) -> Result<UploadProgress, Stop> {
+        let id = file.id;
+        let token = new_token();
+        let meta = Self::metadata(sha256, &token);
+        let upload_id = self
+            .retry(id, key, || self.store.create_multipart_upload(key, &meta))
+            .await?;
+        lock(&self.created_uploads).insert(upload_id.clone());
+        // An early upload does not know the final size: it uses the configured part size and
+        // starts again at the seal if the file outgrew 10 000 of them.
+        let part_size = match sha256 {
+            Some(_) => part_size_for(self.cfg.part_size, file.size),
+            None => self.cfg.part_size,
+        };
+        let record = Record::UploadStarted {
+            id,
+            key: key.to_owned(),
+            upload_id: upload_id.clone(),
+            part_size,
+            token,
+        };
+        let started = self
+            .spool
+            .commit(vec![record], true, |c| {
+                self.check_current(c.file(id), key)?;
+                if c.file(id).is_some_and(|f| f.upload.is_some()) {
+                    return Err(FsError::new(FsErrorKind::Failure, "already uploading"));
+                }
+                Ok(())
+            })
+            .await;
+        if started.is_err() {
+            self.abort_upload(key, &upload_id).await;
+            return Err(Stop::Cancelled);
+        }
+        self.spool
+            .file(id)
+            .and_then(|f| f.upload)
+            .ok_or(Stop::Cancelled)
+    }
+
     async fn deliver_multipart(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
         let id = file.id;
-        let sha = self.file_sha256(file).await?;
+        let early = file.upload.as_ref().is_some_and(|u| u.early);
+        // An early upload's object has no SHA-256 metadata: no need to hash the file.
+        let sha = match early {
+            true => None,
+            false => Some(self.file_sha256(file).await?),
+        };
         let upload = match &file.upload {
             Some(u) if u.key == key => u.clone(),
             Some(_) => return Err(Stop::Restart),
-            None => {
-                let token = new_token();
-                let meta = Self::metadata(&sha, &token);
-                let upload_id = self
-                    .retry(id, key, || self.store.create_multipart_upload(key, &meta))
-                    .await?;
-                lock(&self.created_uploads).insert(upload_id.clone());
-                let record = Record::UploadStarted {
-                    id,
-                    key: key.to_owned(),
-                    upload_id: upload_id.clone(),
-                    part_size: part_size_for(self.cfg.part_size, file.size),
-                    token,
-                };
-                let started = self
-                    .spool
-                    .commit(vec![record], true, |c| {
-                        self.check_current(c.file(id), key)?;
-                        if c.file(id).is_some_and(|f| f.upload.is_some()) {
-                            return Err(FsError::new(FsErrorKind::Failure, "already uploading"));
-                        }
-                        Ok(())
-                    })
-                    .await;
-                if started.is_err() {
-                    self.abort_upload(key, &upload_id).await;
-                    return Err(Stop::Cancelled);
-                }
-                self.spool
-                    .file(id)
-                    .and_then(|f| f.upload)
-                    .ok_or(Stop::Cancelled)?
-            }
+            None => self.start_upload(file, key, sha.as_ref()).await?,
         };
         let part_size = upload.part_size;
         let parts_count = file.size.div_ceil(part_size);
+        if upload.early && (file.size < part_size || parts_count > crate::limits::PARTS_COUNT_MAX) {
+            // Truncated below one part, or grown past 10 000 of them: start again from the
+            // sealed file (a single PUT, or parts of the right size).
+            return Err(Stop::Restart);
+        }
+        let valid = if upload.early && file.sha256.is_none() {
+            // Written out of order, resumed or truncated at some point: parts sent before the
+            // seal may hold bytes written again since. Each counts only if its CRC32C still
+            // matches the sealed file.
+            self.check_early_parts(file, &upload, parts_count).await?
+        } else {
+            // A SHA-256 at the seal means every write was an append: no byte below the
+            // frontier an early part was read from was ever written again.
+            upload
+                .parts
+                .keys()
+                .filter(|n| u64::from(**n) <= parts_count)
+                .copied()
+                .collect()
+        };
         let mut tasks: JoinSet<Result<(), Stop>> = JoinSet::new();
         for number in 1..=parts_count {
             let number = u32::try_from(number).map_err(|_| {
@@ -549,7 +682,7 @@ impl<S: ObjectStore> Ctx<S> {
                     "too many parts",
                 ))
             })?;
-            if upload.parts.contains_key(&number) {
+            if valid.contains(&number) {
                 continue;
             }
             let offset = u64::from(number - 1) * part_size;
@@ -561,7 +694,7 @@ impl<S: ObjectStore> Ctx<S> {
             let (ctx, key, upload_id) = (self.clone(), key.to_owned(), upload.upload_id.clone());
             tasks.spawn(async move {
                 let r = ctx
-                    .upload_one_part(id, &key, &upload_id, number, offset, len)
+                    .upload_one_part(id, &key, &upload_id, number, offset, len, None)
                     .await;
                 drop(permit);
                 r
@@ -585,6 +718,7 @@ impl<S: ObjectStore> Ctx<S> {
             .ok_or(Stop::Cancelled)?
             .parts
             .into_iter()
+            .filter(|(number, _)| u64::from(*number) <= parts_count)
             .map(|(number, r)| CompletedPart {
                 number,
                 etag: r.etag,
@@ -613,9 +747,182 @@ impl<S: ObjectStore> Ctx<S> {
             }
             Err(e) => return Err(e),
         }
-        self.verify_and_record(file, key, &sha).await
+        self.verify_and_record(file, key, sha.as_ref(), &upload.token)
+            .await
     }
 
+    /// The parts of an early upload whose bytes the sealed file still holds: each part's
+    /// CRC32C, as journalled when it was sent, against the sealed file's range.
+    async fn check_early_parts(
+        &self,
+        file: &FileRecord,
+        upload: &UploadProgress,
+        parts_count: u64,
+    ) -> Result<HashSet<u32>, Stop> {
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| Stop::Cancelled)?;
+        let path = self.spool.sealed_path(file.id);
+        let (part_size, size) = (upload.part_size, file.size);
+        let sent: Vec<(u32, u32)> = upload
+            .parts
+            .iter()
+            .filter(|(n, _)| u64::from(**n) <= parts_count)
+            .map(|(n, r)| (*n, r.crc32c))
+            .collect();
+        let checked = tokio::task::spawn_blocking(move || -> std::io::Result<HashSet<u32>> {
+            let f = File::open(path)?;
+            let mut buf = vec![0u8; FILE_HASH_BUFFER_BYTES];
+            let mut valid = HashSet::new();
+            for (number, crc_sent) in sent {
+                let start = u64::from(number - 1) * part_size;
+                let end = (start + part_size).min(size);
+                let (mut at, mut crc) = (start, 0u32);
+                while at < end {
+                    let n = (end - at).min(buf.len() as u64) as usize;
+                    f.read_exact_at(&mut buf[..n], at)?;
+                    crc = crc32c::crc32c_append(crc, &buf[..n]);
+                    at += n as u64;
+                }
+                if crc == crc_sent {
+                    valid.insert(number);
+                } else {
+                    tracing::info!(
+                        number,
+                        "an early part no longer matches the sealed file; sending it again"
+                    );
+                }
+            }
+            Ok(valid)
+        })
+        .await;
+        match checked {
+            Ok(Ok(valid)) => Ok(valid),
+            Ok(Err(e)) => Err(self.local_error(file.id, "checking early parts", &e)),
+            Err(_) => Err(Stop::Cancelled),
+        }
+    }
+
+    /// Uploads the full parts of a file still arriving as its writer's append frontier passes
+    /// them; once the file is sealed, delivers it like any other (checking those parts). Ends
+    /// when the file is left partial (its upload stays open for a resume), removed or renamed.
+    /// Returns true if the early upload met a permanent error: the file then waits for its
+    /// seal, and the error is met again (and recorded) by the ordinary delivery.
+    async fn deliver_early(&self, id: FileId, key: &str) -> bool {
+        let mut tasks: JoinSet<(u32, Result<(), Stop>)> = JoinSet::new();
+        let mut sending: HashSet<u32> = HashSet::new();
+        let mut receiving: Option<OpenFile> = None;
+        let outcome: Result<Option<FileRecord>, S3Error> = loop {
+            let Some(file) = self.spool.file(id) else {
+                break Ok(None);
+            };
+            if self.cfg.object_key(&file.user, &file.path) != key {
+                break Ok(None);
+            }
+            match file.state {
+                FileState::Receiving => {}
+                FileState::Sealed | FileState::Uploading => break Ok(Some(file)),
+                _ => break Ok(None),
+            }
+            let upload = match file.upload {
+                Some(u) => u,
+                None => match self.start_upload(&file, key, None).await {
+                    Ok(u) => u,
+                    Err(Stop::Permanent(e)) => break Err(e),
+                    Err(_) => continue,
+                },
+            };
+            if receiving.is_none() {
+                match self.spool.open_receiving(id) {
+                    Ok(f) => receiving = Some(OpenFile(Arc::new(f))),
+                    // Sealed (renamed) or removed meanwhile: the next round sees which.
+                    Err(_) => {
+                        tokio::time::sleep(EARLY_POLL).await;
+                        continue;
+                    }
+                }
+            }
+            let part_size = upload.part_size;
+            let frontier = self.spool.live_frontier(id).unwrap_or(0);
+            let ready = (1..=frontier / part_size)
+                .filter_map(|n| u32::try_from(n).ok())
+                .find(|n| !upload.parts.contains_key(n) && !sending.contains(n));
+            if let Some(number) = ready
+                && u64::from(number) <= crate::limits::PARTS_COUNT_MAX
+            {
+                let Ok(permit) = self.part_permit().await else {
+                    break Ok(None);
+                };
+                sending.insert(number);
+                let (ctx, key, upload_id, open) = (
+                    self.clone(),
+                    key.to_owned(),
+                    upload.upload_id.clone(),
+                    receiving.clone(),
+                );
+                tasks.spawn(async move {
+                    let offset = u64::from(number - 1) * part_size;
+                    let r = ctx
+                        .upload_one_part(
+                            id,
+                            &key,
+                            &upload_id,
+                            number,
+                            offset,
+                            part_size,
+                            open.as_ref(),
+                        )
+                        .await;
+                    drop(permit);
+                    (number, r)
+                });
+                continue;
+            }
+            tokio::select! {
+                Some(done) = tasks.join_next() => {
+                    let Ok((number, result)) = done else { continue };
+                    sending.remove(&number);
+                    match result {
+                        Ok(()) | Err(Stop::Cancelled) => {}
+                        Err(Stop::Restart) => {
+                            // The upload is gone (NoSuchUpload): drop it; the next round
+                            // creates another.
+                            let _ = self
+                                .spool
+                                .commit(vec![Record::UploadReset { id }], true, |c| {
+                                    self.check_current(c.file(id), key)?;
+                                    match c.file(id).and_then(|f| f.upload.as_ref()) {
+                                        Some(u) if u.upload_id == upload.upload_id => Ok(()),
+                                        _ => Err(FsError::new(FsErrorKind::NotFound, "reset already")),
+                                    }
+                                })
+                                .await;
+                        }
+                        Err(Stop::Permanent(e)) => break Err(e),
+                    }
+                }
+                () = tokio::time::sleep(EARLY_POLL) => {}
+            }
+        };
+        // Parts still being sent finish (and are journalled) before anything else looks at
+        // the upload, so that none is sent twice.
+        while tasks.join_next().await.is_some() {}
+        match outcome {
+            Ok(Some(file)) => {
+                self.deliver(file, key).await;
+                false
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(id, key, error = %e, "early upload stopped; the file is uploaded after its seal");
+                true
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn upload_one_part(
         &self,
         id: FileId,
@@ -624,8 +931,9 @@ impl<S: ObjectStore> Ctx<S> {
         number: u32,
         offset: u64,
         len: u64,
+        receiving: Option<&OpenFile>,
     ) -> Result<(), Stop> {
-        let body = self.spool_range(id, offset, len);
+        let body = self.spool_range(id, offset, len, receiving);
         let uploaded = self
             .retry(id, key, || {
                 self.store.upload_part(key, upload_id, number, body.clone())
@@ -653,24 +961,30 @@ impl<S: ObjectStore> Ctx<S> {
         Ok(())
     }
 
+    /// HEAD shows the object with the file's size and its SHA-256, or (early upload, `sha`
+    /// `None`) with our upload token; then `Delivered` is journalled.
     async fn verify_and_record(
         &self,
         file: &FileRecord,
         key: &str,
-        sha: &[u8; 32],
+        sha: Option<&[u8; 32]>,
+        token: &str,
     ) -> Result<(), Stop> {
         let id = file.id;
         let head = self.retry(id, key, || self.store.head_object(key)).await?;
-        let expected_sha = hex::encode(sha);
-        let verified = head.as_ref().is_some_and(|h| {
-            h.size == file.size && h.metadata.get(META_SHA256) == Some(&expected_sha)
-        });
+        let (meta_key, expected) = match sha {
+            Some(sha) => (META_SHA256, hex::encode(sha)),
+            None => (META_TOKEN, token.to_owned()),
+        };
+        let verified = head
+            .as_ref()
+            .is_some_and(|h| h.size == file.size && h.metadata.get(meta_key) == Some(&expected));
         if !verified {
             return Err(Stop::Permanent(S3Error::new(
                 S3ErrorKind::Permanent,
                 "HeadObject",
                 format!(
-                    "verification failed: expected {} bytes with sha256 {expected_sha}, found {head:?}",
+                    "verification failed: expected {} bytes with {meta_key} {expected}, found {head:?}",
                     file.size
                 ),
             )));
@@ -700,6 +1014,11 @@ pub fn part_size_for(configured: u64, file_size: u64) -> u64 {
         .div_ceil(MIB)
         * MIB;
     configured.max(needed)
+}
+
+/// A name clients rename after CLOSE (see [`TEMPORARY_NAME_SUFFIXES`]).
+fn is_temporary_name(path: &str) -> bool {
+    TEMPORARY_NAME_SUFFIXES.iter().any(|s| path.ends_with(s))
 }
 
 fn new_token() -> String {

@@ -40,7 +40,8 @@ pub enum Record {
     Removed { id: FileId },
     /// A multipart upload was created for the file under `key`.
     /// `token` is also stored as object metadata: a HEAD that shows it proves the object is ours
-    /// (settles a Complete whose response was lost).
+    /// (settles a Complete whose response was lost). Before `Sealed` (the file still receiving
+    /// or partial) it starts an early upload: see [`UploadProgress::early`].
     UploadStarted {
         id: FileId,
         key: String,
@@ -68,6 +69,25 @@ pub enum Record {
     Hidden { id: FileId },
 }
 
+/// `UploadStarted` and one `PartDone` per part: the records that rebuild `u`.
+fn upload_records(id: FileId, u: &UploadProgress, out: &mut Vec<Record>) {
+    out.push(Record::UploadStarted {
+        id,
+        key: u.key.clone(),
+        upload_id: u.upload_id.clone(),
+        part_size: u.part_size,
+        token: u.token.clone(),
+    });
+    for (number, receipt) in &u.parts {
+        out.push(Record::PartDone {
+            id,
+            number: *number,
+            etag: receipt.etag.clone(),
+            crc32c: receipt.crc32c,
+        });
+    }
+}
+
 /// A part already in S3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartReceipt {
@@ -83,6 +103,10 @@ pub struct UploadProgress {
     pub part_size: u64,
     pub token: String,
     pub parts: BTreeMap<u32, PartReceipt>,
+    /// Started before the file was sealed (early drain): parts were read while the file was
+    /// still being written, so they are checked against the sealed bytes before Complete, and
+    /// the object carries no SHA-256 metadata (unknown when the upload was created).
+    pub early: bool,
 }
 
 /// Everything known about one file version.
@@ -267,7 +291,12 @@ impl Catalog {
                 if !matches!(file.state, FileState::Receiving | FileState::Partial) {
                     return effects;
                 }
-                file.state = FileState::Sealed;
+                // An early upload carries on from its parts.
+                file.state = if file.upload.is_some() {
+                    FileState::Uploading
+                } else {
+                    FileState::Sealed
+                };
                 file.size = *size;
                 file.sha256 = *sha256;
                 file.mtime_unix = *at_unix;
@@ -320,10 +349,15 @@ impl Catalog {
                 let Some(file) = self.files.get_mut(id) else {
                     return effects;
                 };
-                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
-                    return effects;
-                }
-                file.state = FileState::Uploading;
+                let early = match file.state {
+                    FileState::Sealed | FileState::Uploading => {
+                        file.state = FileState::Uploading;
+                        false
+                    }
+                    // Early drain: the state stays; `Sealed` turns it into `Uploading`.
+                    FileState::Receiving | FileState::Partial => true,
+                    FileState::Delivered | FileState::Failed => return effects,
+                };
                 if let Some(old) = file.upload.take() {
                     effects.abort_uploads.push((old.key, old.upload_id));
                 }
@@ -333,6 +367,7 @@ impl Catalog {
                     part_size: *part_size,
                     token: token.clone(),
                     parts: BTreeMap::new(),
+                    early,
                 });
             }
             Record::PartDone {
@@ -504,6 +539,14 @@ impl Catalog {
                 path: f.path.clone(),
                 at_unix: f.mtime_unix,
             });
+            // An early upload was started before the seal, and replays so.
+            let (early, late) = match &f.upload {
+                Some(u) if u.early => (Some(u), None),
+                other => (None, other.as_ref()),
+            };
+            if let Some(u) = early {
+                upload_records(f.id, u, &mut out);
+            }
             if matches!(f.state, FileState::Receiving | FileState::Partial) {
                 continue;
             }
@@ -513,22 +556,8 @@ impl Catalog {
                 sha256: f.sha256,
                 at_unix: f.mtime_unix,
             });
-            if let Some(u) = &f.upload {
-                out.push(Record::UploadStarted {
-                    id: f.id,
-                    key: u.key.clone(),
-                    upload_id: u.upload_id.clone(),
-                    part_size: u.part_size,
-                    token: u.token.clone(),
-                });
-                for (number, receipt) in &u.parts {
-                    out.push(Record::PartDone {
-                        id: f.id,
-                        number: *number,
-                        etag: receipt.etag.clone(),
-                        crc32c: receipt.crc32c,
-                    });
-                }
+            if let Some(u) = late {
+                upload_records(f.id, u, &mut out);
             }
             match f.state {
                 FileState::Delivered => out.push(Record::Delivered {
@@ -739,5 +768,70 @@ mod tests {
         let f = c.file(1).expect("file");
         assert_eq!((f.state, f.upload.is_none()), (FileState::Sealed, true));
         assert_eq!(c.lookup("u", &vp("a")), None);
+    }
+
+    #[test]
+    fn an_early_upload_survives_the_seal_compaction_and_replay_and_is_aborted_with_its_file() {
+        let mut c = Catalog::default();
+        c.apply(&Record::Opened {
+            id: 1,
+            user: "u".into(),
+            path: vp("a"),
+            at_unix: 0,
+        });
+        c.apply(&Record::UploadStarted {
+            id: 1,
+            key: "k".into(),
+            upload_id: "x".into(),
+            part_size: 5,
+            token: "t".into(),
+        });
+        c.apply(&Record::PartDone {
+            id: 1,
+            number: 1,
+            etag: "e".into(),
+            crc32c: 7,
+        });
+        let f = c.file(1).expect("file");
+        assert_eq!(
+            f.state,
+            FileState::Receiving,
+            "an early upload keeps the state"
+        );
+        assert!(f.upload.as_ref().is_some_and(|u| u.early));
+
+        // Compaction before the seal (the file then replays as partial, upload kept).
+        let mut replayed = Catalog::default();
+        for r in c.snapshot_records() {
+            replayed.apply(&r);
+        }
+        replayed.end_replay();
+        let f = replayed.file(1).expect("file");
+        assert_eq!(f.state, FileState::Partial);
+        assert_eq!(f.upload, c.file(1).expect("file").upload);
+
+        c.apply(&Record::Sealed {
+            id: 1,
+            size: 8,
+            sha256: None,
+            at_unix: 0,
+        });
+        let f = c.file(1).expect("file");
+        assert_eq!(
+            f.state,
+            FileState::Uploading,
+            "the seal carries on with the upload"
+        );
+        let mut replayed = Catalog::default();
+        for r in c.snapshot_records() {
+            replayed.apply(&r);
+        }
+        assert_eq!(replayed.file(1), c.file(1), "still early after compaction");
+
+        let effects = c.apply(&Record::Removed { id: 1 });
+        assert_eq!(
+            effects.abort_uploads,
+            vec![("k".to_owned(), "x".to_owned())]
+        );
     }
 }

@@ -56,13 +56,23 @@ impl SequentialHash {
     }
 }
 
+/// What the rest of the spool may see of a file open for writing.
+#[derive(Debug, Default)]
+pub(super) struct Live {
+    /// Highest offset written (the size a listing shows).
+    pub(super) size: AtomicU64,
+    /// Every byte below this was written by a write that has completed, and only appends
+    /// (writes starting at or below the frontier) move it: the early drain may read up to it.
+    pub(super) frontier: AtomicU64,
+}
+
 /// An open file being written. Dropping it without [`WriteHandle::close`] leaves the file
 /// `partial` (resumable for `partial_ttl`).
 pub struct WriteHandle {
     spool: Arc<Spool>,
     id: FileId,
     file: Arc<File>,
-    size: Arc<AtomicU64>,
+    live: Arc<Live>,
     hash: Arc<Mutex<Option<SequentialHash>>>,
     /// Set when an fsync failed: this version can never be acknowledged.
     poisoned: std::sync::atomic::AtomicBool,
@@ -240,19 +250,22 @@ impl WriteHandle {
     }
 
     fn new(spool: &Arc<Spool>, id: FileId, file: File, len: u64) -> WriteHandle {
-        let size = Arc::new(AtomicU64::new(len));
-        spool.register_live(id, size.clone());
-        // A resumed or copied file starts with bytes we did not see: the drain hashes it.
-        let hash = if len == 0 {
-            Some(SequentialHash::new())
-        } else {
-            None
-        };
+        let live = Arc::new(Live {
+            size: AtomicU64::new(len),
+            frontier: AtomicU64::new(len),
+        });
+        spool.register_live(id, live.clone());
+        // A resumed or copied file starts with bytes we did not see: the drain hashes it. So
+        // does a file that already has an (early) upload: its running hash would not cover
+        // the bytes those parts were read from, and a SHA-256 at the seal is what tells the
+        // drain that every part was read from bytes never written again.
+        let fresh = len == 0 && spool.lock().file(id).is_none_or(|f| f.upload.is_none());
+        let hash = fresh.then(SequentialHash::new);
         WriteHandle {
             spool: spool.clone(),
             id,
             file: Arc::new(file),
-            size,
+            live,
             hash: Arc::new(Mutex::new(hash)),
             poisoned: std::sync::atomic::AtomicBool::new(false),
             closed: false,
@@ -279,7 +292,12 @@ impl WriteHandle {
         let (hashed, written) = tokio::join!(hashing, writing);
         hashed?;
         written.map_err(|e| io_error("writing spool file", &e))?;
-        self.size.fetch_max(end, Ordering::Relaxed);
+        self.live.size.fetch_max(end, Ordering::Relaxed);
+        // Writes of one handle are awaited one after another, so an append here extends the
+        // written prefix; a write beyond it (a gap) does not, and the frontier stays put.
+        if offset <= self.live.frontier.load(Ordering::Acquire) {
+            self.live.frontier.fetch_max(end, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -320,7 +338,7 @@ impl WriteHandle {
 
     /// Current size (highest offset written, or the resumed size).
     pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Relaxed)
+        self.live.size.load(Ordering::Relaxed)
     }
 
     /// Seals the file: fsync(file) (through the engine, after every write awaited before) →

@@ -10,7 +10,7 @@
 //! `sealed/<id>` (acknowledged files awaiting delivery).
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::catalog::{Catalog, Effects, FileRecord, Node, Record};
 use super::engine::{EngineError, SpoolEngine};
-use super::handles::{ReadHandle, WriteHandle};
+use super::handles::{Live, ReadHandle, WriteHandle};
 use super::{
     Entry, EntryKind, FileId, FileState, FsError, FsErrorKind, OpenMode, SpaceInfo, VPath,
 };
@@ -59,7 +59,7 @@ pub struct Spool {
     /// Journal size that triggers the next compaction.
     compact_above_bytes: AtomicU64,
     /// Live sizes of files being received, by id.
-    live_sizes: Mutex<HashMap<FileId, Arc<AtomicU64>>>,
+    live: Mutex<HashMap<FileId, Arc<Live>>>,
     /// Multipart uploads the drain must abort (key, upload id).
     aborts: Mutex<Vec<(String, String)>>,
     /// Wakes the drain when there is new work.
@@ -152,7 +152,7 @@ impl Spool {
             compact_above_bytes: AtomicU64::new(JOURNAL_COMPACT_BYTES),
             catalog: Mutex::new(catalog),
             journal,
-            live_sizes: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             aborts: Mutex::new(aborts),
             work: Notify::new(),
             opts,
@@ -256,7 +256,7 @@ impl Spool {
         self.engine.name()
     }
 
-    pub(super) fn partial_path(&self, id: FileId) -> PathBuf {
+    pub fn partial_path(&self, id: FileId) -> PathBuf {
         self.partial_dir.join(id.to_string())
     }
 
@@ -339,18 +339,38 @@ impl Spool {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(super) fn register_live(&self, id: FileId, size: Arc<AtomicU64>) {
-        self.live_sizes
+    pub(super) fn register_live(&self, id: FileId, live: Arc<Live>) {
+        self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, size);
+            .insert(id, live);
     }
 
     pub(super) fn unregister_live(&self, id: FileId) {
-        self.live_sizes
+        self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+    }
+
+    fn live(&self, id: FileId) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// For a file open for writing: how many bytes from its start have been written (and may
+    /// be read back) by appends so far; `None` if no handle has it open.
+    pub fn live_frontier(&self, id: FileId) -> Option<u64> {
+        self.live(id).map(|l| l.frontier.load(Ordering::Acquire))
+    }
+
+    /// Opens the spool file of a file still receiving, for reading parts of it while it is
+    /// written (early drain). The open file stays valid when the file is sealed (renamed).
+    pub fn open_receiving(&self, id: FileId) -> std::io::Result<File> {
+        File::open(self.partial_path(id))
     }
 
     /// The drain's wake-up signal.
@@ -401,11 +421,8 @@ impl Spool {
                 let state = f.map(|f| f.state);
                 let size = match state {
                     Some(FileState::Receiving) => self
-                        .live_sizes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&id)
-                        .map(|s| s.load(Ordering::Relaxed))
+                        .live(id)
+                        .map(|l| l.size.load(Ordering::Relaxed))
                         .unwrap_or(0),
                     Some(FileState::Partial) => fs::metadata(self.partial_path(id))
                         .map(|m| m.len())

@@ -177,8 +177,8 @@ enum Next {
 impl FileRangeBody {
     fn new(range: FileRange, report: Arc<BodyReport>) -> Self {
         Self {
+            file: range.open.as_ref().map(|f| f.0.clone()),
             range,
-            file: None,
             read: 0,
             crc: 0,
             made: 0,
@@ -390,6 +390,7 @@ mod tests {
             path,
             offset: offset as u64,
             len: len as u64,
+            open: None,
         };
         let mut body = FileRangeBody::new(range, report.clone());
         body.cached_bytes_max = 1_000;
@@ -414,6 +415,7 @@ mod tests {
             path,
             offset: 0,
             len: file.len() as u64,
+            open: None,
         };
         let mut body = FileRangeBody::new(range, Arc::default());
         let wakes = Arc::new(CountingWaker::default());
