@@ -103,6 +103,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         dir: tmp.path().join("spool"),
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes: 0,
+        hash_bytes_max: u64::MAX,
     })?;
     write_sealed(&spool, size).await?;
 

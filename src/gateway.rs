@@ -32,6 +32,13 @@ pub async fn run(
             dir: config.spool.dir.clone(),
             partial_ttl: config.spool.partial_ttl,
             reserve_bytes: SPOOL_RESERVE_BYTES,
+            // Files up to one part go up with PutObject and need their SHA-256; larger ones
+            // drain early (no SHA-256) or are hashed by the drain.
+            hash_bytes_max: if config.s3.early_drain {
+                config.s3.part_size
+            } else {
+                u64::MAX
+            },
         },
         SpoolEngine::select(config.spool.engine)?,
     )?;

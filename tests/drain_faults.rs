@@ -219,6 +219,8 @@ fn open_spool_ttl(dir: &std::path::Path, partial_ttl: Duration) -> Arc<Spool> {
         dir: dir.join("spool"),
         partial_ttl,
         reserve_bytes: 0,
+        // As the gateway sets it with early drain on: larger files are hashed by the drain.
+        hash_bytes_max: PART,
     })
     .expect("spool")
 }

@@ -33,6 +33,7 @@ async fn start() -> Gateway {
         dir: dir.path().join("spool"),
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes: 0,
+        hash_bytes_max: u64::MAX,
     })
     .expect("spool");
     let client = generate_ed25519("test client");

@@ -13,6 +13,7 @@ fn open(dir: &std::path::Path, ttl: Duration, reserve_bytes: u64) -> Arc<Spool> 
         dir: dir.to_owned(),
         partial_ttl: ttl,
         reserve_bytes,
+        hash_bytes_max: u64::MAX,
     })
     .expect("open spool")
 }
@@ -332,4 +333,63 @@ async fn a_full_spool_refuses_with_no_space_and_keeps_earlier_files_intact() {
         spool.stat("u", &vp("after")).expect("stat").state,
         Some(FileState::Sealed)
     );
+}
+
+#[tokio::test]
+async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(SpoolOptions {
+        dir: tmp.path().to_owned(),
+        partial_ttl: Duration::from_secs(3600),
+        reserve_bytes: 0,
+        hash_bytes_max: 100,
+    })
+    .expect("open spool");
+    // (name, writes as (offset, len)): small in order, big in order, big with a rewrite.
+    let cases: [(&str, &[(u64, usize)]); 3] = [
+        ("small", &[(0, 60), (60, 40)]),
+        ("big", &[(0, 60), (60, 60), (120, 60)]),
+        ("rewritten", &[(0, 60), (60, 60), (10, 5)]),
+    ];
+    let content = pattern(200, 3);
+    for (name, writes) in cases {
+        let h = spool
+            .open_write("u", &vp(name), OpenMode::default())
+            .await
+            .expect("open");
+        for &(at, len) in writes {
+            let data = Bytes::copy_from_slice(&content[at as usize..at as usize + len]);
+            h.write_at(at, data).await.expect("write");
+        }
+        h.close().await.expect("close");
+    }
+    let file = |name: &str| {
+        spool
+            .files()
+            .into_iter()
+            .find(|f| f.path.as_str() == name)
+            .expect("file")
+    };
+    let small = file("small");
+    use sha2::Digest;
+    let want: [u8; 32] = sha2::Sha256::digest(&content[..100]).into();
+    assert_eq!((small.sha256, small.appended_only), (Some(want), true));
+    let big = file("big");
+    assert_eq!(
+        (big.sha256, big.appended_only),
+        (None, true),
+        "longer than the limit: not hashed, still known to be append-only"
+    );
+    let rewritten = file("rewritten");
+    assert_eq!((rewritten.sha256, rewritten.appended_only), (None, false));
+
+    // The distinction survives a restart (replay of SealedAppended).
+    drop(spool);
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    let big = spool
+        .files()
+        .into_iter()
+        .find(|f| f.path.as_str() == "big")
+        .expect("big");
+    assert_eq!((big.sha256, big.appended_only, big.size), (None, true, 180));
 }

@@ -658,14 +658,14 @@ impl<S: ObjectStore> Ctx<S> {
             // sealed file (a single PUT, or parts of the right size).
             return Err(Stop::Restart);
         }
-        let valid = if upload.early && file.sha256.is_none() {
+        let valid = if upload.early && !file.appended_only {
             // Written out of order, resumed or truncated at some point: parts sent before the
             // seal may hold bytes written again since. Each counts only if its CRC32C still
             // matches the sealed file.
             self.check_early_parts(file, &upload, parts_count).await?
         } else {
-            // A SHA-256 at the seal means every write was an append: no byte below the
-            // frontier an early part was read from was ever written again.
+            // Every write was an append: no byte below the frontier an early part was read
+            // from was ever written again.
             upload
                 .parts
                 .keys()

@@ -25,6 +25,7 @@ fn open_spool(dir: &std::path::Path, reserve_bytes: u64) -> Arc<Spool> {
         dir: dir.join("spool"),
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes,
+        hash_bytes_max: u64::MAX,
     })
     .expect("open spool")
 }

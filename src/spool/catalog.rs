@@ -67,6 +67,9 @@ pub enum Record {
     /// Written by compaction only: the file is a superseded version still being delivered,
     /// reachable by no name.
     Hidden { id: FileId },
+    /// CLOSE, like `Sealed`, of a file written only by appends whose SHA-256 was not computed
+    /// on the way (it outgrew `SpoolOptions::hash_bytes_max`). Fsynced before the ack.
+    SealedAppended { id: FileId, size: u64, at_unix: u64 },
 }
 
 /// `UploadStarted` and one `PartDone` per part: the records that rebuild `u`.
@@ -119,6 +122,9 @@ pub struct FileRecord {
     /// Final size once sealed; 0 before (the open handle knows the live size).
     pub size: u64,
     pub sha256: Option<[u8; 32]>,
+    /// Sealed after being written only by appends (always so when `sha256` is known): no byte
+    /// was written twice, so parts read below the writer's frontier hold the sealed bytes.
+    pub appended_only: bool,
     pub mtime_unix: u64,
     pub upload: Option<UploadProgress>,
     pub last_error: Option<String>,
@@ -271,6 +277,7 @@ impl Catalog {
                         state: FileState::Receiving,
                         size: 0,
                         sha256: None,
+                        appended_only: false,
                         mtime_unix: *at_unix,
                         upload: None,
                         last_error: None,
@@ -284,25 +291,16 @@ impl Catalog {
                 size,
                 sha256,
                 at_unix,
-            } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                if !matches!(file.state, FileState::Receiving | FileState::Partial) {
-                    return effects;
-                }
-                // An early upload carries on from its parts.
-                file.state = if file.upload.is_some() {
-                    FileState::Uploading
-                } else {
-                    FileState::Sealed
-                };
-                file.size = *size;
-                file.sha256 = *sha256;
-                file.mtime_unix = *at_unix;
-                let (user, path) = (file.user.clone(), file.path.clone());
-                // Older hidden versions of the same name are superseded now.
-                self.drop_hidden_versions(&user, &path, *id, &mut effects);
+            } => self.seal(
+                *id,
+                *size,
+                *sha256,
+                sha256.is_some(),
+                *at_unix,
+                &mut effects,
+            ),
+            Record::SealedAppended { id, size, at_unix } => {
+                self.seal(*id, *size, None, true, *at_unix, &mut effects)
             }
             Record::Renamed { id, path } => {
                 let Some(file) = self.files.get_mut(id) else {
@@ -450,6 +448,36 @@ impl Catalog {
         effects
     }
 
+    fn seal(
+        &mut self,
+        id: FileId,
+        size: u64,
+        sha256: Option<[u8; 32]>,
+        appended_only: bool,
+        at_unix: u64,
+        effects: &mut Effects,
+    ) {
+        let Some(file) = self.files.get_mut(&id) else {
+            return;
+        };
+        if !matches!(file.state, FileState::Receiving | FileState::Partial) {
+            return;
+        }
+        // An early upload carries on from its parts.
+        file.state = if file.upload.is_some() {
+            FileState::Uploading
+        } else {
+            FileState::Sealed
+        };
+        file.size = size;
+        file.sha256 = sha256;
+        file.appended_only = appended_only;
+        file.mtime_unix = at_unix;
+        let (user, path) = (file.user.clone(), file.path.clone());
+        // Older hidden versions of the same name are superseded now.
+        self.drop_hidden_versions(&user, &path, id, effects);
+    }
+
     /// Forgets a file: its name (if it still points at it), its spool copy and its upload.
     fn drop_file(&mut self, id: FileId, effects: &mut Effects) {
         let Some(file) = self.files.remove(&id) else {
@@ -550,11 +578,19 @@ impl Catalog {
             if matches!(f.state, FileState::Receiving | FileState::Partial) {
                 continue;
             }
-            out.push(Record::Sealed {
-                id: f.id,
-                size: f.size,
-                sha256: f.sha256,
-                at_unix: f.mtime_unix,
+            out.push(if f.appended_only && f.sha256.is_none() {
+                Record::SealedAppended {
+                    id: f.id,
+                    size: f.size,
+                    at_unix: f.mtime_unix,
+                }
+            } else {
+                Record::Sealed {
+                    id: f.id,
+                    size: f.size,
+                    sha256: f.sha256,
+                    at_unix: f.mtime_unix,
+                }
             });
             if let Some(u) = late {
                 upload_records(f.id, u, &mut out);
@@ -620,10 +656,15 @@ mod tests {
                 path,
                 at_unix: 1
             }),
-            (id.clone(), 0u64..100).prop_map(|(id, size)| Record::Sealed {
+            (id.clone(), 0u64..100, any::<bool>()).prop_map(|(id, size, hashed)| Record::Sealed {
                 id,
                 size,
-                sha256: None,
+                sha256: hashed.then_some([7; 32]),
+                at_unix: 2
+            }),
+            (id.clone(), 0u64..100).prop_map(|(id, size)| Record::SealedAppended {
+                id,
+                size,
                 at_unix: 2
             }),
             (id.clone(), path).prop_map(|(id, path)| Record::Renamed { id, path }),

@@ -16,43 +16,72 @@ use super::engine::SyncScope;
 use super::store::{fsync_dir, io_error, no_space, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
 
-/// SHA-256 of a file that arrives in order; gives up (and leaves hashing to the drain) at the
-/// first write that is not exactly at the end of what was hashed.
+/// Follows a file that arrives in order: whether every write so far was an append, and the
+/// SHA-256 of what was appended while the file is at most `hash_bytes_max` long. Gives up
+/// hashing (leaving it to the drain where it needs one) at the first write that is not
+/// exactly at the end, or when the file outgrows the limit.
 struct SequentialHash {
-    hasher: Sha256,
-    hashed_bytes: u64,
+    /// `None` once the file outgrew `hash_bytes_max` (or stopped arriving in order).
+    hasher: Option<Sha256>,
+    appended_bytes: u64,
     in_order: bool,
+    hash_bytes_max: u64,
+}
+
+/// What [`SequentialHash`] knows at the seal.
+struct Sealing {
+    sha256: Option<[u8; 32]>,
+    /// Every write was an append: no byte was written twice.
+    appended_only: bool,
 }
 
 impl SequentialHash {
-    fn new() -> Self {
+    fn new(hash_bytes_max: u64) -> Self {
         Self {
-            hasher: Sha256::new(),
-            hashed_bytes: 0,
+            hasher: Some(Sha256::new()),
+            appended_bytes: 0,
             in_order: true,
+            hash_bytes_max,
         }
     }
 
-    /// Whether a write at `offset` would still be hashed.
-    fn wants(&self, offset: u64) -> bool {
-        self.in_order && offset == self.hashed_bytes
+    /// Whether a write of `len` bytes at `offset` would be hashed (the costly case).
+    fn wants(&self, offset: u64, len: usize) -> bool {
+        self.in_order
+            && self.hasher.is_some()
+            && offset == self.appended_bytes
+            && self.appended_bytes + len as u64 <= self.hash_bytes_max
     }
 
     fn update(&mut self, offset: u64, data: &[u8]) {
         if !self.in_order {
             return;
         }
-        if offset == self.hashed_bytes {
-            self.hasher.update(data);
-            self.hashed_bytes += data.len() as u64;
+        if offset == self.appended_bytes {
+            let end = self.appended_bytes + data.len() as u64;
+            match &mut self.hasher {
+                Some(h) if end <= self.hash_bytes_max => h.update(data),
+                // Too big to hash here: the early drain does not need the hash, and the
+                // drain hashes the sealed file where it does.
+                _ => self.hasher = None,
+            }
+            self.appended_bytes = end;
         } else {
             // A gap or a rewrite: the running hash no longer describes the file.
             self.in_order = false;
+            self.hasher = None;
         }
     }
 
-    fn finish(self, size: u64) -> Option<[u8; 32]> {
-        (self.in_order && self.hashed_bytes == size).then(|| self.hasher.finalize().into())
+    fn finish(self, size: u64) -> Sealing {
+        let appended_only = self.in_order && self.appended_bytes == size;
+        Sealing {
+            sha256: self
+                .hasher
+                .filter(|_| appended_only)
+                .map(|h| h.finalize().into()),
+            appended_only,
+        }
     }
 }
 
@@ -260,7 +289,8 @@ impl WriteHandle {
         // the bytes those parts were read from, and a SHA-256 at the seal is what tells the
         // drain that every part was read from bytes never written again.
         let fresh = len == 0 && spool.lock().file(id).is_none_or(|f| f.upload.is_none());
-        let hash = fresh.then(SequentialHash::new);
+        let hash_bytes_max = spool.options().hash_bytes_max;
+        let hash = fresh.then(|| SequentialHash::new(hash_bytes_max));
         WriteHandle {
             spool: spool.clone(),
             id,
@@ -307,7 +337,7 @@ impl WriteHandle {
         {
             let mut hash = self.hash.lock().unwrap_or_else(|p| p.into_inner());
             match hash.as_mut() {
-                Some(h) if h.wants(offset) => {}
+                Some(h) if h.wants(offset, data.len()) => {}
                 Some(h) => {
                     h.update(offset, &data);
                     return Ok(());
@@ -401,17 +431,27 @@ impl WriteHandle {
             }
             Err(SealError::Other(e)) => return Err(io_error("sealing", &e)),
         };
-        let sha256 = self
+        let sealing = self
             .hash
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .and_then(|h| h.finish(size));
-        let record = Record::Sealed {
-            id,
-            size,
-            sha256,
-            at_unix: now_unix(),
+            .map(|h| h.finish(size));
+        let record = match sealing {
+            Some(Sealing {
+                sha256: None,
+                appended_only: true,
+            }) => Record::SealedAppended {
+                id,
+                size,
+                at_unix: now_unix(),
+            },
+            other => Record::Sealed {
+                id,
+                size,
+                sha256: other.and_then(|s| s.sha256),
+                at_unix: now_unix(),
+            },
         };
         let result = spool
             .commit(vec![record], true, |c| {

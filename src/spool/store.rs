@@ -42,6 +42,9 @@ pub struct SpoolOptions {
     /// Writes are refused with "No space left on device" when fewer bytes than this are free,
     /// so that the journal and the files already acknowledged always have room.
     pub reserve_bytes: u64,
+    /// Files that arrive in order are hashed (SHA-256) as they arrive while at most this long;
+    /// longer ones are hashed by the drain if their object needs it (not an early upload).
+    pub hash_bytes_max: u64,
 }
 
 /// The spool of one gateway, shared by every session and the drain.
