@@ -23,7 +23,12 @@ pub fn human_bytes(n: u64) -> String {
 
 fn state_text(f: &FileStatus) -> String {
     match f.state {
+        // An early upload sends parts while the file still arrives (or waits for a resume).
+        FileState::Receiving if f.parts_done > 0 => {
+            format!("receiving, {} parts sent", f.parts_done)
+        }
         FileState::Receiving => "receiving".into(),
+        FileState::Partial if f.parts_done > 0 => format!("partial, {} parts sent", f.parts_done),
         FileState::Partial => "partial".into(),
         FileState::Sealed => "sealed".into(),
         FileState::Uploading => format!("uploading {}/{}", f.parts_done, f.parts_total),
@@ -137,10 +142,15 @@ mod tests {
                 file(FileState::Uploading, None),
                 file(FileState::Failed, Some("AccessDenied")),
                 file(FileState::Delivered, None),
+                file(FileState::Receiving, None),
             ],
         };
         let text = render_text(&s, false);
         assert!(text.contains("uploading 2/3"), "{text}");
+        assert!(
+            text.contains("receiving, 2 parts sent"),
+            "early parts show: {text}"
+        );
         assert!(
             text.contains("FAILED") && text.contains("AccessDenied"),
             "{text}"
@@ -148,10 +158,10 @@ mod tests {
         assert!(text.contains("delivered 1"), "{text}");
         assert_eq!(
             text.matches("/a/b.bin").count(),
-            2,
+            3,
             "delivered files are summarised: {text}"
         );
-        assert_eq!(render_text(&s, true).matches("/a/b.bin").count(), 3);
+        assert_eq!(render_text(&s, true).matches("/a/b.bin").count(), 4);
     }
 
     #[test]
