@@ -390,3 +390,52 @@ async fn a_permanent_error_is_shown_in_status_and_retry_delivers_once_it_is_fixe
         .into_bytes();
     assert!(got.to_vec() == data(70_000, 11));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_still_arriving_from_openssh_drains_before_close() {
+    use sftpgw::s3server::ServerOp;
+    let mut h = Harness::new(Options::default()).await;
+    h.start_daemon();
+    let bytes = data(24 << 20, 31);
+    let local = write_local(&h, "slow.bin", &bytes);
+    // `-l 40000` (Kbit/s, about 5 MB/s): the put takes about 5 s, long enough for the drain
+    // to see the first parts arrive.
+    let mut child = h
+        .sftp_command_with("alice", &["-l", "40000"])
+        .spawn()
+        .expect("sftp");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(format!("put {local} slow.bin\n").as_bytes())
+            .expect("batch");
+    }
+    let out = child.wait_with_output().expect("sftp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parts_before_close = h.s3.stats().requests(ServerOp::UploadPart);
+    assert!(
+        parts_before_close >= 2,
+        "only {parts_before_close} parts reached S3 while the file arrived\n{}",
+        h.log()
+    );
+    let s = h.wait_drained(Duration::from_secs(60)).await;
+    assert!(
+        s.files.iter().all(|f| f.state == FileState::Delivered),
+        "{s:#?}"
+    );
+    let got = h
+        .get_object(&format!("{PREFIX}alice/slow.bin"))
+        .await
+        .expect("object");
+    assert!(got == bytes, "object differs");
+    assert_eq!(
+        h.s3.stats().requests(ServerOp::UploadPart),
+        5,
+        "24 MiB in 5 MiB parts, each sent once"
+    );
+}

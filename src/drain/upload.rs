@@ -831,7 +831,11 @@ impl<S: ObjectStore> Ctx<S> {
                 None => match self.start_upload(&file, key, None).await {
                     Ok(u) => u,
                     Err(Stop::Permanent(e)) => break Err(e),
-                    Err(_) => continue,
+                    // The file changed meanwhile: the next round sees how.
+                    Err(_) => {
+                        tokio::time::sleep(EARLY_POLL).await;
+                        continue;
+                    }
                 },
             };
             if receiving.is_none() {

@@ -202,7 +202,13 @@ authorized_keys = ["{public}"]
     }
 
     pub fn sftp_command(&self, user: &str) -> Command {
+        self.sftp_command_with(user, &[])
+    }
+
+    /// `sftp_command` with more client options (placed before the destination).
+    pub fn sftp_command_with(&self, user: &str, options: &[&str]) -> Command {
         let mut cmd = Command::new("sftp");
+        cmd.args(options);
         cmd.args(["-b", "-", "-i"])
             .arg(&self.key_path)
             .args(["-P", &self.sftp_port.to_string()])
