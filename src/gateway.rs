@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::drain::aws::AwsStore;
 use crate::drain::upload::{Drain, DrainConfig};
+use crate::health::Watched;
 use crate::spool::{FileState, Spool, SpoolEngine, SpoolOptions, VPath};
 use crate::status::control::{self, Request, Response};
 use crate::status::{DrainSummary, FileStatus, Snapshot, SpoolUsage};
@@ -93,10 +94,32 @@ pub async fn run(
 
     tracing::info!(listen = %config.sftp.listen, spool = %config.spool.dir.display(), bucket = %config.s3.bucket, "gateway running");
     ready();
+    let watched = vec![
+        Watched {
+            name: "drain",
+            task: drain_task.abort_handle(),
+        },
+        Watched {
+            name: "control socket",
+            task: control_task.abort_handle(),
+        },
+        Watched {
+            name: "partial sweeper",
+            task: sweeper_task.abort_handle(),
+        },
+        Watched {
+            name: "SFTP server",
+            task: sftp_task.abort_handle(),
+        },
+    ];
+    let health_task = tokio::spawn(crate::health::supervise(
+        config.control.socket.clone(),
+        watched,
+    ));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    for t in [drain_task, control_task, sweeper_task] {
+    for t in [drain_task, control_task, sweeper_task, health_task] {
         t.abort();
     }
     // Sessions still open keep their files partial; give the server a moment to close them.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod gateway;
+pub mod health;
 pub mod journal;
 pub mod limits;
 pub mod s3server;

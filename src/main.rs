@@ -130,11 +130,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = Config::load(&config)?;
             runtime()?.block_on(async {
-                sftpgw::gateway::run(config, shutdown_signal(), || {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!(e))
+                sftpgw::gateway::run(config, shutdown_signal(), sftpgw::health::ready)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))
             })
         }
         Command::Demo { dir, port, s3_port } => runtime()?

@@ -141,6 +141,11 @@ authorized_keys = ["{public}"]
     }
 
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with_env(&[]);
+    }
+
+    /// `start_daemon` with more environment variables for the daemon.
+    pub fn start_daemon_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.daemon.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -152,6 +157,7 @@ authorized_keys = ["{public}"]
             .arg("--config")
             .arg(&self.config_path)
             .env("SFTPGW_LOG", "info,sftpgw=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
