@@ -665,3 +665,24 @@ async fn temporary_names_are_not_drained_early() {
     h.close().await.expect("close");
     rig.wait_state("t.bin.filepart", FileState::Delivered).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_in_flight_at_close_is_not_sent_again() {
+    let rig = Rig::new(2).await;
+    // 5 MiB parts take about 250 ms each: the close lands while early parts are in flight.
+    rig.server.stats().set_upload_bytes_per_sec(Some(20 << 20));
+    let bytes = content((4 * PART + 777) as usize, 16);
+    let h = rig.open("f.bin", true).await;
+    rig.append(&h, &bytes, 0, (4 * PART) as usize).await;
+    rig.wait_parts_sent(1).await;
+    rig.append(&h, &bytes, (4 * PART) as usize, bytes.len())
+        .await;
+    h.close().await.expect("close");
+    rig.wait_state("f.bin", FileState::Delivered).await;
+    assert!(rig.object("f.bin").await == bytes);
+    assert_eq!(
+        rig.store.calls(Op::UploadPart),
+        5,
+        "every part once, whether it went before or after CLOSE"
+    );
+}

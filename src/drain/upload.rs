@@ -914,8 +914,11 @@ impl<S: ObjectStore> Ctx<S> {
         // the upload, so that none is sent twice.
         while tasks.join_next().await.is_some() {}
         match outcome {
-            Ok(Some(file)) => {
-                self.deliver(file, key).await;
+            // Read the record again: the parts that were in flight are in it now.
+            Ok(Some(_)) => {
+                if let Some(file) = self.spool.file(id) {
+                    self.deliver(file, key).await;
+                }
                 false
             }
             Ok(None) => false,
