@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Buildroot post-build script of the sftpgw appliance: finishes the root file system before it
+# is packed. Buildroot runs it on every `make`, so each step is idempotent.
+#   $1  the target directory (also in TARGET_DIR)
+set -euo pipefail
+
+die() {
+	printf 'post-build: %s\n' "$*" >&2
+	exit 1
+}
+
+target_dir=${1:?usage: post-build.sh TARGET_DIR}
+fstab="$target_dir/etc/fstab"
+
+# The data partition, found by its file system label, at /data (an empty mount point on the
+# read-only root). nofail: a missing or broken data partition must not stop the boot, so the
+# console can still show why; sftpgw.service requires /data and stays down. errors=remount-ro:
+# on a file system error stop writing instead of spooling onto a damaged file system.
+# x-systemd.growfs: grow the file system once systemd-repart has grown the partition.
+data_line="LABEL=sftpgw-data /data ext4 defaults,noatime,nofail,errors=remount-ro,x-systemd.growfs,x-systemd.device-timeout=30s 0 2"
+mkdir -p "$target_dir/data"
+if ! grep -q '^LABEL=sftpgw-data[[:space:]]' "$fstab"; then
+	printf '%s\n' "$data_line" >>"$fstab"
+fi
+
+# The root file system must stay read-only (BR2_TARGET_GENERIC_REMOUNT_ROOTFS_RW unset):
+# everything that changes lives on /data, or in RAM.
+grep -Eq '^/dev/root[[:space:]]+/[[:space:]]+[^[:space:]]+[[:space:]]+ro[[:space:],]' "$fstab" ||
+	die "/ is not mounted read-only in $fstab: unset BR2_TARGET_GENERIC_REMOUNT_ROOTFS_RW"
+
+# agetty prints /etc/issue, then /etc/issue.d/*.issue: this link brings in the status banner
+# that /usr/libexec/sftpgw/status-banner writes to RAM.
+mkdir -p "$target_dir/etc/issue.d"
+ln -sfn /run/sftpgw-banner/sftpgw.issue "$target_dir/etc/issue.d/50-sftpgw.issue"
