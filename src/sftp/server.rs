@@ -2,11 +2,12 @@
 //! against [`Users`], and one SFTP [`session`](super::session) per "sftp" subsystem channel.
 //! Shells and commands are refused with a message.
 //!
-//! russh's defaults are for terminals (see DESIGN.md): we set TCP_NODELAY, a 16 MiB window,
-//! keepalives, and a rejection delay that OpenSSH's first `none` probe does not pay. Channel
-//! packets and the channel buffer are small, because russh keeps them outside our ingest
-//! budget: a read buffer of one packet per connection and a buffer of whole packets per
-//! channel (see `SSH_PACKET_BYTES_MAX`). All sessions share one [`IngestBudget`].
+//! russh's defaults are for terminals (see DESIGN.md): we set TCP_NODELAY, keepalives, and a
+//! rejection delay that OpenSSH's first `none` probe does not pay. The window is OpenSSH's
+//! 2 MiB on purpose (see `SSH_WINDOW_BYTES`), and channel packets and the channel buffer are
+//! small, because russh keeps them outside our ingest budget: a read buffer of one packet per
+//! connection and a buffer of whole packets per channel (see `SSH_PACKET_BYTES_MAX`). All
+//! sessions share one [`IngestBudget`].
 //!
 //! Lifetimes: a connection must log in within `SSH_LOGIN_GRACE_SECONDS` (the version exchange
 //! included); dead peers are found by keepalives. Each SFTP session runs in a task of its own,
