@@ -6,11 +6,14 @@
 #   active  the S3 endpoint is the embedded s3s-fs server of a separate `sftpgw demo` process,
 #           and the measurement ends when all files are delivered
 #
-#   bench/memory.sh            # SESSIONS=64 FILE_MIB=64 are the defaults
+#   bench/memory.sh            # SESSIONS=64 FILE_MIB=64 CASES="paused active" are the defaults
+#   CASES=paused bench/memory.sh   # only the paused case (quicker iterations)
 source "$(dirname "$0")/lib.sh"
 
 SESSIONS="${SESSIONS:-64}"
 FILE_MIB="${FILE_MIB:-64}"
+CASES="${CASES:-paused active}"
+has_case() { [[ " $CASES " == *" $1 "* ]]; }
 
 build_sftpgw
 machine_info
@@ -44,6 +47,8 @@ IDLE_RSS="$(vm_kib "$SFTPGW_PID" VmRSS)"
 IDLE_HWM="$(vm_kib "$SFTPGW_PID" VmHWM)"
 IDLE_THREADS="$(vm_kib "$SFTPGW_PID" Threads)"
 log "idle: VmRSS $IDLE_RSS KiB, VmHWM $IDLE_HWM KiB, $IDLE_THREADS threads"
+PAUSED_HWM="" PAUSED_RSS="" T_PAUSED="" L_PAUSED=""
+if has_case paused; then
 sync
 L_PAUSED="$(loadavg)"
 T_PAUSED="$(sessions "$WORK/paused" "$port")"
@@ -52,9 +57,12 @@ PAUSED_RSS="$(vm_kib "$SFTPGW_PID" VmRSS)"
 sealed="$("$SFTPGW" status --json --all --config "$WORK/paused/sftpgw.toml" | jq '[.files[] | select(.state == "sealed")] | length')"
 [ "$sealed" = "$SESSIONS" ] || die "expected $SESSIONS sealed files, found $sealed"
 log "paused: ${T_PAUSED}s, VmHWM $PAUSED_HWM KiB, VmRSS after $PAUSED_RSS KiB, load before $L_PAUSED"
+fi
 stop_pid "$SFTPGW_PID"
 rm -rf "$WORK/paused/spool"
 
+ACTIVE_HWM="" ACTIVE_RSS="" T_ACTIVE_PUT="" T_ACTIVE_ALL="" L_ACTIVE=""
+if has_case active; then
 # Drain active, against a separate S3 server process.
 S3_PORT="$(free_port)"
 start_demo "$WORK/demo" "$(free_port)" "$S3_PORT"
@@ -76,11 +84,17 @@ T_ACTIVE_ALL="$(elapsed "$t0")"
 ACTIVE_HWM="$(vm_kib "$SFTPGW_PID" VmHWM)"
 ACTIVE_RSS="$(vm_kib "$SFTPGW_PID" VmRSS)"
 log "active: puts ${T_ACTIVE_PUT}s, all delivered ${T_ACTIVE_ALL}s, VmHWM $ACTIVE_HWM KiB, load before $L_ACTIVE"
+stop_pid "$SFTPGW_PID"
+fi
 
 echo
 echo "memory of the sftpgw daemon: ${SESSIONS} concurrent OpenSSH sftp sessions x ${FILE_MIB} MiB put"
 echo "load at end: $(loadavg)"
 printf '%-52s %10s %10s %s\n' case "VmHWM MiB" "VmRSS MiB" notes
 printf '%-52s %10s %10s %s\n' "idle after start" "$(kib_mib "$IDLE_HWM")" "$(kib_mib "$IDLE_RSS")" "$IDLE_THREADS threads"
-printf '%-52s %10s %10s %s\n' "${SESSIONS} sessions, drain paused (closed endpoint)" "$(kib_mib "$PAUSED_HWM")" "$(kib_mib "$PAUSED_RSS")" "puts took ${T_PAUSED}s; load before $L_PAUSED"
-printf '%-52s %10s %10s %s\n' "${SESSIONS} sessions, drain active (separate S3 process)" "$(kib_mib "$ACTIVE_HWM")" "$(kib_mib "$ACTIVE_RSS")" "puts ${T_ACTIVE_PUT}s, all delivered ${T_ACTIVE_ALL}s; load before $L_ACTIVE"
+if has_case paused; then
+    printf '%-52s %10s %10s %s\n' "${SESSIONS} sessions, drain paused (closed endpoint)" "$(kib_mib "$PAUSED_HWM")" "$(kib_mib "$PAUSED_RSS")" "puts took ${T_PAUSED}s; load before $L_PAUSED"
+fi
+if has_case active; then
+    printf '%-52s %10s %10s %s\n' "${SESSIONS} sessions, drain active (separate S3 process)" "$(kib_mib "$ACTIVE_HWM")" "$(kib_mib "$ACTIVE_RSS")" "puts ${T_ACTIVE_PUT}s, all delivered ${T_ACTIVE_ALL}s; load before $L_ACTIVE"
+fi

@@ -1,7 +1,7 @@
 //! The open handles of one SFTP session, and the worker that applies the operations on one
 //! write handle in arrival order (see `session` for how requests reach it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -143,6 +143,8 @@ impl WriteBatch {
         self.requests.push((id, budget));
     }
 
+    /// The batch's bytes. Merging copies, outside the ingest budget; but only small writes are
+    /// merged, and the copy lives no longer than the charged parts it duplicates.
     fn data(&mut self) -> Bytes {
         if self.parts.len() == 1 {
             return self.parts[0].clone();
@@ -155,6 +157,58 @@ impl WriteBatch {
     }
 }
 
+/// Replies of one write worker not yet in the session's reply queue, in order.
+///
+/// The worker must not wait for room in that queue while operations are queued for it: their
+/// WRITE data holds the process-wide ingest budget until applied, and the queue only drains
+/// as fast as the client reads replies. Replies wait here instead, each still holding its
+/// request budget, so a client that reads no replies soon stops its own session's reader but
+/// never holds request data in memory.
+struct Acks {
+    pending: VecDeque<(Bytes, OwnedSemaphorePermit)>,
+}
+
+impl Acks {
+    /// Queues `reply` behind the ones already waiting; `budget` is returned once it is in the
+    /// session's reply queue.
+    fn push(&mut self, ctx: &Ctx, reply: Packet, budget: OwnedSemaphorePermit) {
+        self.pending.push_back((wire::encode(reply), budget));
+        self.flush(ctx);
+    }
+
+    /// Moves waiting replies into the session's reply queue while it has room.
+    fn flush(&mut self, ctx: &Ctx) {
+        while let Some((bytes, budget)) = self.pending.pop_front() {
+            if let Err(bytes) = ctx.try_reply(bytes) {
+                self.pending.push_front((bytes, budget));
+                return;
+            }
+        }
+    }
+
+    /// Waits until every waiting reply is queued (or the session's writer is gone).
+    async fn finish(&mut self, ctx: &Ctx) {
+        self.flush(ctx);
+        while !self.pending.is_empty() {
+            ctx.reply_room().await;
+            self.flush(ctx);
+        }
+    }
+}
+
+/// The next operation for the worker, or `None` once the session dropped the handle's queue.
+/// While waiting, waiting replies move on as the reply queue makes room.
+async fn next_op(ctx: &Ctx, ops: &mut mpsc::Receiver<WriteOp>, acks: &mut Acks) -> Option<WriteOp> {
+    loop {
+        acks.flush(ctx);
+        tokio::select! {
+            biased;
+            op = ops.recv() => return op,
+            () = ctx.reply_room(), if !acks.pending.is_empty() => {}
+        }
+    }
+}
+
 pub(super) async fn write_worker(
     ctx: Ctx,
     handle: WriteHandle,
@@ -164,10 +218,13 @@ pub(super) async fn write_worker(
     // The first write error; later writes fail the same way and CLOSE does not seal.
     let mut failed: Option<FsError> = None;
     let mut next: Option<WriteOp> = None;
+    let mut acks = Acks {
+        pending: VecDeque::new(),
+    };
     loop {
         let op = match next.take() {
             Some(op) => op,
-            None => match ops.recv().await {
+            None => match next_op(&ctx, &mut ops, &mut acks).await {
                 Some(op) => op,
                 // The session ended without CLOSE: dropping the handle leaves the file partial.
                 None => break,
@@ -220,13 +277,10 @@ pub(super) async fn write_worker(
                         error = %err, "write failed; the file will stay partial");
                     failed = Some(err.clone());
                 }
+                // The data is no longer needed: give its ingest charge back before the replies.
+                drop(batch.parts);
                 for (id, budget) in batch.requests {
-                    let reply = match &result {
-                        Ok(()) => wire::ok(id),
-                        Err(err) => wire::error(id, err),
-                    };
-                    ctx.reply(wire::encode(reply), None).await;
-                    drop(budget);
+                    acks.push(&ctx, ok_or_error(id, result.clone()), budget);
                 }
             }
             WriteOp::Fsync { id, budget } => {
@@ -237,19 +291,16 @@ pub(super) async fn write_worker(
                         handle.fsync().await
                     }
                 };
-                ctx.reply(wire::encode(ok_or_error(id, result)), None).await;
-                drop(budget);
+                acks.push(&ctx, ok_or_error(id, result), budget);
             }
             WriteOp::Fstat { id, budget } => {
                 let attrs = wire::file_attrs(handle.size(), wire::now_unix());
                 let reply = Packet::Attrs(russh_sftp::protocol::Attrs { id, attrs });
-                ctx.reply(wire::encode(reply), None).await;
-                drop(budget);
+                acks.push(&ctx, reply, budget);
             }
             WriteOp::SetStat { id, attrs, budget } => {
                 let result = ops::check_setstat(&attrs, handle.size());
-                ctx.reply(wire::encode(ok_or_error(id, result)), None).await;
-                drop(budget);
+                acks.push(&ctx, ok_or_error(id, result), budget);
             }
             WriteOp::Close { id, budget } => {
                 let result = match failed {
@@ -278,12 +329,13 @@ pub(super) async fn write_worker(
                         "close failed; the file stays partial")
                     }
                 }
-                ctx.reply(wire::encode(ok_or_error(id, result)), None).await;
-                drop(budget);
+                acks.push(&ctx, ok_or_error(id, result), budget);
+                acks.finish(&ctx).await;
                 return;
             }
         }
     }
+    acks.finish(&ctx).await;
     tracing::debug!(user = %ctx.user, path = %path.display(), "write handle dropped without CLOSE");
 }
 

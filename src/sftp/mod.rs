@@ -5,6 +5,7 @@
 //! "sftp" subsystem channel runs one `session` against the shared spool. The limits below are
 //! the SFTP layer's own (the ones shared with other layers live in [`crate::limits`]).
 
+mod budget;
 mod handles;
 pub mod namespace;
 mod ops;
@@ -14,16 +15,30 @@ pub mod session;
 mod tests;
 mod wire;
 
+pub use budget::IngestBudget;
 pub use namespace::{Users, UsersError, hash_password};
 pub use server::{HostKeyError, ServeError, load_or_generate_host_key, serve};
 pub use session::SessionEnd;
 
 use crate::limits::{SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
 
+/// Request data (packet bodies) that all sessions together hold in memory: read from their
+/// channels but not yet applied to the spool (WRITE) or decoded (everything else). When it is
+/// spent, sessions stop reading and data waits in the kernel's socket buffers instead. This is
+/// most of the daemon's memory under many uploads (bench/memory.sh); with
+/// `SFTP_SESSION_INGEST_BYTES_MAX` per session, 8 uploads at full speed use all of it.
+pub const SFTP_INGEST_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// One session's most of `SFTP_INGEST_BYTES_MAX`, so that a few sessions (or clients stalled in
+/// the middle of a packet) cannot take all of it. A single upload keeps the spool busy with
+/// far less: the reader only needs to stay a few writes ahead of the spool.
+pub const SFTP_SESSION_INGEST_BYTES_MAX: u32 = 2 * 1024 * 1024;
 /// Bytes of requests a session has read but not yet answered (queued, executing, or waiting
-/// for their reply to be queued). When exhausted the session stops reading from the channel.
-/// OpenSSH keeps 64 requests of 255 KiB in flight (16.3 MiB); this must stay above that so a
-/// well-behaved client never stalls on it.
+/// for their reply to be queued), charged with `SFTP_REQUEST_OVERHEAD_BYTES` each. When
+/// exhausted the session stops reading from the channel. Their data is bounded by the ingest
+/// budget; this bounds how many requests wait for replies. It must stay large: a paramiko
+/// download sends READs for the whole file before reading a reply, and the session must keep
+/// reading them while the replies wait for the client's window (see `session`); OpenSSH keeps
+/// 64 requests of 255 KiB in flight (16.3 MiB).
 pub const SFTP_QUEUED_REQUEST_BYTES_MAX: u32 = 24 * 1024 * 1024;
 /// Charged to every request on top of its length: covers the parsed request and its small
 /// reply, and bounds the number of queued requests (24 MiB / 128 B = 196 608).
@@ -49,13 +64,23 @@ pub const SFTP_STATUS_MESSAGE_BYTES_MAX: usize = 256;
 /// Small replies of the writer task merged into one channel write.
 pub const SFTP_REPLY_BATCH_BYTES_MAX: usize = 64 * 1024;
 
-/// SSH channel window we grant clients (russh tops it up as data arrives).
-pub const SSH_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
-/// Largest SSH channel data packet we accept (russh 0.65 accepts 256 KiB of channel data).
-pub const SSH_PACKET_BYTES_MAX: u32 = 256 * 1024;
-/// Channel messages buffered between russh's session loop and our reader. With 256 KiB
-/// packets, 32 of them are 8 MiB.
-pub const SSH_CHANNEL_BUFFER_COUNT_MAX: usize = 32;
+/// SSH channel window we grant clients (OpenSSH's sshd grants the same). russh tops it up as
+/// data arrives, not as it is consumed, so it is not our back-pressure: it bounds what a
+/// client has sent but we have not read, which waits in socket buffers and, above all, in the
+/// client's own output buffer. OpenSSH's client handles a large one badly: with 16 MiB and a
+/// session waiting for the ingest budget, 16 parallel puts took 4× the client CPU (copying
+/// and faulting in its growing buffer) and twice the time. 2 MiB still covers a gigabit LAN's
+/// bandwidth-delay product many times over (russh tops it up at half).
+pub const SSH_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+/// Largest SSH channel data packet we accept (OpenSSH's sshd: the same; russh 0.65 accepts up
+/// to 256 KiB). russh keeps one read buffer this big per connection and up to
+/// `SSH_CHANNEL_BUFFER_COUNT_MAX` + 1 packets per channel, all outside the ingest budget; with
+/// the window above, 32 KiB packets were as fast as 256 KiB ones (bench/memory.sh, ingest.sh).
+pub const SSH_PACKET_BYTES_MAX: u32 = 32 * 1024;
+/// Channel messages buffered between russh's session loop and our reader; when they are full,
+/// russh stops reading the socket. Enough for the reader to find the next packet waiting
+/// while it copies one, and no more: they are outside the ingest budget.
+pub const SSH_CHANNEL_BUFFER_COUNT_MAX: usize = 4;
 /// Concurrent SSH connections; more are refused at accept.
 pub const SSH_CONNECTIONS_COUNT_MAX: usize = 64;
 /// Session channels per SSH connection (OpenSSH's sftp uses one).
@@ -69,8 +94,29 @@ pub const SSH_AUTH_REJECTION_MILLISECONDS: u64 = 500;
 pub const SSH_KEEPALIVE_INTERVAL_SECONDS: u64 = 15;
 pub const SSH_KEEPALIVE_COUNT_MAX: usize = 4;
 
+/// Upload data the SFTP layer can hold in memory at worst, every connection with every
+/// channel busy: the ingest budget, plus what russh keeps outside it (a read buffer per
+/// connection; per channel its buffered packets and the one it waits to hand over). Kept
+/// within `SFTP_UPLOAD_MEMORY_BYTES_MAX` so that the daemon stays small under any load.
+pub const SFTP_UPLOAD_BUFFERED_BYTES_MAX: usize = SFTP_INGEST_BYTES_MAX as usize
+    + SSH_CONNECTIONS_COUNT_MAX * SSH_PACKET_BYTES_MAX as usize
+    + SSH_CONNECTIONS_COUNT_MAX
+        * SSH_CHANNELS_PER_CONNECTION_COUNT_MAX
+        * (SSH_CHANNEL_BUFFER_COUNT_MAX + 1)
+        * SSH_PACKET_BYTES_MAX as usize;
+/// Cap on that worst case. The measured target is lower: the whole daemon within 64 MiB
+/// while 64 sessions (one channel per connection, as OpenSSH's sftp opens) upload, where the
+/// bound is 16 + 2 + 10 MiB on top of the idle process's 15 MiB (bench/memory.sh).
+pub const SFTP_UPLOAD_MEMORY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 const _: () =
     assert!(SFTP_PACKET_BYTES_MAX + SFTP_REQUEST_OVERHEAD_BYTES <= SFTP_QUEUED_REQUEST_BYTES_MAX);
+// Every packet must fit in a session's share, and the share in the whole budget.
+const _: () = assert!(SFTP_PACKET_BYTES_MAX <= SFTP_SESSION_INGEST_BYTES_MAX);
+const _: () = assert!(SFTP_SESSION_INGEST_BYTES_MAX <= SFTP_INGEST_BYTES_MAX);
+const _: () = assert!(SFTP_UPLOAD_BUFFERED_BYTES_MAX <= SFTP_UPLOAD_MEMORY_BYTES_MAX);
+// russh tops the window up once half of it is used: a full packet must fit in that half.
+const _: () = assert!(2 * SSH_PACKET_BYTES_MAX <= SSH_WINDOW_BYTES);
 const _: () = assert!(SFTP_IO_BYTES_MAX + 64 <= SFTP_REPLY_DATA_BYTES_MAX);
 const _: () = assert!(SFTP_NAME_REPLY_BYTES_MAX <= SFTP_REPLY_DATA_BYTES_MAX);
 const _: () = assert!(crate::limits::SFTP_HANDLES_COUNT_MAX <= SFTP_REPLIES_QUEUED_COUNT_MAX);

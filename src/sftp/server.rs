@@ -2,9 +2,12 @@
 //! against [`Users`], and one SFTP [`session`](super::session) per "sftp" subsystem channel.
 //! Shells and commands are refused with a message.
 //!
-//! russh's defaults are for terminals (see DESIGN.md): we set TCP_NODELAY, a 16 MiB window,
-//! 256 KiB channel packets, keepalives, a small channel buffer (it holds whole packets), and a
-//! rejection delay that OpenSSH's first `none` probe does not pay.
+//! russh's defaults are for terminals (see DESIGN.md): we set TCP_NODELAY, keepalives, and a
+//! rejection delay that OpenSSH's first `none` probe does not pay. The window is OpenSSH's
+//! 2 MiB on purpose (see `SSH_WINDOW_BYTES`), and channel packets and the channel buffer are
+//! small, because russh keeps them outside our ingest budget: a read buffer of one packet per
+//! connection and a buffer of whole packets per channel (see `SSH_PACKET_BYTES_MAX`). All
+//! sessions share one [`IngestBudget`].
 //!
 //! Lifetimes: a connection must log in within `SSH_LOGIN_GRACE_SECONDS` (the version exchange
 //! included); dead peers are found by keepalives. Each SFTP session runs in a task of its own,
@@ -32,6 +35,7 @@ use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet, Preferred, Ss
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use super::budget::IngestBudget;
 use super::namespace::Users;
 use super::{
     SSH_AUTH_REJECTION_MILLISECONDS, SSH_CHANNEL_BUFFER_COUNT_MAX,
@@ -220,6 +224,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(ssh_config(host_key, &users));
+    // One budget for the request data of every session of this server.
+    let ingest = IngestBudget::default();
     let connections = Arc::new(Semaphore::new(SSH_CONNECTIONS_COUNT_MAX));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection and session holds a clone; `recv` yields `None` once all are gone.
@@ -241,6 +247,7 @@ pub async fn serve(
                         peer,
                         users: Arc::clone(&users),
                         spool: Arc::clone(&spool),
+                        ingest: ingest.clone(),
                         user: None,
                         rejections: 0,
                         channels: HashMap::new(),
@@ -352,6 +359,7 @@ struct Connection {
     peer: SocketAddr,
     users: Arc<Users>,
     spool: Arc<Spool>,
+    ingest: IngestBudget,
     /// Set once authenticated.
     user: Option<String>,
     /// Rejected authentication attempts, for the log line when the connection ends.
@@ -512,11 +520,12 @@ impl Handler for Connection {
             let _ = closed_rx.await;
         };
         let (peer, spool, alive) = (self.peer, Arc::clone(&self.spool), self.alive.clone());
+        let ingest = self.ingest.clone();
         // The session runs beside russh's loop, never inside it: that loop must keep reading
         // the socket (window adjustments) while the session waits on anything.
         tokio::spawn(async move {
             tracing::info!(%peer, user, "sftp session started");
-            let end = session::run(channel.into_stream(), spool, &user, closed).await;
+            let end = session::run(channel.into_stream(), spool, &user, &ingest, closed).await;
             if end.is_client_error() {
                 tracing::warn!(%peer, user, ?end, "sftp session ended by a protocol error");
             } else {

@@ -7,8 +7,9 @@
 //!   [`SFTP_PACKET_BYTES_MAX`] or an undecodable packet ends the session: parsing on after
 //!   garbage would read misaligned bytes as requests. Every request is charged its length plus
 //!   [`SFTP_REQUEST_OVERHEAD_BYTES`] against [`SFTP_QUEUED_REQUEST_BYTES_MAX`] until its reply is
-//!   queued; when that budget is spent the reader stops, which stops russh reading the socket
-//!   (back-pressure to the client).
+//!   queued, and its body is charged to the process-wide ingest budget (see `budget`) until
+//!   the body is dropped; when either is spent the reader stops, which stops russh reading the
+//!   socket (back-pressure to the client).
 //! - the **dispatcher** routes requests in arrival order: operations on a write handle go to
 //!   that handle's worker; READ and READDIR first wait, in a queue of their own, for reply budget
 //!   ([`SFTP_REPLY_DATA_BYTES_MAX`]); everything else waits only for one of the
@@ -18,7 +19,9 @@
 //!   [`SFTP_WRITE_COALESCE_BYTES_MAX`]). CLOSE is answered only after `WriteHandle::close`
 //!   returned (the durability point), which is after every earlier write of the handle. A
 //!   failed write poisons the handle: later writes fail the same way and CLOSE reports failure
-//!   and leaves the file partial, so a file with a hole is never sealed.
+//!   and leaves the file partial, so a file with a hole is never sealed. A worker never waits
+//!   for room in the reply queue while operations wait for it: their data would hold the
+//!   ingest budget for as long as the client does not read replies.
 //! - one **writer** sends replies in the order they are ready, merging small ones.
 //!
 //! Why the budgets are split: russh's session loop blocks when a channel's buffer is full and
@@ -27,7 +30,9 @@
 //! never open: a deadlock (seen with paramiko's unbounded READ pipelines). Here data replies
 //! hold their own budget, READs parked behind it cost the reader only their small request, and
 //! small replies are bounded by count ([`SFTP_REPLIES_QUEUED_COUNT_MAX`]), which only a client
-//! with that many requests outstanding and unread can reach.
+//! with that many requests outstanding and unread can reach. The ingest budget is shared by
+//! all sessions, so nothing that holds it may wait on one client: WRITE data gives it back
+//! once applied, and write workers never wait for the reply queue (see `handles::Acks`).
 //!
 //! When the input ends (EOF, or a bad packet), the requests read before are still executed and
 //! answered; when the session must stop at once (protocol violation, channel gone) queued
@@ -45,6 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use super::budget::{IngestBudget, SessionIngest, read_charged};
 use super::handles::{Handles, OpenHandle, WriteOp, invalid_handle, write_worker};
 use super::{
     SFTP_NAME_REPLY_BYTES_MAX, SFTP_QUEUED_REQUEST_BYTES_MAX, SFTP_REPLIES_QUEUED_COUNT_MAX,
@@ -91,7 +97,8 @@ impl SessionEnd {
 }
 
 /// Runs one SFTP session for `user` over `stream` until it ends, then waits until every
-/// request it started has finished and every unclosed write handle is dropped.
+/// request it started has finished and every unclosed write handle is dropped. Request data
+/// it holds in memory is charged to `ingest`, which all sessions of a server share.
 ///
 /// `closed` must complete when the stream's channel is gone (closed by the client, or the
 /// connection ended). A russh channel writer waiting for window that will never come is not
@@ -100,6 +107,7 @@ pub async fn run<S>(
     stream: S,
     spool: Arc<Spool>,
     user: &str,
+    ingest: &IngestBudget,
     closed: impl Future<Output = ()> + Send + 'static,
 ) -> SessionEnd
 where
@@ -108,7 +116,12 @@ where
     let (input, output) = tokio::io::split(stream);
     let request_budget = Arc::new(Semaphore::new(SFTP_QUEUED_REQUEST_BYTES_MAX as usize));
     let (request_tx, request_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
-    let reader = tokio::spawn(read_requests(input, request_budget, request_tx));
+    let reader = tokio::spawn(read_requests(
+        input,
+        request_budget,
+        ingest.session(),
+        request_tx,
+    ));
     let (reply_tx, reply_rx) = mpsc::channel(SFTP_REPLIES_QUEUED_COUNT_MAX);
     let mut writer = tokio::spawn(async move {
         tokio::select! {
@@ -169,7 +182,7 @@ where
     }
 }
 
-/// A packet as read, with its share of the request budget.
+/// A packet as read, with its share of the request budget (its data carries its ingest charge).
 struct Arrival {
     incoming: wire::Incoming,
     budget: OwnedSemaphorePermit,
@@ -224,6 +237,25 @@ impl Ctx {
             .await;
     }
 
+    /// Queues a reply if the queue has room; gives it back if not. Once the writer is gone the
+    /// reply is dropped (the session is ending).
+    pub(super) fn try_reply(&self, bytes: Bytes) -> Result<(), Bytes> {
+        let reply = Reply {
+            bytes,
+            _budget: None,
+        };
+        match self.replies.try_send(reply) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(reply)) => Err(reply.bytes),
+        }
+    }
+
+    /// Waits until the reply queue has room for one reply, or the writer is gone.
+    pub(super) async fn reply_room(&self) {
+        // The reserved slot is given back at once: the caller then uses `try_reply`.
+        let _ = self.replies.reserve().await;
+    }
+
     /// Queues a reply from the dispatcher, which must never wait on the writer.
     fn reply_soon(&self, bytes: Bytes, request_budget: OwnedSemaphorePermit) {
         match self.replies.try_send(Reply {
@@ -274,6 +306,7 @@ impl TaskTracker {
 async fn read_requests<R: AsyncRead + Unpin>(
     mut input: R,
     budget: Arc<Semaphore>,
+    ingest: SessionIngest,
     requests: mpsc::Sender<Arrival>,
 ) -> SessionEnd {
     loop {
@@ -293,7 +326,9 @@ async fn read_requests<R: AsyncRead + Unpin>(
         else {
             return SessionEnd::ClientClosed; // The budget is never closed.
         };
-        let body = match read_body(&mut input, len as usize).await {
+        // Charged before it is read: the memory it takes is what the budget bounds.
+        let charge = ingest.charge(len).await;
+        let body = match read_charged(&mut input, len as usize, charge).await {
             Ok(body) => body,
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
             Err(err) => return SessionEnd::ReadFailed(err),
@@ -310,18 +345,6 @@ async fn read_requests<R: AsyncRead + Unpin>(
             return SessionEnd::ClientClosed; // The dispatcher stopped first.
         }
     }
-}
-
-/// Exactly `len` bytes, read into a buffer that is not zero-filled first.
-async fn read_body<R: AsyncRead + Unpin>(input: &mut R, len: usize) -> io::Result<Bytes> {
-    let mut body = BytesMut::with_capacity(len);
-    while body.len() < len {
-        let limit = (len - body.len()) as u64;
-        if (&mut *input).take(limit).read_buf(&mut body).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    Ok(body.freeze())
 }
 
 /// The next packet length, or `None` at a clean end of stream.

@@ -13,6 +13,8 @@ use russh_sftp::protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 
+use super::IngestBudget;
+use super::SFTP_SESSION_INGEST_BYTES_MAX;
 use super::session::{self, SessionEnd};
 use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
 use crate::spool::{FileState, Spool, SpoolOptions, VPath};
@@ -43,9 +45,20 @@ struct Client {
 }
 
 fn start(spool: &Arc<Spool>, buffer_bytes: usize) -> (Client, JoinHandle<SessionEnd>) {
+    start_sharing(spool, buffer_bytes, &IngestBudget::default())
+}
+
+/// A session whose request data is charged to `ingest`, which other sessions may share.
+fn start_sharing(
+    spool: &Arc<Spool>,
+    buffer_bytes: usize,
+    ingest: &IngestBudget,
+) -> (Client, JoinHandle<SessionEnd>) {
     let (client, server) = tokio::io::duplex(buffer_bytes);
     let closed = std::future::pending();
-    let session = tokio::spawn(session::run(server, Arc::clone(spool), "alice", closed));
+    let (spool, ingest) = (Arc::clone(spool), ingest.clone());
+    let session =
+        tokio::spawn(async move { session::run(server, spool, "alice", &ingest, closed).await });
     (
         Client {
             io: client,
@@ -813,4 +826,150 @@ async fn invalid_and_mismatched_handles_are_errors_not_crashes() {
         StatusCode::Failure,
         "closed twice"
     );
+}
+
+// ---- the process-wide ingest budget -------------------------------------------------------
+
+/// Waits until nothing is charged to `ingest` any more; a charge that is never returned shows
+/// up as the test's timeout.
+async fn budget_returned(ingest: &IngestBudget) {
+    within(async {
+        while ingest.available_bytes() != ingest.total_bytes() as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn write_data_waits_for_the_shared_ingest_budget_and_gives_it_back_when_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let ingest = IngestBudget::new(SFTP_SESSION_INGEST_BYTES_MAX);
+    let total = ingest.total_bytes() as usize;
+    let (mut client, session) = start_sharing(&spool, 1024 * 1024, &ingest);
+    client.init().await;
+    let handle = client.open("/w.bin", write_flags()).await.unwrap();
+
+    // Someone else holds all of it: the session must not read the WRITE's data.
+    let held = ingest.session().charge(ingest.total_bytes()).await;
+    let write = client.write(&handle, 0, pattern(100_000, 1));
+    client.send(write).await;
+    let early = tokio::time::timeout(Duration::from_millis(300), client.recv()).await;
+    assert!(
+        early.is_err(),
+        "a WRITE was read without ingest budget: {early:?}"
+    );
+
+    drop(held);
+    let reply = within(client.recv()).await.expect("write reply");
+    assert_eq!(status_of(reply).0, StatusCode::Ok);
+    // Applied to the spool: its data and charge are gone (the io_uring engine may drop its
+    // copy a moment after it reports the write done).
+    budget_returned(&ingest).await;
+    let close = client.close(&handle);
+    assert_eq!(status_of(client.call(close).await).0, StatusCode::Ok);
+    drop(client);
+    within(session).await.unwrap();
+    assert_eq!(
+        ingest.available_bytes(),
+        total,
+        "a charge outlived the session"
+    );
+}
+
+#[tokio::test]
+async fn many_sessions_uploading_through_a_small_shared_budget_all_finish_and_return_it() {
+    const SESSIONS: usize = 8;
+    const FILE_BYTES: usize = 3 * 1024 * 1024 + 12_345;
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    // Room for four largest packets: far less than the sessions send at once.
+    let ingest = IngestBudget::new(4 * SFTP_PACKET_BYTES_MAX);
+
+    let sampler_budget = ingest.clone();
+    let sampler = tokio::spawn(async move {
+        let mut least = usize::MAX;
+        loop {
+            least = least.min(sampler_budget.available_bytes());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if least < SFTP_PACKET_BYTES_MAX as usize {
+                return least;
+            }
+        }
+    });
+    let mut uploads = Vec::new();
+    for i in 0..SESSIONS {
+        let (mut client, session) = start_sharing(&spool, 1024 * 1024, &ingest);
+        uploads.push(tokio::spawn(async move {
+            client.init().await;
+            let path = format!("/u{i}.bin");
+            client.put(&path, &pattern(FILE_BYTES, i as u8)).await;
+            drop(client);
+            session.await.unwrap();
+        }));
+    }
+    for upload in uploads {
+        within(upload).await.unwrap();
+    }
+    let least = within(sampler).await.unwrap();
+    assert!(
+        least < SFTP_PACKET_BYTES_MAX as usize,
+        "the budget was never short"
+    );
+    budget_returned(&ingest).await;
+
+    let (mut reader, _session) = start_initialized(&spool).await;
+    for i in 0..SESSIONS {
+        let got = reader.get(&format!("/u{i}.bin")).await;
+        assert!(got == pattern(FILE_BYTES, i as u8), "file {i} differs");
+    }
+}
+
+#[tokio::test]
+async fn a_session_that_reads_no_replies_does_not_starve_another_sessions_writes() {
+    // The whole budget is one session's share: if a stuck session could keep its share, no
+    // one else could write at all.
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let ingest = IngestBudget::new(SFTP_SESSION_INGEST_BYTES_MAX);
+
+    // Small writes, never a reply read: more replies than the session's reply queue and the
+    // stream hold, so its replies block while its writes keep coming.
+    let (mut stuck, stuck_session) = start_sharing(&spool, 16 * 1024, &ingest);
+    stuck.init().await;
+    let handle = stuck.open("/stuck.bin", write_flags()).await.unwrap();
+    let (stuck_rx, mut stuck_tx) = tokio::io::split(stuck.io);
+    const WRITES: usize = 20_000;
+    const WRITE_BYTES: usize = 1024;
+    let sender = tokio::spawn(async move {
+        for i in 0..WRITES {
+            let write = Packet::Write(Write {
+                id: 10 + i as u32,
+                handle: handle.clone(),
+                offset: (i * WRITE_BYTES) as u64,
+                data: vec![i as u8; WRITE_BYTES],
+            });
+            if stuck_tx.write_all(&encode(write)).await.is_err() {
+                break;
+            }
+        }
+        stuck_tx
+    });
+
+    let (mut other, other_session) = start_sharing(&spool, 1024 * 1024, &ingest);
+    other.init().await;
+    let data = pattern(4 * 1024 * 1024, 9);
+    within(other.put("/other.bin", &data)).await;
+    drop(other);
+    within(other_session).await.unwrap();
+
+    // The stuck session holds request budget for its unsent replies, but no request data.
+    let sender = within(sender).await.unwrap();
+    budget_returned(&ingest).await;
+    drop((stuck_rx, sender));
+    within(stuck_session).await.unwrap();
+
+    let (mut reader, _session) = start_initialized(&spool).await;
+    assert!(reader.get("/other.bin").await == data);
 }
