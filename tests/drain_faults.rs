@@ -686,3 +686,39 @@ async fn a_part_in_flight_at_close_is_not_sent_again() {
         "every part once, whether it went before or after CLOSE"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_carry_their_sha256_unless_they_are_longer_than_a_part_with_early_drain() {
+    use sha2::Digest;
+    let hex_sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    let mut rig = Rig::new(2).await;
+    let small = content(300_001, 21);
+    let big = content((2 * PART + 5) as usize, 22);
+    rig.put("small.bin", &small).await;
+    rig.put("big.bin", &big).await;
+    rig.wait_state("small.bin", FileState::Delivered).await;
+    rig.wait_state("big.bin", FileState::Delivered).await;
+    let head = rig.head("small.bin").await.expect("small");
+    assert_eq!(head.metadata.get("sha256"), Some(&hex_sha(&small)));
+    let head = rig.head("big.bin").await.expect("big");
+    assert!(head.metadata.get("sha256").is_none(), "{head:?}");
+    assert!(head.metadata.contains_key("sftpgw-token"), "{head:?}");
+
+    // Early drain off: the drain hashes what the spool did not, and every object has it.
+    rig.drain_task.take().expect("task").abort();
+    let drain = Drain::new(
+        rig.store.clone(),
+        rig.spool.clone(),
+        DrainConfig {
+            early: false,
+            ..drain_config(2)
+        },
+    );
+    rig.drain_task = Some(tokio::spawn(drain.run()));
+    let big2 = content((2 * PART + 9) as usize, 23);
+    rig.put("big2.bin", &big2).await;
+    rig.wait_state("big2.bin", FileState::Delivered).await;
+    let head = rig.head("big2.bin").await.expect("big2");
+    assert_eq!(head.metadata.get("sha256"), Some(&hex_sha(&big2)));
+    assert!(rig.object("big2.bin").await == big2);
+}

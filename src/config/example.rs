@@ -53,10 +53,11 @@ concurrency = 4
 # S3-compatible store accepts. "always": the SDK's default CRC checksums on every request.
 checksums = "when_required"
 # Upload the parts of a file that arrives in order while it is still arriving, so that the
-# object is complete soon after CLOSE (default true). Such objects carry no x-amz-meta-sha256
-# (unknown when their upload starts); their parts are checked against the sealed spool file
-# before Complete. Set false to have every object carry its SHA-256. Names ending .filepart,
-# .part, .partial or .tmp (temporary names renamed after CLOSE) never drain early.
+# object is complete soon after CLOSE (default true). Objects of files longer than part_size
+# then carry no x-amz-meta-sha256 (S3 fixes metadata before the hash is known; those files are
+# not hashed at all); early parts are checked against the sealed file before Complete. Set
+# false to have every object carry its SHA-256. Names ending .filepart, .part, .partial or
+# .tmp (temporary names renamed after CLOSE) never drain early.
 early_drain = true
 
 [shaping]

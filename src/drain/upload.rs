@@ -7,8 +7,9 @@
 //! - `NoSuchUpload` on a part voids the upload and the object starts again;
 //! - a Complete answered `NoSuchUpload` (its earlier response lost) is settled by HEAD with our
 //!   upload token;
-//! - a file counts as delivered only after HEAD shows its size and SHA-256 (or, for an early
-//!   upload, its size and our upload token);
+//! - a file counts as delivered only after HEAD shows its size and our upload token;
+//! - objects carry the file's SHA-256 where it is known before the upload (files up to one
+//!   part) or early drain is off (then the drain hashes the sealed file first);
 //! - early drain: a file still arriving in order has its full parts uploaded as its writer's
 //!   append frontier passes them; the object is completed only after the seal, once every early
 //!   part is known to hold the sealed bytes (the file was only ever appended to, or each part's
@@ -585,13 +586,13 @@ impl<S: ObjectStore> Ctx<S> {
             .fetch_add(file.size, Ordering::Relaxed);
         // The permit is held until `Delivered` is durable: a file whose PUT is done but not
         // yet journalled is sent again after a crash, and counts against the bound.
-        let delivered = self.verify_and_record(file, key, Some(&sha), &token).await;
+        let delivered = self.verify_and_record(file, key, &token).await;
         drop(permit);
         delivered
     }
 
-    /// Creates a multipart upload for `file` under `key` and journals it; for a file not
-    /// sealed yet (early drain) when `sha256` is `None`.
+    /// Creates a multipart upload for `file` under `key` (sealed, or still arriving: early
+    /// drain) and journals it; the object carries `sha256` if given.
     async fn start_upload(
         &self,
         file: &FileRecord,
@@ -607,9 +608,9 @@ impl<S: ObjectStore> Ctx<S> {
         lock(&self.created_uploads).insert(upload_id.clone());
         // An early upload does not know the final size: it uses the configured part size and
         // starts again at the seal if the file outgrew 10 000 of them.
-        let part_size = match sha256 {
-            Some(_) => part_size_for(self.cfg.part_size, file.size),
-            None => self.cfg.part_size,
+        let part_size = match file.state {
+            FileState::Receiving | FileState::Partial => self.cfg.part_size,
+            _ => part_size_for(self.cfg.part_size, file.size),
         };
         let record = Record::UploadStarted {
             id,
@@ -640,11 +641,12 @@ impl<S: ObjectStore> Ctx<S> {
 
     async fn deliver_multipart(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
         let id = file.id;
-        let early = file.upload.as_ref().is_some_and(|u| u.early);
-        // An early upload's object has no SHA-256 metadata: no need to hash the file.
-        let sha = match early {
-            true => None,
-            false => Some(self.file_sha256(file).await?),
+        // The SHA-256 goes into the object's metadata where it is known or early drain is
+        // off; with early drain on, files longer than a part are never hashed.
+        let sha = match (file.sha256, self.cfg.early) {
+            (Some(h), _) => Some(h),
+            (None, true) => None,
+            (None, false) => Some(self.file_sha256(file).await?),
         };
         let upload = match &file.upload {
             Some(u) if u.key == key => u.clone(),
@@ -747,8 +749,7 @@ impl<S: ObjectStore> Ctx<S> {
             }
             Err(e) => return Err(e),
         }
-        self.verify_and_record(file, key, sha.as_ref(), &upload.token)
-            .await
+        self.verify_and_record(file, key, &upload.token).await
     }
 
     /// The parts of an early upload whose bytes the sealed file still holds: each part's
@@ -968,30 +969,27 @@ impl<S: ObjectStore> Ctx<S> {
         Ok(())
     }
 
-    /// HEAD shows the object with the file's size and its SHA-256, or (early upload, `sha`
-    /// `None`) with our upload token; then `Delivered` is journalled.
+    /// HEAD shows the object with the file's size and the token of the upload that created
+    /// it (so it is ours, and no later write replaced it); then `Delivered` is journalled.
+    /// The token, not the SHA-256 metadata, is checked: both are only what we sent; the bytes
+    /// themselves were checked per request on the way (CRC32C, ETag).
     async fn verify_and_record(
         &self,
         file: &FileRecord,
         key: &str,
-        sha: Option<&[u8; 32]>,
         token: &str,
     ) -> Result<(), Stop> {
         let id = file.id;
         let head = self.retry(id, key, || self.store.head_object(key)).await?;
-        let (meta_key, expected) = match sha {
-            Some(sha) => (META_SHA256, hex::encode(sha)),
-            None => (META_TOKEN, token.to_owned()),
-        };
-        let verified = head
-            .as_ref()
-            .is_some_and(|h| h.size == file.size && h.metadata.get(meta_key) == Some(&expected));
+        let verified = head.as_ref().is_some_and(|h| {
+            h.size == file.size && h.metadata.get(META_TOKEN).map(String::as_str) == Some(token)
+        });
         if !verified {
             return Err(Stop::Permanent(S3Error::new(
                 S3ErrorKind::Permanent,
                 "HeadObject",
                 format!(
-                    "verification failed: expected {} bytes with {meta_key} {expected}, found {head:?}",
+                    "verification failed: expected {} bytes with {META_TOKEN} {token}, found {head:?}",
                     file.size
                 ),
             )));
