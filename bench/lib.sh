@@ -119,6 +119,7 @@ access_key_id = "$4"
 secret_access_key = "$5"
 part_size = "${7:-16MiB}"
 concurrency = ${8:-4}
+early_drain = ${EARLY_DRAIN:-true}
 [control]
 socket = "$1/control.sock"
 [[users]]
