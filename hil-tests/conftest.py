@@ -33,6 +33,7 @@ CONCURRENCY = 2
 
 # Measured times, printed at the end of the run and written to .work/times.json.
 TIMES: dict = {}
+SUITE_START = pytest.StashKey[float]()
 
 
 def pytest_configure(config):
@@ -53,11 +54,13 @@ def pytest_configure(config):
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
     TIMES.clear()
+    config.stash[SUITE_START] = time.monotonic()
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not TIMES:
-        return
+    start = terminalreporter.config.stash.get(SUITE_START, None)
+    if start is not None:
+        TIMES["suite_seconds"] = round(time.monotonic() - start, 1)
     terminalreporter.section("HIL measured times (seconds)")
     for k, v in TIMES.items():
         terminalreporter.write_line(f"{k}: {v}")

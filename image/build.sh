@@ -110,7 +110,7 @@ add_program() {
 	rm -f "$root/$dst"
 	cp -L "$src" "$root/$dst"
 	# ldd prints "name => /path (addr)" for libraries and "/path (addr)" for the loader.
-	for lib in $(ldd "$src" | awk '/=> \// { print $3 } /^\t\// { print $1 }'); do
+	for lib in $(ldd "$src" 2>/dev/null | awk '/=> \// { print $3 } /^\t\// { print $1 }'); do
 		if [ ! -e "$root/$lib" ]; then
 			mkdir -p "$root/$(dirname "$lib")"
 			cp -L "$lib" "$root/$lib"
@@ -129,6 +129,9 @@ trap 'rm -rf "$work"' EXIT
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,var,data,root}
 chmod 1777 "$root/tmp"
+# The kernel opens /dev/console of the initramfs for PID 1 before anything mounts devtmpfs.
+mknod -m 0600 "$root/dev/console" c 5 1 || die "mknod failed: build the image as root"
+mknod -m 0666 "$root/dev/null" c 1 3
 ln -s ../run "$root/var/run"
 mkdir -p "$root/var/log"
 
@@ -153,7 +156,7 @@ chmod 0755 "$root/usr/bin/sftpgw"
 # busybox and a link for each of its applets that no real program above already provides
 # (where the applet list says it belongs). Made after the programs, so that nothing is ever
 # copied onto one of these links: they point at /bin/busybox, on the build machine the host's.
-cp /bin/busybox "$root/bin/busybox"
+add_program /bin/busybox # busybox-static: no libraries; a dynamic busybox brings its own
 for applet in $(/bin/busybox --list-full); do
 	[ -e "$root/$applet" ] || [ -L "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
 done
@@ -197,6 +200,7 @@ install -D -m 0644 "$overlay/usr/lib/systemd/system/sftpgw.service" \
 
 # This image's own files: inittab, rcS, the supervisor, the DHCP hook, users, profile.
 cp -a "$here/rootfs/." "$root/"
+chmod 0600 "$root/etc/shadow"
 
 # Sanity: every program runs with the libraries the image carries (the loader in the image,
 # not the host's search path).
