@@ -18,6 +18,8 @@
 #                      socket: unix:/tmp/sftpgw-serial,server=on,wait=off
 #   SFTPGW_APPEND      extra kernel command line (e.g. sftpgw.watchdog_sec=10)
 #   SFTPGW_KVM=1       use KVM instead of TCG (KVM hangs on some of the project's machines)
+#   SFTPGW_BZIMAGE=1   boot vmlinuz (the bzImage as Debian ships it) even where build.sh made
+#                      vmlinux-pvh (the same kernel, decompressed: boots faster under TCG)
 #   SFTPGW_PRINT=1     print the command instead of running it
 set -euo pipefail
 
@@ -33,6 +35,10 @@ for f in vmlinuz initramfs.cpio.gz; do
 		exit 1
 	}
 done
+kernel=$image_dir/vmlinux-pvh
+if [ "${SFTPGW_BZIMAGE:-0}" = 1 ] || [ ! -r "$kernel" ]; then
+	kernel=$image_dir/vmlinuz
+fi
 if [ ! -e "$disk" ]; then
 	truncate -s "${SFTPGW_DISK_SIZE:-1G}" "$disk"
 fi
@@ -58,7 +64,7 @@ cmd=(
 	-machine q35 -m 1024 -smp 2 "${accel[@]}"
 	# q35's own ICH9 TCO watchdog would reboot on its own; the i6300esb is the box's watchdog.
 	-global ICH9-LPC.noreboot=true
-	-kernel "$image_dir/vmlinuz" -initrd "$image_dir/initramfs.cpio.gz" -append "$append"
+	-kernel "$kernel" -initrd "$image_dir/initramfs.cpio.gz" -append "$append"
 	-drive "file=$disk,if=none,id=spool,format=raw,cache=none"
 	-device nvme,drive=spool,serial=sftpgw-spool
 	-nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$sftp_port-:22"
