@@ -67,7 +67,9 @@ cmd=(
 	-kernel "$kernel" -initrd "$image_dir/initramfs.cpio.gz" -append "$append"
 	-drive "file=$disk,if=none,id=spool,format=raw,cache=none"
 	-device nvme,drive=spool,serial=sftpgw-spool
-	-nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$sftp_port-:22"
+	# romfile=: no iPXE option ROM (the kernel is loaded directly; it only costs boot time).
+	-netdev "user,id=lan,hostfwd=tcp:127.0.0.1:$sftp_port-:22"
+	-device virtio-net-pci,netdev=lan,romfile=
 	-device i6300esb -action watchdog=reset
 	"${provision[@]}"
 	-nographic -serial "$serial"
