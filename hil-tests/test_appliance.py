@@ -74,8 +74,11 @@ def test_boots_to_ready_and_status_shows_engine_and_empty_queue(box, is_qemu):
         # The spool is the NVMe drive, formatted ext4 on this first boot and mounted at /data.
         mounts, code = box.run("grep ' /data ' /proc/mounts")
         assert code == 0 and mounts.startswith("/dev/nvme0n1 /data ext4 "), mounts
+        load = os.getloadavg()
+        TIMES["host_load_average_at_first_boot"] = [round(x, 2) for x in load]
         assert times.sftp_banner <= BOOT_TO_READY_SECONDS_MAX, (
-            f"boot to SFTP-ready took {times.sftp_banner:.1f}s (target {BOOT_TO_READY_SECONDS_MAX}s)"
+            f"boot to SFTP-ready took {times.sftp_banner:.1f}s (target {BOOT_TO_READY_SECONDS_MAX}s;"
+            f" TCG shares the host's 2 cores: host load average {load[0]:.1f})"
         )
 
 
