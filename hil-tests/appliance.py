@@ -38,6 +38,7 @@ class Box:
         self.boot_re = options["boot_pattern"]
         self.sftp_host = options.get("sftp_host", "127.0.0.1")
         self.sftp_port = int(options.get("sftp_port", 22))
+        self.sftp_user = options.get("sftp_user", "partner1")
         self.shell = target.get_driver("ShellDriver", activate=False)
         if self.kind == "qemu":
             self.qemu = target.get_driver("QEMUDriver", activate=False)
@@ -147,7 +148,7 @@ class Box:
         self.console.sendline(line)
 
 
-def sftp_batch(box: Box, user: str, key: Path, commands: str, cwd: Path, timeout: float):
+def sftp_batch(box: Box, key: Path, commands: str, cwd: Path, timeout: float):
     """Runs OpenSSH sftp in batch mode against the box; raises with its output on failure."""
     cmd = [
         "sftp",
@@ -160,7 +161,7 @@ def sftp_batch(box: Box, user: str, key: Path, commands: str, cwd: Path, timeout
         "-o", "IdentitiesOnly=yes",
         "-o", "ConnectTimeout=20",
         "-o", "LogLevel=ERROR",
-        f"{user}@{box.sftp_host}",
+        f"{box.sftp_user}@{box.sftp_host}",
     ]
     p = subprocess.run(
         cmd, input=commands, text=True, capture_output=True, cwd=cwd, timeout=timeout

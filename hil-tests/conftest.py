@@ -174,10 +174,12 @@ def box(target, options, is_qemu, box_config, s3):
     if is_qemu:
         b.sftp_host = options.get("sftp_host", "127.0.0.1")
         b.sftp_port = int(os.environ["LG_SFTP_PORT"])
+        b.sftp_user = USER
     else:
         service = target.get_resource("NetworkService")
         b.sftp_host = service.address
         b.sftp_port = service.port
+        b.sftp_user = service.username
     yield b
     b.power_off()
 

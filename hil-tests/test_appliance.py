@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance import sftp_batch, status_line
-from conftest import TIMES, USER, WORK
+from conftest import TIMES
 from s3server import sha256_of_file, sha256_of_object, wait_for_object
 
 CONFIG = "/data/sftpgw/sftpgw.toml"
@@ -37,8 +37,9 @@ def write_random(path: Path, size: int):
             left -= n
 
 
-def object_key(prefix: str, path: str) -> str:
-    return f"{prefix}{USER}/{path}"
+def object_key(box, prefix: str, path: str) -> str:
+    """Object key = prefix + user + "/" + path (DESIGN.md)."""
+    return f"{prefix}{box.sftp_user}/{path}"
 
 
 def test_boots_to_ready_and_status_shows_engine_and_empty_queue(box, is_qemu):
@@ -100,11 +101,11 @@ def test_sftp_uploads_arrive_in_s3_byte_for_byte(serving, s3, client_key, tmp_pa
     batch = [f"mkdir hil-{run_id}", f"mkdir hil-{run_id}/nested", f"mkdir hil-{run_id}/nested/dir"]
     batch += [f"put {local[path].name} {path}" for path in files]
     t0 = time.monotonic()
-    sftp_batch(box, USER, client_key, "\n".join(batch) + "\n", tmp_path, timeout=300)
+    sftp_batch(box, client_key, "\n".join(batch) + "\n", tmp_path, timeout=300)
     TIMES["upload_4_files_36MiB_sftp_seconds"] = round(time.monotonic() - t0, 2)
 
     for path in files:
-        key = object_key(prefix, path)
+        key = object_key(box, prefix, path)
         head = wait_for_object(client, bucket, key, DELIVERY_TIMEOUT_SECONDS)
         assert head["ContentLength"] == files[path], key
         assert sha256_of_object(client, bucket, key) == sha256_of_file(local[path]), key
@@ -122,7 +123,7 @@ def test_power_cut_mid_drain_delivers_object_once_without_open_upload(
         pytest.skip("no power switch in this labgrid environment")
     client, bucket, prefix, proxy = s3
     path = f"cut-{time.strftime('%H%M%S')}/big.bin"
-    key = object_key(prefix, path)
+    key = object_key(box, prefix, path)
     src = tmp_path / "big.bin"
     write_random(src, 64 * MIB)
 
@@ -131,7 +132,7 @@ def test_power_cut_mid_drain_delivers_object_once_without_open_upload(
     try:
         t0 = time.monotonic()
         sftp_batch(
-            box, USER, client_key, f"mkdir {path.split('/')[0]}\nput big.bin {path}\n", tmp_path, 300
+            box, client_key, f"mkdir {path.split('/')[0]}\nput big.bin {path}\n", tmp_path, 300
         )
         TIMES["upload_64MiB_sftp_seconds"] = round(time.monotonic() - t0, 2)
         # CLOSE was acknowledged: the file is durable on the spool. Cut once the drain is
@@ -208,8 +209,8 @@ def test_hung_daemon_starves_watchdog_and_box_resets_and_serves_again(
     path = f"after-reset-{time.strftime('%H%M%S')}.txt"
     src = tmp_path / "after-reset.txt"
     src.write_bytes(os.urandom(4096))
-    sftp_batch(box, USER, client_key, f"put after-reset.txt {path}\n", tmp_path, 120)
-    key = object_key(prefix, path)
+    sftp_batch(box, client_key, f"put after-reset.txt {path}\n", tmp_path, 120)
+    key = object_key(box, prefix, path)
     wait_for_object(client, bucket, key, DELIVERY_TIMEOUT_SECONDS)
     assert sha256_of_object(client, bucket, key) == sha256_of_file(src)
     # And the daemon that runs is a new one (uptime restarted), not the stopped one resumed.
