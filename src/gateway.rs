@@ -160,6 +160,11 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                         count: count as u64,
                     }
                 }
+                Request::DrainPause { .. } | Request::DrainResume | Request::DrainRate { .. } => {
+                    Response::Error {
+                        message: "bandwidth shaping is not built yet (issue 5)".into(),
+                    }
+                }
             }
         })
     })
@@ -242,5 +247,6 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
             files_delivered: stats.files_delivered.load(Ordering::Relaxed),
         },
         files,
+        shaping: Default::default(),
     }
 }

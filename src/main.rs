@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
                 Response::Error { message } => bail!(message),
-                Response::Status(_) => bail!("unexpected response from the daemon"),
+                _ => bail!("unexpected response from the daemon"),
             }
         }
         Command::CheckConfig { file } => {

@@ -24,6 +24,15 @@ pub enum Request {
         user: Option<String>,
         path: Option<String>,
     },
+    /// `sftpgw drain pause [--for D]`: no new part starts until resumed or `for_secs` pass.
+    DrainPause { for_secs: Option<u64> },
+    /// `sftpgw drain resume`: ends an override; the schedule applies again.
+    DrainResume,
+    /// `sftpgw drain rate R [--for D]`: `bytes_per_sec` `None` is unlimited.
+    DrainRate {
+        bytes_per_sec: Option<u64>,
+        for_secs: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +40,8 @@ pub enum Request {
 pub enum Response {
     Status(Box<Snapshot>),
     Retried { count: u64 },
+    /// The shaper after a `Drain*` request.
+    Shaping(Box<super::ShapingStatus>),
     Error { message: String },
 }
 

@@ -22,6 +22,43 @@ pub struct Snapshot {
     pub drain: DrainSummary,
     /// Every file the gateway knows, oldest first.
     pub files: Vec<FileStatus>,
+    /// The WAN shaper: limit, schedule window, override, budgets, clock.
+    #[serde(default)]
+    pub shaping: ShapingStatus,
+}
+
+/// What the drain's bandwidth shaper is doing now (`[shaping]` and `sftpgw drain ...`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShapingStatus {
+    /// No new part starts (schedule window `paused`, `sftpgw drain pause`, or a spent budget).
+    pub paused: bool,
+    /// The WAN limit in force, bytes per second; `None` is unlimited (and also while paused).
+    pub limit_bytes_per_sec: Option<u64>,
+    /// Upload body bytes per second actually sent, averaged over the last few seconds.
+    pub rate_bytes_per_sec: u64,
+    /// Why this limit applies, for people: "schedule mon-fri 08:00-18:00",
+    /// "override until 14:30", "daily budget spent until 00:00", "clock unsynchronised: fallback".
+    pub reason: String,
+    /// A runtime override (`sftpgw drain pause|rate`) in force, and when it ends (`None`: until
+    /// `sftpgw drain resume`).
+    pub override_active: bool,
+    pub override_until_unix: Option<u64>,
+    /// When the limit changes next by the schedule or a budget period, if known.
+    pub next_change_unix: Option<u64>,
+    /// Whether the box's clock is trusted (NTP-synchronised, or confirmed by the S3 server's
+    /// Date header); when it is not, the configured fallback applies.
+    pub clock_synced: bool,
+    pub daily_budget: Option<BudgetStatus>,
+    pub monthly_budget: Option<BudgetStatus>,
+}
+
+/// A byte budget of one period (day or month, in the schedule's time zone).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BudgetStatus {
+    pub limit_bytes: u64,
+    pub used_bytes: u64,
+    /// When the period ends and the budget is full again.
+    pub resets_unix: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -144,6 +144,7 @@ mod tests {
                 file(FileState::Delivered, None),
                 file(FileState::Receiving, None),
             ],
+            shaping: Default::default(),
         };
         let text = render_text(&s, false);
         assert!(text.contains("uploading 2/3"), "{text}");
