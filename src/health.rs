@@ -25,6 +25,7 @@ pub const HEALTH_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HEALTH_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A task that must run as long as the gateway does.
+#[derive(Clone)]
 pub struct Watched {
     pub name: &'static str,
     pub task: AbortHandle,
