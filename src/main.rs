@@ -146,7 +146,8 @@ fn init_tracing() {
             .event_format(sftpgw::logfmt::Journald::default())
             .init();
     } else {
-        builder.init();
+        // Colours only for a person at a terminal, not in a log file or pipe.
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 

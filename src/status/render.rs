@@ -215,11 +215,10 @@ fn wan(sc: &mut Screen, s: &Snapshot) {
 }
 
 fn progress_bar(done: u64, total: u64) -> (String, u64) {
-    let percent = if total == 0 {
-        100
-    } else {
-        (done.min(total) * 100 / total).min(100)
-    };
+    let percent = (done.min(total) * 100)
+        .checked_div(total)
+        .unwrap_or(100)
+        .min(100);
     let filled = (percent as usize * PROGRESS_BAR_COLUMNS) / 100;
     let bar = format!(
         "[{}{}]",
