@@ -174,14 +174,26 @@ fn spool_and_queue(sc: &mut Screen, s: &Snapshot) {
         .oldest_age_secs
         .map(|a| format!(", oldest {}", human_duration(a)))
         .unwrap_or_default();
+    // Since the start of the daemon; the journal knows only what was delivered.
+    let done = match s.source {
+        SnapshotSource::Daemon => format!(
+            "; {} delivered, {} sent",
+            s.drain.files_delivered,
+            human_bytes(s.drain.bytes_sent)
+        ),
+        SnapshotSource::Journal => String::new(),
+    };
     sc.line(format!(
-        "QUEUE    {} file(s), {}{oldest}",
+        "QUEUE    {} file(s), {}{oldest}{done}",
         s.queue.files,
-        human_bytes(s.queue.bytes)
+        human_bytes(s.queue.bytes),
     ));
 }
 
 fn wan(sc: &mut Screen, s: &Snapshot) {
+    if s.source == SnapshotSource::Journal {
+        return;
+    }
     let sh = &s.shaping;
     // Before the shaper reports (empty reason) only the drain's own rate is known.
     let sent = if sh.rate_bytes_per_sec > 0 {
@@ -327,20 +339,17 @@ fn s3(sc: &mut Screen, s: &Snapshot) {
             s.s3.last_error.as_deref().unwrap_or("no answer")
         ),
     };
+    let skew = match s.s3.clock_skew_secs {
+        // Worth a warning long before SigV4's 15 minutes run out.
+        Some(k) if k.abs() > 60.0 => format!("clock skew {k:+.0} s (SigV4 fails beyond 900 s)"),
+        Some(k) => format!("clock skew {k:+.1} s"),
+        None => "clock skew unknown".to_owned(),
+    };
     sc.line(format!(
         "S3       {}/{}  {reach}",
         s.drain.endpoint, s.drain.bucket
     ));
-    let skew = match s.s3.clock_skew_secs {
-        Some(k) => format!("clock skew {k:+.1} s (SigV4 fails beyond 900 s)"),
-        None => "clock skew unknown".to_owned(),
-    };
-    sc.line(format!(
-        "         {skew}; sent {} in {} parts, {} delivered",
-        human_bytes(s.drain.bytes_sent),
-        s.drain.parts_sent,
-        s.drain.files_delivered
-    ));
+    sc.line(format!("         {skew}"));
     sc.line(format!("ENGINE   {}  spool {}", s.engine, s.spool.dir));
 }
 

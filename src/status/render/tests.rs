@@ -179,6 +179,13 @@ fn the_screen_shows_health_forecast_queue_progress_eta_errors_and_skew() {
 
     s.rates.forecast = Forecast::DrainingFaster;
     assert!(render_text(&s, false).contains("draining faster than filling"));
+    s.s3.clock_skew_secs = Some(-400.4);
+    let text = render_text(&s, false);
+    assert!(
+        text.contains("clock skew -400 s (SigV4 fails beyond 900 s)"),
+        "{text}"
+    );
+    assert_fits(&text);
 }
 
 #[test]
@@ -196,7 +203,10 @@ fn a_journal_snapshot_says_the_daemon_is_not_running() {
         text.contains("u:/a/queued.bin") && text.contains("not checked"),
         "{text}"
     );
-    assert!(!text.contains("session(s)"), "{text}");
+    assert!(
+        !text.contains("session(s)") && !text.contains("WAN"),
+        "{text}"
+    );
 }
 
 #[test]
