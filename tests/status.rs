@@ -377,3 +377,61 @@ async fn the_clock_skew_of_the_embedded_s3_server_is_about_zero() {
     assert_eq!(gone.observer().reachability().reachable, Some(false));
     assert!(gone.observer().reachability().last_error.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_counts_while_open_and_partial_and_expired_files_log_their_lines() {
+    let mut h = Harness::new(Options {
+        partial_ttl: "2s",
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    let local = h.dir.path().join("slow.bin");
+    std::fs::write(&local, common::data(4 << 20, 6)).expect("local");
+    // About 1 MB/s (`-l` is in Kbit/s): the put lasts seconds; kill the client meanwhile.
+    let mut child = h
+        .sftp_command_with("alice", &["-l", "8000"])
+        .spawn()
+        .expect("sftp");
+    writeln!(
+        child.stdin.take().expect("stdin"),
+        "put {} /slow.bin",
+        local.display()
+    )
+    .expect("batch");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.status().await;
+        let receiving = s
+            .files
+            .iter()
+            .any(|f| f.state == FileState::Receiving && f.size > 0);
+        if receiving && s.sftp_sessions == 1 && s.rates.ingest_bytes_per_sec > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no session receiving: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = h.log();
+        let has = |event: &str| {
+            log.lines().any(|l| {
+                l.contains(&format!("event=\"{event}\""))
+                    && l.contains("user=alice")
+                    && l.contains("path=/slow.bin")
+            })
+        };
+        if has("partial") && has("expired") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no partial and expired lines:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.status().await.sftp_sessions, 0, "the session is gone");
+}
