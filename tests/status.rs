@@ -127,6 +127,23 @@ async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
         "journal untouched"
     );
 
+    // `--watch` redraws in place every second (cursor home + clear), daemon or not.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+        .args(["status", "--watch", "--config"])
+        .arg(&h.config_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.matches("\x1b[H\x1b[2J").count() >= 2,
+        "redrawn at least twice: {text:?}"
+    );
+    assert!(text.contains("DAEMON NOT RUNNING"), "{text}");
+
     // No journal at all (wrong spool): exit 4, the daemon cannot be reached.
     std::fs::remove_file(&journal).expect("rm journal");
     let out = status_command(&h, &[]);
