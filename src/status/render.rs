@@ -349,7 +349,11 @@ fn s3(sc: &mut Screen, s: &Snapshot) {
         "S3       {}/{}  {reach}",
         s.drain.endpoint, s.drain.bucket
     ));
-    sc.line(format!("         {skew}"));
+    let measured =
+        s.s3.clock_skew_measured_unix
+            .map(|t| format!(", measured {} UTC", clock_utc(t)))
+            .unwrap_or_default();
+    sc.line(format!("         {skew}{measured}"));
     sc.line(format!("ENGINE   {}  spool {}", s.engine, s.spool.dir));
 }
 

@@ -61,6 +61,7 @@ fn snapshot(files: Vec<FileStatus>) -> Snapshot {
         s3: S3Status {
             reachable: Some(true),
             clock_skew_secs: Some(0.4),
+            clock_skew_measured_unix: Some(3600 * 13 + 60),
             ..Default::default()
         },
         counters: Default::default(),
@@ -167,7 +168,7 @@ fn the_screen_shows_health_forecast_queue_progress_eta_errors_and_skew() {
         "{text}"
     );
     assert!(
-        text.contains("reachable") && text.contains("clock skew +0.4 s"),
+        text.contains("reachable") && text.contains("clock skew +0.4 s, measured 13:01:00 UTC"),
         "{text}"
     );
     assert!(text.contains("ENGINE   pwrite"), "{text}");
