@@ -32,6 +32,19 @@ fn put(h: &Harness, user: &str, name: &str, bytes: &[u8]) {
     h.sftp_ok(user, &format!("put {} /{name}\n", local.display()));
 }
 
+/// Health counts a spool above its high watermark as failing; the test machine's disk holds
+/// the spool and may be that full, so tests that check the health level raise the watermark.
+fn watermark_at_full_disk(h: &Harness) {
+    let config = std::fs::read_to_string(&h.config_path).expect("config");
+    let config = config.replacen(
+        "[spool]\n",
+        "[spool]\nhigh_watermark = \"100%\"\nlow_watermark = \"99%\"\n",
+        1,
+    );
+    assert!(config.contains("high_watermark = \"100%\""));
+    std::fs::write(&h.config_path, config).expect("config");
+}
+
 /// `GET path` over loopback; returns (status line, body).
 fn http_get(port: u16, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
@@ -65,6 +78,7 @@ async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
         ..Options::default()
     })
     .await;
+    watermark_at_full_disk(&h);
     h.start_daemon();
     put(&h, "alice", "pending-report.csv", &common::data(100_000, 1));
     put(&h, "bob", "second.bin", &common::data(2000, 2));
@@ -162,6 +176,7 @@ async fn metrics_are_scraped_over_http_and_change_after_an_upload() {
     let mut config = std::fs::read_to_string(&h.config_path).expect("config");
     config.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     std::fs::write(&h.config_path, config).expect("config");
+    watermark_at_full_disk(&h);
     h.start_daemon();
     let (status, before) = http_get(port, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "{before}");
@@ -171,7 +186,15 @@ async fn metrics_are_scraped_over_http_and_change_after_an_upload() {
     let bytes = common::data(6 << 20, 3);
     put(&h, "alice", "big.bin", &bytes);
     h.wait_drained(Duration::from_secs(60)).await;
-    let (_, after) = http_get(port, "/metrics");
+    // The counters move just after the state does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let (_, body) = http_get(port, "/metrics");
+        if sample(&body, "sftpgw_files_delivered_total") >= 1.0 || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         sample(&after, "sftpgw_files_delivered_total"),
         1.0,
@@ -210,6 +233,11 @@ async fn every_lifecycle_event_logs_one_line_with_its_fields() {
     let bytes = common::data(70_000, 4);
     put(&h, "alice", "life.txt", &bytes);
     h.wait_drained(Duration::from_secs(60)).await;
+    // The delivered line follows the state change that `wait_drained` sees.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !h.log().contains("event=\"delivered\"") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = h.log();
     let line = |event: &str| {
         let lines: Vec<&str> = log
