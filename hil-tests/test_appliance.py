@@ -61,16 +61,19 @@ def test_boots_to_ready_and_status_shows_engine_and_empty_queue(box, is_qemu):
 
     out, code = box.run(STATUS)
     assert code == 0, f"sftpgw status failed ({code}):\n{out}"
-    head = status_line(out, "sftpgw ")
-    engine = head.split("engine ", 1)[1].strip()
+    head = status_line(out, "ENGINE ")
+    engine = head.split()[1]
     assert engine in ("io_uring", "pwrite"), head
+    health = status_line(out, "HEALTH ")
+    assert health.split()[1] in ("OK", "DEGRADED"), out
     if is_qemu:
         # The Debian kernel has io_uring and nothing forbids it here: the probe must pick it.
         assert engine == "io_uring", head
-        spool = status_line(out, "spool ")
-        assert spool.endswith("queue 0 B in 0 files"), spool
-        files = status_line(out, "files ")
+        queue = status_line(out, "QUEUE ")
+        assert queue.split(None, 1)[1].startswith("0 file(s), 0 B"), queue
+        files = status_line(out, "FILES ")
         assert "receiving 0  partial 0  sealed 0  uploading 0" in files, files
+    assert all(len(line) <= 80 for line in out.splitlines()), out
     if is_qemu:
         # The spool is the NVMe drive, formatted ext4 on this first boot and mounted at /data.
         mounts, code = box.run("grep ' /data ' /proc/mounts")

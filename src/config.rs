@@ -60,6 +60,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub s3: S3Config,
     pub control: ControlConfig,
+    /// `[metrics]`: Prometheus metrics, off unless configured.
+    pub metrics: Option<MetricsConfig>,
     pub users: Vec<User>,
 }
 
@@ -139,6 +141,12 @@ pub enum ChecksumMode {
     WhenRequired,
     /// Let the SDK add its default CRC checksums.
     Always,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Address of the `GET /metrics` HTTP endpoint, e.g. `127.0.0.1:9100`.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -342,8 +350,15 @@ struct RawConfig {
     shaping: Option<IgnoredAny>,
     #[serde(default)]
     control: RawControl,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     users: Vec<Spanned<RawUser>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Listen,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +430,7 @@ impl RawConfig {
             spool,
             s3,
             control: ControlConfig { socket },
+            metrics: self.metrics.map(|m| MetricsConfig { listen: m.listen.0 }),
             users,
         })
     }

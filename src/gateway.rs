@@ -3,17 +3,52 @@
 //! both come here.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::drain::aws::AwsStore;
+use crate::drain::observer::S3Observer;
 use crate::drain::upload::{Drain, DrainConfig};
 use crate::health::Watched;
 use crate::spool::{FileState, Spool, SpoolEngine, SpoolOptions, VPath};
+use crate::status::assess::{self, HealthInputs};
 use crate::status::control::{self, Request, Response};
-use crate::status::{DrainSummary, FileStatus, Snapshot, SpoolUsage};
+use crate::status::rates::{RATE_SAMPLE_INTERVAL_SECS, RateMeter};
+use crate::status::{
+    Counters, DrainSummary, FileStatus, QueueStatus, Rates, S3Status, Snapshot, SpoolUsage,
+};
+use crate::telemetry;
+
+/// When the drain has sent nothing for this long, a HeadBucket probe checks that S3 answers
+/// and measures the clock skew again.
+pub const S3_PROBE_IDLE_SECS: u64 = 60;
+
+/// What a snapshot needs beyond the spool and the drain: rates, the S3 observer, the tasks
+/// whose death makes the gateway failing.
+pub struct Monitor {
+    started: Instant,
+    /// Ingest (SFTP bytes received) and drain (bytes sent) meters.
+    rates: Mutex<(RateMeter, RateMeter)>,
+    observer: Arc<S3Observer>,
+    watched: OnceLock<Vec<Watched>>,
+}
+
+impl Monitor {
+    fn sample(&self, bytes_sent: u64) {
+        let now = Instant::now();
+        let mut r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        r.0.sample(now, telemetry::bytes_received());
+        r.1.sample(now, bytes_sent);
+    }
+
+    /// The S3 observer: reachability and the clock skew, whose
+    /// [`S3Observer::subscribe_skew`] feeds the shaper.
+    pub fn observer(&self) -> &Arc<S3Observer> {
+        &self.observer
+    }
+}
 
 /// Bytes kept free on the spool's filesystem: uploads are refused below this, so that the
 /// journal and acknowledged files always have room.
@@ -44,8 +79,14 @@ pub async fn run(
         SpoolEngine::select(config.spool.engine)?,
     )?;
     let store = Arc::new(AwsStore::new(&config.s3)?);
+    let monitor = Arc::new(Monitor {
+        started,
+        rates: Mutex::new((RateMeter::default(), RateMeter::default())),
+        observer: store.observer().clone(),
+        watched: OnceLock::new(),
+    });
     let drain = Drain::new(
-        store,
+        store.clone(),
         spool.clone(),
         DrainConfig {
             prefix: config.s3.prefix.clone(),
@@ -58,12 +99,41 @@ pub async fn run(
         },
     );
     let drain_task = tokio::spawn(drain.clone().run());
+    let monitor_task = tokio::spawn(monitor_loop(
+        monitor.clone(),
+        drain.stats().clone(),
+        store.clone(),
+    ));
 
     // The control socket answers before the SFTP port accepts, so that whoever sees the
     // port open can also ask for status.
     let control_listener = control::bind(&config.control.socket)?;
-    let handler = control_handler(spool.clone(), drain.clone(), config.clone(), started);
+    let handler = control_handler(
+        spool.clone(),
+        drain.clone(),
+        config.clone(),
+        monitor.clone(),
+    );
     let control_task = tokio::spawn(control::serve(control_listener, handler));
+    let metrics_task = match config.metrics.as_ref() {
+        Some(m) => {
+            let listener = crate::status::metrics::bind(m.listen).await?;
+            let (spool, drain, config, monitor) = (
+                spool.clone(),
+                drain.clone(),
+                config.clone(),
+                monitor.clone(),
+            );
+            let snapshot_fn: crate::status::metrics::SnapshotFn =
+                Arc::new(move || snapshot(&spool, &drain, &config, &monitor));
+            tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
+            Some(tokio::spawn(crate::status::metrics::serve(
+                listener,
+                snapshot_fn,
+            )))
+        }
+        None => None,
+    };
 
     let host_key = crate::sftp::server::load_or_generate_host_key(&config.sftp.host_key).await?;
     let users = Arc::new(crate::sftp::namespace::Users::new(&config.users)?);
@@ -94,10 +164,14 @@ pub async fn run(
 
     tracing::info!(listen = %config.sftp.listen, spool = %config.spool.dir.display(), bucket = %config.s3.bucket, "gateway running");
     ready();
-    let watched = vec![
+    let mut watched = vec![
         Watched {
             name: "drain",
             task: drain_task.abort_handle(),
+        },
+        Watched {
+            name: "status monitor",
+            task: monitor_task.abort_handle(),
         },
         Watched {
             name: "control socket",
@@ -112,6 +186,13 @@ pub async fn run(
             task: sftp_task.abort_handle(),
         },
     ];
+    if let Some(t) = &metrics_task {
+        watched.push(Watched {
+            name: "metrics server",
+            task: t.abort_handle(),
+        });
+    }
+    let _ = monitor.watched.set(watched.clone());
     let health_task = tokio::spawn(crate::health::supervise(
         config.control.socket.clone(),
         watched,
@@ -119,7 +200,16 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    for t in [drain_task, control_task, sweeper_task, health_task] {
+    for t in [
+        drain_task,
+        control_task,
+        sweeper_task,
+        health_task,
+        monitor_task,
+    ]
+    .into_iter()
+    .chain(metrics_task)
+    {
         t.abort();
     }
     // Sessions still open keep their files partial; give the server a moment to close them.
@@ -128,18 +218,49 @@ pub async fn run(
     Ok(())
 }
 
+/// Samples the rates every second and probes S3 when the drain has been quiet.
+async fn monitor_loop(
+    monitor: Arc<Monitor>,
+    stats: Arc<crate::drain::upload::DrainStats>,
+    store: Arc<AwsStore>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(RATE_SAMPLE_INTERVAL_SECS));
+    let mut probing: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tick.tick().await;
+        monitor.sample(stats.bytes_sent.load(Ordering::Relaxed));
+        let last = monitor.observer.reachability().last_request_unix;
+        let quiet =
+            last.is_none_or(|t| crate::spool::now_unix().saturating_sub(t) >= S3_PROBE_IDLE_SECS);
+        if quiet && probing.as_ref().is_none_or(|p| p.is_finished()) {
+            let store = store.clone();
+            // In its own task: a probe waiting for a timeout must not stop the sampling.
+            probing = Some(tokio::spawn(async move {
+                if let Err(e) = store.probe().await {
+                    tracing::debug!(error = %e, "S3 probe failed");
+                }
+            }));
+        }
+    }
+}
+
 fn control_handler<S: crate::drain::store::ObjectStore>(
     spool: Arc<Spool>,
     drain: Arc<Drain<S>>,
     config: Config,
-    started: Instant,
+    monitor: Arc<Monitor>,
 ) -> control::Handler {
     Arc::new(move |req| {
-        let (spool, drain, config) = (spool.clone(), drain.clone(), config.clone());
+        let (spool, drain, config, monitor) = (
+            spool.clone(),
+            drain.clone(),
+            config.clone(),
+            monitor.clone(),
+        );
         Box::pin(async move {
             match req {
                 Request::Status => {
-                    Response::Status(Box::new(snapshot(&spool, &drain, &config, started)))
+                    Response::Status(Box::new(snapshot(&spool, &drain, &config, &monitor)))
                 }
                 Request::Retry { user, path } => {
                     let path = match path.as_deref().map(VPath::resolve).transpose() {
@@ -175,14 +296,14 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
     spool: &Spool,
     drain: &Drain<S>,
     config: &Config,
-    started: Instant,
+    monitor: &Monitor,
 ) -> Snapshot {
     let space = spool.space();
     let stats = drain.stats();
     let retrying = stats.retrying.lock().map(|m| m.clone()).unwrap_or_default();
-    let mut queue_bytes = 0;
-    let mut queue_files = 0;
-    let files: Vec<FileStatus> = spool
+    let now = crate::spool::now_unix();
+    let mut queue = QueueStatus::default();
+    let mut files: Vec<FileStatus> = spool
         .files()
         .into_iter()
         .filter(|f| !f.hidden)
@@ -191,49 +312,79 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
                 f.state,
                 FileState::Sealed | FileState::Uploading | FileState::Failed
             ) {
-                queue_bytes += f.size;
-                queue_files += 1;
+                queue.bytes += f.size;
+                queue.files += 1;
+                let age = now.saturating_sub(f.mtime_unix);
+                queue.oldest_age_secs = Some(queue.oldest_age_secs.map_or(age, |a| a.max(age)));
             }
-            let part_size = f
-                .upload
-                .as_ref()
-                .map_or(config.s3.part_size, |u| u.part_size);
             let size = match f.state {
                 FileState::Receiving | FileState::Partial => {
                     spool.stat(&f.user, &f.path).map(|e| e.size).unwrap_or(0)
                 }
                 _ => f.size,
             };
-            FileStatus {
-                key: drain.config().object_key(&f.user, &f.path),
-                path: f.path.display(),
-                state: f.state,
+            FileStatus::from_record(
+                &f,
+                drain.config().object_key(&f.user, &f.path),
                 size,
-                parts_done: f.upload.as_ref().map_or(0, |u| u.parts.len() as u64),
-                parts_total: if f.size >= part_size {
-                    f.size.div_ceil(part_size)
-                } else {
-                    1
-                },
-                error: f
-                    .last_error
-                    .clone()
-                    .or_else(|| retrying.get(&f.id).cloned()),
-                mtime_unix: f.mtime_unix,
-                user: f.user,
-            }
+                config.s3.part_size,
+                retrying.get(&f.id).cloned(),
+            )
         })
         .collect();
+    let (ingest, drained, window_secs) = {
+        let r = monitor.rates.lock().unwrap_or_else(|p| p.into_inner());
+        (r.0.bytes_per_sec(), r.1.bytes_per_sec(), r.0.span_secs())
+    };
+    let uploading = files
+        .iter()
+        .filter(|f| f.state == FileState::Uploading)
+        .count() as u64;
+    for f in files.iter_mut().filter(|f| f.state == FileState::Uploading) {
+        f.eta_secs = assess::eta_secs(f.size.saturating_sub(f.bytes_done), drained, uploading);
+    }
+    let total_bytes = space.blocks_total * space.block_size;
+    let free_bytes = space.blocks_avail * space.block_size;
+    let high = config.spool.high_watermark_percent;
+    let reach = monitor.observer.reachability();
+    let skew = monitor.observer.skew();
+    let errors = telemetry::recent_errors();
+    let shaping = crate::status::ShapingStatus::default();
+    let tasks_stopped = monitor
+        .watched
+        .get()
+        .map(|w| {
+            w.iter()
+                .filter(|t| t.task.is_finished())
+                .map(|t| t.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let health = assess::health(&HealthInputs {
+        tasks_stopped,
+        spool_full: assess::spool_full(total_bytes, free_bytes, SPOOL_RESERVE_BYTES, high),
+        recent_errors: &errors,
+        now_unix: now,
+        s3_reachable: reach.reachable,
+        s3_last_error: reach.last_error.as_deref(),
+        failed_files: files
+            .iter()
+            .filter(|f| f.state == FileState::Failed)
+            .count() as u64,
+        retrying_files: retrying.len() as u64,
+        clock_skew_secs: skew.map(|k| k.skew_secs),
+        shaping: Some(&shaping),
+    });
     Snapshot {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        uptime_secs: started.elapsed().as_secs(),
+        uptime_secs: monitor.started.elapsed().as_secs(),
         engine: spool.engine_name().to_owned(),
         spool: SpoolUsage {
             dir: config.spool.dir.display().to_string(),
-            total_bytes: space.blocks_total * space.block_size,
-            free_bytes: space.blocks_avail * space.block_size,
-            queue_bytes,
-            queue_files,
+            total_bytes,
+            free_bytes,
+            queue_bytes: queue.bytes,
+            queue_files: queue.files,
         },
         drain: DrainSummary {
             endpoint: config
@@ -247,6 +398,36 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
             files_delivered: stats.files_delivered.load(Ordering::Relaxed),
         },
         files,
-        shaping: Default::default(),
+        shaping,
+        source: crate::status::SnapshotSource::Daemon,
+        health,
+        sftp_sessions: telemetry::sftp_sessions_live(),
+        rates: Rates {
+            ingest_bytes_per_sec: ingest,
+            drain_bytes_per_sec: drained,
+            window_secs,
+            forecast: assess::forecast(
+                ingest,
+                drained,
+                assess::room_bytes(total_bytes, free_bytes, SPOOL_RESERVE_BYTES, high),
+            ),
+        },
+        queue,
+        errors,
+        s3: S3Status {
+            reachable: reach.reachable,
+            last_request_unix: reach.last_request_unix,
+            last_error: reach.last_error,
+            clock_skew_secs: skew.map(|k| k.skew_secs),
+            clock_skew_measured_unix: skew.map(|k| k.measured_unix),
+        },
+        counters: Counters {
+            bytes_received: telemetry::bytes_received(),
+            s3_retries: telemetry::s3_retries(),
+            errors_by_kind: telemetry::ErrorKind::ALL
+                .iter()
+                .map(|k| (k.label().to_owned(), telemetry::errors_total(*k)))
+                .collect(),
+        },
     }
 }

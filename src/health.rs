@@ -25,6 +25,7 @@ pub const HEALTH_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HEALTH_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A task that must run as long as the gateway does.
+#[derive(Clone)]
 pub struct Watched {
     pub name: &'static str,
     pub task: AbortHandle,
@@ -106,10 +107,17 @@ pub async fn check(socket: &std::path::Path, tasks: &[Watched]) -> Result<String
     }
 }
 
-/// One line for `systemctl status`: queue, deliveries, spool space.
+/// One line for `systemctl status`: queue, deliveries, spool space, and the health level with
+/// its first reason. (A degraded or failing gateway still feeds the watchdog: a full spool or
+/// an unreachable S3 is not mended by a reset.)
 pub fn summary(s: &Snapshot) -> String {
+    let health = match (s.health.level, s.health.reasons.first()) {
+        (crate::status::HealthLevel::Ok, _) | (_, None) => "health OK".to_owned(),
+        (crate::status::HealthLevel::Degraded, Some(why)) => format!("health DEGRADED: {why}"),
+        (crate::status::HealthLevel::Failing, Some(why)) => format!("health FAILING: {why}"),
+    };
     format!(
-        "queue {} files ({}), {} delivered, spool {} free, engine {}",
+        "queue {} files ({}), {} delivered, spool {} free, engine {}, {health}",
         s.spool.queue_files,
         crate::status::render::human_bytes(s.spool.queue_bytes),
         s.drain.files_delivered,

@@ -2,7 +2,7 @@
 //!
 //! Module dependencies are one-way (see `docs/ARCHITECTURE.md`):
 //! `sftp → spool → journal`; `drain → spool, journal`; `status` reads snapshots;
-//! `main.rs` wires everything. `config` and `limits` are leaves every module may use.
+//! `main.rs` wires everything. `config`, `limits` and `telemetry` are leaves every module may use.
 
 pub mod config;
 pub mod demo;
@@ -11,7 +11,9 @@ pub mod gateway;
 pub mod health;
 pub mod journal;
 pub mod limits;
+pub mod logfmt;
 pub mod s3server;
 pub mod sftp;
 pub mod spool;
 pub mod status;
+pub mod telemetry;

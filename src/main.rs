@@ -1,10 +1,11 @@
 //! The `sftpgw` command line: parse, wire, and map errors to exit codes.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 usage error (from clap); 3 invalid configuration;
-//! 4 the daemon could not be reached on its control socket.
+//! 4 the daemon could not be reached on its control socket; 5 (`status` only) the daemon is
+//! not running and the status shown was read from the journal.
 
 use std::io::{BufRead, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,6 +18,12 @@ use sftpgw::status::render::render_text;
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
+const EXIT_DAEMON_DOWN: u8 = 5;
+
+/// `sftpgw status` found no daemon and showed the journal's state instead.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon is not running ({0}); the status above is from the journal")]
+struct DaemonDown(String);
 
 #[derive(Parser)]
 #[command(
@@ -108,7 +115,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("sftpgw: {e:#}");
-            if e.downcast_ref::<sftpgw::config::ConfigError>().is_some() {
+            if e.downcast_ref::<DaemonDown>().is_some() {
+                ExitCode::from(EXIT_DAEMON_DOWN)
+            } else if e.downcast_ref::<sftpgw::config::ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
             } else if matches!(
                 e.downcast_ref::<ControlError>(),
@@ -122,13 +131,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs go to standard error. Under systemd (`JOURNAL_STREAM` set: stderr is connected to
+/// journald) lines carry no timestamp or colour of their own and start with a `<N>` syslog
+/// priority, which journald reads as the line's priority (see `sftpgw::logfmt`).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPGW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder
+            .with_ansi(false)
+            .event_format(sftpgw::logfmt::Journald::default())
+            .init();
+    } else {
+        // Colours only for a person at a terminal, not in a log file or pipe.
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -158,7 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
         } => {
             let config = Config::load(&config)?;
-            runtime()?.block_on(status(&config.control.socket, json, all, watch))
+            runtime()?.block_on(status(&config, json, all, watch))
         }
         Command::Retry { config, user, path } => {
             let config = Config::load(&config)?;
@@ -213,23 +233,44 @@ fn read_password() -> anyhow::Result<String> {
     Ok(password)
 }
 
-async fn status(socket: &Path, json: bool, all: bool, watch: bool) -> anyhow::Result<()> {
+/// Prints the daemon's status, or the journal's when the daemon does not answer (then fails
+/// with [`DaemonDown`], exit code 5, unless watching).
+async fn status(config: &Config, json: bool, all: bool, watch: bool) -> anyhow::Result<()> {
     loop {
-        let response = control::request(socket, &Request::Status).await?;
-        let Response::Status(snapshot) = response else {
-            bail!("unexpected response from the daemon")
-        };
+        let (snapshot, down) =
+            match control::request(&config.control.socket, &Request::Status).await {
+                Ok(Response::Status(snapshot)) => (*snapshot, None),
+                Ok(_) => bail!("unexpected response from the daemon"),
+                Err(e @ ControlError::Connect(..)) => {
+                    match sftpgw::status::offline::snapshot_from_journal(config) {
+                        Ok(offline) => (offline, Some(e.to_string())),
+                        // Exit code 4, as for any unreachable daemon.
+                        Err(why) => {
+                            return Err(anyhow::Error::new(e).context(format!(
+                                "the daemon does not answer and the journal cannot be read ({why})"
+                            )));
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
         if json {
             println!("{}", serde_json::to_string_pretty(&snapshot)?);
         } else {
             if watch {
-                print!("\x1b[2J\x1b[H");
+                // Cursor home and clear screen: plain VT100, which serial terminals understand.
+                print!("\x1b[H\x1b[2J");
             }
             print!("{}", render_text(&snapshot, all));
         }
         if !watch {
-            return Ok(());
+            return match down {
+                Some(why) => Err(DaemonDown(why).into()),
+                None => Ok(()),
+            };
         }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

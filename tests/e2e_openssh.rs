@@ -310,7 +310,10 @@ async fn status_command_shows_states_as_text_and_json() {
         .arg(&h.config_path)
         .output()
         .expect("status");
-    assert_eq!(out.status.code(), Some(4), "daemon not running → exit 4");
+    // Down: the status comes from the journal, and the exit code says so (5).
+    assert_eq!(out.status.code(), Some(5), "daemon not running → exit 5");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DAEMON NOT RUNNING"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

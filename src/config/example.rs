@@ -71,6 +71,11 @@ schedule = [ { days = "mon-fri", from = "08:00", to = "18:00", rate = "2MiB/s" }
 # Default "<spool.dir>/control.sock".
 socket = "/data/spool/control.sock"
 
+[metrics]
+# Prometheus metrics (GET /metrics, OpenMetrics text) on this address. Omit the section to
+# serve none. Keep it on loopback or a management network: it is plain HTTP without login.
+listen = "127.0.0.1:9100"
+
 # One [[users]] entry per SFTP account; at least one must be able to log in.
 [[users]]
 # Login name and the user's directory in the bucket: letters, digits, '.', '_', '-'. Required.

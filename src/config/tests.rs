@@ -95,8 +95,31 @@ fn example_parses_with_the_values_it_documents() {
     assert!(config.s3.early_drain);
     assert_eq!(config.spool.engine, EngineChoice::Auto);
     assert_eq!(config.control.socket, Path::new("/data/spool/control.sock"));
+    assert_eq!(
+        config.metrics.map(|m| m.listen),
+        Some("127.0.0.1:9100".parse().expect("addr"))
+    );
     assert_eq!(config.users.len(), 1);
     assert_eq!(config.users[0].name, "partner1");
+}
+
+#[test]
+fn metrics_are_off_without_the_section_and_a_bad_address_names_its_line() {
+    let without = EXAMPLE
+        .replace("[metrics]\n", "")
+        .replace("listen = \"127.0.0.1:9100\"\n", "");
+    assert!(parse(&without).expect("parses").metrics.is_none());
+    let bad = replace(
+        EXAMPLE,
+        "listen = \"127.0.0.1:9100\"",
+        "listen = \"localhost\"",
+    );
+    let err = parse(&bad).expect_err("bad metrics address").to_string();
+    assert!(err.contains("is not an address:port"), "{err}");
+    assert!(
+        err.contains(&format!(":{}", line_of(&bad, "listen = \"localhost\""))),
+        "{err}"
+    );
 }
 
 #[test]
@@ -240,11 +263,11 @@ fn unknown_keys_and_sections_are_errors_at_their_line() {
         "s3.bucket_name",
         "unknown field",
     );
-    let text = format!("{}\n[metrics]\nlisten = \"0.0.0.0:9100\"\n", base());
+    let text = format!("{}\n[telemetry]\nlisten = \"0.0.0.0:9100\"\n", base());
     assert_invalid(
         &text,
-        line_of(&text, "[metrics]"),
-        "metrics",
+        line_of(&text, "[telemetry]"),
+        "telemetry",
         "unknown field",
     );
     let text = replace(

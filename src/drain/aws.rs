@@ -38,6 +38,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use self::file_body::BodyReport;
+use super::observer::S3Observer;
 use super::store::{
     Body, CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
     UploadedPart,
@@ -86,6 +87,7 @@ pub struct AwsStore {
     client: aws_sdk_s3::Client,
     bucket: String,
     timeouts: AwsTimeouts,
+    observer: Arc<S3Observer>,
 }
 
 impl AwsStore {
@@ -147,11 +149,34 @@ impl AwsStore {
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint_url(endpoint.clone());
         }
+        let observer = S3Observer::new();
+        builder = builder.interceptor(observer.interceptor());
         Ok(AwsStore {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
             timeouts,
+            observer,
         })
+    }
+
+    /// Reachability and clock skew seen in every response of this client.
+    pub fn observer(&self) -> &Arc<S3Observer> {
+        &self.observer
+    }
+
+    /// A cheap request (HeadBucket) to learn whether the store answers and what its clock
+    /// says, for when the drain has nothing to send. Its outcome lands in [`Self::observer`].
+    pub async fn probe(&self) -> Result<(), S3Error> {
+        const OP: &str = "HeadBucket";
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .customize()
+            .config_override(self.attempt_timeout(self.timeouts.control_attempt))
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))?;
+        Ok(())
     }
 
     /// The underlying client, for tests and tools that need more than [`ObjectStore`].

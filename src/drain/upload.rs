@@ -379,6 +379,10 @@ impl<S: ObjectStore> Ctx<S> {
     }
 
     async fn deliver(&self, mut file: FileRecord, key: &str) {
+        let started = Instant::now();
+        tracing::info!(event = "upload_started", id = file.id, user = %file.user,
+            path = %file.path.display(), key, size = file.size, resumed = file.upload.is_some(),
+            "upload started");
         loop {
             // An upload already journalled is resumed with its own part size even if the
             // configured one changed since.
@@ -388,7 +392,14 @@ impl<S: ObjectStore> Ctx<S> {
                 self.deliver_multipart(&file, key).await
             };
             match attempt {
-                Ok(()) | Err(Stop::Cancelled) => return,
+                Ok(()) => {
+                    tracing::info!(event = "delivered", id = file.id, user = %file.user,
+                        path = %file.path.display(), key, size = file.size,
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        "delivered: verified in S3, spool copy freed");
+                    return;
+                }
+                Err(Stop::Cancelled) => return,
                 Err(Stop::Restart) => {
                     let id = file.id;
                     let reset = self
@@ -406,7 +417,14 @@ impl<S: ObjectStore> Ctx<S> {
                     }
                 }
                 Err(Stop::Permanent(e)) => {
-                    tracing::error!(id = file.id, key, error = %e, "upload failed permanently");
+                    tracing::error!(event = "failed", id = file.id, user = %file.user,
+                        path = %file.path.display(), key, cause = %e,
+                        "upload failed permanently; kept on the spool until `sftpgw retry`");
+                    crate::telemetry::record_error(
+                        crate::telemetry::ErrorKind::S3Permanent,
+                        Some(format!("{}:{}", file.user, file.path.display())),
+                        &e.to_string(),
+                    );
                     let id = file.id;
                     let _ = self
                         .spool
@@ -474,6 +492,12 @@ impl<S: ObjectStore> Ctx<S> {
                 }
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(id, key, attempt, error = %e, "transient S3 error; retrying");
+                    crate::telemetry::add_s3_retry();
+                    crate::telemetry::record_error(
+                        crate::telemetry::ErrorKind::S3Transient,
+                        Some(key.to_owned()),
+                        &e.to_string(),
+                    );
                     lock(&self.stats.retrying).insert(id, e.to_string());
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt = attempt.saturating_add(1);
@@ -1005,7 +1029,7 @@ impl<S: ObjectStore> Ctx<S> {
             )
             .await?;
         self.stats.files_delivered.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(id, key, size = file.size, "delivered");
+        tracing::debug!(id, key, size = file.size, "verified");
         Ok(())
     }
 }

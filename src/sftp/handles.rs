@@ -275,6 +275,11 @@ pub(super) async fn write_worker(
                 if let (Err(err), None) = (&result, &failed) {
                     tracing::warn!(user = %ctx.user, path = %path.display(), offset = batch.offset,
                         error = %err, "write failed; the file will stay partial");
+                    crate::telemetry::record_error(
+                        crate::telemetry::ErrorKind::SpoolWrite,
+                        Some(format!("{}:{}", ctx.user, path.display())),
+                        &err.to_string(),
+                    );
                     failed = Some(err.clone());
                 }
                 // The data is no longer needed: give its ingest charge back before the replies.
@@ -326,7 +331,12 @@ pub(super) async fn write_worker(
                     }
                     Err(err) => {
                         tracing::warn!(user = %ctx.user, path = %path.display(), error = %err,
-                        "close failed; the file stays partial")
+                        "close failed; the file stays partial");
+                        crate::telemetry::record_error(
+                            crate::telemetry::ErrorKind::SpoolWrite,
+                            Some(format!("{}:{}", ctx.user, path.display())),
+                            &err.to_string(),
+                        );
                     }
                 }
                 acks.push(&ctx, ok_or_error(id, result), budget);

@@ -524,6 +524,7 @@ impl Handler for Connection {
         // The session runs beside russh's loop, never inside it: that loop must keep reading
         // the socket (window adjustments) while the session waits on anything.
         tokio::spawn(async move {
+            let _live = crate::telemetry::SessionGuard::enter();
             tracing::info!(%peer, user, "sftp session started");
             let end = session::run(channel.into_stream(), spool, &user, &ingest, closed).await;
             if end.is_client_error() {

@@ -323,6 +323,7 @@ impl WriteHandle {
         hashed?;
         written.map_err(|e| io_error("writing spool file", &e))?;
         self.live.size.fetch_max(end, Ordering::Relaxed);
+        crate::telemetry::add_bytes_received(end - offset);
         // Writes of one handle are awaited one after another, so an append here extends the
         // written prefix; a write beyond it (a gap) does not, and the frontier stays put.
         if offset <= self.live.frontier.load(Ordering::Acquire) {
@@ -437,6 +438,11 @@ impl WriteHandle {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .map(|h| h.finish(size));
+        let sha256_hex = sealing
+            .as_ref()
+            .and_then(|s| s.sha256)
+            .map(hex::encode)
+            .unwrap_or_default();
         let record = match sealing {
             Some(Sealing {
                 sha256: None,
@@ -466,6 +472,10 @@ impl WriteHandle {
         spool.unregister_live(id);
         match result {
             Ok(()) => {
+                if let Some(f) = spool.file(id) {
+                    tracing::info!(event = "sealed", id, user = %f.user, path = %f.path.display(),
+                        size, sha256 = %sha256_hex, "file sealed: durable on the spool, acknowledged");
+                }
                 spool.work().notify_one();
                 Ok(())
             }
@@ -508,9 +518,19 @@ impl Drop for WriteHandle {
     fn drop(&mut self) {
         if !self.closed {
             self.spool.unregister_live(self.id);
-            self.spool.lock().mark_partial(self.id);
+            let mut catalog = self.spool.lock();
+            catalog.mark_partial(self.id);
+            let (user, path) = catalog
+                .file(self.id)
+                .map(|f| (f.user.clone(), f.path.display()))
+                .unwrap_or_default();
+            drop(catalog);
             tracing::info!(
+                event = "partial",
                 id = self.id,
+                user = %user,
+                path = %path,
+                size = self.live.size.load(Ordering::Relaxed),
                 "session ended without CLOSE; file kept partial"
             );
         }

@@ -620,7 +620,7 @@ impl Spool {
     /// Removes partial files older than `partial_ttl`; returns how many.
     pub async fn expire_partials(&self) -> usize {
         let now = SystemTime::now();
-        let expired: Vec<FileId> = self
+        let expired: Vec<(FileId, String, String)> = self
             .lock()
             .files()
             .filter(|f| f.state == FileState::Partial)
@@ -633,10 +633,10 @@ impl Spool {
                     Err(_) => true,
                 }
             })
-            .map(|f| f.id)
+            .map(|f| (f.id, f.user.clone(), f.path.display()))
             .collect();
         let mut n = 0;
-        for id in expired {
+        for (id, user, path) in expired {
             let r = self
                 .commit(vec![Record::Removed { id }], false, |c| {
                     if c.file(id).is_some_and(|f| f.state == FileState::Partial) {
@@ -647,7 +647,7 @@ impl Spool {
                 })
                 .await;
             if r.is_ok() {
-                tracing::info!(id, "partial file expired");
+                tracing::info!(event = "expired", id, user = %user, path = %path, "partial file expired after partial_ttl; removed");
                 n += 1;
             }
         }

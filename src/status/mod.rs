@@ -1,15 +1,23 @@
 //! Status: one snapshot model of the gateway, the control socket that serves it, and its
 //! text and JSON renderings for `sftpgw status`.
 //!
-//! This module knows nothing of the spool or the drain: the gateway fills a [`Snapshot`] and
-//! answers [`control::Request`]s; renderers only read snapshots.
+//! The gateway fills a [`Snapshot`] and answers [`control::Request`]s; renderers ([`render`],
+//! [`metrics`]) only read snapshots. [`assess`] turns measurements into health and forecast;
+//! [`offline`] builds a snapshot from the journal when the daemon is down.
 
+pub mod assess;
 pub mod control;
+pub mod metrics;
+pub mod offline;
+pub mod rates;
 pub mod render;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::spool::FileState;
+pub use crate::telemetry::ErrorEvent;
 
 /// Everything `sftpgw status` shows, taken at one moment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,6 +33,114 @@ pub struct Snapshot {
     /// The WAN shaper: limit, schedule window, override, budgets, clock.
     #[serde(default)]
     pub shaping: ShapingStatus,
+    /// Who made this snapshot: the running daemon, or `sftpgw status` replaying the journal
+    /// because the daemon does not answer.
+    #[serde(default)]
+    pub source: SnapshotSource,
+    /// OK, degraded or failing, and why.
+    #[serde(default)]
+    pub health: Health,
+    /// Live SFTP sessions (subsystem channels).
+    #[serde(default)]
+    pub sftp_sessions: u64,
+    /// Ingest and drain rates, and what they mean for the spool.
+    #[serde(default)]
+    pub rates: Rates,
+    /// Files waiting for delivery.
+    #[serde(default)]
+    pub queue: QueueStatus,
+    /// The last errors, newest first (at most `telemetry::RECENT_ERRORS_COUNT_MAX`).
+    #[serde(default)]
+    pub errors: Vec<ErrorEvent>,
+    /// Reachability of the S3 store and its clock.
+    #[serde(default)]
+    pub s3: S3Status,
+    /// Counters since the daemon started, for metrics.
+    #[serde(default)]
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotSource {
+    #[default]
+    Daemon,
+    /// The daemon is not running: read from the spool's journal (no rates, sessions, S3).
+    Journal,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthLevel {
+    #[default]
+    Ok,
+    /// Working, but something needs attention (S3 unreachable, failed files, clock, retries).
+    Degraded,
+    /// Not doing its job (a task died, uploads refused, spool write errors, daemon down).
+    Failing,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub level: HealthLevel,
+    /// Why, one short sentence each, worst first.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    /// SFTP file bytes written to the spool per second, averaged over `window_secs`.
+    pub ingest_bytes_per_sec: u64,
+    /// Bytes sent to S3 per second (finished parts), averaged over `window_secs`.
+    pub drain_bytes_per_sec: u64,
+    pub window_secs: u64,
+    pub forecast: Forecast,
+}
+
+/// What the current rates mean for the spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Forecast {
+    /// Not known (no rates yet, or no daemon).
+    #[default]
+    Unknown,
+    /// Nothing arrives and nothing drains.
+    Idle,
+    /// The drain keeps up: the spool does not fill.
+    DrainingFaster,
+    /// At current rates uploads are refused (high watermark) in this many seconds.
+    FullIn { secs: u64 },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// Files waiting for delivery (sealed, uploading, failed) and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Age of the oldest of them, seconds since it was sealed.
+    pub oldest_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct S3Status {
+    /// Whether the last request got an answer; `None` before the first one.
+    pub reachable: Option<bool>,
+    pub last_request_unix: Option<u64>,
+    /// Why the last request got no answer.
+    pub last_error: Option<String>,
+    /// S3 `Date` header − our clock, seconds; SigV4 fails beyond 900 s.
+    pub clock_skew_secs: Option<f64>,
+    pub clock_skew_measured_unix: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// File bytes received over SFTP.
+    pub bytes_received: u64,
+    /// S3 requests retried after a transient error.
+    pub s3_retries: u64,
+    /// Errors by kind (`s3_transient`, `s3_permanent`, `spool_write`).
+    pub errors_by_kind: BTreeMap<String, u64>,
 }
 
 /// What the drain's bandwidth shaper is doing now (`[shaping]` and `sftpgw drain ...`).
@@ -94,4 +210,52 @@ pub struct FileStatus {
     /// The permanent error of a failed file, or the transient error being retried.
     pub error: Option<String>,
     pub mtime_unix: u64,
+    /// Bytes already in S3 (finished parts), for the progress bar.
+    #[serde(default)]
+    pub bytes_done: u64,
+    /// Seconds until delivered at the current drain rate, while uploading.
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
+}
+
+impl FileStatus {
+    /// The status of one catalog record. `size` is the live size for a file still arriving;
+    /// `retrying` the transient error being retried, if any.
+    pub fn from_record(
+        f: &crate::spool::catalog::FileRecord,
+        key: String,
+        size: u64,
+        default_part_size: u64,
+        retrying: Option<String>,
+    ) -> FileStatus {
+        let part_size = f.upload.as_ref().map_or(default_part_size, |u| u.part_size);
+        let parts_done = f.upload.as_ref().map_or(0, |u| u.parts.len() as u64);
+        let parts_total = if f.size >= part_size {
+            f.size.div_ceil(part_size)
+        } else {
+            1
+        };
+        let bytes_done = f.upload.as_ref().map_or(0, |u| {
+            u.parts
+                .keys()
+                .map(|n| {
+                    let start = u64::from(n.saturating_sub(1)) * u.part_size;
+                    u.part_size.min(f.size.saturating_sub(start))
+                })
+                .sum()
+        });
+        FileStatus {
+            user: f.user.clone(),
+            path: f.path.display(),
+            state: f.state,
+            size,
+            key,
+            parts_done,
+            parts_total,
+            error: f.last_error.clone().or(retrying),
+            mtime_unix: f.mtime_unix,
+            bytes_done,
+            eta_secs: None,
+        }
+    }
 }

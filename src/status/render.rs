@@ -1,9 +1,24 @@
-//! Text rendering of a [`Snapshot`] for people (terminal or serial console, 80 columns).
+//! Text rendering of a [`Snapshot`] for people: one 80-column screen that reads well on a
+//! 115200-baud serial console (plain ASCII layout, no colour codes), top to bottom: health,
+//! sessions, spool and forecast, queue, WAN rate, uploads in flight, other pending files, last
+//! errors, S3, engine. Every line is at most [`SCREEN_COLUMNS`] characters: long names are cut
+//! in the middle with `…`, so that both the start and the end of a path stay visible.
 
 use std::fmt::Write;
 
-use super::{FileStatus, Snapshot};
+use super::{FileStatus, Forecast, HealthLevel, Snapshot, SnapshotSource};
 use crate::spool::FileState;
+
+/// Width of the serial console.
+pub const SCREEN_COLUMNS: usize = 80;
+/// Uploads shown with a progress bar; more are summarised as "+N more".
+pub const UPLOADS_SHOWN_COUNT_MAX: usize = 6;
+/// Other pending files listed without `--all`.
+pub const PENDING_SHOWN_COUNT_MAX: usize = 8;
+/// Errors shown (the snapshot holds more; `--json` has them all).
+pub const ERRORS_SHOWN_COUNT_MAX: usize = 3;
+/// Characters inside a progress bar's brackets.
+const PROGRESS_BAR_COLUMNS: usize = 20;
 
 /// Bytes as a short human string, `12.3 MiB`.
 pub fn human_bytes(n: u64) -> String {
@@ -19,6 +34,44 @@ pub fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
+}
+
+/// A duration as its two largest units: `45s`, `12m30s`, `6h05m`, `3d04h`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `HH:MM:SS` UTC of a unix time.
+fn clock_utc(unix: u64) -> String {
+    let s = unix % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `text` cut to `width` characters by replacing its middle with `…`.
+pub fn fit(text: &str, width: usize) -> String {
+    let len = text.chars().count();
+    if len <= width {
+        return text.to_owned();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let keep = width - 1;
+    let head = keep / 2;
+    let tail = keep - head;
+    let mut out: String = text.chars().take(head).collect();
+    out.push('…');
+    out.extend(text.chars().skip(len - tail));
+    out
 }
 
 fn state_text(f: &FileStatus) -> String {
@@ -37,138 +90,272 @@ fn state_text(f: &FileStatus) -> String {
     }
 }
 
-/// The whole status as text. Delivered files are summarised unless `all` is set.
+fn rate(bytes_per_sec: u64) -> String {
+    format!("{}/s", human_bytes(bytes_per_sec))
+}
+
+/// Lines of the screen, each to be fitted to the width by the caller.
+struct Screen {
+    lines: Vec<String>,
+}
+
+impl Screen {
+    fn line(&mut self, text: String) {
+        self.lines.push(fit(&text, SCREEN_COLUMNS));
+    }
+}
+
+/// The whole status as text. Without `all`, pending files are bounded and delivered ones only
+/// counted; with it every file is listed.
 pub fn render_text(s: &Snapshot, all: bool) -> String {
+    let mut sc = Screen { lines: Vec::new() };
+    header(&mut sc, s);
+    spool_and_queue(&mut sc, s);
+    wan(&mut sc, s);
+    uploads(&mut sc, s);
+    files(&mut sc, s, all);
+    errors(&mut sc, s);
+    s3(&mut sc, s);
     let mut out = String::new();
-    let count = |st: FileState| s.files.iter().filter(|f| f.state == st).count();
-    let _ = writeln!(
-        out,
-        "sftpgw {}  up {}s  engine {}",
-        s.version, s.uptime_secs, s.engine
-    );
-    let _ = writeln!(
-        out,
-        "spool  {}  free {} of {}  queue {} in {} files",
-        s.spool.dir,
-        human_bytes(s.spool.free_bytes),
-        human_bytes(s.spool.total_bytes),
-        human_bytes(s.spool.queue_bytes),
-        s.spool.queue_files
-    );
-    let _ = writeln!(
-        out,
-        "drain  {} bucket {}  sent {} ({} parts)  delivered {} files",
-        s.drain.endpoint,
-        s.drain.bucket,
-        human_bytes(s.drain.bytes_sent),
-        s.drain.parts_sent,
-        s.drain.files_delivered
-    );
-    let _ = writeln!(
-        out,
-        "files  receiving {}  partial {}  sealed {}  uploading {}  delivered {}  failed {}",
-        count(FileState::Receiving),
-        count(FileState::Partial),
-        count(FileState::Sealed),
-        count(FileState::Uploading),
-        count(FileState::Delivered),
-        count(FileState::Failed)
-    );
-    let shown: Vec<&FileStatus> = s
-        .files
-        .iter()
-        .filter(|f| all || f.state != FileState::Delivered)
-        .collect();
-    if !shown.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "{:<16} {:>10}  {:<12} PATH", "STATE", "SIZE", "USER");
-        for f in shown {
-            let _ = writeln!(
-                out,
-                "{:<16} {:>10}  {:<12} {}",
-                state_text(f),
-                human_bytes(f.size),
-                f.user,
-                f.path
-            );
-            if let Some(e) = &f.error {
-                let _ = writeln!(out, "{:<16} {}", "", e);
-            }
-        }
+    for l in sc.lines {
+        let _ = writeln!(out, "{l}");
     }
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::status::{DrainSummary, SpoolUsage};
-
-    fn file(state: FileState, error: Option<&str>) -> FileStatus {
-        FileStatus {
-            user: "u".into(),
-            path: "/a/b.bin".into(),
-            state,
-            size: 40 << 20,
-            key: "p/u/a/b.bin".into(),
-            parts_done: 2,
-            parts_total: 3,
-            error: error.map(String::from),
-            mtime_unix: 0,
+fn header(sc: &mut Screen, s: &Snapshot) {
+    let running = match s.source {
+        SnapshotSource::Daemon => format!("up {}", human_duration(s.uptime_secs)),
+        SnapshotSource::Journal => "DAEMON NOT RUNNING (from the journal)".to_owned(),
+    };
+    sc.line(format!("sftpgw {}  {running}", s.version));
+    let level = match s.health.level {
+        HealthLevel::Ok => "OK",
+        HealthLevel::Degraded => "DEGRADED",
+        HealthLevel::Failing => "FAILING",
+    };
+    match s.health.reasons.split_first() {
+        None => sc.line(format!("HEALTH   {level}")),
+        Some((first, rest)) => {
+            sc.line(format!("HEALTH   {level}: {first}"));
+            for r in rest {
+                sc.line(format!("         {r}"));
+            }
         }
     }
-
-    #[test]
-    fn text_shows_parts_progress_and_failure_reason() {
-        let s = Snapshot {
-            version: "0.1.0".into(),
-            uptime_secs: 5,
-            engine: "pwrite".into(),
-            spool: SpoolUsage {
-                dir: "/s".into(),
-                total_bytes: 1 << 30,
-                free_bytes: 1 << 29,
-                queue_bytes: 0,
-                queue_files: 0,
-            },
-            drain: DrainSummary {
-                endpoint: "e".into(),
-                bucket: "b".into(),
-                bytes_sent: 0,
-                parts_sent: 0,
-                files_delivered: 0,
-            },
-            files: vec![
-                file(FileState::Uploading, None),
-                file(FileState::Failed, Some("AccessDenied")),
-                file(FileState::Delivered, None),
-                file(FileState::Receiving, None),
-            ],
-            shaping: Default::default(),
-        };
-        let text = render_text(&s, false);
-        assert!(text.contains("uploading 2/3"), "{text}");
-        assert!(
-            text.contains("receiving, 2 parts sent"),
-            "early parts show: {text}"
-        );
-        assert!(
-            text.contains("FAILED") && text.contains("AccessDenied"),
-            "{text}"
-        );
-        assert!(text.contains("delivered 1"), "{text}");
-        assert_eq!(
-            text.matches("/a/b.bin").count(),
-            3,
-            "delivered files are summarised: {text}"
-        );
-        assert_eq!(render_text(&s, true).matches("/a/b.bin").count(), 4);
-    }
-
-    #[test]
-    fn human_bytes_uses_binary_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(16 << 20), "16.0 MiB");
+    if s.source == SnapshotSource::Daemon {
+        sc.line(format!(
+            "SFTP     {} session(s)  receiving {}",
+            s.sftp_sessions,
+            rate(s.rates.ingest_bytes_per_sec)
+        ));
     }
 }
+
+fn spool_and_queue(sc: &mut Screen, s: &Snapshot) {
+    let total = s.spool.total_bytes;
+    let used = total.saturating_sub(s.spool.free_bytes);
+    let percent = (used * 100).checked_div(total).unwrap_or(0);
+    let forecast = match s.rates.forecast {
+        Forecast::Unknown => String::new(),
+        Forecast::Idle => "; idle".to_owned(),
+        Forecast::DrainingFaster => "; draining faster than filling".to_owned(),
+        Forecast::FullIn { secs } => {
+            format!("; full in {} at current rates", human_duration(secs))
+        }
+    };
+    sc.line(format!(
+        "SPOOL    {percent}% used, {} free of {}{forecast}",
+        human_bytes(s.spool.free_bytes),
+        human_bytes(total)
+    ));
+    let oldest = s
+        .queue
+        .oldest_age_secs
+        .map(|a| format!(", oldest {}", human_duration(a)))
+        .unwrap_or_default();
+    // Since the start of the daemon; the journal knows only what was delivered.
+    let done = match s.source {
+        SnapshotSource::Daemon => format!(
+            "; {} delivered, {} sent",
+            s.drain.files_delivered,
+            human_bytes(s.drain.bytes_sent)
+        ),
+        SnapshotSource::Journal => String::new(),
+    };
+    sc.line(format!(
+        "QUEUE    {} file(s), {}{oldest}{done}",
+        s.queue.files,
+        human_bytes(s.queue.bytes),
+    ));
+}
+
+fn wan(sc: &mut Screen, s: &Snapshot) {
+    if s.source == SnapshotSource::Journal {
+        return;
+    }
+    let sh = &s.shaping;
+    // Before the shaper reports (empty reason) only the drain's own rate is known.
+    let sent = if sh.rate_bytes_per_sec > 0 {
+        sh.rate_bytes_per_sec
+    } else {
+        s.rates.drain_bytes_per_sec
+    };
+    let limit = if sh.paused {
+        "PAUSED".to_owned()
+    } else {
+        match sh.limit_bytes_per_sec {
+            Some(l) => format!("limit {}", rate(l)),
+            None => "no limit".to_owned(),
+        }
+    };
+    let reason = if sh.reason.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", sh.reason)
+    };
+    sc.line(format!("WAN      sending {}, {limit}{reason}", rate(sent)));
+    for (name, b) in [("daily", &sh.daily_budget), ("monthly", &sh.monthly_budget)] {
+        if let Some(b) = b {
+            sc.line(format!(
+                "         {name} budget {} of {} used",
+                human_bytes(b.used_bytes),
+                human_bytes(b.limit_bytes)
+            ));
+        }
+    }
+}
+
+fn progress_bar(done: u64, total: u64) -> (String, u64) {
+    let percent = (done.min(total) * 100)
+        .checked_div(total)
+        .unwrap_or(100)
+        .min(100);
+    let filled = (percent as usize * PROGRESS_BAR_COLUMNS) / 100;
+    let bar = format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        ".".repeat(PROGRESS_BAR_COLUMNS - filled)
+    );
+    (bar, percent)
+}
+
+fn uploads(sc: &mut Screen, s: &Snapshot) {
+    let in_flight: Vec<&FileStatus> = s
+        .files
+        .iter()
+        .filter(|f| f.state == FileState::Uploading)
+        .collect();
+    if in_flight.is_empty() {
+        return;
+    }
+    sc.line(format!("UPLOADS  {} in flight", in_flight.len()));
+    for f in in_flight.iter().take(UPLOADS_SHOWN_COUNT_MAX) {
+        let (bar, percent) = progress_bar(f.bytes_done, f.size);
+        let eta = f.eta_secs.map_or_else(
+            || "ETA ?".to_owned(),
+            |e| format!("ETA {}", human_duration(e)),
+        );
+        let tail = format!(" {bar} {percent:>3}% {:>9} {eta}", human_bytes(f.size));
+        let name_width = SCREEN_COLUMNS.saturating_sub(2 + tail.chars().count());
+        let name = fit(&format!("{}:{}", f.user, f.path), name_width);
+        sc.line(format!("  {name:<name_width$}{tail}"));
+    }
+    if in_flight.len() > UPLOADS_SHOWN_COUNT_MAX {
+        sc.line(format!(
+            "  +{} more",
+            in_flight.len() - UPLOADS_SHOWN_COUNT_MAX
+        ));
+    }
+}
+
+fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
+    let count = |st: FileState| s.files.iter().filter(|f| f.state == st).count();
+    sc.line(format!(
+        "FILES    receiving {}  partial {}  sealed {}  uploading {}  failed {}  delivered {}",
+        count(FileState::Receiving),
+        count(FileState::Partial),
+        count(FileState::Sealed),
+        count(FileState::Uploading),
+        count(FileState::Failed),
+        count(FileState::Delivered),
+    ));
+    let listed: Vec<&FileStatus> = s
+        .files
+        .iter()
+        .filter(|f| all || !matches!(f.state, FileState::Delivered | FileState::Uploading))
+        .collect();
+    let shown = if all {
+        listed.len()
+    } else {
+        listed.len().min(PENDING_SHOWN_COUNT_MAX)
+    };
+    for f in &listed[..shown] {
+        let head = format!("  {:<24} {:>10}  ", state_text(f), human_bytes(f.size));
+        let width = SCREEN_COLUMNS.saturating_sub(head.chars().count());
+        sc.line(format!(
+            "{head}{}",
+            fit(&format!("{}:{}", f.user, f.path), width)
+        ));
+        if let Some(e) = &f.error {
+            sc.line(format!("    {e}"));
+        }
+    }
+    if shown < listed.len() {
+        sc.line(format!(
+            "  +{} more (`sftpgw status --all` lists every file)",
+            listed.len() - shown
+        ));
+    }
+}
+
+fn errors(sc: &mut Screen, s: &Snapshot) {
+    if s.errors.is_empty() {
+        return;
+    }
+    sc.line(format!("ERRORS   last {} (newest first)", s.errors.len()));
+    for e in s.errors.iter().take(ERRORS_SHOWN_COUNT_MAX) {
+        let file = e
+            .file
+            .as_deref()
+            .map(|f| format!(" {f}"))
+            .unwrap_or_default();
+        sc.line(format!(
+            "  {} {}{file}: {}",
+            clock_utc(e.at_unix),
+            e.kind.label(),
+            e.cause
+        ));
+    }
+}
+
+fn s3(sc: &mut Screen, s: &Snapshot) {
+    let reach = match s.s3.reachable {
+        _ if s.source == SnapshotSource::Journal => "not checked".to_owned(),
+        None => "not contacted yet".to_owned(),
+        Some(true) => "reachable".to_owned(),
+        Some(false) => format!(
+            "UNREACHABLE: {}",
+            s.s3.last_error.as_deref().unwrap_or("no answer")
+        ),
+    };
+    let skew = match s.s3.clock_skew_secs {
+        // Worth a warning long before SigV4's 15 minutes run out.
+        Some(k) if k.abs() > 60.0 => format!("clock skew {k:+.0} s (SigV4 fails beyond 900 s)"),
+        Some(k) => format!("clock skew {k:+.1} s"),
+        None => "clock skew unknown".to_owned(),
+    };
+    sc.line(format!(
+        "S3       {}/{}  {reach}",
+        s.drain.endpoint, s.drain.bucket
+    ));
+    let measured =
+        s.s3.clock_skew_measured_unix
+            .map(|t| format!(", measured {} UTC", clock_utc(t)))
+            .unwrap_or_default();
+    sc.line(format!("         {skew}{measured}"));
+    sc.line(format!("ENGINE   {}  spool {}", s.engine, s.spool.dir));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! `sftpgw status` while the daemon is down: a [`Snapshot`] built by replaying the spool's
+//! journal read-only.
+//!
+//! Nothing is written or locked: the journal is read in one go (a torn tail is skipped, as
+//! replay at start would), no file is created, renamed or truncated, so that a daemon starting
+//! meanwhile finds the spool exactly as it left it. Receiving files show as partial, as the
+//! next start will make them.
+
+use std::path::Path;
+
+use super::{FileStatus, Health, HealthLevel, QueueStatus, Snapshot, SnapshotSource, SpoolUsage};
+use crate::config::Config;
+use crate::journal::replay::decode_all;
+use crate::spool::FileState;
+use crate::spool::catalog::{Catalog, Record};
+
+/// Largest journal read for an offline status; compaction keeps journals far below.
+pub const OFFLINE_JOURNAL_BYTES_MAX: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("cannot read the journal {0}: {1} (is `spool.dir` right?)")]
+    Read(String, std::io::Error),
+    #[error("{0} is not a readable sftpgw journal: {1}")]
+    Format(String, String),
+    #[error("the journal {0} is larger than {1} bytes; not read")]
+    TooLarge(String, u64),
+}
+
+/// The snapshot the journal under `config.spool.dir` describes, with health `failing: daemon
+/// not running`.
+pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> {
+    let path = config.spool.dir.join("journal");
+    let shown = path.display().to_string();
+    let records = read_records(&path).map_err(|e| match e {
+        ReadError::Io(e) => OfflineError::Read(shown.clone(), e),
+        ReadError::Format(m) => OfflineError::Format(shown.clone(), m),
+        ReadError::TooLarge => OfflineError::TooLarge(shown.clone(), OFFLINE_JOURNAL_BYTES_MAX),
+    })?;
+    let mut catalog = Catalog::default();
+    for r in &records {
+        catalog.apply(r);
+    }
+    catalog.end_replay();
+    let mut recs: Vec<_> = catalog.files().filter(|f| !f.hidden).cloned().collect();
+    recs.sort_by_key(|f| (f.mtime_unix, f.id));
+    let now = crate::spool::now_unix();
+    let mut queue = QueueStatus::default();
+    let mut failed = 0;
+    let files: Vec<FileStatus> = recs
+        .iter()
+        .map(|f| {
+            if matches!(
+                f.state,
+                FileState::Sealed | FileState::Uploading | FileState::Failed
+            ) {
+                queue.files += 1;
+                queue.bytes += f.size;
+                let age = now.saturating_sub(f.mtime_unix);
+                queue.oldest_age_secs = Some(queue.oldest_age_secs.map_or(age, |a| a.max(age)));
+            }
+            failed += u64::from(f.state == FileState::Failed);
+            let key = format!("{}{}/{}", config.s3.prefix, f.user, f.path.as_str());
+            // A receiving file's size is only in its spool file; stat it (read-only).
+            let size = match f.state {
+                FileState::Receiving | FileState::Partial => {
+                    std::fs::metadata(config.spool.dir.join("partial").join(f.id.to_string()))
+                        .map_or(0, |m| m.len())
+                }
+                _ => f.size,
+            };
+            FileStatus::from_record(f, key, size, config.s3.part_size, None)
+        })
+        .collect();
+    let (total, free) = match nix::sys::statvfs::statvfs(&config.spool.dir) {
+        Ok(s) => (
+            s.blocks() * s.fragment_size(),
+            s.blocks_available() * s.fragment_size(),
+        ),
+        Err(_) => (0, 0),
+    };
+    let mut reasons = vec!["daemon not running (status from the journal)".to_owned()];
+    if failed > 0 {
+        reasons.push(format!(
+            "{failed} failed file(s): see below, `sftpgw retry`"
+        ));
+    }
+    Ok(Snapshot {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: 0,
+        engine: "none (daemon not running)".to_owned(),
+        spool: SpoolUsage {
+            dir: config.spool.dir.display().to_string(),
+            total_bytes: total,
+            free_bytes: free,
+            queue_bytes: queue.bytes,
+            queue_files: queue.files,
+        },
+        drain: super::DrainSummary {
+            endpoint: config
+                .s3
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| "AWS".to_owned()),
+            bucket: config.s3.bucket.clone(),
+            bytes_sent: 0,
+            parts_sent: 0,
+            files_delivered: recs
+                .iter()
+                .filter(|f| f.state == FileState::Delivered)
+                .count() as u64,
+        },
+        files,
+        shaping: Default::default(),
+        source: SnapshotSource::Journal,
+        health: Health {
+            level: HealthLevel::Failing,
+            reasons,
+        },
+        sftp_sessions: 0,
+        rates: Default::default(),
+        queue,
+        errors: Vec::new(),
+        s3: Default::default(),
+        counters: Default::default(),
+    })
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Format(String),
+    TooLarge,
+}
+
+fn read_records(path: &Path) -> Result<Vec<Record>, ReadError> {
+    let len = std::fs::metadata(path).map_err(ReadError::Io)?.len();
+    if len > OFFLINE_JOURNAL_BYTES_MAX {
+        return Err(ReadError::TooLarge);
+    }
+    let bytes = std::fs::read(path).map_err(ReadError::Io)?;
+    let replayed = decode_all::<Record>(&bytes).map_err(|e| ReadError::Format(format!("{e:?}")))?;
+    Ok(replayed.records)
+}

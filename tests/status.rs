@@ -1,0 +1,482 @@
+//! Status, metrics and logs of a real daemon: `sftpgw status` when the daemon is down, a
+//! Prometheus scrape over loopback, the lifecycle log lines, secrets kept out of logs, and the
+//! clock skew read from the embedded S3 server's `Date` header.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Harness, Options, free_port};
+use sftpgw::drain::aws::AwsStore;
+use sftpgw::s3server::{S3Server, S3ServerConfig, test_s3_config};
+use sftpgw::spool::FileState;
+use sftpgw::status::{HealthLevel, Snapshot, SnapshotSource};
+
+fn status_command(h: &Harness, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+        .arg("status")
+        .arg("--config")
+        .arg(&h.config_path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sftpgw status")
+}
+
+fn put(h: &Harness, user: &str, name: &str, bytes: &[u8]) {
+    let local = h.dir.path().join(name);
+    std::fs::write(&local, bytes).expect("write local file");
+    h.sftp_ok(user, &format!("put {} /{name}\n", local.display()));
+}
+
+/// Health counts a spool above its high watermark as failing; the test machine's disk holds
+/// the spool and may be that full, so tests that check the health level raise the watermark.
+fn watermark_at_full_disk(h: &Harness) {
+    let config = std::fs::read_to_string(&h.config_path).expect("config");
+    let config = config.replacen(
+        "[spool]\n",
+        "[spool]\nhigh_watermark = \"100%\"\nlow_watermark = \"99%\"\n",
+        1,
+    );
+    assert!(config.contains("high_watermark = \"100%\""));
+    std::fs::write(&h.config_path, config).expect("config");
+}
+
+/// `GET path` over loopback; returns (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample line starting with `name ` (labels included in `name`).
+fn sample(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
+    // A bucket that does not exist: the file fails permanently and stays pending.
+    let mut h = Harness::new(Options {
+        bucket: "no-such-bucket",
+        ..Options::default()
+    })
+    .await;
+    watermark_at_full_disk(&h);
+    h.start_daemon();
+    put(&h, "alice", "pending-report.csv", &common::data(100_000, 1));
+    put(&h, "bob", "second.bin", &common::data(2000, 2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h
+        .status()
+        .await
+        .files
+        .iter()
+        .any(|f| f.state != FileState::Failed)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "files did not fail:\n{}",
+            h.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running = status_command(&h, &[]);
+    assert!(running.status.success());
+    let text = String::from_utf8_lossy(&running.stdout);
+    assert!(
+        text.contains("HEALTH   DEGRADED: 2 failed file(s)"),
+        "{text}"
+    );
+
+    h.stop_daemon();
+    let journal = h.spool_dir.join("journal");
+    let before = std::fs::read(&journal).expect("journal");
+    let out = status_command(&h, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "daemon down → exit 5\n{text}\n{stderr}"
+    );
+    assert!(text.contains("DAEMON NOT RUNNING"), "{text}");
+    assert!(
+        text.contains("HEALTH   FAILING: daemon not running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("alice:/pending-report.csv") && text.contains("bob:/second.bin"),
+        "files from the journal: {text}"
+    );
+    assert!(text.contains("QUEUE    2 file(s)"), "{text}");
+    assert!(stderr.contains("not running"), "{stderr}");
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "{line}");
+    }
+    let json = status_command(&h, &["--json"]);
+    assert_eq!(json.status.code(), Some(5));
+    let snap: Snapshot = serde_json::from_slice(&json.stdout).expect("status --json");
+    assert_eq!(snap.source, SnapshotSource::Journal);
+    assert_eq!(snap.files.len(), 2);
+    assert_eq!(
+        std::fs::read(&journal).expect("journal"),
+        before,
+        "journal untouched"
+    );
+
+    // `--watch` redraws in place every second (cursor home + clear), daemon or not.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+        .args(["status", "--watch", "--config"])
+        .arg(&h.config_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.matches("\x1b[H\x1b[2J").count() >= 2,
+        "redrawn at least twice: {text:?}"
+    );
+    assert!(text.contains("DAEMON NOT RUNNING"), "{text}");
+
+    // No journal at all (wrong spool): exit 4, the daemon cannot be reached.
+    std::fs::remove_file(&journal).expect("rm journal");
+    let out = status_command(&h, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_scraped_over_http_and_change_after_an_upload() {
+    let mut h = Harness::new(Options::default()).await;
+    let port = free_port();
+    let mut config = std::fs::read_to_string(&h.config_path).expect("config");
+    config.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    std::fs::write(&h.config_path, config).expect("config");
+    watermark_at_full_disk(&h);
+    h.start_daemon();
+    let (status, before) = http_get(port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{before}");
+    assert_eq!(sample(&before, "sftpgw_files_delivered_total"), 0.0);
+    assert_eq!(sample(&before, "sftpgw_sftp_received_bytes_total"), 0.0);
+
+    let bytes = common::data(6 << 20, 3);
+    put(&h, "alice", "big.bin", &bytes);
+    h.wait_drained(Duration::from_secs(60)).await;
+    // The counters move just after the state does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let (_, body) = http_get(port, "/metrics");
+        if sample(&body, "sftpgw_files_delivered_total") >= 1.0 || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        sample(&after, "sftpgw_files_delivered_total"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "sftpgw_sftp_received_bytes_total"),
+        bytes.len() as f64
+    );
+    assert!(sample(&after, "sftpgw_s3_sent_bytes_total") >= bytes.len() as f64);
+    assert_eq!(sample(&after, "sftpgw_files{state=\"delivered\"}"), 1.0);
+    assert_eq!(sample(&after, "sftpgw_queue_files"), 0.0);
+    assert_eq!(sample(&after, "sftpgw_health"), 0.0, "{after}");
+    assert_eq!(sample(&after, "sftpgw_s3_reachable"), 1.0);
+    assert!(sample(&after, "sftpgw_s3_clock_skew_seconds").abs() < 2.0);
+    let fill = sample(&after, "sftpgw_spool_fill_ratio");
+    assert!((0.0..=1.0).contains(&fill), "{fill}");
+    assert!(after.contains("# TYPE sftpgw_errors counter"), "{after}");
+
+    let (status, _) = http_get(port, "/other");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    // An oversized request head is refused, not buffered.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let _ =
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nX: {}\r\n", "a".repeat(20_000)).as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_lifecycle_event_logs_one_line_with_its_fields() {
+    let mut h = Harness::new(Options::default()).await;
+    h.start_daemon();
+    let bytes = common::data(70_000, 4);
+    put(&h, "alice", "life.txt", &bytes);
+    h.wait_drained(Duration::from_secs(60)).await;
+    // The delivered line follows the state change that `wait_drained` sees.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !h.log().contains("event=\"delivered\"") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = h.log();
+    let line = |event: &str| {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("event=\"{event}\"")))
+            .collect();
+        assert_eq!(lines.len(), 1, "one {event} line:\n{log}");
+        lines[0].to_owned()
+    };
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let sealed = line("sealed");
+    for want in [
+        "user=alice",
+        "path=/life.txt",
+        "size=70000",
+        &format!("sha256={sha}"),
+    ] {
+        assert!(sealed.contains(want), "{want} in {sealed}");
+    }
+    let started = line("upload_started");
+    assert!(started.contains("key=\"site/alice/life.txt\""), "{started}");
+    let delivered = line("delivered");
+    for want in [
+        "user=alice",
+        "path=/life.txt",
+        "key=\"site/alice/life.txt\"",
+        "size=70000",
+        "duration_ms=",
+    ] {
+        assert!(delivered.contains(want), "{want} in {delivered}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_appear_in_logs_or_status() {
+    const SECRET_KEY: &str = "Sekr1t-S3-Key-zq9XyW";
+    const PASSWORD: &str = "pw-Orange-Tractor-417";
+    let mut h = Harness::new(Options::default()).await;
+    let hash = {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+            .args(["user", "passwd"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("user passwd");
+        writeln!(child.stdin.take().expect("stdin"), "{PASSWORD}").expect("password");
+        let out = child.wait_with_output().expect("hash");
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    };
+    // A wrong S3 secret: every S3 call fails (signature mismatch), with the secret in hand.
+    let config = std::fs::read_to_string(&h.config_path)
+        .expect("config")
+        .replace(
+            &format!("secret_access_key = \"{}\"", common::SECRET_KEY),
+            &format!("secret_access_key = \"{SECRET_KEY}\""),
+        )
+        .replacen(
+            "name = \"alice\"\n",
+            &format!("name = \"alice\"\npassword_hash = \"{hash}\"\n"),
+            1,
+        );
+    assert!(config.contains(SECRET_KEY) && config.contains(&hash));
+    std::fs::write(&h.config_path, config).expect("config");
+    h.start_daemon_with_env(&[("SFTPGW_LOG", std::ffi::OsStr::new("trace"))]);
+
+    // Log in with the password (askpass answers it), and once with a wrong one.
+    let askpass = h.dir.path().join("askpass.sh");
+    let wrong = h.dir.path().join("wrong.sh");
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{PASSWORD}'\n")).expect("askpass");
+    std::fs::write(&wrong, format!("#!/bin/sh\necho '{PASSWORD}x'\n")).expect("askpass");
+    for script in [&askpass, &wrong] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let local = h.dir.path().join("s.bin");
+    std::fs::write(&local, common::data(1000, 5)).expect("local");
+    let login = |script: &std::path::Path| {
+        let mut child = Command::new("sftp")
+            .args(["-P", &h.sftp_port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .arg("alice@127.0.0.1")
+            .env("SSH_ASKPASS", script)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sftp");
+        writeln!(
+            child.stdin.take().expect("stdin"),
+            "put {} /s.bin",
+            local.display()
+        )
+        .expect("batch");
+        child.wait_with_output().expect("sftp")
+    };
+    let ok = login(&askpass);
+    assert!(
+        ok.status.success(),
+        "password login: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = login(&wrong);
+    assert!(!refused.status.success());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.status().await;
+        if s.files.iter().any(|f| f.state == FileState::Failed) {
+            assert_ne!(s.health.level, HealthLevel::Ok);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no S3 failure:\n{}", h.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let json = status_command(&h, &["--json", "--all"]);
+    let text = status_command(&h, &["--all"]);
+    h.stop_daemon();
+    let log = h.log();
+    assert!(
+        log.contains("login") && log.contains("failed permanently"),
+        "{log}"
+    );
+    for (what, out) in [
+        ("log", log.as_bytes()),
+        ("status --json", &json.stdout[..]),
+        ("status", &text.stdout[..]),
+    ] {
+        let out = String::from_utf8_lossy(out);
+        for secret in [SECRET_KEY, PASSWORD] {
+            assert!(
+                !out.contains(secret),
+                "{secret} appears in the {what}:\n{out}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_clock_skew_of_the_embedded_s3_server_is_about_zero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = S3Server::start(S3ServerConfig::loopback(dir.path().join("s3")))
+        .await
+        .expect("S3 server");
+    let store = AwsStore::new(&test_s3_config(&server)).expect("store");
+    let skew = store.observer().subscribe_skew();
+    assert_eq!(store.observer().skew(), None);
+    store.probe().await.expect("HeadBucket");
+    assert!(
+        skew.has_changed().expect("open"),
+        "a response updates the skew"
+    );
+    let s = store.observer().skew().expect("measured");
+    assert!(s.skew_secs.abs() < 1.5, "same clock, skew {}", s.skew_secs);
+    assert_eq!(store.observer().reachability().reachable, Some(true));
+
+    // A server that is gone: unreachable, with the transport error.
+    let cfg = test_s3_config(&server);
+    drop(server);
+    let gone = AwsStore::new(&cfg).expect("store");
+    assert!(gone.probe().await.is_err());
+    assert_eq!(gone.observer().reachability().reachable, Some(false));
+    assert!(gone.observer().reachability().last_error.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_counts_while_open_and_partial_and_expired_files_log_their_lines() {
+    let mut h = Harness::new(Options {
+        partial_ttl: "2s",
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    let local = h.dir.path().join("slow.bin");
+    std::fs::write(&local, common::data(4 << 20, 6)).expect("local");
+    // About 1 MB/s (`-l` is in Kbit/s): the put lasts seconds; kill the client meanwhile.
+    let mut child = h
+        .sftp_command_with("alice", &["-l", "8000"])
+        .spawn()
+        .expect("sftp");
+    writeln!(
+        child.stdin.take().expect("stdin"),
+        "put {} /slow.bin",
+        local.display()
+    )
+    .expect("batch");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.status().await;
+        let receiving = s
+            .files
+            .iter()
+            .any(|f| f.state == FileState::Receiving && f.size > 0);
+        if receiving && s.sftp_sessions == 1 && s.rates.ingest_bytes_per_sec > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no session receiving: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = h.log();
+        let has = |event: &str| {
+            log.lines().any(|l| {
+                l.contains(&format!("event=\"{event}\""))
+                    && l.contains("user=alice")
+                    && l.contains("path=/slow.bin")
+            })
+        };
+        if has("partial") && has("expired") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no partial and expired lines:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.status().await.sftp_sessions, 0, "the session is gone");
+}
