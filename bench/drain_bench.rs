@@ -104,6 +104,8 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes: 0,
         hash_bytes_max: u64::MAX,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
     })?;
     write_sealed(&spool, size).await?;
 

@@ -75,6 +75,8 @@ pub async fn run(
             } else {
                 u64::MAX
             },
+            high_watermark_percent: config.spool.high_watermark_percent,
+            low_watermark_percent: config.spool.low_watermark_percent,
         },
         SpoolEngine::select(config.spool.engine)?,
     )?;

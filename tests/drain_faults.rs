@@ -221,6 +221,8 @@ fn open_spool_ttl(dir: &std::path::Path, partial_ttl: Duration) -> Arc<Spool> {
         reserve_bytes: 0,
         // As the gateway sets it with early drain on: larger files are hashed by the drain.
         hash_bytes_max: PART,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
     })
     .expect("spool")
 }

@@ -34,6 +34,8 @@ async fn start() -> Gateway {
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes: 0,
         hash_bytes_max: u64::MAX,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
     })
     .expect("spool");
     let client = generate_ed25519("test client");

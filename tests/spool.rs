@@ -14,6 +14,8 @@ fn open(dir: &std::path::Path, ttl: Duration, reserve_bytes: u64) -> Arc<Spool> 
         partial_ttl: ttl,
         reserve_bytes,
         hash_bytes_max: u64::MAX,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
     })
     .expect("open spool")
 }
@@ -343,6 +345,8 @@ async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes: 0,
         hash_bytes_max: 100,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
     })
     .expect("open spool");
     // (name, writes as (offset, len)): small in order, big in order, big with a rewrite.
@@ -392,4 +396,69 @@ async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
         .find(|f| f.path.as_str() == "big")
         .expect("big");
     assert_eq!((big.sha256, big.appended_only, big.size), (None, true, 180));
+}
+
+#[test]
+fn uploads_are_refused_from_the_high_watermark_until_the_fill_is_below_the_low_one() {
+    use sftpgw::spool::watermark_refuses;
+    // (refusing before, used %, refusing after) with high 90 %, low 80 %.
+    for (before, used, after) in [
+        (false, 0, false),
+        (false, 89, false),
+        (false, 90, true),
+        (true, 85, true),
+        (true, 80, true),
+        (true, 79, false),
+        (false, 85, false),
+        (false, 100, true),
+    ] {
+        assert_eq!(
+            watermark_refuses(before, used, 90, 80),
+            after,
+            "refusing {before} at {used}%"
+        );
+    }
+    // 100/100 never refuses below a completely full file system.
+    assert!(!watermark_refuses(false, 99, 100, 100));
+}
+
+#[tokio::test]
+async fn a_new_upload_is_refused_at_the_high_watermark_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The fill of the test machine's disk as the spool counts it; a watermark at (or below)
+    // it refuses, one of 100 % does not.
+    let s = nix::sys::statvfs::statvfs(dir.path()).expect("statvfs");
+    let total = s.blocks() * s.fragment_size();
+    let used_percent = (total - s.blocks_available() * s.fragment_size()) * 100 / total;
+    let high = u8::try_from(used_percent).expect("percent");
+    {
+        let spool = Spool::open(SpoolOptions {
+            dir: dir.path().to_owned(),
+            partial_ttl: Duration::from_secs(3600),
+            reserve_bytes: 0,
+            hash_bytes_max: u64::MAX,
+            high_watermark_percent: high,
+            low_watermark_percent: high,
+        })
+        .expect("open spool");
+        let err = spool
+            .open_write("u", &vp("refused"), OpenMode::default())
+            .await
+            .err()
+            .expect("an upload at the high watermark is refused");
+        assert_eq!(err.kind, FsErrorKind::NoSpace);
+        assert!(err.to_string().contains("high watermark"), "{err}");
+        assert!(spool.refusing_uploads());
+        assert!(spool.files().is_empty(), "a refused upload leaves no file");
+    }
+    let spool = open(dir.path(), Duration::from_secs(3600), 0);
+    let h = spool
+        .open_write("u", &vp("accepted"), OpenMode::default())
+        .await
+        .expect("below the watermark uploads are accepted");
+    h.write_at(0, Bytes::from_static(b"x"))
+        .await
+        .expect("write");
+    h.close().await.expect("close");
+    assert!(!spool.refusing_uploads());
 }

@@ -32,19 +32,6 @@ fn put(h: &Harness, user: &str, name: &str, bytes: &[u8]) {
     h.sftp_ok(user, &format!("put {} /{name}\n", local.display()));
 }
 
-/// Health counts a spool above its high watermark as failing; the test machine's disk holds
-/// the spool and may be that full, so tests that check the health level raise the watermark.
-fn watermark_at_full_disk(h: &Harness) {
-    let config = std::fs::read_to_string(&h.config_path).expect("config");
-    let config = config.replacen(
-        "[spool]\n",
-        "[spool]\nhigh_watermark = \"100%\"\nlow_watermark = \"99%\"\n",
-        1,
-    );
-    assert!(config.contains("high_watermark = \"100%\""));
-    std::fs::write(&h.config_path, config).expect("config");
-}
-
 /// `GET path` over loopback; returns (status line, body).
 fn http_get(port: u16, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
@@ -78,7 +65,6 @@ async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
         ..Options::default()
     })
     .await;
-    watermark_at_full_disk(&h);
     h.start_daemon();
     put(&h, "alice", "pending-report.csv", &common::data(100_000, 1));
     put(&h, "bob", "second.bin", &common::data(2000, 2));
@@ -176,7 +162,6 @@ async fn metrics_are_scraped_over_http_and_change_after_an_upload() {
     let mut config = std::fs::read_to_string(&h.config_path).expect("config");
     config.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     std::fs::write(&h.config_path, config).expect("config");
-    watermark_at_full_disk(&h);
     h.start_daemon();
     let (status, before) = http_get(port, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "{before}");

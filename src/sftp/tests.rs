@@ -28,6 +28,8 @@ fn open_spool(dir: &std::path::Path, reserve_bytes: u64) -> Arc<Spool> {
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes,
         hash_bytes_max: u64::MAX,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
     })
     .expect("open spool")
 }

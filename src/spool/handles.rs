@@ -171,6 +171,8 @@ impl WriteHandle {
                 }
             }
         };
+        // Checked after the lookup, so that a client is told about a wrong path first.
+        spool.admit_upload()?;
         match plan {
             Plan::Resume(id) => Self::resume(spool, user, path, id, mode.truncate),
             Plan::New { copy_from } => Self::create(spool, user, path, copy_from).await,

@@ -14,7 +14,7 @@ pub mod vpath;
 pub use engine::{EngineError, SpoolEngine, SyncScope};
 pub use handles::{ReadHandle, WriteHandle};
 pub use pwrite::PwriteEngine;
-pub use store::{Spool, SpoolOpenError, SpoolOptions, now_unix};
+pub use store::{Spool, SpoolOpenError, SpoolOptions, now_unix, watermark_refuses};
 pub use uring::{ProbeError, UringEngine};
 pub use vpath::VPath;
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +45,22 @@ pub struct SpoolOptions {
     /// Files that arrive in order are hashed (SHA-256) as they arrive while at most this long;
     /// longer ones are hashed by the drain if their object needs it (not an early upload).
     pub hash_bytes_max: u64,
+    /// New uploads are refused once the spool's file system is at least this full (percent of
+    /// its size, as `df` counts it) ...
+    pub high_watermark_percent: u8,
+    /// ... until it is below this again. 100/100 turns the gate off (the reserve still holds).
+    pub low_watermark_percent: u8,
+}
+
+/// Whether uploads are refused after a fill of `used_percent`, given whether they were
+/// refused before: refusal starts at the high watermark and lasts until the fill is below the
+/// low one, so that a spool near its limit does not flap between accepting and refusing.
+pub fn watermark_refuses(refusing: bool, used_percent: u64, high: u8, low: u8) -> bool {
+    if refusing {
+        used_percent >= u64::from(low)
+    } else {
+        used_percent >= u64::from(high)
+    }
 }
 
 /// The spool of one gateway, shared by every session and the drain.
@@ -67,6 +83,9 @@ pub struct Spool {
     aborts: Mutex<Vec<(String, String)>>,
     /// Wakes the drain when there is new work.
     work: Notify,
+    /// New uploads are refused: the spool reached its high watermark and has not yet gone
+    /// below its low one.
+    refusing: AtomicBool,
 }
 
 /// Seconds since the epoch, for records and listings.
@@ -158,6 +177,7 @@ impl Spool {
             live: Mutex::new(HashMap::new()),
             aborts: Mutex::new(aborts),
             work: Notify::new(),
+            refusing: AtomicBool::new(false),
             opts,
         };
         spool
@@ -609,6 +629,54 @@ impl Spool {
                 blocks_avail: 0,
             },
         }
+    }
+
+    /// Refuses a new upload (or the resume of a partial one) while the spool is between its
+    /// watermarks after reaching the high one; uploads already open go on writing.
+    pub(super) fn admit_upload(&self) -> Result<(), FsError> {
+        let s = self.space();
+        let total = s.blocks_total * s.block_size;
+        if total == 0 {
+            return Ok(());
+        }
+        let used_percent = total.saturating_sub(s.blocks_avail * s.block_size) * 100 / total;
+        let was = self.refusing.load(Ordering::Relaxed);
+        let now = watermark_refuses(
+            was,
+            used_percent,
+            self.opts.high_watermark_percent,
+            self.opts.low_watermark_percent,
+        );
+        if now != was {
+            self.refusing.store(now, Ordering::Relaxed);
+            if now {
+                tracing::warn!(
+                    used_percent,
+                    high_watermark_percent = self.opts.high_watermark_percent,
+                    "spool at its high watermark: new uploads are refused until it drains below the low watermark"
+                );
+            } else {
+                tracing::info!(
+                    used_percent,
+                    "spool below its low watermark: uploads accepted again"
+                );
+            }
+        }
+        if now {
+            return Err(FsError::new(
+                FsErrorKind::NoSpace,
+                format!(
+                    "spool {used_percent}% full (high watermark {}%): uploads are refused until it drains",
+                    self.opts.high_watermark_percent
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether new uploads are refused now (the last [`Spool::admit_upload`] said so).
+    pub fn refusing_uploads(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// Bytes free for new data, after the reserve.
