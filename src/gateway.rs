@@ -364,7 +364,18 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         .unwrap_or_default();
     let health = assess::health(&HealthInputs {
         tasks_stopped,
-        spool_full: assess::spool_full(total_bytes, free_bytes, SPOOL_RESERVE_BYTES, high),
+        // The spool's own gate first: it keeps refusing until the fill is below the low
+        // watermark, which a reading of the fill alone cannot tell.
+        spool_full: assess::spool_full(total_bytes, free_bytes, SPOOL_RESERVE_BYTES, high).or_else(
+            || {
+                spool.refusing_uploads().then(|| {
+                    format!(
+                        "spool refuses uploads until it drains below its low watermark of {}%",
+                        config.spool.low_watermark_percent
+                    )
+                })
+            },
+        ),
         recent_errors: &errors,
         now_unix: now,
         s3_reachable: reach.reachable,
