@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::drain::aws::AwsStore;
+use crate::drain::shaper::Shaper;
 use crate::drain::upload::{Drain, DrainConfig};
 use crate::health::Watched;
 use crate::spool::{FileState, Spool, SpoolEngine, SpoolOptions, VPath};
@@ -43,8 +44,11 @@ pub async fn run(
         },
         SpoolEngine::select(config.spool.engine)?,
     )?;
-    let store = Arc::new(AwsStore::new(&config.s3)?);
-    let drain = Drain::new(
+    // The shaper paces upload bodies (through the store) and admits parts (through the drain).
+    let shaper = Shaper::new(config.shaping.clone(), &config.spool.dir);
+    let shaper_task = tokio::spawn(shaper.clone().run());
+    let store = Arc::new(AwsStore::new(&config.s3)?.with_shaper(shaper.clone()));
+    let drain = Drain::with_shaper(
         store,
         spool.clone(),
         DrainConfig {
@@ -56,13 +60,20 @@ pub async fn run(
             settle: crate::drain::upload::SETTLE_DEFAULT,
             early: config.s3.early_drain,
         },
+        Some(shaper.clone()),
     );
     let drain_task = tokio::spawn(drain.clone().run());
 
     // The control socket answers before the SFTP port accepts, so that whoever sees the
     // port open can also ask for status.
     let control_listener = control::bind(&config.control.socket)?;
-    let handler = control_handler(spool.clone(), drain.clone(), config.clone(), started);
+    let handler = control_handler(
+        spool.clone(),
+        drain.clone(),
+        shaper.clone(),
+        config.clone(),
+        started,
+    );
     let control_task = tokio::spawn(control::serve(control_listener, handler));
 
     let host_key = crate::sftp::server::load_or_generate_host_key(&config.sftp.host_key).await?;
@@ -100,6 +111,10 @@ pub async fn run(
             task: drain_task.abort_handle(),
         },
         Watched {
+            name: "shaper",
+            task: shaper_task.abort_handle(),
+        },
+        Watched {
             name: "control socket",
             task: control_task.abort_handle(),
         },
@@ -119,8 +134,20 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    for t in [drain_task, control_task, sweeper_task, health_task] {
+    for t in [
+        drain_task,
+        control_task,
+        sweeper_task,
+        health_task,
+        shaper_task,
+    ] {
         t.abort();
+    }
+    // Budget counters since the last periodic save (the override is saved when it is set).
+    let saver = shaper.clone();
+    match tokio::task::spawn_blocking(move || saver.save_if_dirty()).await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the shaping state at shutdown"),
+        Ok(Ok(())) | Err(_) => {}
     }
     // Sessions still open keep their files partial; give the server a moment to close them.
     let _ = tokio::time::timeout(Duration::from_secs(2), sftp_task).await;
@@ -131,15 +158,19 @@ pub async fn run(
 fn control_handler<S: crate::drain::store::ObjectStore>(
     spool: Arc<Spool>,
     drain: Arc<Drain<S>>,
+    shaper: Arc<Shaper>,
     config: Config,
     started: Instant,
 ) -> control::Handler {
     Arc::new(move |req| {
         let (spool, drain, config) = (spool.clone(), drain.clone(), config.clone());
+        let shaper = shaper.clone();
         Box::pin(async move {
             match req {
                 Request::Status => {
-                    Response::Status(Box::new(snapshot(&spool, &drain, &config, started)))
+                    let mut snapshot = snapshot(&spool, &drain, &config, started);
+                    snapshot.shaping = shaper.status();
+                    Response::Status(Box::new(snapshot))
                 }
                 Request::Retry { user, path } => {
                     let path = match path.as_deref().map(VPath::resolve).transpose() {
@@ -160,14 +191,31 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                         count: count as u64,
                     }
                 }
-                Request::DrainPause { .. } | Request::DrainResume | Request::DrainRate { .. } => {
-                    Response::Error {
-                        message: "bandwidth shaping is not built yet (issue 5)".into(),
-                    }
+                Request::DrainPause { for_secs } => {
+                    shaping_reply(shaper.pause(for_secs.map(Duration::from_secs)))
+                }
+                Request::DrainResume => shaping_reply(shaper.resume()),
+                Request::DrainRate {
+                    bytes_per_sec,
+                    for_secs,
+                } => {
+                    shaping_reply(shaper.set_rate(bytes_per_sec, for_secs.map(Duration::from_secs)))
                 }
             }
         })
     })
+}
+
+/// The reply to a `drain pause|resume|rate` request.
+fn shaping_reply(result: std::io::Result<crate::status::ShapingStatus>) -> Response {
+    match result {
+        Ok(status) => Response::Shaping(Box::new(status)),
+        Err(e) => Response::Error {
+            message: format!(
+                "cannot save the override in the spool directory ({e}); nothing was changed"
+            ),
+        },
+    }
 }
 
 /// The status snapshot of a running gateway.

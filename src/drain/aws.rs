@@ -38,6 +38,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use self::file_body::BodyReport;
+use super::shaper::Shaper;
 use super::store::{
     Body, CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
     UploadedPart,
@@ -86,6 +87,8 @@ pub struct AwsStore {
     client: aws_sdk_s3::Client,
     bucket: String,
     timeouts: AwsTimeouts,
+    /// Paces the bodies of spool ranges (PutObject, UploadPart); `None`: unpaced.
+    pacer: Option<Arc<Shaper>>,
 }
 
 impl AwsStore {
@@ -151,7 +154,15 @@ impl AwsStore {
             client: aws_sdk_s3::Client::from_conf(builder.build()),
             bucket: cfg.bucket.clone(),
             timeouts,
+            pacer: None,
         })
+    }
+
+    /// Paces every upload body that streams a spool range through `shaper`'s limiter.
+    #[must_use]
+    pub fn with_shaper(mut self, shaper: Arc<Shaper>) -> AwsStore {
+        self.pacer = Some(shaper);
+        self
     }
 
     /// The underlying client, for tests and tools that need more than [`ObjectStore`].
@@ -198,14 +209,14 @@ fn part_number_i32(operation: &'static str, number: u32) -> Result<i32, S3Error>
 
 /// The SDK body for `body`, and where it reports the CRC32C of what was read (a range of a
 /// spool file is streamed: see [`file_body`]).
-fn sdk_body(body: Body) -> (ByteStream, Arc<BodyReport>) {
+fn sdk_body(body: Body, pacer: Option<&Arc<Shaper>>) -> (ByteStream, Arc<BodyReport>) {
     let report = Arc::new(BodyReport::default());
     let stream = match body {
         Body::Bytes(bytes) => {
             report.set(Ok(crc32c::crc32c(&bytes)));
             ByteStream::from(bytes)
         }
-        Body::File(range) => file_body::byte_stream(range, report.clone()),
+        Body::File(range) => file_body::byte_stream(range, report.clone(), pacer.cloned()),
     };
     (stream, report)
 }
@@ -238,7 +249,7 @@ impl ObjectStore for AwsStore {
         metadata: &ObjectMetadata,
     ) -> Result<(), S3Error> {
         const OP: &str = "PutObject";
-        let (stream, report) = sdk_body(body);
+        let (stream, report) = sdk_body(body, self.pacer.as_ref());
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -286,7 +297,7 @@ impl ObjectStore for AwsStore {
         body: Body,
     ) -> Result<UploadedPart, S3Error> {
         const OP: &str = "UploadPart";
-        let (stream, report) = sdk_body(body);
+        let (stream, report) = sdk_body(body, self.pacer.as_ref());
         let out = self
             .client
             .upload_part()

@@ -2,5 +2,6 @@
 
 pub mod aws;
 pub mod fault;
+pub mod shaper;
 pub mod store;
 pub mod upload;
