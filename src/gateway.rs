@@ -145,9 +145,8 @@ pub async fn run(
     }
     // Budget counters since the last periodic save (the override is saved when it is set).
     let saver = shaper.clone();
-    match tokio::task::spawn_blocking(move || saver.save_if_dirty()).await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the shaping state at shutdown"),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || saver.save_if_dirty()).await {
+        tracing::warn!(error = %e, "cannot save the shaping state at shutdown");
     }
     // Sessions still open keep their files partial; give the server a moment to close them.
     let _ = tokio::time::timeout(Duration::from_secs(2), sftp_task).await;
