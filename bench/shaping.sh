@@ -8,11 +8,12 @@
 # How: one gateway (`sftpgw run`, 16 MiB parts, 4 in flight) starts with `rate = "paused"`,
 # receives one large file over SFTP (the LAN side is not shaped), then gets
 # `sftpgw drain rate R` for each rate in turn. After WARMUP_SECS the bytes the S3 server has
-# read from its sockets (`rchar` of /proc/PID/io of the demo process, which does nothing else
-# meanwhile: no Complete happens before the file's last part) are sampled, and again
-# WINDOW_SECS later: the rate is their difference over the measured time. That counter is the
-# receiving side's, so it cannot be flattered by what the gateway thinks it sent; it includes
-# the HTTP headers of the parts (about 1 KiB per 16 MiB part).
+# written into its part files (`wchar` of /proc/PID/io of the demo process, which does nothing
+# else meanwhile: no Complete happens before the file's last part; its sockets are read with
+# recv(2), which `rchar` does not count) are sampled, and again WINDOW_SECS later: the rate is
+# their difference over the measured time. That counter is the receiving side's, so it cannot
+# be flattered by what the gateway thinks it sent; it lags by the server's write buffers, a
+# constant that cancels out of the difference.
 # Rate changes: from 1 to 16 MiB/s and back, the time from the `sftpgw drain rate` command
 # until the S3 server's receive rate (sampled every 50 ms over a 250 ms window) crosses the
 # midpoint of the two rates.
@@ -59,16 +60,16 @@ echo "put $WORK/src.bin /shaping.bin" >"$WORK/batch"
 sftp_batch "$PORT" bench "$KEY" "$WORK/batch"
 echo "sftp put of $SIZE_MIB MiB while paused: $(elapsed "$t0") s"
 
-rchar() { awk '$1 == "rchar:" { print $2 }' "/proc/$DEMO_PID/io"; }
+wchar() { awk '$1 == "wchar:" { print $2 }' "/proc/$DEMO_PID/io"; }
 
 printf '\n| set rate | measured over %s s | error |\n|---|---|---|\n' "$WINDOW_SECS"
 for r in $RATES; do
     "$SFTPGW" drain -c "$CONF" rate "${r}MiB/s" >/dev/null
     sleep "$WARMUP_SECS"
-    b0=$(rchar)
+    b0=$(wchar)
     t0=$(now)
     sleep "$WINDOW_SECS"
-    b1=$(rchar)
+    b1=$(wchar)
     secs=$(elapsed "$t0")
     awk -v b="$((b1 - b0))" -v s="$secs" -v r="$r" 'BEGIN {
         got = b / s / 1048576
@@ -84,17 +85,17 @@ change_latency() {
 import subprocess, sys, time
 pid, old, new, exe, conf = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 mid = (old + new) / 2 * 1048576
-def rchar():
+def wchar():
     with open(f"/proc/{pid}/io") as f:
         for line in f:
-            if line.startswith("rchar:"):
+            if line.startswith("wchar:"):
                 return int(line.split()[1])
 window = []
 t0 = time.monotonic()
 subprocess.run([exe, "drain", "-c", conf, "rate", f"{int(new)}MiB/s"], check=True, stdout=subprocess.DEVNULL)
 while True:
     now = time.monotonic()
-    window.append((now, rchar()))
+    window.append((now, wchar()))
     window = [(t, b) for (t, b) in window if now - t <= 0.25]
     if len(window) >= 2 and now - window[0][0] >= 0.2:
         rate = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
