@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -27,6 +26,7 @@ use crate::limits::PART_SIZE_BYTES_DEFAULT;
 
 mod credentials;
 mod example;
+mod shaping;
 mod values;
 
 use values::{
@@ -35,6 +35,8 @@ use values::{
 };
 
 pub use example::EXAMPLE;
+pub use shaping::{DAY_MINUTES, Days, RATE_BYTES_PER_SEC_MIN, Rate, ShapingConfig, Window};
+pub use values::parse_duration;
 
 /// Longest user name; it is a path component of every object key of the user.
 pub const USER_NAME_BYTES_MAX: usize = 64;
@@ -62,6 +64,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// `[metrics]`: Prometheus metrics, off unless configured.
     pub metrics: Option<MetricsConfig>,
+    /// `[shaping]`: the drain's WAN rate, schedule and budgets.
+    pub shaping: ShapingConfig,
     pub users: Vec<User>,
 }
 
@@ -344,10 +348,7 @@ struct RawConfig {
     sftp: RawSftp,
     spool: RawSpool,
     s3: Spanned<RawS3>,
-    /// Bandwidth shaping is validated by the shaper; here it is only accepted.
-    #[serde(default)]
-    #[allow(dead_code)]
-    shaping: Option<IgnoredAny>,
+    shaping: Option<shaping::RawShaping>,
     #[serde(default)]
     control: RawControl,
     metrics: Option<RawMetrics>,
@@ -417,6 +418,10 @@ impl RawConfig {
     fn validate(self, source: &Source<'_>) -> Result<Config, ConfigError> {
         let spool = self.spool.validate(source)?;
         let s3 = validate_s3(self.s3, source)?;
+        let shaping = match self.shaping {
+            Some(raw) => raw.validate(source, s3.part_size)?,
+            None => ShapingConfig::default(),
+        };
         let users = validate_users(self.users, source)?;
         let socket = match self.control.socket {
             Some(FilePath(path)) => source.resolve(path),
@@ -431,6 +436,7 @@ impl RawConfig {
             s3,
             control: ControlConfig { socket },
             metrics: self.metrics.map(|m| MetricsConfig { listen: m.listen.0 }),
+            shaping,
             users,
         })
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::drain::aws::AwsStore;
 use crate::drain::observer::S3Observer;
+use crate::drain::shaper::Shaper;
 use crate::drain::upload::{Drain, DrainConfig};
 use crate::health::Watched;
 use crate::spool::{FileState, Spool, SpoolEngine, SpoolOptions, VPath};
@@ -32,6 +33,7 @@ pub struct Monitor {
     /// Ingest (SFTP bytes received) and drain (bytes sent) meters.
     rates: Mutex<(RateMeter, RateMeter)>,
     observer: Arc<S3Observer>,
+    shaper: Arc<Shaper>,
     watched: OnceLock<Vec<Watched>>,
 }
 
@@ -80,14 +82,18 @@ pub async fn run(
         },
         SpoolEngine::select(config.spool.engine)?,
     )?;
-    let store = Arc::new(AwsStore::new(&config.s3)?);
+    // The shaper paces upload bodies (through the store) and admits parts (through the drain).
+    let shaper = Shaper::new(config.shaping.clone(), &config.spool.dir);
+    let shaper_task = tokio::spawn(shaper.clone().run());
+    let store = Arc::new(AwsStore::new(&config.s3)?.with_shaper(shaper.clone()));
     let monitor = Arc::new(Monitor {
         started,
         rates: Mutex::new((RateMeter::default(), RateMeter::default())),
         observer: store.observer().clone(),
+        shaper: shaper.clone(),
         watched: OnceLock::new(),
     });
-    let drain = Drain::new(
+    let drain = Drain::with_shaper(
         store.clone(),
         spool.clone(),
         DrainConfig {
@@ -99,6 +105,7 @@ pub async fn run(
             settle: crate::drain::upload::SETTLE_DEFAULT,
             early: config.s3.early_drain,
         },
+        Some(shaper.clone()),
     );
     let drain_task = tokio::spawn(drain.clone().run());
     let monitor_task = tokio::spawn(monitor_loop(
@@ -176,6 +183,10 @@ pub async fn run(
             task: monitor_task.abort_handle(),
         },
         Watched {
+            name: "shaper",
+            task: shaper_task.abort_handle(),
+        },
+        Watched {
             name: "control socket",
             task: control_task.abort_handle(),
         },
@@ -208,11 +219,17 @@ pub async fn run(
         sweeper_task,
         health_task,
         monitor_task,
+        shaper_task,
     ]
     .into_iter()
     .chain(metrics_task)
     {
         t.abort();
+    }
+    // Budget counters since the last periodic save (the override is saved when it is set).
+    let saver = shaper.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || saver.save_if_dirty()).await {
+        tracing::warn!(error = %e, "cannot save the shaping state at shutdown");
     }
     // Sessions still open keep their files partial; give the server a moment to close them.
     let _ = tokio::time::timeout(Duration::from_secs(2), sftp_task).await;
@@ -228,8 +245,21 @@ async fn monitor_loop(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(RATE_SAMPLE_INTERVAL_SECS));
     let mut probing: Option<tokio::task::JoinHandle<()>> = None;
+    // Every new reading of the S3 server's clock goes to the shaper, which trusts our clock
+    // while it agrees with the server's (and uses its fallback rate otherwise).
+    let mut skews = monitor.observer.subscribe_skew();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = skews.changed() => {
+                if changed.is_ok()
+                    && let Some(skew) = *skews.borrow_and_update()
+                {
+                    monitor.shaper.note_server_clock_skew(skew.skew_secs);
+                }
+                continue;
+            }
+        }
         monitor.sample(stats.bytes_sent.load(Ordering::Relaxed));
         let last = monitor.observer.reachability().last_request_unix;
         let quiet =
@@ -259,6 +289,7 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
             config.clone(),
             monitor.clone(),
         );
+        let shaper = monitor.shaper.clone();
         Box::pin(async move {
             match req {
                 Request::Status => {
@@ -283,14 +314,31 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                         count: count as u64,
                     }
                 }
-                Request::DrainPause { .. } | Request::DrainResume | Request::DrainRate { .. } => {
-                    Response::Error {
-                        message: "bandwidth shaping is not built yet (issue 5)".into(),
-                    }
+                Request::DrainPause { for_secs } => {
+                    shaping_reply(shaper.pause(for_secs.map(Duration::from_secs)))
+                }
+                Request::DrainResume => shaping_reply(shaper.resume()),
+                Request::DrainRate {
+                    bytes_per_sec,
+                    for_secs,
+                } => {
+                    shaping_reply(shaper.set_rate(bytes_per_sec, for_secs.map(Duration::from_secs)))
                 }
             }
         })
     })
+}
+
+/// The reply to a `drain pause|resume|rate` request.
+fn shaping_reply(result: std::io::Result<crate::status::ShapingStatus>) -> Response {
+    match result {
+        Ok(status) => Response::Shaping(Box::new(status)),
+        Err(e) => Response::Error {
+            message: format!(
+                "cannot save the override in the spool directory ({e}); nothing was changed"
+            ),
+        },
+    }
 }
 
 /// The status snapshot of a running gateway.
@@ -351,7 +399,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
     let reach = monitor.observer.reachability();
     let skew = monitor.observer.skew();
     let errors = telemetry::recent_errors();
-    let shaping = crate::status::ShapingStatus::default();
+    let shaping = monitor.shaper.status();
     let tasks_stopped = monitor
         .watched
         .get()

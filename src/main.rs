@@ -5,13 +5,13 @@
 //! not running and the status shown was read from the journal.
 
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use sftpgw::config::Config;
+use sftpgw::config::{Config, Rate};
 use sftpgw::status::control::{self, ControlError, Request, Response};
 use sftpgw::status::render::render_text;
 
@@ -77,12 +77,40 @@ enum Command {
         user: Option<String>,
         path: Option<String>,
     },
+    /// Steer the drain's WAN rate at run time (an override of the `[shaping]` schedule that
+    /// survives a restart until it expires).
+    Drain {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: DrainCommand,
+    },
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
     /// Manage users.
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrainCommand {
+    /// Start no new part (parts in flight finish) until `resume` or for a while.
+    Pause {
+        /// How long, like "2h" or "30m"; default: until `sftpgw drain resume`.
+        #[arg(long = "for", value_parser = sftpgw::config::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// End the override: the configured schedule applies again.
+    Resume,
+    /// Set the rate: "5MiB/s", "unlimited" or "paused".
+    Rate {
+        #[arg(value_parser = Rate::parse)]
+        rate: Rate,
+        /// How long, like "2h"; default: until `sftpgw drain resume`.
+        #[arg(long = "for", value_parser = sftpgw::config::parse_duration)]
+        duration: Option<Duration>,
     },
 }
 
@@ -195,6 +223,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => bail!("unexpected response from the daemon"),
             }
         }
+        Command::Drain { config, command } => {
+            let config = Config::load(&config)?;
+            drain(&config.control.socket, command)
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             println!(
@@ -213,6 +245,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", sftpgw::sftp::namespace::hash_password(&password));
             Ok(())
         }
+    }
+}
+
+/// `sftpgw drain ...`: one request, one line of result.
+fn drain(socket: &Path, command: DrainCommand) -> anyhow::Result<()> {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs().max(1));
+    let (request, resuming) = match command {
+        DrainCommand::Pause { duration }
+        | DrainCommand::Rate {
+            rate: Rate::Paused,
+            duration,
+        } => (
+            Request::DrainPause {
+                for_secs: secs(duration),
+            },
+            false,
+        ),
+        DrainCommand::Resume => (Request::DrainResume, true),
+        DrainCommand::Rate { rate, duration } => (
+            Request::DrainRate {
+                bytes_per_sec: rate.limit(),
+                for_secs: secs(duration),
+            },
+            false,
+        ),
+    };
+    let response = runtime()?.block_on(control::request(socket, &request))?;
+    match response {
+        Response::Shaping(status) => {
+            let line = sftpgw::drain::shaper::summary(&status);
+            if resuming && status.paused {
+                println!(
+                    "override ended, but {line}; to drain anyway: sftpgw drain rate RATE --for DURATION"
+                );
+            } else if resuming {
+                println!("override ended: {line}");
+            } else {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Response::Error { message } => bail!(message),
+        _ => bail!("unexpected response from the daemon"),
     }
 }
 

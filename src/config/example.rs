@@ -61,10 +61,26 @@ checksums = "when_required"
 early_drain = true
 
 [shaping]
-# Upload bandwidth: "unlimited" or a rate like "10MiB/s", optionally varying by schedule.
+# WAN bandwidth of the drain (upload bodies to S3; SFTP uploads on the LAN are never limited).
+# Rates: "unlimited", "paused" (no new part starts; parts in flight finish) or a size per
+# second like "10MiB/s" (at least "1KiB/s"). Default "unlimited".
 rate = "unlimited"
+# Windows by weekday and local time; the first window that holds the current time wins, else
+# `rate` applies. days: "mon-fri", "sat,sun", "mon", "fri-mon". from/to: "hh:mm", to is
+# exclusive, "24:00" ends the day; omit both for the whole day. A window with to <= from crosses
+# midnight (from = "22:00", to = "06:00" runs from the named day's evening to the next morning).
 schedule = [ { days = "mon-fri", from = "08:00", to = "18:00", rate = "2MiB/s" },
              { days = "sat-sun", rate = "unlimited" } ]
+# IANA zone the schedule and the budget periods are read in. Default: the box's local zone
+# (/etc/localtime), UTC if it has none.
+timezone = "UTC"
+# Rate while the clock is not trusted (not NTP-synchronised, and not confirmed by the S3
+# server's Date header). Default: `rate`.
+clock_unknown_rate = "unlimited"
+# Bytes sent to S3 per local day and per calendar month; when spent, no new part starts until
+# the next period. Each must be at least s3.part_size. Default: no budget.
+# daily_budget = "10GiB"
+# monthly_budget = "200GiB"
 
 [control]
 # Unix socket for `sftpgw status` and the other control commands.

@@ -101,6 +101,10 @@ fn example_parses_with_the_values_it_documents() {
     );
     assert_eq!(config.users.len(), 1);
     assert_eq!(config.users[0].name, "partner1");
+    assert_eq!(config.shaping.rate, Rate::Unlimited);
+    assert_eq!(config.shaping.schedule.len(), 2);
+    assert_eq!(config.shaping.timezone_name, "UTC");
+    assert_eq!(config.shaping.clock_unknown_rate, Rate::Unlimited);
 }
 
 #[test]
@@ -126,6 +130,13 @@ fn metrics_are_off_without_the_section_and_a_bad_address_names_its_line() {
 fn example_commented_keys_are_valid_when_uncommented() {
     let with_password = replace(EXAMPLE, "# password_hash = ", "password_hash = ");
     let config = parse(&with_password).expect("password_hash of EXAMPLE parses");
+    let with_budgets = replace(EXAMPLE, "# daily_budget = ", "daily_budget = ");
+    let with_budgets = replace(&with_budgets, "# monthly_budget = ", "monthly_budget = ");
+    let shaping = parse(&with_budgets)
+        .expect("budgets of EXAMPLE parse")
+        .shaping;
+    assert_eq!(shaping.daily_budget_bytes, Some(10 << 30));
+    assert_eq!(shaping.monthly_budget_bytes, Some(200 << 30));
     assert!(
         config.users[0]
             .password_hash
@@ -652,12 +663,124 @@ fn at_least_one_user_must_be_able_to_log_in() {
 }
 
 #[test]
-fn shaping_section_is_accepted_whatever_it_holds() {
+fn shaping_schedule_zone_fallback_and_budgets_parse() {
     let text = format!(
-        "{}\n[shaping]\nrate = \"10MiB/s\"\nschedule = [{{ days = \"mon-fri\", rate = \"1MiB/s\" }}]\n",
+        r#"{}
+[shaping]
+rate = "10MiB/s"
+schedule = [ {{ days = "mon-fri", from = "08:00", to = "18:00", rate = "2 MiB/s" }},
+             {{ days = "fri", from = "22:00", to = "06:00", rate = "paused" }},
+             {{ days = "sat,sun", rate = "unlimited" }} ]
+timezone = "Europe/Berlin"
+clock_unknown_rate = "paused"
+daily_budget = "10GiB"
+monthly_budget = "200GiB"
+"#,
         base()
     );
-    parse(&text).expect("shaping is left to the shaper");
+    let shaping = parse(&text).expect("valid").shaping;
+    assert_eq!(shaping.rate, Rate::BytesPerSec(10 << 20));
+    assert_eq!(shaping.schedule.len(), 3);
+    let office = &shaping.schedule[0];
+    assert_eq!(
+        (office.from_minute, office.to_minute, office.rate),
+        (8 * 60, 18 * 60, Rate::BytesPerSec(2 << 20))
+    );
+    assert!(office.days.contains(0) && office.days.contains(4) && !office.days.contains(5));
+    assert_eq!(office.label, "mon-fri 08:00-18:00");
+    let night = &shaping.schedule[1];
+    assert_eq!((night.from_minute, night.to_minute), (22 * 60, 6 * 60));
+    let weekend = &shaping.schedule[2];
+    assert_eq!((weekend.from_minute, weekend.to_minute), (0, DAY_MINUTES));
+    assert_eq!(weekend.label, "sat,sun");
+    assert_eq!(shaping.timezone_name, "Europe/Berlin");
+    assert_eq!(shaping.clock_unknown_rate, Rate::Paused);
+    assert_eq!(shaping.daily_budget_bytes, Some(10 << 30));
+    assert_eq!(shaping.monthly_budget_bytes, Some(200 << 30));
+}
+
+#[test]
+fn shaping_defaults_are_unlimited_and_the_fallback_is_the_rate() {
+    let shaping = parse(&base()).expect("valid").shaping;
+    assert_eq!(shaping.rate, Rate::Unlimited);
+    assert!(shaping.schedule.is_empty());
+    let text = format!("{}\n[shaping]\nrate = \"1MiB/s\"\n", base());
+    let shaping = parse(&text).expect("valid").shaping;
+    assert_eq!(shaping.clock_unknown_rate, Rate::BytesPerSec(1 << 20));
+    assert_eq!(shaping.daily_budget_bytes, None);
+}
+
+#[test]
+fn bad_shaping_values_name_line_and_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("rate = \"fast\"", "shaping.rate", "is not a rate"),
+        ("rate = \"10MiB\"", "shaping.rate", "size per second"),
+        (
+            "rate = \"10B/s\"",
+            "shaping.rate",
+            "below the slowest rate of 1KiB/s",
+        ),
+        (
+            "schedule = [{ days = \"mon-funday\", rate = \"1MiB/s\" }]",
+            "shaping.schedule[0].days",
+            "\"funday\" in \"mon-funday\" is not a day",
+        ),
+        (
+            "schedule = [{ days = \"mon\", from = \"8am\", rate = \"1MiB/s\" }]",
+            "shaping.schedule[0].from",
+            "not a time of day like \"08:00\"",
+        ),
+        (
+            "schedule = [{ days = \"mon\", to = \"24:30\", rate = \"1MiB/s\" }]",
+            "shaping.schedule[0].to",
+            "not a time of day",
+        ),
+        (
+            "schedule = [{ days = \"mon\", from = \"08:00\", to = \"08:00\", rate = \"1MiB/s\" }]",
+            "shaping.schedule[0]",
+            "the window is empty",
+        ),
+        (
+            "schedule = [{ days = \"mon\" }]",
+            "shaping.schedule[0].rate",
+            "required key is missing",
+        ),
+        (
+            "schedule = [{ days = \"mon\", rate = \"1MiB/s\", speed = 1 }]",
+            "shaping.schedule[0].speed",
+            "unknown field",
+        ),
+        (
+            "timezone = \"Mars/Olympus\"",
+            "shaping.timezone",
+            "not a known IANA time zone",
+        ),
+        (
+            "clock_unknown_rate = \"slow\"",
+            "shaping.clock_unknown_rate",
+            "is not a rate",
+        ),
+        (
+            "daily_budget = \"lots\"",
+            "shaping.daily_budget",
+            "is not a size",
+        ),
+        (
+            "daily_budget = 0",
+            "shaping.daily_budget",
+            "larger than zero",
+        ),
+        (
+            "monthly_budget = \"1MiB\"",
+            "shaping.monthly_budget",
+            "below s3.part_size (16MiB)",
+        ),
+    ];
+    for (line_text, key, message) in cases {
+        let text = format!("{}\n[shaping]\n{line_text}\n", base());
+        let line = line_of(&text, line_text);
+        assert_invalid(&text, line, key, message);
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use super::USER_NAME_BYTES_MAX;
+use super::shaping::Rate;
 use crate::limits::{
     DRAIN_CONCURRENCY_MAX, KEY_BYTES_MAX, PART_SIZE_BYTES_MAX, PART_SIZE_BYTES_MIN,
 };
@@ -74,8 +75,8 @@ parsed_from_str!(NonEmpty, "a non-empty string", |text| {
     }
 });
 
-pub(super) struct Ttl(pub(super) Duration);
-parsed_from_str!(Ttl, "a duration like \"24h\"", |text| {
+/// A duration longer than zero like `"24h"` or `"90s"`; also parses `sftpgw drain ... --for`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
         Ok(duration) => Ok(duration),
@@ -83,7 +84,10 @@ parsed_from_str!(Ttl, "a duration like \"24h\"", |text| {
             "{text:?} is not a duration like \"24h\" or \"90s\": {error}"
         )),
     }
-});
+}
+
+pub(super) struct Ttl(pub(super) Duration);
+parsed_from_str!(Ttl, "a duration like \"24h\"", parse_duration);
 
 pub(super) struct Percent(pub(super) u8);
 parsed_from_str!(Percent, "a percentage like \"90%\"", |text| {
@@ -209,7 +213,7 @@ impl<'de> Deserialize<'de> for Bytes {
 }
 
 /// `bytes` the way a user would write it in the file: `5MiB`, `1GiB`, or `5000000 bytes`.
-fn display_bytes(bytes: u64) -> String {
+pub(crate) fn display_bytes(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     for (unit, name) in UNITS {
         if bytes >= unit && bytes.is_multiple_of(unit) {
@@ -270,5 +274,67 @@ impl<'de> Deserialize<'de> for Concurrency {
             }
         }
         deserializer.deserialize_i64(CountVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// [shaping]
+
+pub(super) struct RateValue(pub(super) Rate);
+parsed_from_str!(
+    RateValue,
+    "a rate like \"10MiB/s\", \"unlimited\" or \"paused\"",
+    Rate::parse
+);
+
+/// A time of day `"hh:mm"`, in minutes after midnight; `"24:00"` is the end of the day.
+pub(super) struct TimeOfDay(pub(super) u16);
+parsed_from_str!(TimeOfDay, "a time of day like \"08:00\"", |text| {
+    let bad =
+        || format!("{text:?} is not a time of day like \"08:00\" or \"18:30\" (00:00 to 24:00)");
+    let (hours, minutes) = text.trim().split_once(':').ok_or_else(bad)?;
+    let valid_digits =
+        |s: &str| (1..=2).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    if !valid_digits(hours) || minutes.len() != 2 || !valid_digits(minutes) {
+        return Err(bad());
+    }
+    let (hours, minutes): (u16, u16) = (
+        hours.parse().map_err(|_| bad())?,
+        minutes.parse().map_err(|_| bad())?,
+    );
+    match (hours, minutes) {
+        (24, 0) => Ok(24 * 60),
+        (0..=23, 0..=59) => Ok(hours * 60 + minutes),
+        _ => Err(bad()),
+    }
+});
+
+/// An IANA time zone name, looked up in the system's tz database.
+pub(super) struct ZoneName(pub(super) (String, jiff::tz::TimeZone));
+parsed_from_str!(
+    ZoneName,
+    "an IANA time zone like \"Europe/Berlin\"",
+    |text| {
+        match jiff::tz::TimeZone::get(text) {
+            Ok(zone) => Ok((text.to_owned(), zone)),
+            Err(error) => Err(format!(
+                "{text:?} is not a known IANA time zone like \"Europe/Berlin\" or \"UTC\" \
+             (looked up in /usr/share/zoneinfo): {error}"
+            )),
+        }
+    }
+);
+
+/// A byte budget: a size larger than zero.
+pub(super) struct Budget(pub(super) u64);
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Bytes::deserialize(deserializer)? {
+            Bytes(0) => Err(de::Error::custom(
+                "must be larger than zero (omit the key for no budget)",
+            )),
+            Bytes(bytes) => Ok(Budget(bytes)),
+        }
     }
 }

@@ -39,6 +39,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 
 use self::file_body::BodyReport;
 use super::observer::S3Observer;
+use super::shaper::Shaper;
 use super::store::{
     Body, CompletedPart, ObjectHead, ObjectMetadata, ObjectStore, OpenUpload, S3Error, S3ErrorKind,
     UploadedPart,
@@ -88,6 +89,8 @@ pub struct AwsStore {
     bucket: String,
     timeouts: AwsTimeouts,
     observer: Arc<S3Observer>,
+    /// Paces the bodies of spool ranges (PutObject, UploadPart); `None`: unpaced.
+    pacer: Option<Arc<Shaper>>,
 }
 
 impl AwsStore {
@@ -156,6 +159,7 @@ impl AwsStore {
             bucket: cfg.bucket.clone(),
             timeouts,
             observer,
+            pacer: None,
         })
     }
 
@@ -177,6 +181,13 @@ impl AwsStore {
             .await
             .map_err(|e| classify(OP, e))?;
         Ok(())
+    }
+
+    /// Paces every upload body that streams a spool range through `shaper`'s limiter.
+    #[must_use]
+    pub fn with_shaper(mut self, shaper: Arc<Shaper>) -> AwsStore {
+        self.pacer = Some(shaper);
+        self
     }
 
     /// The underlying client, for tests and tools that need more than [`ObjectStore`].
@@ -223,14 +234,14 @@ fn part_number_i32(operation: &'static str, number: u32) -> Result<i32, S3Error>
 
 /// The SDK body for `body`, and where it reports the CRC32C of what was read (a range of a
 /// spool file is streamed: see [`file_body`]).
-fn sdk_body(body: Body) -> (ByteStream, Arc<BodyReport>) {
+fn sdk_body(body: Body, pacer: Option<&Arc<Shaper>>) -> (ByteStream, Arc<BodyReport>) {
     let report = Arc::new(BodyReport::default());
     let stream = match body {
         Body::Bytes(bytes) => {
             report.set(Ok(crc32c::crc32c(&bytes)));
             ByteStream::from(bytes)
         }
-        Body::File(range) => file_body::byte_stream(range, report.clone()),
+        Body::File(range) => file_body::byte_stream(range, report.clone(), pacer.cloned()),
     };
     (stream, report)
 }
@@ -263,7 +274,7 @@ impl ObjectStore for AwsStore {
         metadata: &ObjectMetadata,
     ) -> Result<(), S3Error> {
         const OP: &str = "PutObject";
-        let (stream, report) = sdk_body(body);
+        let (stream, report) = sdk_body(body, self.pacer.as_ref());
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -311,7 +322,7 @@ impl ObjectStore for AwsStore {
         body: Body,
     ) -> Result<UploadedPart, S3Error> {
         const OP: &str = "UploadPart";
-        let (stream, report) = sdk_body(body);
+        let (stream, report) = sdk_body(body, self.pacer.as_ref());
         let out = self
             .client
             .upload_part()

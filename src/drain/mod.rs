@@ -3,5 +3,6 @@
 pub mod aws;
 pub mod fault;
 pub mod observer;
+pub mod shaper;
 pub mod store;
 pub mod upload;

@@ -15,6 +15,9 @@
 //!   part is known to hold the sealed bytes (the file was only ever appended to, or each part's
 //!   CRC32C matches the sealed file again); a part that does not is sent again.
 //!
+//! A part (or small-file PUT) starts only once the [`Shaper`], if any, admits it: not in a
+//! paused window, and within the byte budgets; its body is paced by the store.
+//!
 //! At most `concurrency` parts (or small-file PUTs) are in flight at once, so at most
 //! `concurrency × part_size` bytes can be sent again after a crash. No part is ever held in
 //! memory whole: bodies are ranges of the sealed spool file that the store streams through a
@@ -36,6 +39,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::shaper::{Admission, Shaper};
 use super::store::{
     Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, OpenFile,
     S3Error, S3ErrorKind,
@@ -113,6 +117,12 @@ pub struct DrainStats {
     pub retrying: Mutex<HashMap<FileId, String>>,
 }
 
+/// A part's place in flight: a concurrency slot and the shaper's admission, released together.
+struct PartSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _admission: Option<Admission>,
+}
+
 /// Why a delivery attempt stopped early.
 enum Stop {
     /// The file was removed, renamed or superseded meanwhile: nothing more to do now.
@@ -136,6 +146,8 @@ struct Ctx<S: ObjectStore> {
     cfg: Arc<DrainConfig>,
     stats: Arc<DrainStats>,
     permits: Arc<Semaphore>,
+    /// Admits parts by schedule, override and budget; `None`: every part starts at once.
+    shaper: Option<Arc<Shaper>>,
     /// Slots for whole-file SHA-256 passes, [`FILE_HASH_PASSES_COUNT_MAX`] of them.
     hash_permits: Arc<Semaphore>,
     /// Upload ids created by this run (so that start-up reconciliation never aborts them).
@@ -150,6 +162,7 @@ impl<S: ObjectStore> Clone for Ctx<S> {
             cfg: self.cfg.clone(),
             stats: self.stats.clone(),
             permits: self.permits.clone(),
+            shaper: self.shaper.clone(),
             hash_permits: self.hash_permits.clone(),
             created_uploads: self.created_uploads.clone(),
         }
@@ -163,6 +176,16 @@ pub struct Drain<S: ObjectStore> {
 
 impl<S: ObjectStore> Drain<S> {
     pub fn new(store: Arc<S>, spool: Arc<Spool>, cfg: DrainConfig) -> Arc<Self> {
+        Self::with_shaper(store, spool, cfg, None)
+    }
+
+    /// A drain whose parts start only when `shaper` admits them.
+    pub fn with_shaper(
+        store: Arc<S>,
+        spool: Arc<Spool>,
+        cfg: DrainConfig,
+        shaper: Option<Arc<Shaper>>,
+    ) -> Arc<Self> {
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         Arc::new(Drain {
             ctx: Ctx {
@@ -171,6 +194,7 @@ impl<S: ObjectStore> Drain<S> {
                 cfg: Arc::new(cfg),
                 stats: Arc::new(DrainStats::default()),
                 permits,
+                shaper,
                 hash_permits: Arc::new(Semaphore::new(FILE_HASH_PASSES_COUNT_MAX)),
                 created_uploads: Arc::new(Mutex::new(HashSet::new())),
             },
@@ -586,20 +610,30 @@ impl<S: ObjectStore> Ctx<S> {
         m
     }
 
-    /// One of the `concurrency` slots for a part (or a small file) in flight.
-    async fn part_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Stop> {
-        self.permits
+    /// One of the `concurrency` slots for a part (or a small file) of `len` bytes in flight,
+    /// once the shaper admits it.
+    async fn part_permit(&self, len: u64) -> Result<PartSlot, Stop> {
+        let permit = self
+            .permits
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Stop::Cancelled)
+            .map_err(|_| Stop::Cancelled)?;
+        let admission = match &self.shaper {
+            Some(shaper) => Some(shaper.admit(len).await),
+            None => None,
+        };
+        Ok(PartSlot {
+            _permit: permit,
+            _admission: admission,
+        })
     }
 
     async fn deliver_single(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
         let sha = self.file_sha256(file).await?;
         let token = new_token();
         let meta = Self::metadata(Some(&sha), &token);
-        let permit = self.part_permit().await?;
+        let permit = self.part_permit(file.size).await?;
         let body = self.spool_range(file.id, 0, file.size, None);
         self.retry(file.id, key, || {
             self.store.put_object(key, body.clone(), &meta)
@@ -713,7 +747,7 @@ impl<S: ObjectStore> Ctx<S> {
             }
             let offset = u64::from(number - 1) * part_size;
             let len = part_size.min(file.size - offset);
-            let permit = self.part_permit().await?;
+            let permit = self.part_permit(len).await?;
             if !self.still_current(id, key) {
                 break;
             }
@@ -881,7 +915,7 @@ impl<S: ObjectStore> Ctx<S> {
             if let Some(number) = ready
                 && u64::from(number) <= crate::limits::PARTS_COUNT_MAX
             {
-                let Ok(permit) = self.part_permit().await else {
+                let Ok(permit) = self.part_permit(part_size).await else {
                     break Ok(None);
                 };
                 sending.insert(number);

@@ -24,6 +24,8 @@ pub struct Options {
     pub spool_dir: Option<PathBuf>,
     /// The bucket the gateway is configured with (default: the one the S3 server has).
     pub bucket: &'static str,
+    /// Keys of a `[shaping]` section, if any.
+    pub shaping: Option<String>,
 }
 
 impl Default for Options {
@@ -34,6 +36,7 @@ impl Default for Options {
             partial_ttl: "24h",
             spool_dir: None,
             bucket: BUCKET,
+            shaping: None,
         }
     }
 }
@@ -130,6 +133,10 @@ authorized_keys = ["{public}"]
             sock = socket.display(),
             bucket = opts.bucket,
         );
+        let config = match &opts.shaping {
+            Some(keys) => format!("{config}\n[shaping]\n{keys}\n"),
+            None => config,
+        };
         let config_path = dir.path().join("sftpgw.toml");
         std::fs::write(&config_path, config).expect("write config");
         Harness {

@@ -12,6 +12,11 @@
 //! blocking pool. A round trip through the pool per chunk measured a quarter of the drain's CPU
 //! on our 2-core boxes (thread wake-ups); the first read, which opens the file, always takes it.
 //!
+//! With a [`Shaper`], each chunk's bytes are taken from the shared limiter before the chunk is
+//! handed out (the body sleeps on Tokio's timer meanwhile, reading ahead), and chunks shrink to
+//! about 1/16 s of the rate, so that a paced body never stops long enough for the SDK's
+//! stalled-stream protection.
+//!
 //! The SDK gets a retryable body: every attempt (and every clone the SDK asks for) starts again
 //! from the file. What the last body to reach the end read, or the read error that stopped a
 //! body, is left in the request's [`BodyReport`].
@@ -31,6 +36,7 @@ use futures::task::AtomicWaker;
 use http_body::{Frame, SizeHint};
 use tokio::task::JoinHandle;
 
+use crate::drain::shaper::Shaper;
 use crate::drain::store::FileRange;
 
 /// One read, and one chunk handed to hyper: 256 KiB measured no cheaper, and two 128 KiB
@@ -70,10 +76,17 @@ impl BodyReport {
     }
 }
 
-/// A retryable SDK body streaming `range` and reporting into `report`.
-pub(super) fn byte_stream(range: FileRange, report: Arc<BodyReport>) -> ByteStream {
+/// A retryable SDK body streaming `range` and reporting into `report`, paced by `pacer`
+/// (every attempt paces again).
+pub(super) fn byte_stream(
+    range: FileRange,
+    report: Arc<BodyReport>,
+    pacer: Option<Arc<Shaper>>,
+) -> ByteStream {
     ByteStream::new(SdkBody::retryable(move || {
-        SdkBody::from_body_1_x(FileRangeBody::new(range.clone(), report.clone()))
+        let mut body = FileRangeBody::new(range.clone(), report.clone());
+        body.pacer = pacer.clone();
+        SdkBody::from_body_1_x(body)
     }))
 }
 
@@ -164,6 +177,10 @@ struct FileRangeBody {
     /// The next chunk: read already (from the page cache), or being read on the blocking pool.
     next: Option<Next>,
     report: Arc<BodyReport>,
+    /// The shaper whose limiter paces this body, if any.
+    pacer: Option<Arc<Shaper>>,
+    /// A chunk paid for and waiting for its time to go out.
+    delayed: Option<(Pin<Box<tokio::time::Sleep>>, Bytes)>,
     /// Tests make the page cache seem to hold only this much of each chunk.
     #[cfg(test)]
     cached_bytes_max: usize,
@@ -185,6 +202,8 @@ impl FileRangeBody {
             buffers: Arc::default(),
             next: None,
             report,
+            pacer: None,
+            delayed: None,
             #[cfg(test)]
             cached_bytes_max: usize::MAX,
         }
@@ -219,7 +238,10 @@ impl FileRangeBody {
         let Some(mut buf) = self.buffer(cx) else {
             return;
         };
-        let len = buf.len().min(self.left());
+        let mut len = buf.len().min(self.left());
+        if let Some(pacer) = &self.pacer {
+            len = len.min(pacer.chunk_bytes(BODY_CHUNK_BYTES));
+        }
         let offset = self.range.offset + self.read;
         // Most chunks are still in the page cache (the spool wrote them moments ago): read them
         // here, without a round trip through the blocking pool. What is not cached is read there.
@@ -288,6 +310,11 @@ impl http_body::Body for FileRangeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
+        if let Some((sleep, _)) = this.delayed.as_mut() {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            let chunk = this.delayed.take().map(|(_, chunk)| chunk);
+            return Poll::Ready(chunk.map(|c| Ok(Frame::data(c))));
+        }
         if this.next.is_none() && this.read == this.range.len {
             if this.range.len == 0 {
                 this.report.set(Ok(0));
@@ -323,17 +350,28 @@ impl http_body::Body for FileRangeBody {
             len: done.len,
             home: this.buffers.clone(),
         });
-        // Read ahead into the other buffer while hyper sends this chunk.
+        // Read ahead into the other buffer while hyper sends this chunk (or it waits).
         this.start_read(cx);
+        if let Some(pacer) = &this.pacer {
+            let wait = pacer.pace(chunk.len());
+            if !wait.is_zero() {
+                let mut sleep = Box::pin(tokio::time::sleep(wait));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    this.delayed = Some((sleep, chunk));
+                    return Poll::Pending;
+                }
+            }
+        }
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.next.is_none() && self.read == self.range.len
+        self.delayed.is_none() && self.next.is_none() && self.read == self.range.len
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.range.len - self.read)
+        let delayed = self.delayed.as_ref().map_or(0, |(_, c)| c.len() as u64);
+        SizeHint::with_exact(self.range.len - self.read + delayed)
     }
 }
 
@@ -405,6 +443,69 @@ mod tests {
             Some(Ok(crc32c::crc32c(&file[offset..offset + len])))
         );
         assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_paced_body_hands_out_small_chunks_at_the_shapers_rate() {
+        use crate::config::{Rate, ShapingConfig};
+        use crate::drain::shaper::clock::ManualClock;
+        const RATE_BYTES_PER_SEC: u64 = 256 * 1024;
+        let file = bytes(256 * 1024);
+        let (_dir, path) = file_with(&file);
+        let config = ShapingConfig {
+            rate: Rate::BytesPerSec(RATE_BYTES_PER_SEC),
+            clock_unknown_rate: Rate::BytesPerSec(RATE_BYTES_PER_SEC),
+            ..ShapingConfig::default()
+        };
+        let clock = ManualClock::new(jiff::Timestamp::now(), true);
+        let shaper = Shaper::with_clock(config, None, Arc::new(clock));
+        let range = FileRange {
+            path,
+            offset: 0,
+            len: file.len() as u64,
+            open: None,
+        };
+        let mut body = FileRangeBody::new(range, Arc::default());
+        body.pacer = Some(shaper.clone());
+        let waker = futures::task::noop_waker();
+        let started = std::time::Instant::now();
+        let mut sent = Vec::new();
+        while let Some(chunk) = next_chunk(&mut body, &waker).await {
+            assert!(chunk.len() <= 16 * 1024, "a chunk of {} bytes", chunk.len());
+            sent.extend_from_slice(&chunk);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert!(sent == file);
+        // One second of the rate, less the bucket's first 100 ms.
+        assert!((0.8..1.3).contains(&secs), "took {secs} s");
+        assert_eq!(shaper.wan_bytes_total(), file.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn every_attempt_of_a_retryable_body_is_paced_again() {
+        let file = bytes(3 * BODY_CHUNK_BYTES + 7);
+        let (_dir, path) = file_with(&file);
+        let shaper = Shaper::unlimited();
+        let range = FileRange {
+            path,
+            offset: 0,
+            len: file.len() as u64,
+            open: None,
+        };
+        let first = byte_stream(range, Arc::default(), Some(shaper.clone())).into_inner();
+        // What the SDK does for a retry: a fresh body from the same request.
+        let retry = first.try_clone().expect("a retryable body");
+        for body in [first, retry] {
+            // Chunk by chunk, dropping each as hyper does (collecting them all would keep the
+            // body's buffers, and it would wait for one forever).
+            let mut stream = ByteStream::new(body);
+            let mut sent = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                sent.extend_from_slice(&chunk.unwrap());
+            }
+            assert!(sent == file);
+        }
+        assert_eq!(shaper.wan_bytes_total(), 2 * file.len() as u64);
     }
 
     #[tokio::test]
