@@ -25,7 +25,9 @@ pub enum Request {
         path: Option<String>,
     },
     /// `sftpgw drain pause [--for D]`: no new part starts until resumed or `for_secs` pass.
-    DrainPause { for_secs: Option<u64> },
+    DrainPause {
+        for_secs: Option<u64>,
+    },
     /// `sftpgw drain resume`: ends an override; the schedule applies again.
     DrainResume,
     /// `sftpgw drain rate R [--for D]`: `bytes_per_sec` `None` is unlimited.
@@ -39,10 +41,14 @@ pub enum Request {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Snapshot>),
-    Retried { count: u64 },
+    Retried {
+        count: u64,
+    },
     /// The shaper after a `Drain*` request.
     Shaping(Box<super::ShapingStatus>),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// What the daemon does with a request.
