@@ -19,6 +19,9 @@ pub const USB_MOUNT_DIR: &str = "/media/usb";
 pub const BUNDLES_COUNT_MAX: usize = 8;
 /// Log lines put in the bundle.
 pub const LOG_LINES_COUNT_MAX: usize = 2000;
+/// Where helper programs are looked for: a fixed path, whatever the login set (busybox login
+/// gives unprivileged users only `/bin:/usr/bin`, and `logread` lives in `/sbin`).
+const HELPER_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// A helper program (journalctl, uname, ...) may take this long.
 const COMMAND_TIMEOUT_SECS: u64 = 20;
 /// At most this much output of one helper program goes in the bundle.
@@ -235,6 +238,7 @@ fn utc_stamp(t: SystemTime) -> String {
 async fn command_output(program: &str, args: &[&str]) -> Result<String, String> {
     let child = tokio::process::Command::new(program)
         .args(args)
+        .env("PATH", HELPER_PATH)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
