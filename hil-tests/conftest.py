@@ -56,7 +56,7 @@ def pytest_configure(config):
         "LG_QEMU_CPU": "host" if kvm else "max",
         "LG_BOOT_ARGS": "",
         "LG_ROOT_SHADOW": str(WORK / "root-shadow"),
-        "LG_ROOT_PASSWORD": secrets.token_urlsafe(12),
+        "LG_ROOT_PASSWORD": secrets.token_hex(12),
         "LG_OPS_PASSWORD": "sftpgw-ops",
     }
     for k, v in defaults.items():
@@ -66,7 +66,7 @@ def pytest_configure(config):
     password = os.environ["LG_ROOT_PASSWORD"]
     try:
         hashed = subprocess.run(
-            ["/bin/busybox", "mkpasswd", "-m", "sha512", password],
+            ["/bin/busybox", "mkpasswd", "-m", "sha512", "--", password],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
     except FileNotFoundError:  # no busybox-static on this machine (a real-box run)
