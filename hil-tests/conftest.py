@@ -9,6 +9,7 @@ provisioned (see that file)."""
 
 import json
 import os
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -54,9 +55,26 @@ def pytest_configure(config):
         "LG_QEMU_ACCEL": "kvm" if kvm else "tcg",
         "LG_QEMU_CPU": "host" if kvm else "max",
         "LG_BOOT_ARGS": "",
+        "LG_ROOT_SHADOW": str(WORK / "root-shadow"),
+        "LG_ROOT_PASSWORD": secrets.token_hex(12),
+        "LG_OPS_PASSWORD": "sftpgw-ops",
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
+    # Root has no password on the image: a random one for this run's shell, handed to the
+    # box as a crypt hash through fw_cfg (image/rootfs/etc/init.d/rcS).
+    password = os.environ["LG_ROOT_PASSWORD"]
+    try:
+        hashed = subprocess.run(
+            ["/bin/busybox", "mkpasswd", "-m", "sha512", "--", password],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except FileNotFoundError:  # no busybox-static on this machine (a real-box run)
+        hashed = subprocess.run(
+            ["openssl", "passwd", "-6", "-stdin"],
+            input=password, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    Path(os.environ["LG_ROOT_SHADOW"]).write_text(hashed + "\n")
     TIMES.clear()
     config.stash[SUITE_START] = time.monotonic()
 

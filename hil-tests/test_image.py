@@ -17,7 +17,7 @@ PROGRAMS = ["usr/bin/sftpgw", "usr/bin/socat", "sbin/mke2fs", "sbin/e2fsck", "us
 OVERLAY_FILES = [
     "etc/sftpgw/sftpgw.toml",
     "usr/libexec/sftpgw/prepare-data",
-    "usr/libexec/sftpgw/status-banner",
+    "usr/bin/sftpgw-console",
     "usr/lib/systemd/system/sftpgw.service",
     "usr/lib/systemd/system.conf.d/50-sftpgw-watchdog.conf",
 ]
@@ -101,3 +101,16 @@ def test_image_programs_find_their_libraries_inside_the_image(image_root):
 def test_image_carries_the_buildroot_overlay_files_unchanged(image_root):
     for f in OVERLAY_FILES:
         assert (image_root / f).read_bytes() == (OVERLAY / f).read_bytes(), f
+
+
+def test_image_root_has_no_password_and_ops_logs_into_the_console(image_root):
+    """Root cannot log in on the console (no password); ops can, and its shell is the
+    console menu, listed in /etc/shells."""
+    shadow = dict(l.split(":", 2)[:2] for l in (image_root / "etc/shadow").read_text().splitlines())
+    assert shadow["root"] in ("!", "*"), "root must have no password on the image"
+    assert shadow["ops"].startswith("$6$"), "ops has a SHA-512 crypt password"
+    passwd = {l.split(":")[0]: l.split(":") for l in (image_root / "etc/passwd").read_text().splitlines()}
+    assert passwd["ops"][6] == "/usr/bin/sftpgw-console"
+    assert "/usr/bin/sftpgw-console" in (image_root / "etc/shells").read_text().split()
+    wrapper = (image_root / "usr/bin/sftpgw-console").read_text()
+    assert "exec /usr/bin/sftpgw console" in wrapper

@@ -21,6 +21,8 @@
 #                  /boot/vmlinuz-*)
 #   OUT            output directory (default image/out)
 #   INSTALL_DEPS=0 do not apt-get install missing packages (default: install them)
+#   SFTPGW_OPS_PASSWORD_HASH  the ops user's password as a SHA-512 crypt hash (default: the
+#                  hash of the documented default password, sftpgw-ops)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +42,10 @@ die() {
 #   ext4, crc32c            the spool's file system and its metadata checksums
 #   i6300esb                the hardware watchdog QEMU emulates
 #   qemu_fw_cfg             how the host provisions the configuration (opt/sftpgw/config)
+# The ops user's documented default password (docs/OPERATIONS.md); a real box's firmware sets
+# its own.
+OPS_PASSWORD_DEFAULT=sftpgw-ops
+
 MODULES="virtio_pci virtio_net nvme ext4 crc32c i6300esb qemu_fw_cfg"
 
 # Debian packages the image is made of, and the command each one provides.
@@ -189,12 +195,13 @@ cp "/lib/modules/$kver/modules.builtin" "/lib/modules/$kver/modules.builtin.modi
 depmod -b "$root" "$kver"
 
 # The Buildroot overlay, where it makes sense without systemd: the default configuration, the
-# first-boot preparation of /data, the console's status banner, and the daemon's unit (the
+# first-boot preparation of /data, the ops user's login shell (the console menu), and the
+# daemon's unit (the
 # supervisor reads ExecStart=, WatchdogSec=, RestartSec= and RestartPreventExitStatus= from it,
 # so the two cannot drift apart).
 install -D -m 0644 "$overlay/etc/sftpgw/sftpgw.toml" "$root/etc/sftpgw/sftpgw.toml"
 install -D -m 0755 "$overlay/usr/libexec/sftpgw/prepare-data" "$root/usr/libexec/sftpgw/prepare-data"
-install -D -m 0755 "$overlay/usr/libexec/sftpgw/status-banner" "$root/usr/libexec/sftpgw/status-banner"
+install -D -m 0755 "$overlay/usr/bin/sftpgw-console" "$root/usr/bin/sftpgw-console"
 install -D -m 0644 "$overlay/usr/lib/systemd/system.conf.d/50-sftpgw-watchdog.conf" \
 	"$root/usr/lib/systemd/system.conf.d/50-sftpgw-watchdog.conf"
 install -D -m 0644 "$overlay/usr/lib/systemd/system/sftpgw.service" \
@@ -202,6 +209,14 @@ install -D -m 0644 "$overlay/usr/lib/systemd/system/sftpgw.service" \
 
 # This image's own files: inittab, rcS, the supervisor, the DHCP hook, users, profile.
 cp -a "$here/rootfs/." "$root/"
+# The ops user's password (the Buildroot image takes it from users.table or
+# SFTPGW_OPS_PASSWORD_HASH the same way). busybox login checks SHA-512 crypt hashes.
+ops_hash=${SFTPGW_OPS_PASSWORD_HASH:-$(/bin/busybox mkpasswd -m sha512 "$OPS_PASSWORD_DEFAULT")}
+case $ops_hash in
+'$6$'*) ;;
+*) die "SFTPGW_OPS_PASSWORD_HASH is not a SHA-512 crypt hash (mkpasswd -m sha512)" ;;
+esac
+sed -i "s|@OPS_PASSWORD_HASH@|$ops_hash|" "$root/etc/shadow"
 chmod 0600 "$root/etc/shadow"
 
 # Sanity: every program runs with the libraries the image carries (the loader in the image,

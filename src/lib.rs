@@ -5,6 +5,7 @@
 //! `main.rs` wires everything. `config`, `limits` and `telemetry` are leaves every module may use.
 
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod drain;
 pub mod gateway;

@@ -85,6 +85,34 @@ enum Command {
         #[command(subcommand)]
         command: DrainCommand,
     },
+    /// The serial console's menu (the login shell of the ops user): status, drain control,
+    /// failed files, network, diagnostics, reboot; no shell.
+    Console {
+        #[arg(long, short, env = "SFTPGW_CONFIG", default_value = sftpgw::console::CONFIG_PATH_DEFAULT)]
+        config: PathBuf,
+        /// Where diagnostics bundles go when no USB stick is mounted at /media/usb
+        /// (default: the `diagnostics` directory next to the spool directory).
+        #[arg(long, env = "SFTPGW_DIAGNOSTICS_DIR")]
+        diagnostics_dir: Option<PathBuf>,
+        /// The file whose creation asks the root-owned watcher to reboot the box.
+        #[arg(long, env = "SFTPGW_REBOOT_REQUEST", default_value = sftpgw::console::REBOOT_REQUEST_DEFAULT)]
+        reboot_request: PathBuf,
+    },
+    /// The text shown above the serial console's login prompt: name, addresses, health, queue.
+    Banner {
+        #[arg(long, short, env = "SFTPGW_CONFIG", default_value = sftpgw::console::CONFIG_PATH_DEFAULT)]
+        config: PathBuf,
+        /// Write the banner to FILE, only when its text changed (default: print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Keep refreshing FILE every few seconds (needs --out).
+        #[arg(long, requires = "out")]
+        watch: bool,
+        /// With --watch: run this shell command after each change (e.g. to make the getty
+        /// print its prompt again).
+        #[arg(long, requires = "watch")]
+        on_change: Option<String>,
+    },
     /// Validate a configuration file.
     CheckConfig { file: PathBuf },
     /// Manage users.
@@ -227,6 +255,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             drain(&config.control.socket, command)
         }
+        Command::Console {
+            config,
+            diagnostics_dir,
+            reboot_request,
+        } => sftpgw::console::run(&sftpgw::console::ConsoleOptions {
+            config_path: config,
+            diagnostics_dir,
+            reboot_request,
+        })
+        .context("console"),
+        Command::Banner {
+            config,
+            out,
+            watch,
+            on_change,
+        } => runtime()?
+            .block_on(sftpgw::console::banner::run(
+                &config,
+                out.as_deref(),
+                watch,
+                on_change.as_deref(),
+            ))
+            .context("banner"),
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             println!(

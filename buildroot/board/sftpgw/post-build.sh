@@ -32,3 +32,26 @@ grep -Eq '^/dev/root[[:space:]]+/[[:space:]]+[^[:space:]]+[[:space:]]+ro[[:space
 # that /usr/libexec/sftpgw/status-banner writes to RAM.
 mkdir -p "$target_dir/etc/issue.d"
 ln -sfn /run/sftpgw-banner/sftpgw.issue "$target_dir/etc/issue.d/50-sftpgw.issue"
+
+# The ops user's login shell is the console menu (board/sftpgw/users.table); login programs
+# and chsh accept only shells listed here.
+console_shell=/usr/bin/sftpgw-console
+grep -qxF "$console_shell" "$target_dir/etc/shells" 2>/dev/null ||
+	printf '%s\n' "$console_shell" >>"$target_dir/etc/shells"
+
+# The ops password: the documented default from users.table, unless this build is given a
+# SHA-512 crypt hash (`mkpasswd -m sha512`) in SFTPGW_OPS_PASSWORD_HASH, as production
+# firmware must be: the root file system is read-only, so the firmware fixes the password.
+if [ -n "${SFTPGW_OPS_PASSWORD_HASH:-}" ]; then
+	case $SFTPGW_OPS_PASSWORD_HASH in
+	'$6$'*) ;;
+	*) die "SFTPGW_OPS_PASSWORD_HASH is not a SHA-512 crypt hash (\$6\$...): use mkpasswd -m sha512" ;;
+	esac
+	grep -q '^ops:' "$target_dir/etc/shadow" || die "no ops user in /etc/shadow (users.table)"
+	hash_sed=$(printf '%s' "$SFTPGW_OPS_PASSWORD_HASH" | sed 's/[\/&]/\\&/g')
+	sed -i "s/^ops:[^:]*:/ops:$hash_sed:/" "$target_dir/etc/shadow"
+fi
+
+# Where sftpgw-usb@.service mounts a USB stick for the console's diagnostics bundle (the
+# root file system is read-only at run time).
+mkdir -p "$target_dir/media/usb"

@@ -23,9 +23,8 @@ SFTPGW_LICENSE = Apache-2.0
 
 # A fixed uid and gid: the spool on /data outlives firmware updates,
 # so its owner must not change when other packages add users.
-# Issue 5 adds here the field-ops login for the serial console. Its
-# shell runs `sftpgw console`; a login shell takes no arguments, so it
-# is a small wrapper such as /usr/libexec/sftpgw/console.
+# The field-ops login of the serial console (ops, whose shell is the
+# console menu) is a board user: board/sftpgw/users.table.
 define SFTPGW_USERS
 	sftpgw 900 sftpgw 900 * - - - sftpgw transfer gateway
 endef
