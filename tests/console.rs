@@ -133,7 +133,7 @@ async fn console_shows_status_refuses_unknown_input_and_exits_0_at_end_of_input(
     h.start_daemon();
     let mut c = Console::start(&h.config_path, &[]);
     c.send("1");
-    c.wait_for("queue 0 B in 0 files");
+    c.wait_for("QUEUE    0 file(s), 0 B");
     c.send("sh");
     c.wait_for("unknown choice \"sh\"");
     c.send("ls -l /");
@@ -170,7 +170,7 @@ async fn console_ctrl_c_brings_the_menu_back_and_does_not_end_it() {
     c.signal(nix::sys::signal::Signal::SIGINT);
     c.wait_prompts(3);
     c.send("1");
-    c.wait_for("engine ");
+    c.wait_for("ENGINE   ");
     c.send("9");
     let (status, text) = c.finish();
     assert!(status.success(), "exit {status}:\n{text}");
@@ -193,11 +193,13 @@ async fn console_pause_shows_the_daemons_answer_cleanly() {
     c.wait_for("not a rate: \"fast\"");
     let (status, text) = c.finish();
     assert!(status.success(), "exit {status}:\n{text}");
-    // Until the shaper is merged the daemon refuses; afterwards it says the drain is paused.
+    // The daemon's answer: paused by the override, for 30 minutes.
+    assert!(text.contains("Drain PAUSED"), "{text}");
+    assert!(!text.contains("refused"), "{text}");
+    let status = h.status().await;
     assert!(
-        text.contains("The daemon refused: bandwidth shaping is not built yet")
-            || text.contains("Drain PAUSED"),
-        "{text}"
+        status.shaping.paused && status.shaping.override_active,
+        "{status:?}"
     );
 }
 
