@@ -42,6 +42,43 @@ pub fn install_signal_handlers() -> nix::Result<()> {
     Ok(())
 }
 
+/// The console's own process group in the terminal's foreground, for as long as it lives.
+///
+/// Why: `login` (busybox's with LOGIN_SESSION_AS_CHILD, util-linux's always) forks the login
+/// shell and waits for it in the same process group, so Ctrl-C's SIGINT also reaches `login`,
+/// which dies of it; init then starts a new getty on the line, which takes the terminal away
+/// and the console ends without a word. Like a shell running a job, the console moves into a
+/// process group of its own and makes it the terminal's foreground group: the terminal's
+/// signals then reach the console only. Dropping the guard gives the foreground back.
+pub struct Foreground<'fd> {
+    fd: BorrowedFd<'fd>,
+    previous: nix::unistd::Pid,
+}
+
+impl<'fd> Foreground<'fd> {
+    /// `None` if `fd` is not our controlling terminal (a pipe in tests, a non-login run).
+    pub fn take(fd: BorrowedFd<'fd>) -> Option<Foreground<'fd>> {
+        use nix::unistd::{Pid, getpgrp, getpid, setpgid, tcgetpgrp, tcsetpgrp};
+        let previous = tcgetpgrp(fd).ok()?;
+        // tcsetpgrp from what becomes a background group raises SIGTTOU, which would stop us.
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: SIG_IGN needs nothing.
+        unsafe { sigaction(Signal::SIGTTOU, &ignore) }.ok()?;
+        // A session leader (no forking login) already leads its group: EPERM, nothing to do.
+        if getpgrp() != getpid() {
+            setpgid(Pid::from_raw(0), Pid::from_raw(0)).ok()?;
+        }
+        tcsetpgrp(fd, getpgrp()).ok()?;
+        Some(Foreground { fd, previous })
+    }
+}
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        let _ = nix::unistd::tcsetpgrp(self.fd, self.previous);
+    }
+}
+
 /// Whether Ctrl-C was pressed since the last call (and clears it).
 pub fn take_interrupt() -> bool {
     INTERRUPTED.swap(false, Ordering::SeqCst)

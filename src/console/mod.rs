@@ -114,6 +114,7 @@ pub fn run(opts: &ConsoleOptions) -> std::io::Result<()> {
         .build()?;
     let setup = Setup::load(opts);
     let stdin = std::io::stdin();
+    let _foreground = input::Foreground::take(stdin.as_fd());
     let mut reader = LineReader::new(stdin.as_fd());
     let mut out = std::io::stdout().lock();
     let mut console = Console {
