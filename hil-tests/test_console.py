@@ -150,7 +150,7 @@ def test_console_ctrl_c_and_friends_stay_in_the_menu(serving, options):
     expect(console, r"\(interrupted\)")
     expect(console, MENU_PROMPT)
     text = choose(console, "1")
-    assert "engine " in text, text
+    assert "ENGINE " in text, text
 
 
 def test_console_logout_and_ctrl_d_return_to_the_login_prompt(serving, options):
