@@ -85,7 +85,7 @@ drain_rclone() {
 }
 
 declare -A WALL CPU SRV
-TOOLS=(sftpgw aws rclone)
+read -r -a TOOLS <<<"${TOOLS:-sftpgw aws rclone}"
 for run in $(seq "$RUNS"); do
     for tool in "${TOOLS[@]}"; do
         [ "$tool" = sftpgw ] || settle
