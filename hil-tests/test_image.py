@@ -114,3 +114,11 @@ def test_image_root_has_no_password_and_ops_logs_into_the_console(image_root):
     assert "/usr/bin/sftpgw-console" in (image_root / "etc/shells").read_text().split()
     wrapper = (image_root / "usr/bin/sftpgw-console").read_text()
     assert "exec /usr/bin/sftpgw console" in wrapper
+
+
+def test_image_carries_ca_certificates_for_https_to_s3(image_root):
+    # Without them the S3 client trusts no server over HTTPS (a debug build even aborts at
+    # start on the SDK's assertion that native roots were found).
+    bundle = image_root / "etc/ssl/certs/ca-certificates.crt"
+    assert bundle.is_file(), "no CA bundle in the image"
+    assert bundle.read_text().count("BEGIN CERTIFICATE") > 50, "CA bundle nearly empty"

@@ -48,6 +48,10 @@ OPS_PASSWORD_DEFAULT=sftpgw-ops
 
 MODULES="virtio_pci virtio_net nvme ext4 crc32c i6300esb qemu_fw_cfg"
 
+# The CA certificates the S3 client trusts for HTTPS endpoints (rustls-native-certs reads this
+# file; the Buildroot package selects BR2_PACKAGE_CA_CERTIFICATES for the same reason).
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+
 # Debian packages the image is made of, and the command each one provides.
 declare -A PACKAGE_OF=(
 	[/bin/busybox]=busybox-static
@@ -69,6 +73,7 @@ install_missing() {
 	if ! ls /boot/vmlinuz-* >/dev/null 2>&1; then
 		need+=(linux-image-amd64)
 	fi
+	[ -r "$CA_BUNDLE" ] || need+=(ca-certificates)
 	[ "${#need[@]}" -eq 0 ] && return 0
 	[ "${INSTALL_DEPS:-1}" = 1 ] || die "missing packages: ${need[*]} (INSTALL_DEPS=0)"
 	echo "installing: ${need[*]}"
@@ -160,6 +165,7 @@ mkdir -p "$root/usr/bin"
 strip -o "$work/sftpgw" "$bin"
 add_program "$work/sftpgw" /usr/bin/sftpgw
 chmod 0755 "$root/usr/bin/sftpgw"
+install -D -m 0644 "$CA_BUNDLE" "$root$CA_BUNDLE"
 
 # busybox and a link for each of its applets that no real program above already provides
 # (where the applet list says it belongs). Made after the programs, so that nothing is ever
