@@ -119,6 +119,13 @@ pub struct S3Config {
     pub early_drain: bool,
 }
 
+impl S3Config {
+    /// The endpoint as people read it: its URL, or "AWS" when none is configured.
+    pub fn endpoint_label(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| "AWS".to_owned())
+    }
+}
+
 impl fmt::Debug for S3Config {
     /// Like a derived `Debug`, but the secret key never reaches a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

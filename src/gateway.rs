@@ -448,11 +448,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
             queue_files: queue.files,
         },
         drain: DrainSummary {
-            endpoint: config
-                .s3
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| "AWS".to_owned()),
+            endpoint: config.s3.endpoint_label(),
             bucket: config.s3.bucket.clone(),
             bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
             parts_sent: stats.parts_sent.load(Ordering::Relaxed),

@@ -232,17 +232,7 @@ async fn console_lists_a_failed_file_and_retries_it() {
     let local = h.dir.path().join("f.bin");
     std::fs::write(&local, data(70_000, 3)).expect("write");
     h.sftp_ok("alice", &format!("put {} f.bin\n", local.display()));
-    let deadline = Instant::now() + WAIT;
-    while !h
-        .status()
-        .await
-        .files
-        .iter()
-        .any(|f| f.state == FileState::Failed)
-    {
-        assert!(Instant::now() < deadline, "never failed:\n{}", h.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_failed(WAIT).await;
     h.s3_client()
         .create_bucket()
         .bucket("not-yet")

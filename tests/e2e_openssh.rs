@@ -326,15 +326,7 @@ async fn a_permanent_error_is_shown_in_status_and_retry_delivers_once_it_is_fixe
     h.start_daemon();
     let local = write_local(&h, "f.bin", &data(70_000, 11));
     h.sftp_ok("alice", &format!("put {local} f.bin\n"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let failed = loop {
-        let s = h.status().await;
-        if let Some(f) = s.files.iter().find(|f| f.state == FileState::Failed) {
-            break f.clone();
-        }
-        assert!(Instant::now() < deadline, "never failed: {s:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let failed = h.wait_failed(Duration::from_secs(30)).await;
     assert!(
         failed
             .error

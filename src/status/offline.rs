@@ -97,11 +97,7 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
             queue_files: queue.files,
         },
         drain: super::DrainSummary {
-            endpoint: config
-                .s3
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| "AWS".to_owned()),
+            endpoint: config.s3.endpoint_label(),
             bucket: config.s3.bucket.clone(),
             bytes_sent: 0,
             parts_sent: 0,

@@ -287,6 +287,27 @@ authorized_keys = ["{public}"]
         }
     }
 
+    /// Waits until some file is `failed` and returns it.
+    pub async fn wait_failed(&self, timeout: Duration) -> sftpgw::status::FileStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status().await;
+            if let Some(f) = s
+                .files
+                .iter()
+                .find(|f| f.state == sftpgw::spool::FileState::Failed)
+            {
+                return f.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never failed in {timeout:?}: {s:#?}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until nothing is queued (every sealed file delivered or failed).
     pub async fn wait_drained(&self, timeout: Duration) -> Snapshot {
         let deadline = Instant::now() + timeout;
