@@ -32,6 +32,11 @@ struct DaemonDown(String);
     about = "SFTP to S3 transfer gateway: durable spool, crash-safe multipart drain"
 )]
 struct Cli {
+    /// The configuration file, accepted before or after any subcommand (also from
+    /// SFTPGW_CONFIG). `run`, `status`, `retry` and `drain` need it; `console` and `banner`
+    /// default to /etc/sftpgw.toml.
+    #[arg(long, short, global = true, env = "SFTPGW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,10 +44,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway with a configuration file.
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Run,
     /// Run the gateway with an embedded S3 server on loopback, for trying it out.
     Demo {
         /// Where the demo keeps its config, keys, spool and S3 data.
@@ -57,8 +59,6 @@ enum Command {
     },
     /// Show what the running gateway is doing: every file's state, queue and spool use.
     Status {
-        #[arg(long, short)]
-        config: PathBuf,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -71,8 +71,6 @@ enum Command {
     },
     /// Queue failed files again (all of them, or one user's below PATH).
     Retry {
-        #[arg(long, short)]
-        config: PathBuf,
         #[arg(long)]
         user: Option<String>,
         path: Option<String>,
@@ -80,16 +78,12 @@ enum Command {
     /// Steer the drain's WAN rate at run time (an override of the `[shaping]` schedule that
     /// survives a restart until it expires).
     Drain {
-        #[arg(long, short)]
-        config: PathBuf,
         #[command(subcommand)]
         command: DrainCommand,
     },
     /// The serial console's menu (the login shell of the ops user): status, drain control,
     /// failed files, network, diagnostics, reboot; no shell.
     Console {
-        #[arg(long, short, env = "SFTPGW_CONFIG", default_value = sftpgw::console::CONFIG_PATH_DEFAULT)]
-        config: PathBuf,
         /// Where diagnostics bundles go when no USB stick is mounted at /media/usb
         /// (default: the `diagnostics` directory next to the spool directory).
         #[arg(long, env = "SFTPGW_DIAGNOSTICS_DIR")]
@@ -100,8 +94,6 @@ enum Command {
     },
     /// The text shown above the serial console's login prompt: name, addresses, health, queue.
     Banner {
-        #[arg(long, short, env = "SFTPGW_CONFIG", default_value = sftpgw::console::CONFIG_PATH_DEFAULT)]
-        config: PathBuf,
         /// Write the banner to FILE, only when its text changed (default: print it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -113,8 +105,8 @@ enum Command {
         #[arg(long, requires = "watch")]
         on_change: Option<String>,
     },
-    /// Validate a configuration file.
-    CheckConfig { file: PathBuf },
+    /// Validate a configuration file (FILE, or the one of --config).
+    CheckConfig { file: Option<PathBuf> },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -214,10 +206,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The `--config` file, which `command` needs: a usage error (exit 2) without one.
+fn required_config(config: Option<PathBuf>, command: &str) -> PathBuf {
+    config.unwrap_or_else(|| {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                format!("`sftpgw {command}` needs --config FILE (or SFTPGW_CONFIG)"),
+            )
+            .exit()
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = cli.config;
+    let console_config = || {
+        config_path
+            .clone()
+            .unwrap_or_else(|| sftpgw::console::CONFIG_PATH_DEFAULT.into())
+    };
     match cli.command {
-        Command::Run { config } => {
-            let config = Config::load(&config)?;
+        Command::Run => {
+            let config = Config::load(&required_config(config_path, "run"))?;
             runtime()?.block_on(async {
                 sftpgw::gateway::run(config, shutdown_signal(), sftpgw::health::ready)
                     .await
@@ -227,17 +238,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { dir, port, s3_port } => runtime()?
             .block_on(sftpgw::demo::run(&dir, port, s3_port, shutdown_signal()))
             .map_err(|e| anyhow::anyhow!(e)),
-        Command::Status {
-            config,
-            json,
-            all,
-            watch,
-        } => {
-            let config = Config::load(&config)?;
+        Command::Status { json, all, watch } => {
+            let config = Config::load(&required_config(config_path, "status"))?;
             runtime()?.block_on(status(&config, json, all, watch))
         }
-        Command::Retry { config, user, path } => {
-            let config = Config::load(&config)?;
+        Command::Retry { user, path } => {
+            let config = Config::load(&required_config(config_path, "retry"))?;
             let response = runtime()?.block_on(control::request(
                 &config.control.socket,
                 &Request::Retry { user, path },
@@ -251,34 +257,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => bail!("unexpected response from the daemon"),
             }
         }
-        Command::Drain { config, command } => {
-            let config = Config::load(&config)?;
+        Command::Drain { command } => {
+            let config = Config::load(&required_config(config_path, "drain"))?;
             drain(&config.control.socket, command)
         }
         Command::Console {
-            config,
             diagnostics_dir,
             reboot_request,
         } => sftpgw::console::run(&sftpgw::console::ConsoleOptions {
-            config_path: config,
+            config_path: console_config(),
             diagnostics_dir,
             reboot_request,
         })
         .context("console"),
         Command::Banner {
-            config,
             out,
             watch,
             on_change,
         } => runtime()?
             .block_on(sftpgw::console::banner::run(
-                &config,
+                &console_config(),
                 out.as_deref(),
                 watch,
                 on_change.as_deref(),
             ))
             .context("banner"),
         Command::CheckConfig { file } => {
+            let file = file.unwrap_or_else(|| required_config(config_path, "check-config"));
             let config = Config::load(&file)?;
             println!(
                 "{}: OK ({} users, bucket {}, spool {})",
