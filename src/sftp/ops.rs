@@ -77,8 +77,9 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
             Ok(ok(id))
         }
         Packet::RealPath(realpath) => {
-            // Every session's working directory is `/` of its jail; `..` above it is refused.
-            let path = VPath::resolve(&realpath.path)?.display();
+            // Every session's working directory is `/` of its jail; `..` above it stays there,
+            // as in OpenSSH's chroot (FileZilla asks for the parent of `/`).
+            let path = VPath::resolve_clamped(&realpath.path)?.display();
             let file = File {
                 filename: path.clone(),
                 longname: path,

@@ -56,6 +56,24 @@ impl VPath {
         Ok(VPath(joined))
     }
 
+    /// Like [`VPath::resolve`], but `..` at the root stays at the root, as in a chroot: what
+    /// REALPATH answers, so that a GUI client's "parent directory" at the top of the jail shows
+    /// the top again instead of an error. Only REALPATH uses it; every request that acts on a
+    /// path refuses one that climbs out.
+    pub fn resolve_clamped(raw: &str) -> Result<VPath, FsError> {
+        let mut kept: Vec<&str> = Vec::new();
+        for component in raw.split('/') {
+            match component {
+                ".." => {
+                    kept.pop();
+                }
+                "" | "." => {}
+                other => kept.push(other),
+            }
+        }
+        VPath::resolve(&kept.join("/"))
+    }
+
     /// Wraps a string that is already normalised (components joined by `/`, no `.`/`..`).
     pub(crate) fn from_normalized(s: String) -> Self {
         VPath(s)
@@ -127,6 +145,17 @@ mod tests {
         assert_eq!(VPath::resolve("//a/./b/").unwrap().as_str(), "a/b");
         assert!(VPath::resolve("/").unwrap().is_root());
         assert!(VPath::resolve(".").unwrap().is_root());
+    }
+
+    #[test]
+    fn clamped_resolution_stops_dotdot_at_the_root() {
+        assert!(VPath::resolve_clamped("..").unwrap().is_root());
+        assert!(VPath::resolve_clamped("/a/../..").unwrap().is_root());
+        assert_eq!(
+            VPath::resolve_clamped("/../a/./b/..").unwrap().as_str(),
+            "a"
+        );
+        assert!(VPath::resolve_clamped("a\0b").is_err());
     }
 
     #[test]
