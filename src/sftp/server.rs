@@ -521,12 +521,21 @@ impl Handler for Connection {
         };
         let (peer, spool, alive) = (self.peer, Arc::clone(&self.spool), self.alive.clone());
         let ingest = self.ingest.clone();
+        // As OpenSSH's sshd ends a subsystem: exit-status, EOF, CLOSE. scp (SFTP mode) and
+        // `ssh -s` exit with the status, and report failure (-1) when there is none.
+        let handle = session.handle();
+        let channel_end = move |status: u32| async move {
+            let _ = handle.exit_status_request(channel_id, status).await;
+            let _ = handle.eof(channel_id).await;
+            let _ = handle.close(channel_id).await;
+        };
         // The session runs beside russh's loop, never inside it: that loop must keep reading
         // the socket (window adjustments) while the session waits on anything.
         tokio::spawn(async move {
             let _live = crate::telemetry::SessionGuard::enter();
             tracing::info!(%peer, user, "sftp session started");
-            let end = session::run(channel.into_stream(), spool, &user, &ingest, closed).await;
+            let stream = channel.into_stream();
+            let end = session::run(stream, spool, &user, &ingest, closed, channel_end).await;
             if end.is_client_error() {
                 tracing::warn!(%peer, user, ?end, "sftp session ended by a protocol error");
             } else {

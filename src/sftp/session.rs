@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{Packet, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::budget::{IngestBudget, SessionIngest, read_charged};
@@ -87,6 +87,16 @@ pub enum SessionEnd {
 }
 
 impl SessionEnd {
+    /// The `exit-status` the channel reports, as OpenSSH's sftp-server exits: 0 after the
+    /// client ended the session between packets, 1 for anything else (scp and `ssh -s`
+    /// report it as their own exit code).
+    pub fn exit_status(&self) -> u32 {
+        match self {
+            Self::ClientClosed => 0,
+            _ => 1,
+        }
+    }
+
     /// True if the client did something a correct client never does.
     pub fn is_client_error(&self) -> bool {
         matches!(
@@ -103,17 +113,25 @@ impl SessionEnd {
 /// `closed` must complete when the stream's channel is gone (closed by the client, or the
 /// connection ended). A russh channel writer waiting for window that will never come is not
 /// woken when its channel goes away; `closed` is what stops it.
-pub async fn run<S>(
+///
+/// `channel_end` is called with [`SessionEnd::exit_status`] once every reply is written and
+/// before the stream is dropped, so that the channel can report the status ahead of its EOF
+/// and CLOSE (dropping a russh channel stream closes the channel). It is not called when
+/// replies could not be written: then nobody is listening.
+pub async fn run<S, E, F>(
     stream: S,
     spool: Arc<Spool>,
     user: &str,
     ingest: &IngestBudget,
     closed: impl Future<Output = ()> + Send + 'static,
+    channel_end: E,
 ) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
+    E: FnOnce(u32) -> F + Send + 'static,
+    F: Future<Output = ()> + Send,
 {
-    let (input, output) = tokio::io::split(stream);
+    let (input, mut output) = tokio::io::split(stream);
     let request_budget = Arc::new(Semaphore::new(SFTP_QUEUED_REQUEST_BYTES_MAX as usize));
     let (request_tx, request_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
     let reader = tokio::spawn(read_requests(
@@ -123,11 +141,20 @@ where
         request_tx,
     ));
     let (reply_tx, reply_rx) = mpsc::channel(SFTP_REPLIES_QUEUED_COUNT_MAX);
+    let (status_tx, status_rx) = oneshot::channel::<u32>();
     let mut writer = tokio::spawn(async move {
-        tokio::select! {
-            result = write_replies(output, reply_rx) => result,
+        let result = tokio::select! {
+            result = write_replies(&mut output, reply_rx) => result,
             () = closed => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed")),
+        };
+        // The replies end only once the session has decided how it ended (see below).
+        if result.is_ok()
+            && let Ok(status) = status_rx.await
+        {
+            channel_end(status).await;
         }
+        drop(output);
+        result
     });
 
     let (tracker, token) = TaskTracker::new();
@@ -163,6 +190,8 @@ where
         }
     };
 
+    // The writer ends once every task has queued its last reply, after this.
+    let _ = status_tx.send(end.exit_status());
     // Unclosed write handles: their workers finish what is queued, then drop the handle.
     ctx.handles().close();
     drop(ctx);
@@ -366,7 +395,7 @@ async fn read_length<R: AsyncRead + Unpin>(input: &mut R) -> io::Result<Option<u
 }
 
 async fn write_replies<W: AsyncWrite + Unpin>(
-    mut output: W,
+    output: &mut W,
     mut replies: mpsc::Receiver<Reply>,
 ) -> io::Result<()> {
     let mut batch = BytesMut::new();
@@ -376,11 +405,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         let mut next = Some(first);
         while let Some(reply) = next.take() {
             if reply.bytes.len() >= REPLY_ALONE_BYTES_MIN {
-                flush_batch(&mut output, &mut batch, &mut held).await?;
+                flush_batch(output, &mut batch, &mut held).await?;
                 output.write_all(&reply.bytes).await?;
             } else {
                 if batch.len() + reply.bytes.len() > SFTP_REPLY_BATCH_BYTES_MAX {
-                    flush_batch(&mut output, &mut batch, &mut held).await?;
+                    flush_batch(output, &mut batch, &mut held).await?;
                 }
                 batch.extend_from_slice(&reply.bytes);
                 held.push(reply);
@@ -388,10 +417,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             // Merge only what is already queued: never delay a reply to wait for another.
             next = replies.try_recv().ok();
         }
-        flush_batch(&mut output, &mut batch, &mut held).await?;
+        flush_batch(output, &mut batch, &mut held).await?;
         output.flush().await?;
     }
-    output.shutdown().await
+    // No shutdown: on a russh channel that would send EOF before the exit status.
+    Ok(())
 }
 
 async fn flush_batch<W: AsyncWrite + Unpin>(

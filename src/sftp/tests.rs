@@ -59,8 +59,9 @@ fn start_sharing(
     let (client, server) = tokio::io::duplex(buffer_bytes);
     let closed = std::future::pending();
     let (spool, ingest) = (Arc::clone(spool), ingest.clone());
-    let session =
-        tokio::spawn(async move { session::run(server, spool, "alice", &ingest, closed).await });
+    let session = tokio::spawn(async move {
+        session::run(server, spool, "alice", &ingest, closed, |_| async {}).await
+    });
     (
         Client {
             io: client,
