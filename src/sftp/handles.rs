@@ -2,12 +2,14 @@
 //! write handle in arrival order (see `session` for how requests reach it).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{FileAttributes, Packet};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use super::lane::{self, Fence, Finished, LaneOp, Scope};
 use super::session::Ctx;
 use super::{SFTP_WRITE_COALESCE_BYTES_MAX, SFTP_WRITE_COALESCE_PART_BYTES_MAX, ops, wire};
 use crate::limits::SFTP_HANDLES_COUNT_MAX;
@@ -17,6 +19,11 @@ use crate::spool::{Entry, FsError, FsErrorKind, ReadHandle, VPath, WriteHandle};
 #[derive(Default)]
 pub(super) struct Handles {
     open: HashMap<String, OpenHandle>,
+    /// Write handles whose CLOSE went to their worker and may not be done yet: path requests
+    /// on their paths wait for them (see `lane`). Finished ones are dropped at every path
+    /// request, and every write handle needs one (its OPEN), so this holds at most the handles
+    /// closed since the last path request plus those still closing.
+    closing: Vec<(VPath, Finished)>,
     /// Slots reserved by OPEN/OPENDIR requests still executing.
     opening: usize,
     next_id: u64,
@@ -25,7 +32,12 @@ pub(super) struct Handles {
 }
 
 pub(super) enum OpenHandle {
-    Write(mpsc::Sender<WriteOp>),
+    Write {
+        queue: mpsc::Sender<WriteOp>,
+        path: VPath,
+        /// Completes when the handle's worker has ended.
+        finished: Finished,
+    },
     Read {
         handle: Arc<ReadHandle>,
         path: VPath,
@@ -71,8 +83,37 @@ impl Handles {
         self.open.get_mut(name)
     }
 
-    pub(super) fn remove(&mut self, name: &str) -> Option<OpenHandle> {
-        self.open.remove(name)
+    /// Removes a write handle whose CLOSE goes to its worker now, remembering it as closing.
+    pub(super) fn remove_closing(&mut self, name: &str) -> Option<OpenHandle> {
+        let removed = self.open.remove(name);
+        if let Some(OpenHandle::Write { path, finished, .. }) = &removed {
+            self.closing.retain(|(_, f)| !lane::is_finished(f));
+            self.closing.push((path.clone(), finished.clone()));
+        }
+        removed
+    }
+
+    /// Registers `op` with every write handle it must be ordered with (see `lane`): returns
+    /// the queues to put a fence in, and records the closing handles it must wait for.
+    pub(super) fn order(
+        &mut self,
+        op: &mut LaneOp,
+        scopes: &[Scope],
+    ) -> Vec<mpsc::Sender<WriteOp>> {
+        let touched = |path: &VPath| scopes.iter().any(|scope| scope.touches(path));
+        self.closing.retain(|(_, f)| !lane::is_finished(f));
+        for (path, finished) in &self.closing {
+            if touched(path) {
+                op.wait_for(finished.clone());
+            }
+        }
+        self.open
+            .values()
+            .filter_map(|handle| match handle {
+                OpenHandle::Write { queue, path, .. } if touched(path) => Some(queue.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     pub(super) fn close(&mut self) {
@@ -110,16 +151,20 @@ pub(super) enum WriteOp {
         id: u32,
         budget: OwnedSemaphorePermit,
     },
+    /// A path request is ordered here (see `lane`).
+    Fence(Fence),
 }
 
 impl WriteOp {
-    pub(super) fn into_id_budget(self) -> (u32, OwnedSemaphorePermit) {
+    /// The request to answer if the op cannot be applied; `None` for a fence.
+    pub(super) fn into_id_budget(self) -> Option<(u32, OwnedSemaphorePermit)> {
         match self {
             WriteOp::Write { id, budget, .. }
             | WriteOp::Fsync { id, budget }
             | WriteOp::Fstat { id, budget }
             | WriteOp::SetStat { id, budget, .. }
-            | WriteOp::Close { id, budget } => (id, budget),
+            | WriteOp::Close { id, budget } => Some((id, budget)),
+            WriteOp::Fence(_) => None,
         }
     }
 }
@@ -157,14 +202,16 @@ impl WriteBatch {
     }
 }
 
-/// Replies of one write worker not yet in the session's reply queue, in order.
+/// Replies of one write worker (or of the session's lane) not yet in the session's reply
+/// queue, in order.
 ///
 /// The worker must not wait for room in that queue while operations are queued for it: their
 /// WRITE data holds the process-wide ingest budget until applied, and the queue only drains
 /// as fast as the client reads replies. Replies wait here instead, each still holding its
 /// request budget, so a client that reads no replies soon stops its own session's reader but
 /// never holds request data in memory.
-struct Acks {
+#[derive(Default)]
+pub(super) struct Acks {
     pending: VecDeque<(Bytes, OwnedSemaphorePermit)>,
 }
 
@@ -172,7 +219,11 @@ impl Acks {
     /// Queues `reply` behind the ones already waiting; `budget` is returned once it is in the
     /// session's reply queue.
     fn push(&mut self, ctx: &Ctx, reply: Packet, budget: OwnedSemaphorePermit) {
-        self.pending.push_back((wire::encode(reply), budget));
+        self.push_encoded(ctx, wire::encode(reply), budget);
+    }
+
+    pub(super) fn push_encoded(&mut self, ctx: &Ctx, reply: Bytes, budget: OwnedSemaphorePermit) {
+        self.pending.push_back((reply, budget));
         self.flush(ctx);
     }
 
@@ -187,44 +238,51 @@ impl Acks {
     }
 
     /// Waits until every waiting reply is queued (or the session's writer is gone).
-    async fn finish(&mut self, ctx: &Ctx) {
+    pub(super) async fn finish(&mut self, ctx: &Ctx) {
         self.flush(ctx);
         while !self.pending.is_empty() {
             ctx.reply_room().await;
             self.flush(ctx);
         }
     }
-}
 
-/// The next operation for the worker, or `None` once the session dropped the handle's queue.
-/// While waiting, waiting replies move on as the reply queue makes room.
-async fn next_op(ctx: &Ctx, ops: &mut mpsc::Receiver<WriteOp>, acks: &mut Acks) -> Option<WriteOp> {
-    loop {
-        acks.flush(ctx);
-        tokio::select! {
-            biased;
-            op = ops.recv() => return op,
-            () = ctx.reply_room(), if !acks.pending.is_empty() => {}
+    /// Runs `work` to its end while waiting replies move on as the reply queue makes room.
+    pub(super) async fn during<T>(&mut self, ctx: &Ctx, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            self.flush(ctx);
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                () = ctx.reply_room(), if !self.pending.is_empty() => {}
+            }
         }
+    }
+
+    /// The next item of `queue`, or `None` once its senders are gone.
+    pub(super) async fn next<T>(&mut self, ctx: &Ctx, queue: &mut mpsc::Receiver<T>) -> Option<T> {
+        self.during(ctx, queue.recv()).await
     }
 }
 
+/// Applies the operations of one write handle in arrival order; drops `finished` when it ends
+/// (after CLOSE, or once the session dropped the handle's queue).
 pub(super) async fn write_worker(
     ctx: Ctx,
     handle: WriteHandle,
     mut ops: mpsc::Receiver<WriteOp>,
     path: VPath,
+    finished: oneshot::Sender<()>,
 ) {
+    let _finished = finished;
     // The first write error; later writes fail the same way and CLOSE does not seal.
     let mut failed: Option<FsError> = None;
     let mut next: Option<WriteOp> = None;
-    let mut acks = Acks {
-        pending: VecDeque::new(),
-    };
+    let mut acks = Acks::default();
     loop {
         let op = match next.take() {
             Some(op) => op,
-            None => match next_op(&ctx, &mut ops, &mut acks).await {
+            None => match acks.next(&ctx, &mut ops).await {
                 Some(op) => op,
                 // The session ended without CLOSE: dropping the handle leaves the file partial.
                 None => break,
@@ -307,6 +365,7 @@ pub(super) async fn write_worker(
                 let result = ops::check_setstat(&attrs, handle.size());
                 acks.push(&ctx, ok_or_error(id, result), budget);
             }
+            WriteOp::Fence(fence) => acks.during(&ctx, fence.pass()).await,
             WriteOp::Close { id, budget } => {
                 let result = match failed {
                     Some(err) => {

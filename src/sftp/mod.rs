@@ -7,6 +7,7 @@
 
 mod budget;
 mod handles;
+mod lane;
 pub mod namespace;
 mod ops;
 pub mod server;

@@ -95,8 +95,8 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
             "symbolic links are not supported",
         )),
         Packet::Extended(ext) if ext.request == POSIX_RENAME => {
-            let rename: PosixRename = parse(&ext.data)?;
-            rename_path(ctx, &rename.oldpath, &rename.newpath, true).await?;
+            let (from, to) = parse_rename(&ext.data)?;
+            rename_path(ctx, &from, &to, true).await?;
             Ok(ok(id))
         }
         Packet::Extended(ext) => extended(ctx, id, ext),
@@ -178,7 +178,7 @@ fn too_many_handles() -> FsError {
 async fn read_file(ctx: &Ctx, read: Read) -> Result<Bytes, FsError> {
     let handle = match ctx.handles().get_mut(&read.handle) {
         Some(OpenHandle::Read { handle, .. }) => Arc::clone(handle),
-        Some(OpenHandle::Write(_)) => {
+        Some(OpenHandle::Write { .. }) => {
             return Err(FsError::new(
                 FsErrorKind::PermissionDenied,
                 "the handle was opened for writing",
@@ -314,6 +314,11 @@ fn parse<T: for<'de> serde::Deserialize<'de>>(data: &[u8]) -> Result<T, FsError>
     let mut bytes = Bytes::copy_from_slice(data);
     russh_sftp::de::from_bytes(&mut bytes)
         .map_err(|_| FsError::new(FsErrorKind::Failure, "malformed extended request"))
+}
+
+/// The old and new path of a posix-rename@openssh.com request.
+pub(super) fn parse_rename(data: &[u8]) -> Result<(String, String), FsError> {
+    parse::<PosixRename>(data).map(|r| (r.oldpath, r.newpath))
 }
 
 /// The handle named by a fsync@openssh.com request.

@@ -42,6 +42,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -52,6 +53,7 @@ use tokio::task::JoinHandle;
 
 use super::budget::{IngestBudget, SessionIngest, read_charged};
 use super::handles::{Handles, OpenHandle, WriteOp, invalid_handle, write_worker};
+use super::lane::{self, LaneOp};
 use super::{
     SFTP_NAME_REPLY_BYTES_MAX, SFTP_QUEUED_REQUEST_BYTES_MAX, SFTP_REPLIES_QUEUED_COUNT_MAX,
     SFTP_REPLY_BATCH_BYTES_MAX, SFTP_REPLY_DATA_BYTES_MAX, SFTP_REQUEST_OVERHEAD_BYTES,
@@ -166,8 +168,12 @@ where
         executing: Arc::new(Semaphore::new(SFTP_REQUESTS_EXECUTING_COUNT_MAX)),
         token,
     };
+    let (lane_tx, lane_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
+    let lane_stop = Arc::new(AtomicBool::new(false));
+    ctx.spawn(lane::run_lane(ctx.clone(), lane_rx, Arc::clone(&lane_stop)));
     let mut dispatcher = Dispatcher {
         ctx: ctx.clone(),
+        lane: lane_tx,
         initialized: false,
         reply_budget: Arc::new(Semaphore::new(SFTP_REPLY_DATA_BYTES_MAX as usize)),
         parked: VecDeque::new(),
@@ -183,6 +189,7 @@ where
             Err(join) => SessionEnd::ReadFailed(io::Error::other(join)),
         },
         Dispatched::Stopped(end, writer_done) => {
+            lane_stop.store(true, Ordering::Relaxed);
             reader.abort();
             let _ = reader.await;
             writer_result = writer_done;
@@ -306,9 +313,14 @@ impl Ctx {
     /// session is ending (the handle is then dropped: the file stays partial).
     pub(super) fn register_write(&self, handle: WriteHandle, path: VPath) -> Option<String> {
         let (ops_tx, ops_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
-        let name = self.handles().insert(OpenHandle::Write(ops_tx))?;
+        let (finished_tx, finished) = lane::finished_signal();
+        let name = self.handles().insert(OpenHandle::Write {
+            queue: ops_tx,
+            path: path.clone(),
+            finished,
+        })?;
         let ctx = self.clone();
-        self.spawn(write_worker(ctx, handle, ops_rx, path));
+        self.spawn(write_worker(ctx, handle, ops_rx, path, finished_tx));
         Some(name)
     }
 }
@@ -446,6 +458,8 @@ enum Dispatched {
 
 struct Dispatcher {
     ctx: Ctx,
+    /// Path requests, run one at a time in arrival order (see `lane`).
+    lane: mpsc::Sender<LaneOp>,
     initialized: bool,
     reply_budget: Arc<Semaphore>,
     /// READ and READDIR waiting for reply budget, with the bytes their reply may take.
@@ -541,9 +555,9 @@ impl Dispatcher {
         let id = packet.get_request_id();
         match packet {
             Packet::Close(close) => {
-                let removed = self.ctx.handles().remove(&close.handle);
+                let removed = self.ctx.handles().remove_closing(&close.handle);
                 match removed {
-                    Some(OpenHandle::Write(queue)) => {
+                    Some(OpenHandle::Write { queue, .. }) => {
                         // The worker answers after every earlier write of the handle.
                         if let Err(mpsc::error::SendError(op)) =
                             queue.send(WriteOp::Close { id, budget }).await
@@ -607,19 +621,42 @@ impl Dispatcher {
             | Packet::Name(_)
             | Packet::Attrs(_)
             | Packet::ExtendedReply(_) => return Err("client sent a server packet"),
-            packet => self.ready.push_back((Request { packet, budget }, None)),
+            packet => match lane::scopes_of(&packet) {
+                Some(scopes) => {
+                    self.queue_in_lane(LaneOp::new(packet, budget), &scopes)
+                        .await
+                }
+                None => self.ready.push_back((Request { packet, budget }, None)),
+            },
         }
         Ok(())
     }
 
+    /// Queues a path request in the lane behind the fences that order it with the write
+    /// handles it touches (see `lane`). Neither queue ever makes the dispatcher wait: both
+    /// hold as many entries as the request budget allows requests.
+    async fn queue_in_lane(&mut self, mut op: LaneOp, scopes: &[lane::Scope]) {
+        let queues = self.ctx.handles().order(&mut op, scopes);
+        for queue in queues {
+            // A worker that is gone has nothing left to order with.
+            let _ = queue.send(WriteOp::Fence(op.fence())).await;
+        }
+        if let Err(mpsc::error::SendError(op)) = self.lane.send(op).await {
+            drop(op); // The lane is gone only when the session is ending.
+        }
+    }
+
     fn is_write_handle(&self, name: &str) -> bool {
-        matches!(self.ctx.handles().get_mut(name), Some(OpenHandle::Write(_)))
+        matches!(
+            self.ctx.handles().get_mut(name),
+            Some(OpenHandle::Write { .. })
+        )
     }
 
     /// Queues `op` on its handle's worker, or answers it with an error.
     async fn queue_on_write_handle(&mut self, name: &str, op: WriteOp) {
         let queue = match self.ctx.handles().get_mut(name) {
-            Some(OpenHandle::Write(queue)) => Ok(queue.clone()),
+            Some(OpenHandle::Write { queue, .. }) => Ok(queue.clone()),
             Some(OpenHandle::Read { .. }) => Err(FsError::new(
                 FsErrorKind::PermissionDenied,
                 "the handle was opened for reading",
@@ -638,9 +675,10 @@ impl Dispatcher {
     }
 
     fn fail(&self, op: WriteOp, err: FsError) {
-        let (id, budget) = op.into_id_budget();
-        self.ctx
-            .reply_soon(wire::encode(wire::error(id, &err)), budget);
+        if let Some((id, budget)) = op.into_id_budget() {
+            self.ctx
+                .reply_soon(wire::encode(wire::error(id, &err)), budget);
+        }
     }
 }
 

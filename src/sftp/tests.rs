@@ -19,6 +19,8 @@ use super::session::{self, SessionEnd};
 use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
 use crate::spool::{FileState, Spool, SpoolOptions, VPath};
 
+mod ordering;
+
 /// Long enough for a debug build on a busy machine; a deadlock shows up as this timeout.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
