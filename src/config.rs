@@ -74,6 +74,23 @@ pub struct SftpConfig {
     pub listen: SocketAddr,
     /// Generated (mode 0600) on first start if missing.
     pub host_key: PathBuf,
+    /// Which SSH algorithms are offered (`sftp.algorithms`).
+    pub algorithms: Algorithms,
+}
+
+/// `sftp.algorithms`: the SSH algorithms the server offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithms {
+    /// Current algorithms only (ed25519 host key, curve25519/ML-KEM and large DH groups,
+    /// AEAD and CTR ciphers, ETM MACs); ssh-audit finds nothing to warn about.
+    #[default]
+    Modern,
+    /// Also what older SSH libraries need (JSch 0.1.x, old .NET and embedded clients):
+    /// ECDSA P-256 and RSA host keys (ssh-rsa signatures included), ecdh-sha2-nistp* and
+    /// diffie-hellman-group14-sha256 key exchange, non-ETM HMAC-SHA2, and ssh-rsa (SHA-1)
+    /// signatures from RSA user keys.
+    Compatible,
 }
 
 #[derive(Debug, Clone)]
@@ -374,6 +391,7 @@ struct RawMetrics {
 struct RawSftp {
     listen: Listen,
     host_key: FilePath,
+    algorithms: Option<Algorithms>,
 }
 
 #[derive(Deserialize)]
@@ -438,6 +456,7 @@ impl RawConfig {
             sftp: SftpConfig {
                 listen: self.sftp.listen.0,
                 host_key: source.resolve(self.sftp.host_key.0),
+                algorithms: self.sftp.algorithms.unwrap_or_default(),
             },
             spool,
             s3,

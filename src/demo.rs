@@ -9,6 +9,7 @@ use std::path::Path;
 use crate::config::Config;
 use crate::gateway::BoxError;
 use crate::s3server::{S3Server, S3ServerConfig};
+use crate::sftp::KeyKind;
 
 pub const DEMO_BUCKET: &str = "uploads";
 pub const DEMO_ACCESS_KEY: &str = "sftpgw-demo";
@@ -93,7 +94,8 @@ pub async fn run(
     })?;
 
     let key_path = dir.join("client_ed25519");
-    let client_key = crate::sftp::server::load_or_generate_host_key(&key_path).await?;
+    let client_key =
+        crate::sftp::keys::load_or_generate(&key_path, KeyKind::Ed25519, "demo client key").await?;
     let public = client_key
         .public_key()
         .to_openssh()

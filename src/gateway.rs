@@ -144,7 +144,11 @@ pub async fn run(
         None => None,
     };
 
-    let host_key = crate::sftp::server::load_or_generate_host_key(&config.sftp.host_key).await?;
+    let ssh = crate::sftp::SshSetup {
+        algorithms: config.sftp.algorithms,
+        host_keys: crate::sftp::load_host_keys(&config.sftp.host_key, config.sftp.algorithms)
+            .await?,
+    };
     let users = Arc::new(crate::sftp::namespace::Users::new(&config.users)?);
     let listener = tokio::net::TcpListener::bind(config.sftp.listen)
         .await
@@ -153,7 +157,7 @@ pub async fn run(
     let mut sftp_stop = stop_rx.clone();
     let sftp_task = tokio::spawn(crate::sftp::server::serve(
         listener,
-        host_key,
+        ssh,
         users,
         spool.clone(),
         async move {

@@ -28,13 +28,16 @@ pub enum ErrorKind {
     S3Permanent,
     /// A spool write or seal failed (disk full, I/O error): the upload was refused.
     SpoolWrite,
+    /// An SSH client found no algorithm in common with `sftp.algorithms`.
+    SshNegotiation,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 3] = [
+    pub const ALL: [ErrorKind; 4] = [
         ErrorKind::S3Transient,
         ErrorKind::S3Permanent,
         ErrorKind::SpoolWrite,
+        ErrorKind::SshNegotiation,
     ];
 
     pub fn label(self) -> &'static str {
@@ -42,6 +45,7 @@ impl ErrorKind {
             ErrorKind::S3Transient => "s3_transient",
             ErrorKind::S3Permanent => "s3_permanent",
             ErrorKind::SpoolWrite => "spool_write",
+            ErrorKind::SshNegotiation => "ssh_negotiation",
         }
     }
 
@@ -50,6 +54,7 @@ impl ErrorKind {
             ErrorKind::S3Transient => 0,
             ErrorKind::S3Permanent => 1,
             ErrorKind::SpoolWrite => 2,
+            ErrorKind::SshNegotiation => 3,
         }
     }
 }
@@ -67,7 +72,8 @@ pub struct ErrorEvent {
 static SFTP_SESSIONS_LIVE: AtomicU64 = AtomicU64::new(0);
 static SFTP_BYTES_RECEIVED: AtomicU64 = AtomicU64::new(0);
 static S3_RETRIES: AtomicU64 = AtomicU64::new(0);
-static ERRORS_BY_KIND: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static ERRORS_BY_KIND: [AtomicU64; ErrorKind::ALL.len()] =
+    [const { AtomicU64::new(0) }; ErrorKind::ALL.len()];
 static RECENT_ERRORS: Mutex<VecDeque<ErrorEvent>> = Mutex::new(VecDeque::new());
 
 /// Counts one live SFTP session for as long as it is held.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use russh_sftp::protocol::{FileAttributes, Init, Open, OpenFlags, Packet, Read, Write};
 use sftpgw::config::User;
-use sftpgw::sftp::server::{generate_ed25519, write_private_key};
+use sftpgw::sftp::server::{SshSetup, generate_ed25519, write_private_key};
 use sftpgw::sftp::{Users, hash_password, serve};
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,7 +54,7 @@ async fn start() -> Gateway {
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
-        generate_ed25519("host"),
+        SshSetup::modern(generate_ed25519("host")),
         Arc::new(users),
         Arc::clone(&spool),
         async move {

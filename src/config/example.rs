@@ -11,6 +11,13 @@ pub const EXAMPLE: &str = r#"# sftpgw configuration.
 listen = "0.0.0.0:22"
 # The server's ed25519 host key. Generated (mode 0600) on first start if missing. Required.
 host_key = "/data/sftpgw/ssh_host_ed25519_key"
+# SSH algorithms offered. "modern" (default): current algorithms only, clean in ssh-audit.
+# "compatible": also what older SSH libraries need (JSch 0.1.x behind many Java tools, old
+# .NET and embedded clients): ECDSA P-256 and RSA-3072 host keys, generated (0600) beside
+# host_key on first start (ssh_host_ed25519_key -> ssh_host_ecdsa_key, ssh_host_rsa_key),
+# ssh-rsa signatures, ecdh-sha2-nistp* and diffie-hellman-group14-sha256 key exchange,
+# non-ETM hmac-sha2-*, and ssh-rsa (SHA-1) signatures from RSA user keys.
+algorithms = "modern"
 
 [spool]
 # Where uploads are kept until they are delivered to S3 (partial/, sealed/, the journal).

@@ -94,6 +94,7 @@ fn example_parses_with_the_values_it_documents() {
     assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
     assert!(config.s3.early_drain);
     assert_eq!(config.spool.engine, EngineChoice::Auto);
+    assert_eq!(config.sftp.algorithms, Algorithms::Modern);
     assert_eq!(config.control.socket, Path::new("/data/spool/control.sock"));
     assert_eq!(
         config.metrics.map(|m| m.listen),
@@ -413,6 +414,12 @@ fn bad_scalar_values_name_line_and_key() {
             "dir = \"/data/spool\"\nengine = \"uring\"",
             "spool.engine",
             "io_uring",
+        ),
+        (
+            "host_key = \"/data/host_key\"",
+            "host_key = \"/data/host_key\"\nalgorithms = \"legacy\"",
+            "sftp.algorithms",
+            "compatible",
         ),
     ];
     for (from, to, key, message) in cases {
@@ -855,4 +862,21 @@ fn early_drain_can_be_turned_off_and_must_be_a_boolean() {
     );
     let line = line_of(&text, "early_drain");
     assert_invalid(&text, line, "s3.early_drain", "");
+}
+
+#[test]
+fn algorithms_default_to_modern_and_accept_compatible() {
+    assert_eq!(
+        parse(&base()).expect("base").sftp.algorithms,
+        Algorithms::Modern
+    );
+    let text = replace(
+        &base(),
+        "host_key = \"/data/host_key\"",
+        "host_key = \"/data/host_key\"\nalgorithms = \"compatible\"",
+    );
+    assert_eq!(
+        parse(&text).expect("compatible").sftp.algorithms,
+        Algorithms::Compatible
+    );
 }

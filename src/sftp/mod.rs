@@ -5,8 +5,10 @@
 //! "sftp" subsystem channel runs one `session` against the shared spool. The limits below are
 //! the SFTP layer's own (the ones shared with other layers live in [`crate::limits`]).
 
+mod algorithms;
 mod budget;
 mod handles;
+pub mod keys;
 mod lane;
 pub mod namespace;
 mod ops;
@@ -16,9 +18,11 @@ pub mod session;
 mod tests;
 mod wire;
 
+pub use algorithms::load_host_keys;
 pub use budget::IngestBudget;
+pub use keys::{HostKeyError, KeyKind, load_or_generate_host_key};
 pub use namespace::{Users, UsersError, hash_password};
-pub use server::{HostKeyError, ServeError, load_or_generate_host_key, serve};
+pub use server::{ServeError, SshSetup, serve};
 pub use session::SessionEnd;
 
 use crate::limits::{SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};

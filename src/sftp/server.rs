@@ -18,23 +18,22 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
 use russh::keys::PrivateKey;
-use russh::keys::ssh_key::private::Ed25519Keypair;
-use russh::keys::ssh_key::{HashAlg, LineEnding};
 use russh::server::{
     Auth, ChannelOpenHandle, Config, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet, Preferred, SshId, cipher};
+use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet, SshId, cipher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+pub use super::keys::{generate_ed25519, write_private_key};
+
+use super::algorithms;
 use super::budget::IngestBudget;
 use super::namespace::Users;
 use super::{
@@ -43,21 +42,14 @@ use super::{
     SSH_KEEPALIVE_INTERVAL_SECONDS, SSH_LOGIN_GRACE_SECONDS, SSH_PACKET_BYTES_MAX,
     SSH_WINDOW_BYTES, session,
 };
+use crate::config::Algorithms;
 use crate::spool::Spool;
 
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
 const ACCEPT_RETRY_MILLISECONDS: u64 = 100;
+/// Longest list of algorithms a failed negotiation's log line repeats from the client.
+const NEGOTIATION_OFFER_BYTES_MAX: usize = 512;
 const REFUSAL_MESSAGE: &str = "This service only offers SFTP (try: sftp user@host).\r\n";
-
-#[derive(Debug, thiserror::Error)]
-pub enum HostKeyError {
-    #[error("host key {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("host key {path} is not an OpenSSH private key: {reason}")]
-    Parse { path: PathBuf, reason: String },
-    #[error("host key {path} is encrypted; the gateway needs it without a passphrase")]
-    Encrypted { path: PathBuf },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -65,86 +57,24 @@ pub enum ServeError {
     Accept(io::Error),
 }
 
-/// Loads the host key at `path`, or creates one (ed25519, OpenSSH format, mode 0600, parent
-/// directories created) if there is none.
-pub async fn load_or_generate_host_key(path: &Path) -> Result<PrivateKey, HostKeyError> {
-    let path = path.to_owned();
-    let task_path = path.clone();
-    tokio::task::spawn_blocking(move || load_or_generate_blocking(&task_path))
-        .await
-        .map_err(|join| HostKeyError::Io {
-            path,
-            source: io::Error::other(join),
-        })?
+/// What the SSH server offers: the algorithm profile and the host keys it needs.
+pub struct SshSetup {
+    pub algorithms: Algorithms,
+    pub host_keys: Vec<PrivateKey>,
 }
 
-fn load_or_generate_blocking(path: &Path) -> Result<PrivateKey, HostKeyError> {
-    let io_error = |source| HostKeyError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let key =
-                PrivateKey::from_openssh(text.as_bytes()).map_err(|e| HostKeyError::Parse {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            if key.is_encrypted() {
-                return Err(HostKeyError::Encrypted {
-                    path: path.to_owned(),
-                });
-            }
-            tracing::info!(path = %path.display(), fingerprint = %key.fingerprint(HashAlg::Sha256), "host key loaded");
-            Ok(key)
+impl SshSetup {
+    /// The default profile with one ed25519 host key.
+    pub fn modern(host_key: PrivateKey) -> SshSetup {
+        SshSetup {
+            algorithms: Algorithms::Modern,
+            host_keys: vec![host_key],
         }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            let key = generate_ed25519("sftpgw host key");
-            write_private_key(path, &key).map_err(io_error)?;
-            tracing::info!(path = %path.display(), fingerprint = %key.fingerprint(HashAlg::Sha256), "host key generated");
-            Ok(key)
-        }
-        Err(err) => Err(io_error(err)),
     }
 }
 
-/// A new ed25519 key from the operating system's random source.
-pub fn generate_ed25519(comment: &str) -> PrivateKey {
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
-    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    key.set_comment(comment);
-    key
-}
-
-/// Writes `key` in OpenSSH format with mode 0600, durably: temporary file, fsync, rename,
-/// fsync of the directory. Parent directories are created.
-pub fn write_private_key(path: &Path, key: &PrivateKey) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let text = key.to_openssh(LineEnding::LF).map_err(io::Error::other)?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(&dir)?.sync_all()
-}
-
 /// russh's configuration for this gateway.
-fn ssh_config(host_key: PrivateKey, users: &Users) -> Config {
+fn ssh_config(setup: SshSetup, users: &Users) -> Config {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
     if users.any_password() {
@@ -159,16 +89,14 @@ fn ssh_config(host_key: PrivateKey, users: &Users) -> Config {
         auth_rejection_time: Duration::from_millis(SSH_AUTH_REJECTION_MILLISECONDS),
         // OpenSSH's first `none` request only asks which methods exist: nothing to hide.
         auth_rejection_time_initial: Some(Duration::ZERO),
-        keys: vec![host_key],
+        keys: setup.host_keys,
         window_size: SSH_WINDOW_BYTES,
         maximum_packet_size: SSH_PACKET_BYTES_MAX,
         channel_buffer_size: SSH_CHANNEL_BUFFER_COUNT_MAX,
-        preferred: Preferred {
-            cipher: Cow::Owned(cipher_preference(has_aes_instructions())),
-            // Compression costs CPU on the box and gains nothing on already-compressed files.
-            compression: Cow::Borrowed(&[russh::compression::NONE]),
-            ..Preferred::DEFAULT
-        },
+        preferred: algorithms::preferred(
+            setup.algorithms,
+            cipher_preference(has_aes_instructions()),
+        ),
         keepalive_interval: Some(Duration::from_secs(SSH_KEEPALIVE_INTERVAL_SECONDS)),
         keepalive_max: SSH_KEEPALIVE_COUNT_MAX,
         // Dead peers are found by keepalives; an idle but alive client may stay.
@@ -180,7 +108,7 @@ fn ssh_config(host_key: PrivateKey, users: &Users) -> Config {
 
 /// AES-GCM first where the CPU has AES instructions (about twice as fast as ChaCha20 there),
 /// else ChaCha20-Poly1305 first. The client's order decides in the end.
-fn cipher_preference(aes: bool) -> Vec<cipher::Name> {
+pub(super) fn cipher_preference(aes: bool) -> Vec<cipher::Name> {
     let gcm = [cipher::AES_256_GCM, cipher::AES_128_GCM];
     let mut order = Vec::new();
     if aes {
@@ -218,12 +146,13 @@ fn has_aes_instructions() -> bool {
 /// client and returns once all their sessions have ended (unclosed uploads are then partial).
 pub async fn serve(
     listener: TcpListener,
-    host_key: PrivateKey,
+    setup: SshSetup,
     users: Arc<Users>,
     spool: Arc<Spool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let config = Arc::new(ssh_config(host_key, &users));
+    let algorithms = setup.algorithms;
+    let config = Arc::new(ssh_config(setup, &users));
     // One budget for the request data of every session of this server.
     let ingest = IngestBudget::default();
     let connections = Arc::new(Semaphore::new(SSH_CONNECTIONS_COUNT_MAX));
@@ -245,6 +174,7 @@ pub async fn serve(
                     };
                     let connection = Connection {
                         peer,
+                        algorithms,
                         users: Arc::clone(&users),
                         spool: Arc::clone(&spool),
                         ingest: ingest.clone(),
@@ -298,7 +228,7 @@ async fn run_connection(
     connection: Connection,
     mut stop: watch::Receiver<bool>,
 ) {
-    let peer = connection.peer;
+    let (peer, algorithms) = (connection.peer, connection.algorithms);
     if let Err(err) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %err, "set_nodelay failed");
     }
@@ -311,7 +241,7 @@ async fn run_connection(
         started = russh::server::run_stream(config, socket, connection) => match started {
             Ok(session) => session,
             Err(err) => {
-                tracing::debug!(%peer, error = %err, "SSH handshake failed");
+                log_connection_error(peer, algorithms, &err);
                 return;
             }
         },
@@ -330,7 +260,7 @@ async fn run_connection(
         tokio::select! {
             result = &mut session => {
                 if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "SSH connection ended with an error");
+                    log_connection_error(peer, algorithms, &err);
                 }
                 return;
             }
@@ -354,9 +284,28 @@ async fn run_connection(
     }
 }
 
+/// A failed negotiation gets one warning that says what the client offered and which setting
+/// would admit it, and counts in status; other connection errors are the client's business.
+fn log_connection_error(peer: SocketAddr, algorithms: Algorithms, err: &russh::Error) {
+    let russh::Error::NoCommonAlgo { kind, theirs, .. } = err else {
+        tracing::debug!(%peer, error = %err, "SSH connection ended with an error");
+        return;
+    };
+    let hint = algorithms::negotiation_hint(algorithms, kind, theirs);
+    let offered = super::wire::truncated(&theirs.join(","), NEGOTIATION_OFFER_BYTES_MAX);
+    tracing::warn!(%peer, ?kind, offered = %offered, "SSH negotiation failed: {hint}");
+    crate::telemetry::record_error(
+        crate::telemetry::ErrorKind::SshNegotiation,
+        None,
+        &format!("{peer}: no common {kind:?} algorithm (client offered {offered}); {hint}"),
+    );
+}
+
 /// One SSH connection: its login state and its session channels.
 struct Connection {
     peer: SocketAddr,
+    /// Decides which user-key signatures are accepted.
+    algorithms: Algorithms,
     users: Arc<Users>,
     spool: Arc<Spool>,
     ingest: IngestBudget,
@@ -426,7 +375,9 @@ impl Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Only a probe: clients offer every key they have, so a miss is not a failed login.
-        if self.users.verify_key(user, offer.public_key) {
+        if algorithms::accepts_user_signature(self.algorithms, offer.algorithm)
+            && self.users.verify_key(user, offer.public_key)
+        {
             Ok(Auth::Accept)
         } else {
             tracing::debug!(peer = %self.peer, user, "public key not accepted");
@@ -439,7 +390,11 @@ impl Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.users.verify_key(user, key.public_key) {
+        if !algorithms::accepts_user_signature(self.algorithms, key.algorithm) {
+            tracing::warn!(peer = %self.peer, user, algorithm = %key.algorithm,
+                "signature algorithm refused by [sftp] algorithms = \"modern\" (\"compatible\" accepts it)");
+            Ok(self.reject(user, "publickey"))
+        } else if self.users.verify_key(user, key.public_key) {
             Ok(self.accept(user, "publickey"))
         } else {
             Ok(self.reject(user, "publickey"))
@@ -598,37 +553,5 @@ mod tests {
             cipher_preference(true).len(),
             cipher_preference(false).len()
         );
-    }
-
-    #[tokio::test]
-    async fn host_key_is_generated_0600_then_loaded_unchanged() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/dir/ssh_host_ed25519_key");
-        let generated = load_or_generate_host_key(&path).await.unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let loaded = load_or_generate_host_key(&path).await.unwrap();
-        assert_eq!(
-            loaded.public_key().key_data(),
-            generated.public_key().key_data()
-        );
-        assert!(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
-        );
-    }
-
-    #[tokio::test]
-    async fn garbage_host_key_is_an_error_not_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, "not a key").unwrap();
-        assert!(matches!(
-            load_or_generate_host_key(&path).await,
-            Err(HostKeyError::Parse { .. })
-        ));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a key");
     }
 }
