@@ -100,6 +100,8 @@ fn usage_errors_exit_with_2() {
 fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("demo");
+    let log_path = tmp.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).expect("log");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -111,7 +113,7 @@ fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
         .arg(&dir)
         .args(["--port", &port.to_string(), "--s3-port", "0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn demo");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -193,5 +195,68 @@ fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
     assert!(
         stdout.contains(&format!("sftp -i {}", dir.join("client_ed25519").display())),
         "{stdout}"
+    );
+    // Each generated key is named for what it is.
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let generated: Vec<&str> = log.lines().filter(|l| l.contains("generated")).collect();
+    assert!(
+        generated
+            .iter()
+            .any(|l| l.contains("demo client key generated")
+                && l.contains(&*dir.join("client_ed25519").to_string_lossy())),
+        "{log}"
+    );
+    assert!(
+        generated.iter().any(|l| l.contains("host key generated")
+            && l.contains(&*dir.join("ssh_host_ed25519_key").to_string_lossy())),
+        "{log}"
+    );
+}
+
+#[test]
+fn config_is_accepted_before_or_after_the_subcommand_and_required_where_needed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = tmp.path().join("sftpgw.toml");
+    // The example's control socket does not exist here: a command that got as far as asking
+    // the daemon exits 4 ("not reachable"); one whose line clap refused exits 2.
+    std::fs::write(&config, sftpgw::config::EXAMPLE).expect("write");
+    for args in [
+        vec!["drain", "pause", "--config"],
+        vec!["drain", "--config"],
+        vec!["--config"],
+        vec!["drain", "pause", "-c"],
+    ] {
+        let mut cmd = sftpgw();
+        cmd.args(&args).arg(&config);
+        // Where the option came last or in the middle, the rest of the line follows it.
+        match args.as_slice() {
+            ["drain", "--config"] => cmd.arg("pause"),
+            ["--config"] => cmd.args(["drain", "pause"]),
+            _ => &mut cmd,
+        };
+        let out = cmd.env_remove("SFTPGW_CONFIG").output().expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = sftpgw()
+        .args(["drain", "pause"])
+        .env_remove("SFTPGW_CONFIG")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "no --config: a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+    let out = sftpgw()
+        .args(["status", "--json"])
+        .env("SFTPGW_CONFIG", &config)
+        .output()
+        .expect("run");
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "SFTPGW_CONFIG stands for --config"
     );
 }
