@@ -212,26 +212,34 @@ impl WriteBatch {
 /// never holds request data in memory.
 #[derive(Default)]
 pub(super) struct Acks {
-    pending: VecDeque<(Bytes, OwnedSemaphorePermit)>,
+    /// Each reply with its request budget and, for READDIR, its reply data budget.
+    pending: VecDeque<(Bytes, OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)>,
 }
 
 impl Acks {
     /// Queues `reply` behind the ones already waiting; `budget` is returned once it is in the
     /// session's reply queue.
     fn push(&mut self, ctx: &Ctx, reply: Packet, budget: OwnedSemaphorePermit) {
-        self.push_encoded(ctx, wire::encode(reply), budget);
+        self.push_encoded(ctx, wire::encode(reply), budget, None);
     }
 
-    pub(super) fn push_encoded(&mut self, ctx: &Ctx, reply: Bytes, budget: OwnedSemaphorePermit) {
-        self.pending.push_back((reply, budget));
+    /// `data_budget`: the reply data budget the reply holds until it is handed to the channel.
+    pub(super) fn push_encoded(
+        &mut self,
+        ctx: &Ctx,
+        reply: Bytes,
+        budget: OwnedSemaphorePermit,
+        data_budget: Option<OwnedSemaphorePermit>,
+    ) {
+        self.pending.push_back((reply, budget, data_budget));
         self.flush(ctx);
     }
 
     /// Moves waiting replies into the session's reply queue while it has room.
     fn flush(&mut self, ctx: &Ctx) {
-        while let Some((bytes, budget)) = self.pending.pop_front() {
-            if let Err(bytes) = ctx.try_reply(bytes) {
-                self.pending.push_front((bytes, budget));
+        while let Some((bytes, budget, data_budget)) = self.pending.pop_front() {
+            if let Err((bytes, data_budget)) = ctx.try_reply(bytes, data_budget) {
+                self.pending.push_front((bytes, budget, data_budget));
                 return;
             }
         }

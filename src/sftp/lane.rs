@@ -19,9 +19,11 @@
 //!   fence is reached (the handle's earlier operations are applied) and the handles it
 //!   closes are closed; the fence holds the handle's later operations back until the request
 //!   has run. A CLOSE already sent to a worker counts until the worker has finished it.
+//! - READDIR runs in the lane too, once it has its share of the reply data budget: each one
+//!   reads on from where the previous one on its handle stopped, and sshfs takes the replies
+//!   in the order it sent two READDIRs (an EOF answered before the entries hid them all).
 //! - Requests that name no path whose state they could observe (REALPATH, statvfs, limits,
-//!   READ, READDIR of a listing taken at OPENDIR, operations on read handles) run in
-//!   parallel as before.
+//!   READ, operations on read handles) run in parallel as before.
 //!
 //! Nothing here waits on the client: the lane queues its replies like a write worker does
 //! (`handles::Acks`), and releases its fences before that, so handles' queued WRITE data,
@@ -122,6 +124,8 @@ impl Fence {
 pub(super) struct LaneOp {
     packet: Packet,
     budget: OwnedSemaphorePermit,
+    /// READDIR's share of the reply data budget, held until its reply is sent.
+    reply_budget: Option<OwnedSemaphorePermit>,
     /// Each completes once its fence is reached (or its worker is gone).
     reached: Vec<oneshot::Receiver<()>>,
     /// Dropped after the request ran: releases the fences.
@@ -135,10 +139,16 @@ impl LaneOp {
         LaneOp {
             packet,
             budget,
+            reply_budget: None,
             reached: Vec::new(),
             release: Vec::new(),
             closing: Vec::new(),
         }
+    }
+
+    pub(super) fn with_reply_budget(mut self, permit: OwnedSemaphorePermit) -> LaneOp {
+        self.reply_budget = Some(permit);
+        self
     }
 
     /// A fence to put in the queue of a write handle the request touches.
@@ -175,6 +185,7 @@ pub(super) async fn run_lane(
         let LaneOp {
             packet,
             budget,
+            reply_budget,
             reached,
             release,
             closing,
@@ -196,7 +207,7 @@ pub(super) async fn run_lane(
         };
         // The effects are in place: later operations of the handles may go on.
         drop(release);
-        acks.push_encoded(&ctx, reply, budget);
+        acks.push_encoded(&ctx, reply, budget, reply_budget);
     }
     acks.finish(&ctx).await;
 }

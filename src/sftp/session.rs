@@ -273,16 +273,21 @@ impl Ctx {
             .await;
     }
 
-    /// Queues a reply if the queue has room; gives it back if not. Once the writer is gone the
-    /// reply is dropped (the session is ending).
-    pub(super) fn try_reply(&self, bytes: Bytes) -> Result<(), Bytes> {
+    /// Queues a reply (with the reply data budget it holds, if any) if the queue has room;
+    /// gives it back if not. Once the writer is gone the reply is dropped (the session is
+    /// ending).
+    pub(super) fn try_reply(
+        &self,
+        bytes: Bytes,
+        budget: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), (Bytes, Option<OwnedSemaphorePermit>)> {
         let reply = Reply {
             bytes,
-            _budget: None,
+            _budget: budget,
         };
         match self.replies.try_send(reply) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(reply)) => Err(reply.bytes),
+            Err(mpsc::error::TrySendError::Full(reply)) => Err((reply.bytes, reply._budget)),
         }
     }
 
@@ -494,8 +499,15 @@ impl Dispatcher {
                     if parked_bytes.is_some() =>
                 {
                     let Ok(permit) = permit else { unreachable!("reply budget is never closed") };
-                    if let Some((request, _)) = self.parked.pop_front() {
-                        self.ready.push_back((request, Some(permit)));
+                    match self.parked.pop_front() {
+                        // READDIRs of a handle read on from where the last one stopped: they
+                        // run in the lane, in arrival order (parked ones leave in order).
+                        Some((Request { packet: packet @ Packet::ReadDir(_), budget }, _)) => {
+                            let op = LaneOp::new(packet, budget).with_reply_budget(permit);
+                            self.queue_in_lane(op, &[]).await;
+                        }
+                        Some((request, _)) => self.ready.push_back((request, Some(permit))),
+                        None => {}
                     }
                 }
                 slot = self.ctx.executing.clone().acquire_owned(), if !self.ready.is_empty() => {

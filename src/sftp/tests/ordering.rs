@@ -199,3 +199,67 @@ async fn rename_and_remove_pipelined_behind_close_act_on_the_sealed_file() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readdirs_pipelined_on_one_handle_hand_out_the_listing_in_request_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    // Long names, so that the listing takes several NAME replies.
+    let names: Vec<String> = (0..400)
+        .map(|i| format!("{i:04}-{}", "n".repeat(200)))
+        .collect();
+    for name in &names {
+        let handle = client
+            .open(&format!("/{name}"), write_flags())
+            .await
+            .expect("open");
+        let close = client.close(&handle);
+        assert_eq!(status_of(client.call(close).await).0, StatusCode::Ok);
+    }
+    for round in 0..5 {
+        let id = client.id();
+        let Packet::Handle(dir) = client
+            .call(Packet::OpenDir(OpenDir {
+                id,
+                path: "/".into(),
+            }))
+            .await
+        else {
+            panic!("OPENDIR failed");
+        };
+        // sshfs sends READDIRs back to back and takes the replies in the order it sent them.
+        let readdirs: Vec<Packet> = (0..12)
+            .map(|_| {
+                let id = client.id();
+                Packet::ReadDir(ReadDir {
+                    id,
+                    handle: dir.handle.clone(),
+                })
+            })
+            .collect();
+        let ids: Vec<u32> = readdirs.iter().map(Packet::get_request_id).collect();
+        let mut replies = within(pipeline(&mut client, readdirs)).await;
+        let mut listed = Vec::new();
+        let mut ended = false;
+        for id in ids {
+            match replies.remove(&id).unwrap() {
+                Packet::Name(name) => {
+                    assert!(!ended, "round {round}: entries after EOF");
+                    listed.extend(name.files.into_iter().map(|f| f.filename));
+                }
+                other => {
+                    assert_eq!(status_of(other).0, StatusCode::Eof);
+                    ended = true;
+                }
+            }
+        }
+        assert!(
+            ended,
+            "round {round}: the listing did not end within 12 READDIRs"
+        );
+        assert_eq!(listed, names, "round {round}");
+        let close = client.close(&dir.handle);
+        client.call(close).await;
+    }
+}
