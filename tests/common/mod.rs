@@ -26,6 +26,21 @@ pub struct Options {
     pub bucket: &'static str,
     /// Keys of a `[shaping]` section, if any.
     pub shaping: Option<String>,
+    /// More lines for the `[sftp]` section (e.g. `algorithms = "compatible"`), if any.
+    pub sftp_extra: Option<String>,
+    /// More client keys, generated in the harness directory and authorized for every user
+    /// next to `key_path` (see [`Harness::extra_key`]).
+    pub extra_keys: Vec<ExtraKey>,
+}
+
+/// A client key the harness generates with `ssh-keygen -q -N "" -C test KEYGEN_ARGS -f FILE`
+/// in its directory, e.g. an RSA key in PEM format for clients that read no other.
+#[derive(Clone, Copy, Debug)]
+pub struct ExtraKey {
+    /// File name in the harness directory (the public key is `FILE.pub`).
+    pub file: &'static str,
+    /// Key type and format, e.g. `["-t", "rsa", "-b", "3072", "-m", "PEM"]`.
+    pub keygen_args: &'static [&'static str],
 }
 
 impl Default for Options {
@@ -37,6 +52,8 @@ impl Default for Options {
             spool_dir: None,
             bucket: BUCKET,
             shaping: None,
+            sftp_extra: None,
+            extra_keys: Vec::new(),
         }
     }
 }
@@ -62,8 +79,16 @@ pub fn free_port() -> u16 {
 
 /// Writes an ed25519 key pair with ssh-keygen and returns the public key line.
 pub fn keygen(path: &Path) -> String {
+    keygen_with(path, &["-t", "ed25519"])
+}
+
+/// Writes a key pair of the type and format `args` give (`-t rsa -m PEM`, ...) with ssh-keygen,
+/// without a passphrase, and returns the public key line.
+pub fn keygen_with(path: &Path, args: &[&str]) -> String {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .args(["-q", "-N", "", "-C", "test"])
+        .args(args)
+        .arg("-f")
         .arg(path)
         .status()
         .expect("ssh-keygen (install openssh-client)");
@@ -88,6 +113,11 @@ impl Harness {
         .expect("start S3 server");
         let key_path = dir.path().join("client_key");
         let public = keygen(&key_path);
+        let mut authorized = format!("\"{public}\"");
+        for extra in &opts.extra_keys {
+            let line = keygen_with(&dir.path().join(extra.file), extra.keygen_args);
+            authorized.push_str(&format!(", \"{line}\""));
+        }
         let sftp_port = free_port();
         let spool_dir = opts
             .spool_dir
@@ -99,6 +129,7 @@ impl Harness {
 [sftp]
 listen = "127.0.0.1:{sftp_port}"
 host_key = "{d}/host_key"
+{sftp_extra}
 [spool]
 dir = "{spool}"
 partial_ttl = "{ttl}"
@@ -119,10 +150,10 @@ concurrency = {conc}
 socket = "{sock}"
 [[users]]
 name = "alice"
-authorized_keys = ["{public}"]
+authorized_keys = [{authorized}]
 [[users]]
 name = "bob"
-authorized_keys = ["{public}"]
+authorized_keys = [{authorized}]
 "#,
             d = dir.path().display(),
             spool = spool_dir.display(),
@@ -132,6 +163,7 @@ authorized_keys = ["{public}"]
             conc = opts.concurrency,
             sock = socket.display(),
             bucket = opts.bucket,
+            sftp_extra = opts.sftp_extra.as_deref().unwrap_or_default(),
         );
         let config = match &opts.shaping {
             Some(keys) => format!("{config}\n[shaping]\n{keys}\n"),
@@ -193,6 +225,16 @@ authorized_keys = ["{public}"]
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A key of `Options::extra_keys`, by its file name.
+    pub fn extra_key(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// The gateway's ed25519 host key (written by the daemon on its first start).
+    pub fn host_key_path(&self) -> PathBuf {
+        self.dir.path().join("host_key")
     }
 
     pub fn log(&self) -> String {
