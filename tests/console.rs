@@ -386,6 +386,13 @@ async fn banner_shows_name_address_health_and_queue_and_is_rewritten_only_on_cha
     use std::os::unix::fs::MetadataExt;
     let mut h = Harness::new(Options::default()).await;
     h.start_daemon();
+    // A machine whose clock the kernel calls unsynchronised (adjtimex) is trusted once the S3
+    // server's Date header has been seen; until the first S3 answer the box is DEGRADED.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !h.status().await.shaping.clock_synced {
+        assert!(std::time::Instant::now() < deadline, "clock never trusted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let text = banner(&h.config_path, None);
     let host = nix::unistd::gethostname().expect("hostname");
     assert!(
