@@ -238,12 +238,19 @@ async fn openssh_paths_outside_the_jail_are_permission_denied() {
             "-put f.bin ../escape.bin\n\
              -put f.bin /../../etc/escape.bin\n\
              -mkdir ../outside\n\
-             -cd ..\n\
+             cd ..\n\
+             pwd\n\
              -rename f.bin ../x\n\
              ls -l\n",
         )
         .await;
     assert_success(&output);
+    // `cd ..` at the top stays there, as in a chroot (REALPATH clamps `..`).
+    assert!(
+        text(&output.stdout).contains("Remote working directory: /\n"),
+        "{}",
+        text(&output.stdout)
+    );
     let stderr = text(&output.stderr);
     assert!(
         stderr.contains("\"/../escape.bin\": Permission denied"),
@@ -253,7 +260,14 @@ async fn openssh_paths_outside_the_jail_are_permission_denied() {
         stderr.contains("\"/../../etc/escape.bin\": Permission denied"),
         "{stderr}"
     );
-    assert!(stderr.contains("outside your home directory"), "{stderr}");
+    assert!(
+        stderr.contains("remote mkdir \"/../outside\": Permission denied"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("remote rename \"/f.bin\" to \"/../x\": Permission denied"),
+        "{stderr}"
+    );
     assert!(gw.spool.files().is_empty(), "nothing was written");
     gw.stop().await;
 }
