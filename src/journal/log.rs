@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use super::JournalError;
 use super::frame;
-use super::replay::{self, HeaderError, ReplayEnd};
+use super::replay::{self, Damage, HeaderError, ReplayEnd};
 use crate::limits::RECORD_BYTES_MAX;
 
 /// Submissions (batches of records) queued for the writer at most; `submit` blocks beyond.
@@ -57,8 +57,20 @@ pub struct Journal<R> {
     writer: Option<JoinHandle<()>>,
     size: Arc<AtomicU64>,
     poisoned: Arc<AtomicBool>,
+    damage: Option<DamageReport>,
     // `fn() -> R`: the journal holds no `R`, so it is Send + Sync whatever `R` is.
     records: PhantomData<fn() -> R>,
+}
+
+/// What [`Journal::open`] found damaged (see `replay`): the ranges it skipped, and where it
+/// kept a copy of the file as it was before it rewrote the journal without them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamageReport {
+    pub ranges: Vec<Damage>,
+    /// The damaged file, byte for byte, for diagnosis.
+    pub copy: PathBuf,
+    /// Records read from the file (all of those not in a damaged range).
+    pub records_kept: usize,
 }
 
 /// Resolves once the submitted records are written (and fsynced, if durable).
@@ -106,7 +118,12 @@ where
         path: &Path,
         faults: Faults,
     ) -> Result<(Journal<R>, Vec<R>), JournalError> {
-        let (file, len, records) = open_and_repair::<R>(path)?;
+        let Opened {
+            file,
+            len,
+            records,
+            damage,
+        } = open_and_repair::<R>(path)?;
         let path: Arc<Path> = Arc::from(path);
         let size = Arc::new(AtomicU64::new(len));
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -133,6 +150,7 @@ where
             writer: Some(handle),
             size,
             poisoned,
+            damage,
             records: PhantomData,
         };
         Ok((journal, records))
@@ -200,6 +218,11 @@ where
 
 impl<R> Journal<R> {
     /// Bytes in the current journal file (for deciding when to compact).
+    /// The damage replay skipped when this journal was opened, if any.
+    pub fn damage(&self) -> Option<&DamageReport> {
+        self.damage.as_ref()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
     }
@@ -246,16 +269,29 @@ impl Ticket {
         }
     }
 
-    /// [`Ticket::wait`] for synchronous callers. Must not be called on an async runtime thread.
+    /// [`Ticket::wait`] for synchronous callers. On an async runtime's thread (a synchronous
+    /// start-up step such as `Spool::open`) it blocks that thread, waiting from a helper thread
+    /// because tokio refuses blocking receives on its own.
     pub fn wait_blocking(self) -> Result<(), JournalError> {
         match self.state {
             TicketState::Ready(outcome) => outcome,
             TicketState::Pending { receiver, path } => {
-                receiver.blocking_recv().unwrap_or_else(|_| {
+                let closed = || {
                     Err(JournalError::Closed {
                         path: path.to_path_buf(),
                     })
-                })
+                };
+                let received = if tokio::runtime::Handle::try_current().is_ok() {
+                    std::thread::scope(|scope| {
+                        scope
+                            .spawn(|| receiver.blocking_recv())
+                            .join()
+                            .unwrap_or_else(|_| Ok(closed()))
+                    })
+                } else {
+                    receiver.blocking_recv()
+                };
+                received.unwrap_or_else(|_| closed())
             }
         }
     }
@@ -277,9 +313,17 @@ fn encode_frames<R: Serialize>(records: &[R], out: &mut Vec<u8>) -> Result<(), J
     Ok(())
 }
 
-/// Opens the journal at `path` (creating it if missing), replays it and cuts a torn tail.
-/// Returns the file, its length and the records.
-fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<(File, u64, Vec<R>), JournalError> {
+/// A journal file opened and repaired, with its records.
+struct Opened<R> {
+    file: File,
+    len: u64,
+    records: Vec<R>,
+    damage: Option<DamageReport>,
+}
+
+/// Opens the journal at `path` (creating it if missing), replays it, cuts a torn tail, and
+/// rewrites it without damaged ranges after keeping a copy of it as it was.
+fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<Opened<R>, JournalError> {
     let temp = temp_path(path);
     match fs::remove_file(&temp) {
         Ok(()) => tracing::info!(path = %temp.display(), "removed an unfinished compaction"),
@@ -311,7 +355,12 @@ fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<(File, u64, Vec<R
             // Only a torn creation leaves a header prefix; nothing in it was ever committed.
             tracing::warn!(path = %path.display(), "journal without a complete header; recreating it");
             file = write_snapshot(path, &replay::file_header(), &mut Faults::default())?;
-            return Ok((file, replay::FILE_HEADER_BYTES as u64, Vec::new()));
+            return Ok(Opened {
+                file,
+                len: replay::FILE_HEADER_BYTES as u64,
+                records: Vec::new(),
+                damage: None,
+            });
         }
         ReplayEnd::Torn(reason) => {
             tracing::warn!(
@@ -321,14 +370,79 @@ fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<(File, u64, Vec<R
                 %reason,
                 "journal ends in a torn or corrupt frame; truncating it"
             );
-            file.set_len(replayed.valid_len as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(|error| {
-                    JournalError::io(path, "cannot truncate the torn tail of", error)
-                })?;
+            if replayed.damage.is_empty() {
+                file.set_len(replayed.valid_len as u64)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|error| {
+                        JournalError::io(path, "cannot truncate the torn tail of", error)
+                    })?;
+            }
         }
     }
-    Ok((file, replayed.valid_len as u64, replayed.records))
+    if replayed.damage.is_empty() {
+        return Ok(Opened {
+            file,
+            len: replayed.valid_len as u64,
+            records: replayed.records,
+            damage: None,
+        });
+    }
+    let report = keep_damaged_copy(path, &bytes, &replayed.damage, replayed.records.len())?;
+    let image = without_damage(&bytes[..replayed.valid_len], &replayed.damage);
+    let file = write_snapshot(path, &image, &mut Faults::default())?;
+    Ok(Opened {
+        file,
+        len: image.len() as u64,
+        records: replayed.records,
+        damage: Some(report),
+    })
+}
+
+/// Writes `bytes` (the journal as read) beside the journal as `<name>.damaged-<unix seconds>`,
+/// durably, and logs each damaged range once.
+fn keep_damaged_copy(
+    path: &Path,
+    bytes: &[u8],
+    damage: &[Damage],
+    records_kept: usize,
+) -> Result<DamageReport, JournalError> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".damaged-{seconds}"));
+    let copy = path.with_file_name(name);
+    File::create(&copy)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .map_err(|error| JournalError::io(&copy, "cannot keep the damaged journal as", error))?;
+    sync_parent_dir(&copy)?;
+    for range in damage {
+        tracing::error!(
+            path = %path.display(),
+            offset = range.offset,
+            bytes = range.len,
+            reason = %range.reason,
+            copy = %copy.display(),
+            "journal damaged: skipped to the next good frame; every record after it is kept"
+        );
+    }
+    Ok(DamageReport {
+        ranges: damage.to_vec(),
+        copy,
+        records_kept,
+    })
+}
+
+/// `bytes` without the damaged ranges: the good frames, in order, after the header.
+fn without_damage(bytes: &[u8], damage: &[Damage]) -> Vec<u8> {
+    let mut image = Vec::with_capacity(bytes.len());
+    let mut from = 0;
+    for range in damage {
+        image.extend_from_slice(&bytes[from..range.offset]);
+        from = range.offset + range.len;
+    }
+    image.extend_from_slice(&bytes[from..]);
+    image
 }
 
 /// Writes `image` as the whole new content of `path`, atomically and durably: temporary file,

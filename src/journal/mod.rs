@@ -11,9 +11,14 @@
 //! ```
 //!
 //! `len` is at most [`crate::limits::RECORD_BYTES_MAX`]; it is checked before anything is
-//! allocated. Replay keeps every record up to the first frame that is short, oversized, fails
-//! its checksum, or does not decode to exactly one record: that is a torn (or corrupt) tail, and
-//! [`Journal::open`] truncates the file to the last good frame so that appends continue cleanly.
+//! allocated. A frame that is short, oversized, fails its checksum, or does not decode to
+//! exactly one record is bad. A bad frame with no good frame after it is a torn tail: it was
+//! never acknowledged, and [`Journal::open`] truncates the file to the last good frame so that
+//! appends continue cleanly. A bad frame followed by good ones is damage: replay skips to the
+//! next good frame and keeps every record after it; [`Journal::open`] keeps a copy of the file
+//! as it was (`journal.damaged-<unix seconds>`), rewrites the journal without the damaged
+//! ranges, logs each one with its offset, and reports them ([`Journal::damage`]) so that the
+//! spool can raise an alarm.
 //! A file that does not start with the magic, or has another version, is refused, never
 //! truncated. A file holding only a prefix of the header (a torn creation) is recreated empty.
 //!
@@ -37,7 +42,8 @@ mod log;
 pub mod replay;
 
 pub use log::{
-    FaultHook, Faults, Journal, PREALLOCATION_CHUNK_BYTES, SUBMISSIONS_QUEUED_COUNT_MAX, Ticket,
+    DamageReport, FaultHook, Faults, Journal, PREALLOCATION_CHUNK_BYTES,
+    SUBMISSIONS_QUEUED_COUNT_MAX, Ticket,
 };
 
 /// What can go wrong with the journal. Cloneable: one failed group commit fails every ticket

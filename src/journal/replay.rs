@@ -1,8 +1,15 @@
 //! Replay: the file header, and decoding a whole journal image into records.
 //!
 //! Pure functions over bytes, so that tests and fuzzers can drive them without files. Replay
-//! never panics on any input: it keeps every record up to the first frame that is torn, corrupt
-//! or undecodable, and reports where the good part ends.
+//! never panics on any input and never drops a record it can still read.
+//!
+//! A bad frame (torn, corrupt or undecodable) is one of two things. If no good frame follows
+//! it, it is a **torn tail**: the last append was cut by a crash and was never acknowledged;
+//! replay ends there and the tail is dropped. If a good frame follows it somewhere, it is
+//! **damage** (a bad sector, bit rot, an SSD that reordered writes on power loss): the bytes up
+//! to the next good frame are skipped and reported, and every record after them is kept.
+//! A good frame is one whose length, checksum and record all decode; a false resync needs a
+//! 32-bit checksum to match by chance and the payload to be a record.
 
 use serde::de::DeserializeOwned;
 
@@ -50,6 +57,17 @@ impl std::fmt::Display for TailError {
     }
 }
 
+/// Bytes in the middle of a journal that are not frames, skipped by replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// Offset of the first bad byte in the file.
+    pub offset: usize,
+    /// Bytes skipped until the next good frame.
+    pub len: usize,
+    /// What was wrong with the frame at `offset`.
+    pub reason: TailError,
+}
+
 /// How the bytes ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayEnd {
@@ -64,12 +82,14 @@ pub enum ReplayEnd {
 /// The result of replaying a journal image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replayed<R> {
-    /// The committed records, in order.
+    /// The committed records that could be read, in order.
     pub records: Vec<R>,
-    /// Length of the good prefix of the bytes: header plus every good frame. `0` for
-    /// [`ReplayEnd::NoHeader`].
+    /// Where the bytes worth keeping end: after the last good frame (a torn tail after it is
+    /// dropped). `0` for [`ReplayEnd::NoHeader`].
     pub valid_len: usize,
     pub end: ReplayEnd,
+    /// Damaged ranges before `valid_len`, skipped, in file order.
+    pub damage: Vec<Damage>,
 }
 
 /// Decodes a whole journal image (file header included).
@@ -81,6 +101,7 @@ pub fn decode_all<R: DeserializeOwned>(bytes: &[u8]) -> Result<Replayed<R>, Head
                 records: Vec::new(),
                 valid_len: 0,
                 end: ReplayEnd::NoHeader,
+                damage: Vec::new(),
             })
         } else {
             Err(HeaderError::NotAJournal)
@@ -96,35 +117,53 @@ pub fn decode_all<R: DeserializeOwned>(bytes: &[u8]) -> Result<Replayed<R>, Head
         return Err(HeaderError::UnsupportedVersion { found: version });
     }
 
-    let mut records = Vec::new();
+    let mut replayed = Replayed {
+        records: Vec::new(),
+        valid_len: FILE_HEADER_BYTES,
+        end: ReplayEnd::Clean,
+        damage: Vec::new(),
+    };
     let mut offset = FILE_HEADER_BYTES;
     while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        let (payload, frame_len) = match frame::decode(rest) {
-            Ok(decoded) => decoded,
-            Err(error) => return Ok(torn(records, offset, TailError::Frame(error))),
-        };
-        match postcard::take_from_bytes::<R>(payload) {
-            Ok((record, [])) => records.push(record),
-            Ok((_, [_, ..])) | Err(_) => {
-                return Ok(torn(records, offset, TailError::Undecodable));
+        match record_at::<R>(bytes, offset) {
+            Ok((record, frame_len)) => {
+                replayed.records.push(record);
+                offset += frame_len;
+                replayed.valid_len = offset;
             }
+            Err(reason) => match next_good_frame::<R>(bytes, offset + 1) {
+                Some(next) => {
+                    replayed.damage.push(Damage {
+                        offset,
+                        len: next - offset,
+                        reason,
+                    });
+                    offset = next;
+                }
+                None => {
+                    replayed.end = ReplayEnd::Torn(reason);
+                    break;
+                }
+            },
         }
-        offset += frame_len;
     }
-    Ok(Replayed {
-        records,
-        valid_len: offset,
-        end: ReplayEnd::Clean,
-    })
+    Ok(replayed)
 }
 
-fn torn<R>(records: Vec<R>, valid_len: usize, error: TailError) -> Replayed<R> {
-    Replayed {
-        records,
-        valid_len,
-        end: ReplayEnd::Torn(error),
+/// The record of the frame at `offset` and the frame's length.
+fn record_at<R: DeserializeOwned>(bytes: &[u8], offset: usize) -> Result<(R, usize), TailError> {
+    let rest = bytes.get(offset..).unwrap_or_default();
+    let (payload, frame_len) = frame::decode(rest).map_err(TailError::Frame)?;
+    match postcard::take_from_bytes::<R>(payload) {
+        Ok((record, [])) => Ok((record, frame_len)),
+        Ok((_, [_, ..])) | Err(_) => Err(TailError::Undecodable),
     }
+}
+
+/// The offset of the first good frame at or after `from`, if any. Most offsets are refused
+/// by the length check alone, before any checksum is computed.
+fn next_good_frame<R: DeserializeOwned>(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find(|&offset| record_at::<R>(bytes, offset).is_ok())
 }
 
 #[cfg(test)]
@@ -190,7 +229,61 @@ mod tests {
         assert_eq!(replayed.end, ReplayEnd::Torn(TailError::Undecodable));
     }
 
+    /// Offsets of each frame of `image(records)`, and the end.
+    fn frame_offsets(records: &[u64]) -> Vec<usize> {
+        (0..=records.len())
+            .map(|n| image(&records[..n]).len())
+            .collect()
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_dropped_at_every_cut_and_nothing_else_is() {
+        let records = [7, 1 << 40, 3, u64::MAX];
+        let bytes = image(&records);
+        let offsets = frame_offsets(&records);
+        let last = offsets[records.len() - 1];
+        for cut in last + 1..bytes.len() {
+            let replayed = decode_all::<u64>(&bytes[..cut]).expect("valid header");
+            assert_eq!(replayed.records, records[..3], "cut at {cut}");
+            assert_eq!(replayed.valid_len, last, "cut at {cut}");
+            assert!(
+                replayed.damage.is_empty(),
+                "cut at {cut}: a torn tail is not damage"
+            );
+            assert!(matches!(replayed.end, ReplayEnd::Torn(_)), "cut at {cut}");
+        }
+    }
+
     proptest! {
+        /// A flipped bit anywhere in a frame loses that frame's record only: the ones after it
+        /// are found again (in the last frame it is a torn tail).
+        #[test]
+        fn a_flipped_bit_in_any_frame_loses_only_that_record(
+            records in proptest::collection::vec(any::<u64>(), 1..12),
+            frame_pick in any::<prop::sample::Index>(),
+            byte_pick in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut bytes = image(&records);
+            let offsets = frame_offsets(&records);
+            let frame = frame_pick.index(records.len());
+            let (start, end) = (offsets[frame], offsets[frame + 1]);
+            bytes[start + byte_pick.index(end - start)] ^= 1 << bit;
+            let replayed = decode_all::<u64>(&bytes).expect("valid header");
+            let mut expected = records.clone();
+            expected.remove(frame);
+            prop_assert_eq!(&replayed.records, &expected);
+            if frame + 1 == records.len() {
+                prop_assert!(replayed.damage.is_empty());
+                prop_assert_eq!(replayed.valid_len, start);
+            } else {
+                prop_assert_eq!(replayed.damage.len(), 1);
+                prop_assert_eq!(replayed.damage[0].offset, start);
+                prop_assert_eq!(replayed.damage[0].offset + replayed.damage[0].len, end);
+                prop_assert_eq!(replayed.valid_len, bytes.len());
+            }
+        }
+
         #[test]
         fn random_bytes_never_panic_replay(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_all::<String>(&bytes);
@@ -204,9 +297,10 @@ mod tests {
             bytes.extend_from_slice(&tail);
             let replayed = decode_all::<Vec<u8>>(&bytes).expect("valid header");
             prop_assert!(replayed.valid_len <= bytes.len());
-            // The good prefix alone replays cleanly to the same records.
+            // The good prefix replays cleanly to the same records (no new damage in it).
             let again = decode_all::<Vec<u8>>(&bytes[..replayed.valid_len]).expect("valid header");
             prop_assert_eq!(again.end, ReplayEnd::Clean);
+            prop_assert_eq!(again.damage, replayed.damage);
             prop_assert_eq!(again.records, replayed.records);
         }
     }

@@ -117,33 +117,48 @@ fn journal_truncated_at_every_byte_offset_replays_a_prefix_and_never_panics() {
 }
 
 #[test]
-fn corrupted_byte_in_the_middle_ends_replay_there() {
+fn a_corrupted_frame_in_the_middle_is_skipped_and_every_later_record_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = journal_path(&dir);
     let records = entries(10);
     write_journal(&path, &records);
     let mut bytes = fs::read(&path).expect("read journal");
-    // Find where frame 5 starts by encoding the first five records alone.
-    let offset_of_frame_5 = {
-        let scratch = dir.path().join("scratch");
-        write_journal(&scratch, &records[..5]);
+    // Find where frames 5 and 6 start by encoding the first records alone.
+    let offset_of_frame = |n: usize| {
+        let scratch = dir.path().join(format!("scratch-{n}"));
+        write_journal(&scratch, &records[..n]);
         fs::metadata(&scratch).expect("stat").len() as usize
     };
-    bytes[offset_of_frame_5 + frame::FRAME_HEADER_BYTES + 1] ^= 0x40;
+    let (frame_5, frame_6) = (offset_of_frame(5), offset_of_frame(6));
+    bytes[frame_5 + frame::FRAME_HEADER_BYTES + 1] ^= 0x40;
     fs::write(&path, &bytes).expect("write corrupted journal");
 
     let (journal, replayed) = open(&path);
-    assert_eq!(replayed, records[..5]);
+    let mut expected = records.clone();
+    expected.remove(5);
+    assert_eq!(replayed, expected, "only the damaged record is lost");
+    let report = journal.damage().expect("damage reported").clone();
+    assert_eq!(report.ranges.len(), 1);
     assert_eq!(
-        fs::metadata(&path).expect("stat").len() as usize,
-        offset_of_frame_5
+        (report.ranges[0].offset, report.ranges[0].len),
+        (frame_5, frame_6 - frame_5)
     );
+    assert_eq!(report.records_kept, 9);
+    assert_eq!(
+        fs::read(&report.copy).expect("copy kept"),
+        bytes,
+        "the copy is the damaged file byte for byte"
+    );
+    // The journal itself was rewritten without the damage, and appends go on.
+    assert_eq!(read_back(&path), expected);
     journal
         .submit(vec![entry(1, 0)], true)
         .wait_blocking()
         .expect("append");
     drop(journal);
-    assert_eq!(read_back(&path).len(), 6);
+    let (journal, again) = open(&path);
+    assert_eq!(again.len(), 10);
+    assert!(journal.damage().is_none(), "a repaired journal is clean");
 }
 
 #[test]
