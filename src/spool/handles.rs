@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::catalog::{Node, Record};
 use super::engine::SyncScope;
+use super::identity::{self, SealedIdentity};
 use super::store::{fsync_dir, io_error, no_space, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
 
@@ -403,18 +404,40 @@ impl WriteHandle {
         if self.poisoned.load(Ordering::Relaxed) {
             return self.discard("an earlier fsync failed").await;
         }
+        // Every write has been applied: the length is final.
+        let size = self
+            .file
+            .metadata()
+            .map_err(|e| io_error("sealing", &e))?
+            .len();
+        let sealing = self
+            .hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(|h| h.finish(size));
+        // The identity goes on the file before its fsync, which makes it durable with the bytes.
+        if let Some(f) = spool.file(id) {
+            let identity = SealedIdentity {
+                id,
+                user: f.user.clone(),
+                path: f.path.clone(),
+                size,
+                sha256: sealing.as_ref().and_then(|s| s.sha256).map(hex::encode),
+                sealed_at_unix: now_unix(),
+            };
+            identity::write(&self.file, &identity);
+        }
         if let Err(e) = spool.engine().fsync(&self.file, SyncScope::All).await {
             self.poisoned.store(true, Ordering::Relaxed);
             return self.discard(&format!("fsync failed: {e}")).await;
         }
-        let file = self.file.clone();
         let (partial, sealed) = (spool.partial_path(id), spool.sealed_path(id));
         let (partial_dir, sealed_dir) = (
             spool.partial_dir().to_owned(),
             spool.sealed_dir().to_owned(),
         );
-        let durable = tokio::task::spawn_blocking(move || -> Result<u64, SealError> {
-            let size = file.metadata().map_err(SealError::Other)?.len();
+        let durable = tokio::task::spawn_blocking(move || -> Result<(), SealError> {
             fs::rename(&partial, &sealed).map_err(SealError::Other)?;
             if let Err(e) = fsync_dir(&sealed_dir).and_then(|()| fsync_dir(&partial_dir)) {
                 // Not durable as sealed: put it back so that the state on disk matches the
@@ -422,24 +445,18 @@ impl WriteHandle {
                 let _ = fs::rename(&sealed, &partial);
                 return Err(SealError::Sync(e));
             }
-            Ok(size)
+            Ok(())
         })
         .await
         .map_err(|e| FsError::new(FsErrorKind::Failure, format!("seal task failed: {e}")))?;
-        let size = match durable {
-            Ok(size) => size,
+        match durable {
+            Ok(()) => {}
             Err(SealError::Sync(e)) => {
                 self.poisoned.store(true, Ordering::Relaxed);
                 return self.discard(&format!("fsync failed: {e}")).await;
             }
             Err(SealError::Other(e)) => return Err(io_error("sealing", &e)),
-        };
-        let sealing = self
-            .hash
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map(|h| h.finish(size));
+        }
         let sha256_hex = sealing
             .as_ref()
             .and_then(|s| s.sha256)

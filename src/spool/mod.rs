@@ -6,6 +6,7 @@
 pub mod catalog;
 mod engine;
 mod handles;
+pub mod identity;
 mod pwrite;
 mod store;
 mod uring;
