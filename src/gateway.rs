@@ -322,6 +322,45 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                     shaping_reply(shaper.pause(for_secs.map(Duration::from_secs)))
                 }
                 Request::DrainResume => shaping_reply(shaper.resume()),
+                Request::QuarantineList => {
+                    let (files, count) =
+                        spool.quarantined(crate::spool::QUARANTINE_LISTED_COUNT_MAX);
+                    Response::Quarantine { files, count }
+                }
+                Request::QuarantineDeliver { name, user, path } => {
+                    let target = match (user, path.as_deref().map(VPath::resolve)) {
+                        (Some(user), Some(Ok(path))) => Some((user, path)),
+                        (_, Some(Err(e))) => return Response::Error { message: e.message },
+                        (None, None) => None,
+                        _ => {
+                            return Response::Error {
+                                message: "--as needs USER:/PATH".into(),
+                            };
+                        }
+                    };
+                    if let Some((user, _)) = &target
+                        && !config.users.iter().any(|u| &u.name == user)
+                    {
+                        return Response::Error {
+                            message: format!("{user}: no such user in the configuration"),
+                        };
+                    }
+                    match spool.quarantine_deliver(&name, target).await {
+                        Ok((user, path)) => Response::Done {
+                            message: format!(
+                                "{name} sealed as {user}:{}; it is queued for delivery",
+                                path.display()
+                            ),
+                        },
+                        Err(e) => Response::Error { message: e.message },
+                    }
+                }
+                Request::QuarantineDelete { name } => match spool.quarantine_delete(&name) {
+                    Ok(()) => Response::Done {
+                        message: format!("{name} deleted from the quarantine"),
+                    },
+                    Err(e) => Response::Error { message: e.message },
+                },
                 Request::DrainRate {
                     bytes_per_sec,
                     for_secs,
@@ -414,6 +453,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
                 .collect()
         })
         .unwrap_or_default();
+    let spool_alarms = spool.alarms();
     let health = assess::health(&HealthInputs {
         tasks_stopped,
         // The spool's own gate first: it keeps refusing until the fill is below the low
@@ -439,6 +479,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         retrying_files: retrying.len() as u64,
         clock_skew_secs: skew.map(|k| k.skew_secs),
         shaping: Some(&shaping),
+        spool_alarms: &spool_alarms,
     });
     Snapshot {
         version: env!("CARGO_PKG_VERSION").to_owned(),

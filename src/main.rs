@@ -75,6 +75,12 @@ enum Command {
         user: Option<String>,
         path: Option<String>,
     },
+    /// Sealed files the journal could not explain (after a damaged or lost journal): list
+    /// them, deliver one, or delete one.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// Steer the drain's WAN rate at run time (an override of the `[shaping]` schedule that
     /// survives a restart until it expires).
     Drain {
@@ -132,6 +138,21 @@ enum DrainCommand {
         #[arg(long = "for", value_parser = sftpgw::config::parse_duration)]
         duration: Option<Duration>,
     },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Each quarantined file: name, size, what its identity says, why it is there.
+    List,
+    /// Seal a quarantined file as a new upload: where its identity says, or `--as`.
+    Deliver {
+        name: String,
+        /// Where it goes: `USER:/PATH` (needed when the file carries no identity).
+        #[arg(long = "as", value_name = "USER:/PATH")]
+        target: Option<String>,
+    },
+    /// Delete a quarantined file for good.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +278,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => bail!("unexpected response from the daemon"),
             }
         }
+        Command::Quarantine { command } => {
+            let config = Config::load(&required_config(config_path, "quarantine"))?;
+            quarantine(&config.control.socket, command)
+        }
         Command::Drain { command } => {
             let config = Config::load(&required_config(config_path, "drain"))?;
             drain(&config.control.socket, command)
@@ -301,6 +326,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", sftpgw::sftp::namespace::hash_password(&password));
             Ok(())
         }
+    }
+}
+
+/// `sftpgw quarantine ...`: one request; the list as a table, or one line of result.
+fn quarantine(socket: &Path, command: QuarantineCommand) -> anyhow::Result<()> {
+    let request = match command {
+        QuarantineCommand::List => Request::QuarantineList,
+        QuarantineCommand::Deliver { name, target } => {
+            let (user, path) = match target {
+                Some(target) => {
+                    let Some((user, path)) = target.split_once(':') else {
+                        bail!("--as takes USER:/PATH, like alice:/scans/page-1.pdf");
+                    };
+                    (Some(user.to_owned()), Some(path.to_owned()))
+                }
+                None => (None, None),
+            };
+            Request::QuarantineDeliver { name, user, path }
+        }
+        QuarantineCommand::Delete { name } => Request::QuarantineDelete { name },
+    };
+    match runtime()?.block_on(control::request(socket, &request))? {
+        Response::Quarantine { files, count } => {
+            if count == 0 {
+                println!("the quarantine is empty");
+            }
+            for f in &files {
+                let identity = f.identity.as_ref().map_or_else(
+                    || "no identity".to_owned(),
+                    |i| {
+                        format!(
+                            "{}:{}",
+                            i.user.escape_debug(),
+                            i.path.display().escape_debug()
+                        )
+                    },
+                );
+                println!("{}  {} bytes  {identity}  ({})", f.name, f.size, f.reason);
+            }
+            if count > files.len() {
+                println!("... and {} more", count - files.len());
+            }
+            Ok(())
+        }
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Error { message } => bail!(message),
+        _ => bail!("unexpected response from the daemon"),
     }
 }
 

@@ -8,6 +8,8 @@ mod engine;
 mod handles;
 pub mod identity;
 mod pwrite;
+mod recovery;
+pub use recovery::{QUARANTINE_LISTED_COUNT_MAX, QuarantinedFile};
 mod store;
 mod uring;
 pub mod vpath;

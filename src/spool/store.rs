@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use super::catalog::{Catalog, Effects, FileRecord, Node, Record};
 use super::engine::{EngineError, SpoolEngine};
 use super::handles::{Live, ReadHandle, WriteHandle};
+use super::recovery::RecoveryState;
 use super::{
     Entry, EntryKind, FileId, FileState, FsError, FsErrorKind, OpenMode, SpaceInfo, VPath,
 };
@@ -86,6 +87,8 @@ pub struct Spool {
     /// New uploads are refused: the spool reached its high watermark and has not yet gone
     /// below its low one.
     refusing: AtomicBool,
+    /// Damaged-journal copies and the quarantine's size, for the alarms (`recovery`).
+    recovery: RecoveryState,
 }
 
 /// Seconds since the epoch, for records and listings.
@@ -178,85 +181,24 @@ impl Spool {
             aborts: Mutex::new(aborts),
             work: Notify::new(),
             refusing: AtomicBool::new(false),
+            recovery: RecoveryState::default(),
             opts,
         };
-        spool
-            .reconcile_disk()
+        let recovered = spool
+            .reconcile_disk(spool.journal.damage().is_some())
             .map_err(|e| SpoolOpenError::Io(spool.opts.dir.clone(), e))?;
+        spool
+            .next_id
+            .fetch_max(recovered.max_id_on_disk + 1, Ordering::Relaxed);
+        if recovered.resealed + recovered.quarantined > 0 {
+            tracing::warn!(
+                resealed = recovered.resealed,
+                quarantined = recovered.quarantined,
+                "sealed files the journal did not explain: sealed again from their identity, or quarantined"
+            );
+        }
         tracing::info!(records = records.len(), dir = %spool.opts.dir.display(), engine = spool.engine.name(), "spool opened");
         Ok(Arc::new(spool))
-    }
-
-    fn reconcile_disk(&self) -> io::Result<()> {
-        let mut fixes = Vec::new();
-        {
-            let catalog = self.lock();
-            for (dir, wanted) in [
-                (
-                    &self.partial_dir,
-                    &[FileState::Partial, FileState::Receiving][..],
-                ),
-                (
-                    &self.sealed_dir,
-                    &[FileState::Sealed, FileState::Uploading, FileState::Failed][..],
-                ),
-            ] {
-                for entry in fs::read_dir(dir)? {
-                    let entry = entry?;
-                    let keep = entry
-                        .file_name()
-                        .to_str()
-                        .and_then(|n| n.parse::<FileId>().ok())
-                        .and_then(|id| catalog.file(id))
-                        .is_some_and(|f| wanted.contains(&f.state));
-                    if keep {
-                        continue;
-                    }
-                    // Renamed to sealed/ but the Sealed record never made it: the file was not
-                    // acknowledged, so it is partial again (resumable until its TTL).
-                    let back_to_partial = dir == &self.sealed_dir
-                        && entry
-                            .file_name()
-                            .to_str()
-                            .and_then(|n| n.parse::<FileId>().ok())
-                            .and_then(|id| catalog.file(id))
-                            .is_some_and(|f| f.state == FileState::Partial);
-                    if back_to_partial {
-                        fs::rename(entry.path(), self.partial_dir.join(entry.file_name()))?;
-                    } else {
-                        fs::remove_file(entry.path())?;
-                    }
-                }
-            }
-            for f in catalog.files() {
-                match f.state {
-                    FileState::Partial | FileState::Receiving
-                        if !self.partial_path(f.id).exists() =>
-                    {
-                        fixes.push(Record::Removed { id: f.id });
-                    }
-                    FileState::Sealed | FileState::Uploading
-                        if !self.sealed_path(f.id).exists() =>
-                    {
-                        tracing::error!(id = f.id, path = %f.path.display(), "sealed file missing from the spool");
-                        fixes.push(Record::Failed {
-                            id: f.id,
-                            error: "spool copy missing after restart".into(),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if !fixes.is_empty() {
-            let mut catalog = self.lock();
-            for r in &fixes {
-                catalog.apply(r);
-            }
-            // Durability is not needed: replaying without these records reaches the same fixes.
-            drop(self.journal.submit(fixes, false));
-        }
-        Ok(())
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Catalog> {
@@ -356,6 +298,14 @@ impl Spool {
                 .extend(effects.abort_uploads);
             self.work.notify_one();
         }
+    }
+
+    pub(super) fn recovery_state(&self) -> &RecoveryState {
+        &self.recovery
+    }
+
+    pub(super) fn journal(&self) -> &Journal<Record> {
+        &self.journal
     }
 
     pub(super) fn new_id(&self) -> FileId {

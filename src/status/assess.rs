@@ -27,6 +27,8 @@ pub struct HealthInputs<'a> {
     pub retrying_files: u64,
     pub clock_skew_secs: Option<f64>,
     pub shaping: Option<&'a ShapingStatus>,
+    /// What the spool needs an operator for (a damaged journal's copy, quarantined files).
+    pub spool_alarms: &'a [String],
 }
 
 /// OK / degraded / failing and why, worst reasons first.
@@ -57,6 +59,7 @@ pub fn health(i: &HealthInputs<'_>) -> Health {
             None => "S3 unreachable".to_owned(),
         });
     }
+    degraded.extend(i.spool_alarms.iter().cloned());
     if i.failed_files > 0 {
         degraded.push(format!(
             "{} failed file(s): see below, `sftpgw retry`",

@@ -35,6 +35,19 @@ pub enum Request {
         bytes_per_sec: Option<u64>,
         for_secs: Option<u64>,
     },
+    /// `sftpgw quarantine list`.
+    QuarantineList,
+    /// `sftpgw quarantine deliver NAME [--as USER:/PATH]`: without `user` and `path`, where
+    /// the file's identity says.
+    QuarantineDeliver {
+        name: String,
+        user: Option<String>,
+        path: Option<String>,
+    },
+    /// `sftpgw quarantine delete NAME`.
+    QuarantineDelete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +59,15 @@ pub enum Response {
     },
     /// The shaper after a `Drain*` request.
     Shaping(Box<super::ShapingStatus>),
+    /// The quarantine: up to `QUARANTINE_LISTED_COUNT_MAX` files, and how many in all.
+    Quarantine {
+        files: Vec<crate::spool::QuarantinedFile>,
+        count: usize,
+    },
+    /// A request that changed something, and what.
+    Done {
+        message: String,
+    },
     Error {
         message: String,
     },
