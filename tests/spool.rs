@@ -462,3 +462,49 @@ async fn a_new_upload_is_refused_at_the_high_watermark_with_a_clear_error() {
     h.close().await.expect("close");
     assert!(!spool.refusing_uploads());
 }
+
+#[tokio::test]
+async fn a_record_too_large_for_the_journal_is_refused_without_touching_the_state() {
+    use sftpgw::spool::catalog::{FAILURE_CAUSE_BYTES_MAX, Record};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("spool");
+    let spool = open(&dir, Duration::from_secs(3600), 0);
+    let h = spool
+        .open_write("u", &vp("f.bin"), OpenMode::default())
+        .await
+        .expect("open");
+    h.write_at(0, Bytes::from(pattern(1000, 1)))
+        .await
+        .expect("write");
+    h.close().await.expect("close");
+    let id = spool.files()[0].id;
+    // A store that answers with a megabyte-long ETag must not crash the box.
+    let huge = Record::PartDone {
+        id,
+        number: 1,
+        etag: "e".repeat(1 << 20),
+        crc32c: 0,
+    };
+    let err = spool
+        .commit(vec![huge], true, |_| Ok(()))
+        .await
+        .expect_err("refused");
+    assert!(err.message.contains("exceeds the limit"), "{}", err.message);
+    assert!(
+        spool.files()[0].upload.is_none(),
+        "the catalog is unchanged"
+    );
+    // Long S3 error messages are cut to fit.
+    let cause = "AccessDenied: ".to_owned() + &"é".repeat(100_000);
+    let Record::Failed { error, .. } = Record::failed(id, &cause) else {
+        unreachable!()
+    };
+    assert!(error.len() <= FAILURE_CAUSE_BYTES_MAX && cause.starts_with(&error));
+    spool
+        .commit(vec![Record::failed(id, &cause)], true, |_| Ok(()))
+        .await
+        .expect("a cut cause fits");
+    drop(spool);
+    let spool = open(&dir, Duration::from_secs(3600), 0);
+    assert_eq!(spool.files()[0].state, FileState::Failed);
+}

@@ -452,14 +452,9 @@ impl<S: ObjectStore> Ctx<S> {
                     let id = file.id;
                     let _ = self
                         .spool
-                        .commit(
-                            vec![Record::Failed {
-                                id,
-                                error: e.to_string(),
-                            }],
-                            true,
-                            |c| self.check_current(c.file(id), key),
-                        )
+                        .commit(vec![Record::failed(id, &e.to_string())], true, |c| {
+                            self.check_current(c.file(id), key)
+                        })
                         .await;
                     return;
                 }

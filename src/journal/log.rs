@@ -62,6 +62,9 @@ pub struct Journal<R> {
     records: PhantomData<fn() -> R>,
 }
 
+/// Records encoded as frames, ready to append.
+pub struct Frames(Vec<u8>);
+
 /// What [`Journal::open`] found damaged (see `replay`): the ranges it skipped, and where it
 /// kept a copy of the file as it was before it rewrote the journal without them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,12 +167,24 @@ where
     /// replay may keep a prefix of them. An `Err` ticket means "not known to be durable".
     /// Blocks briefly if [`SUBMISSIONS_QUEUED_COUNT_MAX`] submissions are already queued.
     pub fn submit(&self, records: Vec<R>, durable: bool) -> Ticket {
-        let mut frames = Vec::new();
-        if let Err(error) = encode_frames(&records, &mut frames) {
-            return Ticket::ready(Err(error));
+        match Self::encode(&records) {
+            Ok(frames) => self.submit_encoded(frames, durable),
+            Err(error) => Ticket::ready(Err(error)),
         }
+    }
+
+    /// The frames of `records`, or why one of them cannot be journalled (a record above
+    /// [`RECORD_BYTES_MAX`]): for callers that must know before they act on the records.
+    pub fn encode(records: &[R]) -> Result<Frames, JournalError> {
+        let mut frames = Vec::new();
+        encode_frames(records, &mut frames)?;
+        Ok(Frames(frames))
+    }
+
+    /// [`Journal::submit`] of records already encoded by [`Journal::encode`].
+    pub fn submit_encoded(&self, frames: Frames, durable: bool) -> Ticket {
         self.send(|done| Command::Append {
-            frames,
+            frames: frames.0,
             durable,
             done,
         })

@@ -42,7 +42,7 @@ mod log;
 pub mod replay;
 
 pub use log::{
-    DamageReport, FaultHook, Faults, Journal, PREALLOCATION_CHUNK_BYTES,
+    DamageReport, FaultHook, Faults, Frames, Journal, PREALLOCATION_CHUNK_BYTES,
     SUBMISSIONS_QUEUED_COUNT_MAX, Ticket,
 };
 

@@ -72,6 +72,28 @@ pub enum Record {
     SealedAppended { id: FileId, size: u64, at_unix: u64 },
 }
 
+/// Longest cause a `Failed` record keeps (S3 error messages can be long); with the bounded
+/// paths and keys this keeps every record well inside the journal's frame cap.
+pub const FAILURE_CAUSE_BYTES_MAX: usize = 512;
+const _: () = assert!(
+    FAILURE_CAUSE_BYTES_MAX + 2 * crate::limits::KEY_BYTES_MAX
+        < crate::limits::RECORD_BYTES_MAX as usize
+);
+
+impl Record {
+    /// `Failed` with its cause cut to [`FAILURE_CAUSE_BYTES_MAX`] (at a character boundary).
+    pub fn failed(id: FileId, cause: &str) -> Record {
+        let mut end = cause.len().min(FAILURE_CAUSE_BYTES_MAX);
+        while !cause.is_char_boundary(end) {
+            end -= 1;
+        }
+        Record::Failed {
+            id,
+            error: cause[..end].to_owned(),
+        }
+    }
+}
+
 /// `UploadStarted` and one `PartDone` per part: the records that rebuild `u`.
 fn upload_records(id: FileId, u: &UploadProgress, out: &mut Vec<Record>) {
     out.push(Record::UploadStarted {

@@ -247,6 +247,15 @@ impl Spool {
         durable: bool,
         check: impl FnOnce(&Catalog) -> Result<(), FsError>,
     ) -> Result<(), FsError> {
+        // A record that cannot be journalled (above the frame cap) is refused before anything
+        // acts on it: the catalog never holds a state the journal would not replay.
+        let frames = Journal::encode(&records).map_err(|e| {
+            tracing::error!(error = %e, "journal record refused");
+            FsError::new(
+                FsErrorKind::Failure,
+                format!("cannot record this change: {e}"),
+            )
+        })?;
         let (ticket, effects) = {
             let mut catalog = self.lock();
             check(&catalog)?;
@@ -256,7 +265,7 @@ impl Spool {
                 effects.free_spool.extend(e.free_spool);
                 effects.abort_uploads.extend(e.abort_uploads);
             }
-            let ticket = self.journal.submit(records, durable);
+            let ticket = self.journal.submit_encoded(frames, durable);
             let size = self.journal.size_bytes();
             if size > self.compact_above_bytes.load(Ordering::Relaxed) {
                 let snapshot = catalog.snapshot_records();
