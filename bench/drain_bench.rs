@@ -98,6 +98,8 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         concurrency,
         checksums: ChecksumMode::WhenRequired,
         early_drain: false,
+        failed_retry: sftpgw::config::FAILED_RETRY_DEFAULT,
+        failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
     };
     let spool = Spool::open(SpoolOptions {
         dir: tmp.path().join("spool"),
@@ -140,6 +142,8 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
             backoff_max: Duration::from_secs(1),
             settle: Duration::ZERO,
             early: false,
+            failed_retry_first: sftpgw::config::FAILED_RETRY_DEFAULT,
+            failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
         },
     );
     let task = tokio::spawn(drain.run());

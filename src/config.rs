@@ -118,6 +118,11 @@ pub enum EngineChoice {
     Pwrite,
 }
 
+/// Default `s3.failed_retry`: the first automatic retry of a failed file.
+pub const FAILED_RETRY_DEFAULT: Duration = Duration::from_secs(15 * 60);
+/// Default `s3.failed_retry_max`: the longest wait between automatic retries.
+pub const FAILED_RETRY_MAX_DEFAULT: Duration = Duration::from_secs(6 * 3600);
+
 #[derive(Clone)]
 pub struct S3Config {
     /// `None` for AWS.
@@ -134,6 +139,10 @@ pub struct S3Config {
     pub checksums: ChecksumMode,
     /// Upload parts of a file that arrives in order while it is still arriving.
     pub early_drain: bool,
+    /// A failed file is retried by itself this long after it failed, doubling per attempt up
+    /// to `failed_retry_max` (`s3.failed_retry`, `s3.failed_retry_max`).
+    pub failed_retry: Duration,
+    pub failed_retry_max: Duration,
 }
 
 impl S3Config {
@@ -421,6 +430,8 @@ struct RawS3 {
     concurrency: Option<Concurrency>,
     checksums: Option<ChecksumMode>,
     early_drain: Option<bool>,
+    failed_retry: Option<Ttl>,
+    failed_retry_max: Option<Ttl>,
 }
 
 #[derive(Deserialize, Default)]
@@ -566,6 +577,10 @@ fn validate_s3(raw: Spanned<RawS3>, source: &Source<'_>) -> Result<S3Config, Con
         concurrency: raw.concurrency.map_or(CONCURRENCY_DEFAULT, |c| c.0),
         checksums: raw.checksums.unwrap_or(ChecksumMode::WhenRequired),
         early_drain: raw.early_drain.unwrap_or(true),
+        failed_retry: raw.failed_retry.map_or(FAILED_RETRY_DEFAULT, |d| d.0),
+        failed_retry_max: raw
+            .failed_retry_max
+            .map_or(FAILED_RETRY_MAX_DEFAULT, |d| d.0),
     })
 }
 

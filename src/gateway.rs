@@ -104,6 +104,8 @@ pub async fn run(
             backoff_max: Duration::from_secs(30),
             settle: crate::drain::upload::SETTLE_DEFAULT,
             early: config.s3.early_drain,
+            failed_retry_first: config.s3.failed_retry,
+            failed_retry_max: config.s3.failed_retry_max,
         },
         Some(shaper.clone()),
     );

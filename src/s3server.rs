@@ -196,6 +196,8 @@ pub fn test_s3_config(server: &S3Server) -> S3Config {
         concurrency: 4,
         checksums: ChecksumMode::WhenRequired,
         early_drain: true,
+        failed_retry: crate::config::FAILED_RETRY_DEFAULT,
+        failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
     }
 }
 

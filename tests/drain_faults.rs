@@ -32,6 +32,9 @@ fn drain_config(concurrency: usize) -> DrainConfig {
         backoff_max: Duration::from_millis(50),
         settle: Duration::ZERO,
         early: true,
+        // Long enough that no test sees an automatic retry unless it asks for one.
+        failed_retry_first: Duration::from_secs(3600),
+        failed_retry_max: Duration::from_secs(3600),
     }
 }
 
@@ -319,6 +322,41 @@ async fn a_permanent_error_marks_the_file_failed_keeps_it_and_retry_delivers_it(
     assert_eq!(rig.spool.retry_failed(None).await, 1);
     rig.wait_state("small.txt", FileState::Delivered).await;
     assert!(rig.object("small.txt").await == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_file_is_retried_by_itself_on_a_doubling_backoff_and_delivered_once_fixed() {
+    let mut rig = Rig::new(2).await;
+    rig.drain_task.take().expect("task").abort();
+    let drain = Drain::new(
+        rig.store.clone(),
+        rig.spool.clone(),
+        DrainConfig {
+            failed_retry_first: Duration::from_millis(300),
+            failed_retry_max: Duration::from_secs(60),
+            ..drain_config(2)
+        },
+    );
+    rig.drain_task = Some(tokio::spawn(drain.run()));
+    // The bucket policy denies us (say, not set up yet): the file fails, then the box tries
+    // again by itself after 300 ms, 600 ms, 1.2 s, ... without anyone typing `sftpgw retry`.
+    rig.store.fail_always(Op::PutObject, Fault::AccessDenied);
+    let bytes = content(1000, 9);
+    let started = Instant::now();
+    rig.put("later.txt", &bytes).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rig.store.calls(Op::PutObject) < 3 {
+        assert!(Instant::now() < deadline, "not retried by itself");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Three attempts: the first, then after 0.3 s and 0.6 s more (scans run every 0.3 s).
+    let third = started.elapsed();
+    assert!(third >= Duration::from_millis(900), "{third:?}: no backoff");
+    assert!(third < Duration::from_secs(4), "{third:?}");
+    // Someone fixes the policy: the next automatic retry delivers it.
+    rig.store.clear();
+    rig.wait_state("later.txt", FileState::Delivered).await;
+    assert!(rig.object("later.txt").await == bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,12 @@ checksums = "when_required"
 # false to have every object carry its SHA-256. Names ending .filepart, .part, .partial or
 # .tmp (temporary names renamed after CLOSE) never drain early.
 early_drain = true
+# A file that failed with a permanent S3 error (AccessDenied, NoSuchBucket: fixed later by
+# someone far away) is retried by itself failed_retry after it failed, then after twice
+# that, up to failed_retry_max between attempts; `sftpgw retry` retries at once.
+# Defaults "15m" and "6h".
+failed_retry = "15m"
+failed_retry_max = "6h"
 
 [shaping]
 # WAN bandwidth of the drain (upload bodies to S3; SFTP uploads on the LAN are never limited).

@@ -590,6 +590,8 @@ mod tests {
             concurrency: 1,
             checksums: ChecksumMode::WhenRequired,
             early_drain: true,
+            failed_retry: crate::config::FAILED_RETRY_DEFAULT,
+            failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
         };
         let err = AwsStore::new(&cfg).unwrap_err();
         assert_eq!(err.kind, S3ErrorKind::Permanent);

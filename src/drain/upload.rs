@@ -35,6 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+
+use super::failed_retry::{FAILED_SCAN_INTERVAL, FailedRetries};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -62,6 +64,10 @@ pub struct DrainConfig {
     pub settle: Duration,
     /// Upload parts of files still arriving in order (early drain).
     pub early: bool,
+    /// A failed file is retried by itself this long after it failed, then after twice
+    /// that, up to `failed_retry_max` between attempts (see `failed_retry`).
+    pub failed_retry_first: Duration,
+    pub failed_retry_max: Duration,
 }
 
 /// Default [`DrainConfig::settle`].
@@ -220,6 +226,12 @@ impl<S: ObjectStore> Drain<S> {
             None
         });
         let mut queue = Queue::default();
+        let mut failed_retries = FailedRetries::new(
+            self.ctx.cfg.failed_retry_first,
+            self.ctx.cfg.failed_retry_max,
+        );
+        let failed_scan_every = FAILED_SCAN_INTERVAL.min(self.ctx.cfg.failed_retry_first);
+        let mut next_failed_scan = Instant::now();
         // Files already sealed before this start were settled long ago.
         let now = Instant::now();
         for f in self
@@ -239,7 +251,13 @@ impl<S: ObjectStore> Drain<S> {
                     None
                 });
             }
-            let wake = self.start_pending(&mut tasks, &mut queue);
+            if Instant::now() >= next_failed_scan {
+                self.retry_due_failed(&mut failed_retries).await;
+                next_failed_scan = Instant::now() + failed_scan_every;
+            }
+            let wake = self
+                .start_pending(&mut tasks, &mut queue)
+                .min(next_failed_scan.saturating_duration_since(Instant::now()));
             tokio::select! {
                 () = self.ctx.spool.work().notified() => {}
                 Some(done) = tasks.join_next() => {
@@ -261,6 +279,26 @@ impl<S: ObjectStore> Drain<S> {
 
     /// Starts uploads for pending files, within the limits; returns how long until a file
     /// still settling becomes eligible (at most a second).
+    /// Queues again the failed files whose automatic retry is due.
+    async fn retry_due_failed(&self, retries: &mut FailedRetries) {
+        let files =
+            self.ctx
+                .spool
+                .files_in(&[FileState::Failed, FileState::Sealed, FileState::Uploading]);
+        let failed: Vec<FileId> = files
+            .iter()
+            .filter(|f| f.state == FileState::Failed)
+            .map(|f| f.id)
+            .collect();
+        let pending: HashSet<FileId> = files.iter().map(|f| f.id).collect();
+        let due = retries.due(&failed, &pending, Instant::now());
+        if !due.is_empty() {
+            let count = self.ctx.spool.retry_ids(&due).await;
+            tracing::info!(event = "retried", count, ids = ?due,
+                "failed files queued again by the automatic retry (the S3 error may be fixed by now)");
+        }
+    }
+
     fn start_pending(&self, tasks: &mut JoinSet<Option<Ended>>, queue: &mut Queue) -> Duration {
         let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
         let now = Instant::now();
@@ -443,7 +481,7 @@ impl<S: ObjectStore> Ctx<S> {
                 Err(Stop::Permanent(e)) => {
                     tracing::error!(event = "failed", id = file.id, user = %file.user,
                         path = %file.path.display(), key, cause = %e,
-                        "upload failed permanently; kept on the spool until `sftpgw retry`");
+                        "upload failed permanently; kept on the spool and retried by itself on a long backoff, or at once with `sftpgw retry`");
                     crate::telemetry::record_error(
                         crate::telemetry::ErrorKind::S3Permanent,
                         Some(format!("{}:{}", file.user, file.path.display())),

@@ -683,6 +683,28 @@ impl Spool {
 
     /// Queues failed files again (all of a user's below `path`, or every failed file).
     /// Returns how many.
+    /// Queues again those of `ids` that are still failed; returns how many.
+    pub async fn retry_ids(&self, ids: &[FileId]) -> usize {
+        let records: Vec<Record> = {
+            let catalog = self.lock();
+            ids.iter()
+                .filter(|id| {
+                    catalog
+                        .file(**id)
+                        .is_some_and(|f| f.state == FileState::Failed)
+                })
+                .map(|id| Record::Retried { id: *id })
+                .collect()
+        };
+        let n = records.len();
+        if n > 0 {
+            // Cannot fail: Retried applies to any state.
+            let _ = self.commit(records, true, |_| Ok(())).await;
+            self.work.notify_one();
+        }
+        n
+    }
+
     pub async fn retry_failed(&self, filter: Option<(&str, &VPath)>) -> usize {
         let ids: Vec<FileId> = self
             .lock()
