@@ -11,6 +11,7 @@ use sftpgw::drain::fault::{Fault, FaultStore, Op};
 use sftpgw::drain::store::{Body, FileRange, ObjectStore};
 use sftpgw::drain::upload::{Drain, DrainConfig};
 use sftpgw::s3server::{S3Server, S3ServerConfig, test_s3_config};
+use sftpgw::spool::catalog::Record;
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath, WriteHandle};
 
 const PART: u64 = 5 << 20;
@@ -429,30 +430,76 @@ async fn after_a_crash_completed_parts_are_not_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multipart_uploads_the_journal_does_not_know_are_aborted_at_start() {
+async fn only_uploads_this_box_created_and_did_not_record_are_aborted_at_start() {
     let tmp = tempfile::tempdir().expect("tmp");
     let server = S3Server::start(S3ServerConfig::loopback(tmp.path().join("s3")))
         .await
         .expect("s3");
     let store = Arc::new(AwsStore::new(&test_s3_config(&server)).expect("store"));
-    let stray = store
-        .create_multipart_upload("p/u/stray.bin", &Default::default())
+    // Another box, or a person, sharing the bucket and even our prefix.
+    let other_box = store
+        .create_multipart_upload("p/u/other-box.bin", &Default::default())
         .await
         .expect("create");
     let elsewhere = store
         .create_multipart_upload("other/x.bin", &Default::default())
         .await
         .expect("create");
+    // The last run of this box recorded its intent, created the upload and died before it
+    // could journal the upload's id.
     let spool = open_spool(tmp.path());
-    let task = tokio::spawn(Drain::new(store.clone(), spool, drain_config(2)).run());
+    let data = content(1000, 3);
+    let h = spool
+        .open_write(
+            "u",
+            &VPath::resolve("crashed.bin").expect("path"),
+            OpenMode::default(),
+        )
+        .await
+        .expect("open");
+    h.write_at(0, Bytes::from(data.clone()))
+        .await
+        .expect("write");
+    h.close().await.expect("close");
+    let id = spool.files()[0].id;
+    spool
+        .commit(
+            vec![Record::UploadIntent {
+                id,
+                key: "p/u/crashed.bin".into(),
+                at_unix: sftpgw::spool::now_unix(),
+            }],
+            true,
+            |_| Ok(()),
+        )
+        .await
+        .expect("intent");
+    let stray = store
+        .create_multipart_upload("p/u/crashed.bin", &Default::default())
+        .await
+        .expect("create");
+    drop(spool);
+    let spool = open_spool(tmp.path());
+    assert_eq!(
+        spool.files()[0].upload_intents.len(),
+        1,
+        "the intent survives a restart"
+    );
+
+    let task = tokio::spawn(Drain::new(store.clone(), spool.clone(), drain_config(2)).run());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let open = store.list_multipart_uploads("").await.expect("list");
         if !open.iter().any(|u| u.upload_id == stray) {
-            assert!(
-                open.iter().any(|u| u.upload_id == elsewhere),
-                "uploads outside our prefix are left alone"
-            );
+            for (upload_id, whose) in [
+                (&other_box, "another box's"),
+                (&elsewhere, "outside our prefix"),
+            ] {
+                assert!(
+                    open.iter().any(|u| &u.upload_id == upload_id),
+                    "an upload {whose} was aborted: {open:?}"
+                );
+            }
             break;
         }
         assert!(
@@ -461,6 +508,13 @@ async fn multipart_uploads_the_journal_does_not_know_are_aborted_at_start() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The file itself is delivered, and its intent is resolved.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool.files()[0].state != FileState::Delivered {
+        assert!(Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spool.files()[0].upload_intents.is_empty());
     task.abort();
 }
 

@@ -222,7 +222,7 @@ impl<S: ObjectStore> Drain<S> {
         let mut tasks: JoinSet<Option<Ended>> = JoinSet::new();
         let ctx = self.ctx.clone();
         tasks.spawn(async move {
-            ctx.abort_unknown_uploads().await;
+            ctx.abort_unrecorded_uploads().await;
             None
         });
         let mut queue = Queue::default();
@@ -390,32 +390,49 @@ impl<S: ObjectStore> Drain<S> {
 }
 
 impl<S: ObjectStore> Ctx<S> {
-    /// Multipart uploads under our prefix that the journal does not know were created by a
-    /// run that crashed before journalling them: nobody will complete them. Retried until the
-    /// store answers (after a power cut the WAN may come up late). Uploads this run created
-    /// are never taken for strays.
-    async fn abort_unknown_uploads(&self) {
-        let mut attempt = 0u32;
-        let open = loop {
-            match self.store.list_multipart_uploads(&self.cfg.prefix).await {
-                Ok(open) => break open,
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing open multipart uploads failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        };
-        let mut known: HashSet<String> = self
+    /// Multipart uploads this box created but a crash kept it from recording: nobody will
+    /// complete them. Only keys with an unresolved `UploadIntent` are looked at, each listed
+    /// by its exact key, and only uploads of that exact key the journal does not know are
+    /// aborted; every other upload in the bucket (another box's, a person's, even under our
+    /// prefix) is left alone. Retried until the store answers (after a power cut the WAN may
+    /// come up late). Uploads this run created are never taken for strays.
+    async fn abort_unrecorded_uploads(&self) {
+        let mut keys: Vec<String> = self
             .spool
             .files()
             .into_iter()
-            .filter_map(|f| f.upload.map(|u| u.upload_id))
+            .flat_map(|f| f.upload_intents.into_iter().map(|i| i.key))
+            .filter(|key| !key.is_empty())
             .collect();
-        known.extend(lock(&self.created_uploads).iter().cloned());
-        for u in open.into_iter().filter(|u| !known.contains(&u.upload_id)) {
-            tracing::info!(key = %u.key, upload_id = %u.upload_id, "aborting a multipart upload the journal does not know");
-            self.abort_upload(&u.key, &u.upload_id).await;
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            let mut attempt = 0u32;
+            let open = loop {
+                match self.store.list_multipart_uploads(&key).await {
+                    Ok(open) => break open,
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "listing open multipart uploads failed; retrying");
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            };
+            let mut known: HashSet<String> = self
+                .spool
+                .files()
+                .into_iter()
+                .filter_map(|f| f.upload.map(|u| u.upload_id))
+                .collect();
+            known.extend(lock(&self.created_uploads).iter().cloned());
+            let strays = open
+                .into_iter()
+                .filter(|u| u.key == key && !known.contains(&u.upload_id));
+            for u in strays {
+                tracing::info!(key = %u.key, upload_id = %u.upload_id,
+                    "aborting a multipart upload this box created but did not record before a crash");
+                self.abort_upload(&u.key, &u.upload_id).await;
+            }
         }
     }
 
@@ -693,6 +710,22 @@ impl<S: ObjectStore> Ctx<S> {
         let id = file.id;
         let token = new_token();
         let meta = Self::metadata(sha256, &token);
+        // Recorded before the upload exists, so that a crash before its id is journalled
+        // leaves the next start a trace of exactly what to look for (see
+        // `abort_unrecorded_uploads`).
+        let intent = Record::UploadIntent {
+            id,
+            key: key.to_owned(),
+            at_unix: crate::spool::now_unix(),
+        };
+        if self
+            .spool
+            .commit(vec![intent], true, |c| self.check_current(c.file(id), key))
+            .await
+            .is_err()
+        {
+            return Err(Stop::Cancelled);
+        }
         let upload_id = self
             .retry(id, key, || self.store.create_multipart_upload(key, &meta))
             .await?;

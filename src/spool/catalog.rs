@@ -70,6 +70,26 @@ pub enum Record {
     /// CLOSE, like `Sealed`, of a file written only by appends whose SHA-256 was not computed
     /// on the way (it outgrew `SpoolOptions::hash_bytes_max`). Fsynced before the ack.
     SealedAppended { id: FileId, size: u64, at_unix: u64 },
+    /// The drain is about to create a multipart upload for the file under `key`; fsynced
+    /// before CreateMultipartUpload. If the run dies before `UploadStarted` records the
+    /// upload's id, the next start lists uploads of exactly `key` begun since `at_unix` and
+    /// aborts the ones the journal does not know: the box aborts only what it created.
+    UploadIntent {
+        id: FileId,
+        key: String,
+        at_unix: u64,
+    },
+}
+
+/// Keys with an unresolved [`Record::UploadIntent`] a file keeps at most (one per key, the
+/// earliest time); more than this many renames in between is not worth tracking.
+pub const UPLOAD_INTENTS_PER_FILE_COUNT_MAX: usize = 8;
+
+/// A CreateMultipartUpload that may have happened without its upload id being journalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadIntent {
+    pub key: String,
+    pub at_unix: u64,
 }
 
 /// Longest cause a `Failed` record keeps (S3 error messages can be long); with the bounded
@@ -113,6 +133,15 @@ fn upload_records(id: FileId, u: &UploadProgress, out: &mut Vec<Record>) {
     }
 }
 
+/// The unresolved upload intents of `f` (after its upload records, which would clear them).
+fn intent_records(f: &FileRecord, out: &mut Vec<Record>) {
+    out.extend(f.upload_intents.iter().map(|i| Record::UploadIntent {
+        id: f.id,
+        key: i.key.clone(),
+        at_unix: i.at_unix,
+    }));
+}
+
 /// A part already in S3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartReceipt {
@@ -154,6 +183,9 @@ pub struct FileRecord {
     /// Still in `files` but no longer reachable by name: superseded by a newer version that is
     /// not sealed yet. Its upload goes on; the newer version's seal removes it.
     pub hidden: bool,
+    /// Upload creations not known to have been recorded (see [`Record::UploadIntent`]);
+    /// cleared once an upload is recorded or the file is delivered.
+    pub upload_intents: Vec<UploadIntent>,
 }
 
 impl FileRecord {
@@ -305,6 +337,7 @@ impl Catalog {
                         last_error: None,
                         delivered_unix: None,
                         hidden: false,
+                        upload_intents: Vec::new(),
                     },
                 );
             }
@@ -359,6 +392,18 @@ impl Catalog {
                 }
             }
             Record::Removed { id } => self.drop_file(*id, &mut effects),
+            Record::UploadIntent { id, key, at_unix } => {
+                if let Some(file) = self.files.get_mut(id)
+                    && file.state != FileState::Delivered
+                    && !file.upload_intents.iter().any(|i| &i.key == key)
+                    && file.upload_intents.len() < UPLOAD_INTENTS_PER_FILE_COUNT_MAX
+                {
+                    file.upload_intents.push(UploadIntent {
+                        key: key.clone(),
+                        at_unix: *at_unix,
+                    });
+                }
+            }
             Record::UploadStarted {
                 id,
                 key,
@@ -369,6 +414,7 @@ impl Catalog {
                 let Some(file) = self.files.get_mut(id) else {
                     return effects;
                 };
+                file.upload_intents.clear();
                 let early = match file.state {
                     FileState::Sealed | FileState::Uploading => {
                         file.state = FileState::Uploading;
@@ -426,6 +472,7 @@ impl Catalog {
                 }
                 file.state = FileState::Delivered;
                 file.upload = None;
+                file.upload_intents.clear();
                 file.last_error = None;
                 file.delivered_unix = Some(*at_unix);
                 effects.free_spool.push(*id);
@@ -598,6 +645,7 @@ impl Catalog {
                 upload_records(f.id, u, &mut out);
             }
             if matches!(f.state, FileState::Receiving | FileState::Partial) {
+                intent_records(f, &mut out);
                 continue;
             }
             out.push(if f.appended_only && f.sha256.is_none() {
@@ -617,6 +665,7 @@ impl Catalog {
             if let Some(u) = late {
                 upload_records(f.id, u, &mut out);
             }
+            intent_records(f, &mut out);
             match f.state {
                 FileState::Delivered => out.push(Record::Delivered {
                     id: f.id,
@@ -711,7 +760,12 @@ mod tests {
                 id,
                 error: "AccessDenied".into()
             }),
-            id.prop_map(|id| Record::Retried { id }),
+            id.clone().prop_map(|id| Record::Retried { id }),
+            (id, 0u8..3).prop_map(|(id, k)| Record::UploadIntent {
+                id,
+                key: format!("k{id}-{k}"),
+                at_unix: 4
+            }),
         ]
     }
 
