@@ -108,6 +108,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         hash_bytes_max: u64::MAX,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
+        max_file_size: u64::MAX,
     })?;
     write_sealed(&spool, size).await?;
 

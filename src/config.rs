@@ -30,8 +30,8 @@ mod shaping;
 mod values;
 
 use values::{
-    AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Listen, NonEmpty, PartSize,
-    PasswordHash, Percent, Prefix, Ttl, UserName,
+    AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Listen, MaxFileSize, NonEmpty,
+    PartSize, PasswordHash, Percent, Prefix, Ttl, UserName,
 };
 
 pub use example::EXAMPLE;
@@ -103,6 +103,24 @@ pub struct SpoolConfig {
     pub low_watermark_percent: u8,
     /// How spool files are written (`spool.engine`).
     pub engine: EngineChoice,
+    /// `spool.max_file_size`; `None`: half the spool's file system (see
+    /// [`SpoolConfig::max_file_size_for`]).
+    pub max_file_size: Option<u64>,
+}
+
+impl SpoolConfig {
+    /// The largest file accepted on a spool file system of `total_bytes`: the configured
+    /// `max_file_size`, or by default half the file system, so that one upload can never take
+    /// the spool from everyone else; never above the largest S3 object.
+    pub fn max_file_size_for(&self, total_bytes: u64) -> u64 {
+        let half = match total_bytes {
+            0 => crate::limits::OBJECT_BYTES_MAX, // Size unknown: only S3's own limit.
+            total => total / 2,
+        };
+        self.max_file_size
+            .unwrap_or(half)
+            .clamp(1, crate::limits::OBJECT_BYTES_MAX)
+    }
 }
 
 /// `spool.engine`: which engine writes and syncs spool files.
@@ -411,6 +429,7 @@ struct RawSpool {
     high_watermark: Option<Percent>,
     low_watermark: Option<Spanned<Percent>>,
     engine: Option<EngineChoice>,
+    max_file_size: Option<MaxFileSize>,
 }
 
 #[derive(Deserialize)]
@@ -505,6 +524,7 @@ impl RawSpool {
             high_watermark_percent: high,
             low_watermark_percent: low,
             engine: self.engine.unwrap_or_default(),
+            max_file_size: self.max_file_size.map(|m| m.0),
         })
     }
 }

@@ -58,6 +58,12 @@ pub const SPOOL_RESERVE_BYTES: u64 = 16 * 1024 * 1024;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Size of the file system holding the spool directory (created if missing); 0 if unknown.
+fn spool_fs_bytes(dir: &std::path::Path) -> u64 {
+    let _ = std::fs::create_dir_all(dir);
+    nix::sys::statvfs::statvfs(dir).map_or(0, |s| s.blocks() * s.fragment_size())
+}
+
 /// Runs the gateway until `shutdown` resolves. `ready` is called once everything listens.
 pub async fn run(
     config: Config,
@@ -79,6 +85,9 @@ pub async fn run(
             },
             high_watermark_percent: config.spool.high_watermark_percent,
             low_watermark_percent: config.spool.low_watermark_percent,
+            max_file_size: config
+                .spool
+                .max_file_size_for(spool_fs_bytes(&config.spool.dir)),
         },
         SpoolEngine::select(config.spool.engine)?,
     )?;

@@ -7,6 +7,8 @@ pub const PART_SIZE_BYTES_MIN: u64 = 5 * 1024 * 1024;
 pub const PART_SIZE_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024;
 /// S3's most parts in one multipart upload.
 pub const PARTS_COUNT_MAX: u64 = 10_000;
+/// The largest object S3 stores (5 TiB): no file may grow beyond it.
+pub const OBJECT_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// Default part size.
 pub const PART_SIZE_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Largest journal record payload; a frame announcing more is treated as torn.

@@ -227,6 +227,7 @@ fn open_spool_ttl(dir: &std::path::Path, partial_ttl: Duration) -> Arc<Spool> {
         hash_bytes_max: PART,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
+        max_file_size: u64::MAX,
     })
     .expect("spool")
 }

@@ -17,6 +17,7 @@ fn open(dir: &Path) -> Arc<Spool> {
         hash_bytes_max: u64::MAX,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
+        max_file_size: u64::MAX,
     })
     .expect("open spool")
 }

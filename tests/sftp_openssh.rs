@@ -36,6 +36,7 @@ async fn start() -> Gateway {
         hash_bytes_max: u64::MAX,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
+        max_file_size: u64::MAX,
     })
     .expect("spool");
     let client = generate_ed25519("test client");

@@ -16,6 +16,7 @@ fn open(dir: &std::path::Path, ttl: Duration, reserve_bytes: u64) -> Arc<Spool> 
         hash_bytes_max: u64::MAX,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
+        max_file_size: u64::MAX,
     })
     .expect("open spool")
 }
@@ -347,6 +348,7 @@ async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
         hash_bytes_max: 100,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
+        max_file_size: u64::MAX,
     })
     .expect("open spool");
     // (name, writes as (offset, len)): small in order, big in order, big with a rewrite.
@@ -439,6 +441,7 @@ async fn a_new_upload_is_refused_at_the_high_watermark_with_a_clear_error() {
             hash_bytes_max: u64::MAX,
             high_watermark_percent: high,
             low_watermark_percent: high,
+            max_file_size: u64::MAX,
         })
         .expect("open spool");
         let err = spool
@@ -507,4 +510,28 @@ async fn a_record_too_large_for_the_journal_is_refused_without_touching_the_stat
     drop(spool);
     let spool = open(&dir, Duration::from_secs(3600), 0);
     assert_eq!(spool.files()[0].state, FileState::Failed);
+}
+
+#[tokio::test]
+async fn a_sparse_write_counts_its_hole_against_free_space() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("spool");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let s = nix::sys::statvfs::statvfs(&dir).expect("statvfs");
+    let avail = s.blocks_available() * s.fragment_size();
+    // Leave 64 MiB above the reserve.
+    let spool = open(
+        &dir,
+        Duration::from_secs(3600),
+        avail.saturating_sub(64 << 20),
+    );
+    let h = spool
+        .open_write("u", &vp("holes.bin"), OpenMode::default())
+        .await
+        .expect("open");
+    let far = h.write_at(1 << 30, Bytes::from_static(b"x")).await;
+    assert_eq!(far.expect_err("a 1 GiB hole").kind, FsErrorKind::NoSpace);
+    h.write_at(1 << 20, Bytes::from_static(b"x"))
+        .await
+        .expect("a 1 MiB hole fits");
 }

@@ -32,6 +32,10 @@ low_watermark = "80%"
 # How spool files are written: "auto" (default) uses io_uring when the kernel allows it and
 # falls back to "pwrite" with one log line saying why; "io_uring" refuses to start without it.
 engine = "auto"
+# The largest file accepted: a WRITE beyond it (a sparse write far past the end too) fails
+# with "file too large" and the session goes on. Default: half the spool's file system, so
+# that one upload cannot take the spool from everyone; at most 5TiB (S3's largest object).
+# max_file_size = "100GiB"
 
 [s3]
 # S3-compatible endpoint URL. Omit for AWS.

@@ -880,3 +880,35 @@ fn algorithms_default_to_modern_and_accept_compatible() {
         Algorithms::Compatible
     );
 }
+
+#[test]
+fn max_file_size_defaults_to_half_the_spool_and_is_bounded_by_s3() {
+    let config = parse(&base()).expect("base");
+    assert_eq!(config.spool.max_file_size, None);
+    assert_eq!(config.spool.max_file_size_for(100 << 30), 50 << 30);
+    assert_eq!(
+        config.spool.max_file_size_for(0),
+        crate::limits::OBJECT_BYTES_MAX,
+        "unknown size"
+    );
+    let text = replace(
+        &base(),
+        "dir = \"/data/spool\"",
+        "dir = \"/data/spool\"\nmax_file_size = \"2GiB\"",
+    );
+    let config = parse(&text).expect("2GiB");
+    assert_eq!(config.spool.max_file_size_for(100 << 30), 2 << 30);
+    for bad in ["0", "\"6TiB\""] {
+        let text = replace(
+            &base(),
+            "dir = \"/data/spool\"",
+            &format!("dir = \"/data/spool\"\nmax_file_size = {bad}"),
+        );
+        assert_invalid(
+            &text,
+            line_of(&text, "max_file_size ="),
+            "spool.max_file_size",
+            "largest S3 object",
+        );
+    }
+}

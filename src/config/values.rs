@@ -246,6 +246,24 @@ impl<'de> Deserialize<'de> for PartSize {
     }
 }
 
+/// `spool.max_file_size`: at least one byte, at most the largest S3 object.
+pub(super) struct MaxFileSize(pub(super) u64);
+
+impl<'de> Deserialize<'de> for MaxFileSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Bytes(bytes) = Bytes::deserialize(deserializer)?;
+        if bytes == 0 || bytes > crate::limits::OBJECT_BYTES_MAX {
+            Err(de::Error::custom(format!(
+                "{} is not between 1 byte and the largest S3 object, {}",
+                display_bytes(bytes),
+                display_bytes(crate::limits::OBJECT_BYTES_MAX)
+            )))
+        } else {
+            Ok(MaxFileSize(bytes))
+        }
+    }
+}
+
 pub(super) struct Concurrency(pub(super) usize);
 
 impl<'de> Deserialize<'de> for Concurrency {

@@ -178,8 +178,9 @@ struct WriteBatch {
 }
 
 impl WriteBatch {
-    fn end(&self) -> u64 {
-        self.offset + self.len as u64
+    /// Where the batch ends; `None` past u64::MAX (such a write fails in the spool).
+    fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.len as u64)
     }
 
     fn push(&mut self, id: u32, data: Bytes, budget: OwnedSemaphorePermit) {
@@ -318,7 +319,7 @@ pub(super) async fn write_worker(
                             offset,
                             data,
                             budget,
-                        }) if offset == batch.end()
+                        }) if Some(offset) == batch.end()
                             && data.len() < SFTP_WRITE_COALESCE_PART_BYTES_MAX
                             && batch.len + data.len() <= SFTP_WRITE_COALESCE_BYTES_MAX =>
                         {

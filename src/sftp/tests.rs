@@ -25,6 +25,10 @@ mod ordering;
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn open_spool(dir: &std::path::Path, reserve_bytes: u64) -> Arc<Spool> {
+    open_spool_max(dir, reserve_bytes, u64::MAX)
+}
+
+fn open_spool_max(dir: &std::path::Path, reserve_bytes: u64, max_file_size: u64) -> Arc<Spool> {
     Spool::open(SpoolOptions {
         dir: dir.join("spool"),
         partial_ttl: Duration::from_secs(3600),
@@ -32,6 +36,7 @@ fn open_spool(dir: &std::path::Path, reserve_bytes: u64) -> Arc<Spool> {
         hash_bytes_max: u64::MAX,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
+        max_file_size,
     })
     .expect("open spool")
 }
@@ -981,4 +986,49 @@ async fn a_session_that_reads_no_replies_does_not_starve_another_sessions_writes
 
     let (mut reader, _session) = start_initialized(&spool).await;
     assert!(reader.get("/other.bin").await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_max_file_size_or_u64_fail_cleanly_and_the_session_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool_max(tmp.path(), 0, 1 << 20);
+    let (mut client, session) = start_initialized(&spool).await;
+    let handle = client
+        .open("/sparse.bin", write_flags())
+        .await
+        .expect("open");
+    // One byte at 10 TiB would upload 10 TiB of zeros.
+    let write = client.write(&handle, 10 << 40, vec![1]);
+    let (code, message) = client.status(write).await;
+    assert_eq!(code, StatusCode::Failure);
+    assert!(message.contains("file too large"), "{message}");
+    // An offset whose end passes u64::MAX is refused, never a crash.
+    let write = client.write(&handle, u64::MAX - 10, vec![0; 100]);
+    assert_eq!(client.status(write).await.0, StatusCode::Failure);
+    // The failed handle does not seal; the file stays partial.
+    let close = client.close(&handle);
+    assert_eq!(client.status(close).await.0, StatusCode::Failure);
+    // The session and other files are unaffected.
+    let data = pattern(1 << 20, 3);
+    client.put("/fits.bin", &data).await;
+    assert_eq!(client.get("/fits.bin").await, data);
+    // A READ near u64::MAX is the end of the file.
+    let reader = client
+        .open("/fits.bin", OpenFlags::READ)
+        .await
+        .expect("open");
+    let id = client.id();
+    let read = Packet::Read(Read {
+        id,
+        handle: reader,
+        offset: u64::MAX - 1,
+        len: 1000,
+    });
+    let (code, message) = client.status(read).await;
+    assert_eq!(code, StatusCode::Eof, "{message}");
+    drop(client);
+    assert!(matches!(
+        within(session).await.unwrap(),
+        SessionEnd::ClientClosed
+    ));
 }

@@ -315,7 +315,19 @@ impl WriteHandle {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| FsError::new(FsErrorKind::Failure, "offset out of range"))?;
-        if (data.len() as u64) > self.spool.free_after_reserve() {
+        let max = self.spool.options().max_file_size;
+        if end > max {
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!(
+                    "file too large: a write up to byte {end} is above [spool] max_file_size ({max} bytes)"
+                ),
+            ));
+        }
+        // A write past the end also takes the hole before it: the file is uploaded with its
+        // holes as zeros, and the disk may fill them in later, so they count as used space.
+        let growth = end.saturating_sub(self.size()).max(data.len() as u64);
+        if growth > self.spool.free_after_reserve() {
             return Err(no_space());
         }
         // The hash runs on the blocking pool while the engine writes; both finish before this
@@ -609,12 +621,20 @@ impl ReadHandle {
 
     /// Returns fewer bytes than asked at the end of the file and an empty buffer at EOF.
     pub async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        // Past the end (up to u64::MAX from the wire, which pread refuses): end of file.
+        if offset >= self.size {
+            return Ok(Bytes::new());
+        }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len as usize];
             let mut filled = 0;
             while filled < buf.len() {
-                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                // An offset from the wire near u64::MAX reads as the end of the file.
+                let Some(at) = offset.checked_add(filled as u64) else {
+                    break;
+                };
+                match file.read_at(&mut buf[filled..], at) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -51,6 +51,9 @@ pub struct SpoolOptions {
     pub high_watermark_percent: u8,
     /// ... until it is below this again. 100/100 turns the gate off (the reserve still holds).
     pub low_watermark_percent: u8,
+    /// A WRITE that would make a file longer than this fails ("file too large"), sparse
+    /// writes far past the end included.
+    pub max_file_size: u64,
 }
 
 /// Whether uploads are refused after a fill of `used_percent`, given whether they were
