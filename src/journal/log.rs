@@ -463,22 +463,42 @@ fn without_damage(bytes: &[u8], damage: &[Damage]) -> Vec<u8> {
 /// Writes `image` as the whole new content of `path`, atomically and durably: temporary file,
 /// fsync, rename over `path`, fsync of the directory. Returns the new file, open read-write.
 fn write_snapshot(path: &Path, image: &[u8], faults: &mut Faults) -> Result<File, JournalError> {
+    let file = write_temp(path, image, faults)?;
+    install_temp(path)?;
+    Ok(file)
+}
+
+/// Writes and fsyncs `image` as `<path>.tmp`. On failure (a full disk, say) the temporary file
+/// is removed and `path` is untouched: the journal goes on as it was.
+fn write_temp(path: &Path, image: &[u8], faults: &mut Faults) -> Result<File, JournalError> {
     let temp = temp_path(path);
-    let mut file = OpenOptions::new()
+    let written = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(&temp)
-        .map_err(|error| JournalError::io(&temp, "cannot create", error))?;
-    file.write_all(image)
-        .map_err(|error| JournalError::io(&temp, "cannot write", error))?;
-    run_hook(&mut faults.before_sync)
-        .and_then(|()| file.sync_all())
-        .map_err(|error| JournalError::io(&temp, "cannot fsync", error))?;
-    fs::rename(&temp, path).map_err(|error| JournalError::io(path, "cannot rename over", error))?;
-    sync_parent_dir(path)?;
-    Ok(file)
+        .map_err(|error| JournalError::io(&temp, "cannot create", error))
+        .and_then(|mut file| {
+            file.write_all(image)
+                .map_err(|error| JournalError::io(&temp, "cannot write", error))?;
+            run_hook(&mut faults.before_sync)
+                .and_then(|()| file.sync_all())
+                .map_err(|error| JournalError::io(&temp, "cannot fsync", error))?;
+            Ok(file)
+        });
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Renames `<path>.tmp` over `path` and makes the rename durable. A failure here leaves it
+/// unknown which file a crash would keep: the journal must stop.
+fn install_temp(path: &Path) -> Result<(), JournalError> {
+    fs::rename(temp_path(path), path)
+        .map_err(|error| JournalError::io(path, "cannot rename over", error))?;
+    sync_parent_dir(path)
 }
 
 /// `<path>.tmp`: the compaction snapshot before it is renamed over the journal.
@@ -552,12 +572,29 @@ impl Writer {
                     waiting.push(done);
                 }
                 Command::Compact { image, done } => {
-                    // Appends queued before the snapshot are part of it: never write them.
-                    frames.clear();
-                    durable = false;
-                    waiting.push(done);
-                    let outcome = self.guarded(|writer| writer.replace_with(&image));
-                    resolve(waiting.drain(..), &outcome);
+                    if self.poisoned.is_none() {
+                        match write_temp(&self.path, &image, &mut self.faults) {
+                            Ok(file) => {
+                                // Appends queued before the snapshot are part of it: never
+                                // write them.
+                                frames.clear();
+                                durable = false;
+                                waiting.push(done);
+                                let outcome = self.guarded(|writer| writer.install(file, &image));
+                                resolve(waiting.drain(..), &outcome);
+                            }
+                            Err(error) => {
+                                // The journal is as it was: appends go on into it, and the
+                                // spool asks for a compaction again once it has grown more.
+                                tracing::warn!(%error, "journal compaction postponed; the journal keeps growing until it can run");
+                                let _ = done.send(Err(error));
+                            }
+                        }
+                    } else {
+                        waiting.push(done);
+                        let outcome = self.guarded(|_| Ok(()));
+                        resolve(waiting.drain(..), &outcome);
+                    }
                 }
             }
         }
@@ -604,8 +641,10 @@ impl Writer {
         Ok(())
     }
 
-    fn replace_with(&mut self, image: &[u8]) -> Outcome {
-        self.file = write_snapshot(&self.path, image, &mut self.faults)?;
+    /// Puts the fsynced snapshot `file` (of `image`) in place of the journal.
+    fn install(&mut self, file: File, image: &[u8]) -> Outcome {
+        install_temp(&self.path)?;
+        self.file = file;
         self.len = image.len() as u64;
         self.allocated_to = self.len;
         self.size.store(self.len, Ordering::Relaxed);

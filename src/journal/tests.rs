@@ -513,6 +513,53 @@ fn compaction_then_append_then_reopen_gives_snapshot_and_appended() {
 }
 
 #[test]
+fn a_compaction_that_cannot_write_its_snapshot_is_postponed_never_poisons() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = journal_path(&dir);
+    // The disk is full for the snapshot's fsync (the second fsync of this journal's life).
+    let syncs = Arc::new(Mutex::new(0u32));
+    let counter = syncs.clone();
+    let hook: FaultHook = Box::new(move || {
+        let mut n = counter.lock().expect("counter");
+        *n += 1;
+        if *n == 2 {
+            Err(io::Error::from_raw_os_error(nix::libc::ENOSPC))
+        } else {
+            Ok(())
+        }
+    });
+    let faults = Faults {
+        before_sync: Some(hook),
+        ..Faults::default()
+    };
+    let (journal, _) = Journal::<Entry>::open_with_faults(&path, faults).expect("open");
+    journal
+        .submit(entries(20), true)
+        .wait_blocking()
+        .expect("durable");
+    // Queued before the failing compaction: must not be lost with it.
+    let before = journal.submit(vec![entry(7, 7)], false);
+    let compacted = journal.compact(vec![entry(1, 0)]);
+    let after = journal.submit(vec![entry(2, 0)], true);
+    assert!(
+        compacted.wait_blocking().is_err(),
+        "the compaction reports its failure"
+    );
+    before.wait_blocking().expect("appended anyway");
+    after.wait_blocking().expect("the journal goes on");
+    assert!(!journal.is_poisoned());
+    assert!(
+        !dir.path().join("journal.tmp").exists(),
+        "no half snapshot left"
+    );
+    drop(journal);
+    let (_journal, replayed) = open(&path);
+    let mut expected = entries(20);
+    expected.extend([entry(7, 7), entry(2, 0)]);
+    assert_eq!(replayed, expected);
+}
+
+#[test]
 fn size_bytes_tracks_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = journal_path(&dir);
