@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -348,7 +348,11 @@ fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<Opened<R>, Journa
     let mut file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            write_snapshot(path, &replay::file_header(), &mut Faults::default())?
+            let mut file = write_snapshot(path, &replay::file_header(), &mut Faults::default())?;
+            // Read it from the start below, not from where the header was written.
+            file.rewind()
+                .map_err(|error| JournalError::io(path, "cannot read", error))?;
+            file
         }
         Err(error) => return Err(JournalError::io(path, "cannot open", error)),
     };
