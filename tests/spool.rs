@@ -535,3 +535,48 @@ async fn a_sparse_write_counts_its_hole_against_free_space() {
         .await
         .expect("a 1 MiB hole fits");
 }
+
+#[tokio::test]
+async fn copying_a_sealed_file_to_rewrite_it_respects_the_reserve() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("spool");
+    {
+        let spool = open(&dir, Duration::from_secs(3600), 0);
+        let h = spool
+            .open_write("u", &vp("big.bin"), OpenMode::default())
+            .await
+            .expect("open");
+        h.write_at(0, Bytes::from(pattern(16 << 20, 1)))
+            .await
+            .expect("write");
+        h.close().await.expect("close");
+    }
+    let s = nix::sys::statvfs::statvfs(&dir).expect("statvfs");
+    let avail = s.blocks_available() * s.fragment_size();
+    // 8 MiB above the reserve: the 16 MiB copy does not fit.
+    let spool = open(
+        &dir,
+        Duration::from_secs(3600),
+        avail.saturating_sub(8 << 20),
+    );
+    let resume = OpenMode {
+        truncate: false,
+        exclusive: false,
+    };
+    let err = spool
+        .open_write("u", &vp("big.bin"), resume)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.kind, FsErrorKind::NoSpace);
+    assert_eq!(spool.files().len(), 1, "the sealed version is untouched");
+    // Starting the file anew needs no copy.
+    let anew = OpenMode {
+        truncate: true,
+        exclusive: false,
+    };
+    spool
+        .open_write("u", &vp("big.bin"), anew)
+        .await
+        .expect("truncating open");
+}

@@ -232,6 +232,12 @@ impl WriteHandle {
             .map_err(|e| io_error("creating spool file", &e))?;
         if let Some(src) = copy_from {
             let src_path = spool.sealed_path(src);
+            // The copy is a write like any other: it may not eat into the reserve.
+            let src_len = fs::metadata(&src_path).map_or(0, |m| m.len());
+            if src_len > spool.free_after_reserve() {
+                let _ = fs::remove_file(&partial);
+                return Err(no_space());
+            }
             let dst = partial.clone();
             let copied = tokio::task::spawn_blocking(move || fs::copy(src_path, dst)).await;
             match copied {
