@@ -100,6 +100,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         early_drain: false,
         failed_retry: sftpgw::config::FAILED_RETRY_DEFAULT,
         failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
+        overwrite: sftpgw::config::OverwriteMode::Replace,
     };
     let spool = Spool::open(SpoolOptions {
         dir: tmp.path().join("spool"),

@@ -161,6 +161,20 @@ pub struct S3Config {
     /// to `failed_retry_max` (`s3.failed_retry`, `s3.failed_retry_max`).
     pub failed_retry: Duration,
     pub failed_retry_max: Duration,
+    /// `s3.overwrite`: what happens when the key already holds an object.
+    pub overwrite: OverwriteMode,
+}
+
+/// `s3.overwrite`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverwriteMode {
+    /// The newest acknowledged version replaces the object (S3's own behaviour).
+    #[default]
+    Replace,
+    /// Never replace an object: puts and completes carry `If-None-Match: *`; a key that holds
+    /// another object puts the file in the `conflict` state.
+    Never,
 }
 
 impl S3Config {
@@ -451,6 +465,7 @@ struct RawS3 {
     early_drain: Option<bool>,
     failed_retry: Option<Ttl>,
     failed_retry_max: Option<Ttl>,
+    overwrite: Option<OverwriteMode>,
 }
 
 #[derive(Deserialize, Default)]
@@ -601,6 +616,7 @@ fn validate_s3(raw: Spanned<RawS3>, source: &Source<'_>) -> Result<S3Config, Con
         failed_retry_max: raw
             .failed_retry_max
             .map_or(FAILED_RETRY_MAX_DEFAULT, |d| d.0),
+        overwrite: raw.overwrite.unwrap_or_default(),
     })
 }
 

@@ -414,7 +414,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         .map(|f| {
             if matches!(
                 f.state,
-                FileState::Sealed | FileState::Uploading | FileState::Failed
+                FileState::Sealed | FileState::Uploading | FileState::Failed | FileState::Conflict
             ) {
                 queue.bytes += f.size;
                 queue.files += 1;
@@ -486,6 +486,10 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         failed_files: files
             .iter()
             .filter(|f| f.state == FileState::Failed)
+            .count() as u64,
+        conflict_files: files
+            .iter()
+            .filter(|f| f.state == FileState::Conflict)
             .count() as u64,
         retrying_files: retrying.len() as u64,
         clock_skew_secs: skew.map(|k| k.skew_secs),

@@ -117,7 +117,8 @@ impl Rig {
         }
     }
 
-    async fn object(&self, name: &str) -> Vec<u8> {
+    /// A client of the embedded S3 server, for looking at (and changing) the bucket.
+    fn s3_client(&self) -> (aws_sdk_s3::Client, String) {
         let cfg = test_s3_config(&self.server);
         let conf = aws_sdk_s3::Config::builder()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
@@ -132,9 +133,14 @@ impl Rig {
                 "test",
             ))
             .build();
-        let out = aws_sdk_s3::Client::from_conf(conf)
+        (aws_sdk_s3::Client::from_conf(conf), cfg.bucket)
+    }
+
+    async fn object(&self, name: &str) -> Vec<u8> {
+        let (client, bucket) = self.s3_client();
+        let out = client
             .get_object()
-            .bucket(cfg.bucket)
+            .bucket(bucket)
             .key(format!("p/u/{name}"))
             .send()
             .await
@@ -359,6 +365,124 @@ async fn a_failed_file_is_retried_by_itself_on_a_doubling_backoff_and_delivered_
     rig.store.clear();
     rig.wait_state("later.txt", FileState::Delivered).await;
     assert!(rig.object("later.txt").await == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_overwrite_never_an_object_at_the_key_is_never_replaced() {
+    use sftpgw::config::OverwriteMode;
+    use sftpgw::drain::store::ObjectMetadata;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = S3Server::start(S3ServerConfig::loopback(tmp.path().join("s3")))
+        .await
+        .expect("s3");
+    let cfg = sftpgw::config::S3Config {
+        overwrite: OverwriteMode::Never,
+        ..test_s3_config(&server)
+    };
+    let store = Arc::new(FaultStore::new(AwsStore::new(&cfg).expect("store")));
+    let spool = open_spool(tmp.path());
+    let mut rig = Rig {
+        tmp,
+        server,
+        store,
+        spool,
+        drain_task: None,
+    };
+    // Another box's objects: one with other bytes at a small file's and a large file's key,
+    // one with the very bytes this box will upload (and their SHA-256 as metadata).
+    let theirs = content(500, 1);
+    let same = content(700, 2);
+    let mut same_meta = ObjectMetadata::new();
+    same_meta.insert(
+        "sha256".into(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&same)),
+    );
+    for (key, bytes, meta) in [
+        ("p/u/taken.txt", &theirs, ObjectMetadata::new()),
+        ("p/u/big-taken.bin", &theirs, ObjectMetadata::new()),
+        ("p/u/same.txt", &same, same_meta),
+    ] {
+        rig.store
+            .inner()
+            .put_object(key, Body::Bytes(Bytes::from(bytes.clone())), &meta)
+            .await
+            .expect("their object");
+    }
+    // This box's own PUT whose answer is lost: its retry meets its own object (412).
+    let mut lost_once = false;
+    rig.store.add_rule(move |c| {
+        let first = c.op == Op::PutObject && c.key == "p/u/lost.txt" && !lost_once;
+        lost_once |= first;
+        first.then_some(Fault::ResponseLost)
+    });
+    rig.start_drain(2);
+    let lost = content(900, 3);
+    rig.put("lost.txt", &lost).await;
+    rig.put("same.txt", &same).await;
+    rig.put("taken.txt", &content(600, 4)).await;
+    let big = content((PART + 1000) as usize, 5);
+    rig.put("big-taken.bin", &big).await;
+
+    rig.wait_state("lost.txt", FileState::Delivered).await;
+    rig.wait_state("same.txt", FileState::Delivered).await;
+    rig.wait_state("taken.txt", FileState::Conflict).await;
+    rig.wait_state("big-taken.bin", FileState::Conflict).await;
+    assert!(rig.object("lost.txt").await == lost);
+    assert!(
+        rig.object("taken.txt").await == theirs,
+        "their object was replaced"
+    );
+    assert!(
+        rig.object("big-taken.bin").await == theirs,
+        "their object was replaced"
+    );
+    let conflict = rig
+        .spool
+        .files()
+        .into_iter()
+        .find(|f| f.path.as_str() == "taken.txt")
+        .expect("file");
+    assert!(
+        conflict
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("already holds another object"),
+        "{conflict:?}"
+    );
+    assert!(
+        rig.spool.sealed_path(conflict.id).exists(),
+        "kept on the spool"
+    );
+    // The conflict's multipart upload is aborted, not left open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rig
+        .store
+        .inner()
+        .list_multipart_uploads("p/u/big-taken.bin")
+        .await
+        .expect("list")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the conflict's upload stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Someone moves their object away; `retry` then delivers ours.
+    let (client, bucket) = rig.s3_client();
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key("p/u/taken.txt")
+        .send()
+        .await
+        .expect("delete theirs");
+    assert_eq!(rig.spool.retry_failed(None).await, 2);
+    rig.wait_state("taken.txt", FileState::Delivered).await;
+    assert!(rig.object("taken.txt").await == content(600, 4));
+    rig.wait_state("big-taken.bin", FileState::Conflict).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,11 @@ early_drain = true
 # Defaults "15m" and "6h".
 failed_retry = "15m"
 failed_retry_max = "6h"
+# "replace" (default): the newest acknowledged version replaces the object. "never": puts and
+# completes carry If-None-Match: * (S3 conditional writes), so an object already at the key
+# (another box's, a person's) is never replaced; such a file goes to the "conflict" state
+# (status shows it; `sftpgw retry` tries again). The store must support conditional writes.
+overwrite = "replace"
 
 [shaping]
 # WAN bandwidth of the drain (upload bodies to S3; SFTP uploads on the LAN are never limited).

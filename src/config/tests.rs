@@ -95,6 +95,7 @@ fn example_parses_with_the_values_it_documents() {
     assert!(config.s3.early_drain);
     assert_eq!(config.spool.engine, EngineChoice::Auto);
     assert_eq!(config.sftp.algorithms, Algorithms::Modern);
+    assert_eq!(config.s3.overwrite, OverwriteMode::Replace);
     assert_eq!(config.control.socket, Path::new("/data/spool/control.sock"));
     assert_eq!(
         config.metrics.map(|m| m.listen),

@@ -375,7 +375,7 @@ impl<W: Write> Console<'_, '_, W> {
         let failed: Vec<_> = snapshot
             .files
             .iter()
-            .filter(|f| f.state == FileState::Failed)
+            .filter(|f| matches!(f.state, FileState::Failed | FileState::Conflict))
             .take(FAILED_LISTED_COUNT_MAX)
             .collect();
         if failed.is_empty() {

@@ -91,6 +91,8 @@ pub struct AwsStore {
     observer: Arc<S3Observer>,
     /// Paces the bodies of spool ranges (PutObject, UploadPart); `None`: unpaced.
     pacer: Option<Arc<Shaper>>,
+    /// `If-None-Match: *` on PutObject and CompleteMultipartUpload (`overwrite = "never"`).
+    if_none_match: Option<String>,
 }
 
 impl AwsStore {
@@ -160,6 +162,8 @@ impl AwsStore {
             timeouts,
             observer,
             pacer: None,
+            if_none_match: (cfg.overwrite == crate::config::OverwriteMode::Never)
+                .then(|| "*".to_owned()),
         })
     }
 
@@ -279,6 +283,7 @@ impl ObjectStore for AwsStore {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_if_none_match(self.if_none_match.clone())
             .set_metadata(sdk_metadata(metadata))
             .body(stream)
             .customize()
@@ -367,6 +372,7 @@ impl ObjectStore for AwsStore {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
+            .set_if_none_match(self.if_none_match.clone())
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -508,6 +514,8 @@ fn classify_service_error(operation: &str, code: Option<&str>, status: u16) -> S
     const HEAD: &str = "HeadObject";
     match code {
         Some("NoSuchUpload") => S3ErrorKind::NoSuchUpload,
+        Some("PreconditionFailed") => S3ErrorKind::PreconditionFailed,
+        None if status == 412 => S3ErrorKind::PreconditionFailed,
         Some(
             "SlowDown"
             | "RequestTimeout"
@@ -592,6 +600,7 @@ mod tests {
             early_drain: true,
             failed_retry: crate::config::FAILED_RETRY_DEFAULT,
             failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
+            overwrite: crate::config::OverwriteMode::Replace,
         };
         let err = AwsStore::new(&cfg).unwrap_err();
         assert_eq!(err.kind, S3ErrorKind::Permanent);

@@ -24,6 +24,9 @@ pub enum S3ErrorKind {
     NoSuchUpload,
     /// HEAD of a missing object (404).
     NotFound,
+    /// 412: a conditional write (`If-None-Match: *`, `overwrite = "never"`) found the key
+    /// taken. Settled by HEAD: ours, the same bytes, or a conflict.
+    PreconditionFailed,
 }
 
 /// An error from one S3 operation, already classified.

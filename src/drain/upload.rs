@@ -137,6 +137,10 @@ enum Stop {
     Restart,
     /// A permanent error: the file becomes `failed`.
     Permanent(S3Error),
+    /// `overwrite = "never"` found the key taken (412); to be settled by HEAD.
+    Exists(S3Error),
+    /// The key holds another object: the file becomes `conflict`.
+    Conflict(String),
 }
 
 impl From<FsError> for Stop {
@@ -495,7 +499,34 @@ impl<S: ObjectStore> Ctx<S> {
                         None => return,
                     }
                 }
-                Err(Stop::Permanent(e)) => {
+                Err(Stop::Conflict(why)) => {
+                    tracing::error!(event = "conflict", id = file.id, user = %file.user,
+                        path = %file.path.display(), key, cause = %why,
+                        "not uploaded: the key holds another object; kept on the spool until `sftpgw retry`");
+                    crate::telemetry::record_error(
+                        crate::telemetry::ErrorKind::S3Permanent,
+                        Some(format!("{}:{}", file.user, file.path.display())),
+                        &why,
+                    );
+                    let id = file.id;
+                    let mut end = why
+                        .len()
+                        .min(crate::spool::catalog::FAILURE_CAUSE_BYTES_MAX);
+                    while !why.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    let record = Record::Conflict {
+                        id,
+                        error: why[..end].to_owned(),
+                    };
+                    let _ = self
+                        .spool
+                        .commit(vec![record], true, |c| self.check_current(c.file(id), key))
+                        .await;
+                    return;
+                }
+                // Only the delivery steps settle a 412; one anywhere else is an error.
+                Err(Stop::Exists(e) | Stop::Permanent(e)) => {
                     tracing::error!(event = "failed", id = file.id, user = %file.user,
                         path = %file.path.display(), key, cause = %e,
                         "upload failed permanently; kept on the spool and retried by itself on a long backoff, or at once with `sftpgw retry`");
@@ -580,6 +611,7 @@ impl<S: ObjectStore> Ctx<S> {
                     }
                 }
                 Err(e) if e.kind == S3ErrorKind::NoSuchUpload => return Err(Stop::Restart),
+                Err(e) if e.kind == S3ErrorKind::PreconditionFailed => return Err(Stop::Exists(e)),
                 Err(e) => return Err(Stop::Permanent(e)),
             }
         }
@@ -685,16 +717,23 @@ impl<S: ObjectStore> Ctx<S> {
         let meta = Self::metadata(Some(&sha), &token);
         let permit = self.part_permit(file.size).await?;
         let body = self.spool_range(file.id, 0, file.size, None);
-        self.retry(file.id, key, || {
-            self.store.put_object(key, body.clone(), &meta)
-        })
-        .await?;
-        self.stats
-            .bytes_sent
-            .fetch_add(file.size, Ordering::Relaxed);
+        let put = self
+            .retry(file.id, key, || {
+                self.store.put_object(key, body.clone(), &meta)
+            })
+            .await;
         // The permit is held until `Delivered` is durable: a file whose PUT is done but not
         // yet journalled is sent again after a crash, and counts against the bound.
-        let delivered = self.verify_and_record(file, key, &token).await;
+        let delivered = match put {
+            Ok(()) => {
+                self.stats
+                    .bytes_sent
+                    .fetch_add(file.size, Ordering::Relaxed);
+                self.verify_and_record(file, key, &token).await
+            }
+            Err(Stop::Exists(_)) => self.settle_existing(file, key, &token).await,
+            Err(e) => Err(e),
+        };
         drop(permit);
         delivered
     }
@@ -861,6 +900,10 @@ impl<S: ObjectStore> Ctx<S> {
             .await;
         match completed {
             Ok(()) => {}
+            // overwrite = "never": ours already (a repeated Complete), the same bytes, or not.
+            Err(Stop::Exists(_)) => {
+                return self.settle_existing(file, key, &upload.token).await;
+            }
             // Completed before, but the answer was lost: HEAD with our token settles it.
             Err(Stop::Restart) => {
                 let head = self.retry(id, key, || self.store.head_object(key)).await?;
@@ -1029,7 +1072,11 @@ impl<S: ObjectStore> Ctx<S> {
                                 })
                                 .await;
                         }
-                        Err(Stop::Permanent(e)) => break Err(e),
+                        // UploadPart answers no 412 and settles nothing.
+                        Err(Stop::Permanent(e) | Stop::Exists(e)) => break Err(e),
+                        Err(Stop::Conflict(why)) => {
+                            break Err(S3Error::new(S3ErrorKind::Permanent, "UploadPart", why));
+                        }
                     }
                 }
                 () = tokio::time::sleep(EARLY_POLL) => {}
@@ -1091,6 +1138,58 @@ impl<S: ObjectStore> Ctx<S> {
         self.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
         self.stats.parts_sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// `overwrite = "never"` and the key is taken (412 on PutObject or Complete). HEAD says by
+    /// what: our own object (a retried PUT or a repeated Complete whose first answer was lost;
+    /// never a failure), an object with the same size and SHA-256 (the same bytes: delivered),
+    /// or another object (a conflict, for a person to settle).
+    async fn settle_existing(&self, file: &FileRecord, key: &str, token: &str) -> Result<(), Stop> {
+        let head = self
+            .retry(file.id, key, || self.store.head_object(key))
+            .await?;
+        let Some(head) = head else {
+            // Gone again meanwhile: the next attempt writes it.
+            return Err(Stop::Restart);
+        };
+        if head.size == file.size
+            && head.metadata.get(META_TOKEN).map(String::as_str) == Some(token)
+        {
+            return self.verify_and_record(file, key, token).await;
+        }
+        let same_bytes = file.sha256.is_some_and(|sha| {
+            head.size == file.size
+                && head.metadata.get(META_SHA256).map(String::as_str)
+                    == Some(hex::encode(sha).as_str())
+        });
+        if same_bytes {
+            let id = file.id;
+            self.spool
+                .commit(
+                    vec![Record::Delivered {
+                        id,
+                        at_unix: crate::spool::now_unix(),
+                    }],
+                    true,
+                    |c| self.check_current(c.file(id), key),
+                )
+                .await?;
+            self.stats.files_delivered.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                id,
+                key,
+                "the key already holds the same bytes (same SHA-256): delivered"
+            );
+            return Ok(());
+        }
+        Err(Stop::Conflict(format!(
+            "{key} already holds another object ({} bytes{}); overwrite = \"never\" keeps it",
+            head.size,
+            head.metadata
+                .get(META_SHA256)
+                .map(|s| format!(", sha256 {s}"))
+                .unwrap_or_default()
+        )))
     }
 
     /// HEAD shows the object with the file's size and the token of the upload that created

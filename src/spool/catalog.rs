@@ -79,6 +79,9 @@ pub enum Record {
         key: String,
         at_unix: u64,
     },
+    /// `overwrite = "never"`: the key holds another object; the file is kept, not uploaded.
+    /// Its upload, if any, is aborted.
+    Conflict { id: FileId, error: String },
 }
 
 /// Keys with an unresolved [`Record::UploadIntent`] a file keeps at most (one per key, the
@@ -422,7 +425,9 @@ impl Catalog {
                     }
                     // Early drain: the state stays; `Sealed` turns it into `Uploading`.
                     FileState::Receiving | FileState::Partial => true,
-                    FileState::Delivered | FileState::Failed => return effects,
+                    FileState::Delivered | FileState::Failed | FileState::Conflict => {
+                        return effects;
+                    }
                 };
                 if let Some(old) = file.upload.take() {
                     effects.abort_uploads.push((old.key, old.upload_id));
@@ -490,6 +495,19 @@ impl Catalog {
                 file.state = FileState::Failed;
                 file.last_error = Some(error.clone());
             }
+            Record::Conflict { id, error } => {
+                let Some(file) = self.files.get_mut(id) else {
+                    return effects;
+                };
+                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
+                    return effects;
+                }
+                file.state = FileState::Conflict;
+                file.last_error = Some(error.clone());
+                if let Some(u) = file.upload.take() {
+                    effects.abort_uploads.push((u.key, u.upload_id));
+                }
+            }
             Record::Hidden { id } => {
                 let Some(file) = self.files.get_mut(id) else {
                     return effects;
@@ -504,7 +522,7 @@ impl Catalog {
                 let Some(file) = self.files.get_mut(id) else {
                     return effects;
                 };
-                if file.state == FileState::Failed {
+                if matches!(file.state, FileState::Failed | FileState::Conflict) {
                     file.last_error = None;
                     file.state = if file.upload.is_some() {
                         FileState::Uploading
@@ -675,6 +693,10 @@ impl Catalog {
                     id: f.id,
                     error: f.last_error.clone().unwrap_or_default(),
                 }),
+                FileState::Conflict => out.push(Record::Conflict {
+                    id: f.id,
+                    error: f.last_error.clone().unwrap_or_default(),
+                }),
                 _ => {}
             }
             if f.hidden {
@@ -761,6 +783,10 @@ mod tests {
                 error: "AccessDenied".into()
             }),
             id.clone().prop_map(|id| Record::Retried { id }),
+            id.clone().prop_map(|id| Record::Conflict {
+                id,
+                error: "exists".into()
+            }),
             (id, 0u8..3).prop_map(|(id, k)| Record::UploadIntent {
                 id,
                 key: format!("k{id}-{k}"),

@@ -65,6 +65,9 @@ pub enum FileState {
     Uploading,
     Delivered,
     Failed,
+    /// `overwrite = "never"` found another object at the key: kept, alarmed, retried on
+    /// `sftpgw retry` (after someone moved the other object away, say).
+    Conflict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -82,7 +82,15 @@ impl Spool {
             recovered.max_id_on_disk = recovered.max_id_on_disk.max(id.unwrap_or(0));
             let state = id.and_then(|id| self.lock().file(id).map(|f| f.state));
             match (id, state) {
-                (Some(_), Some(FileState::Sealed | FileState::Uploading | FileState::Failed)) => {}
+                (
+                    Some(_),
+                    Some(
+                        FileState::Sealed
+                        | FileState::Uploading
+                        | FileState::Failed
+                        | FileState::Conflict,
+                    ),
+                ) => {}
                 (Some(_), Some(FileState::Delivered)) => fs::remove_file(entry.path())?,
                 (Some(id), state) => candidates.push((id, state, entry.path(), name)),
                 (None, _) => {

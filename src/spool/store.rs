@@ -712,7 +712,7 @@ impl Spool {
         let ids: Vec<FileId> = self
             .lock()
             .files()
-            .filter(|f| f.state == FileState::Failed)
+            .filter(|f| matches!(f.state, FileState::Failed | FileState::Conflict))
             .filter(|f| filter.is_none_or(|(u, p)| f.user == u && f.path.starts_with(p)))
             .map(|f| f.id)
             .collect();

@@ -24,6 +24,8 @@ pub struct HealthInputs<'a> {
     pub s3_reachable: Option<bool>,
     pub s3_last_error: Option<&'a str>,
     pub failed_files: u64,
+    /// Files whose key holds another object (`overwrite = "never"`).
+    pub conflict_files: u64,
     pub retrying_files: u64,
     pub clock_skew_secs: Option<f64>,
     pub shaping: Option<&'a ShapingStatus>,
@@ -60,6 +62,12 @@ pub fn health(i: &HealthInputs<'_>) -> Health {
         });
     }
     degraded.extend(i.spool_alarms.iter().cloned());
+    if i.conflict_files > 0 {
+        degraded.push(format!(
+            "{} file(s) in conflict: their key holds another object (overwrite = \"never\")",
+            i.conflict_files
+        ));
+    }
     if i.failed_files > 0 {
         degraded.push(format!(
             "{} failed file(s): see below, `sftpgw retry`",

@@ -179,6 +179,7 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
         FileState::Uploading,
         FileState::Delivered,
         FileState::Failed,
+        FileState::Conflict,
     ] {
         let n = s.files.iter().filter(|f| f.state == state).count();
         let label = format!("{state:?}").to_lowercase();

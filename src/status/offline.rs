@@ -52,7 +52,7 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
         .map(|f| {
             if matches!(
                 f.state,
-                FileState::Sealed | FileState::Uploading | FileState::Failed
+                FileState::Sealed | FileState::Uploading | FileState::Failed | FileState::Conflict
             ) {
                 queue.files += 1;
                 queue.bytes += f.size;

@@ -87,6 +87,7 @@ fn state_text(f: &FileStatus) -> String {
         FileState::Uploading => format!("uploading {}/{}", f.parts_done, f.parts_total),
         FileState::Delivered => "delivered".into(),
         FileState::Failed => "FAILED".into(),
+        FileState::Conflict => "CONFLICT".into(),
     }
 }
 
@@ -271,13 +272,21 @@ fn uploads(sc: &mut Screen, s: &Snapshot) {
 
 fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
     let count = |st: FileState| s.files.iter().filter(|f| f.state == st).count();
+    // Conflicts are rare (overwrite = "never" only): counted with the failed ones, named when
+    // there are any, so that the line stays within 80 columns otherwise.
+    let failed = match count(FileState::Conflict) {
+        0 => count(FileState::Failed).to_string(),
+        conflicts => format!(
+            "{} ({conflicts} conflict)",
+            count(FileState::Failed) + conflicts
+        ),
+    };
     sc.line(format!(
-        "FILES    receiving {}  partial {}  sealed {}  uploading {}  failed {}  delivered {}",
+        "FILES    receiving {}  partial {}  sealed {}  uploading {}  failed {failed}  delivered {}",
         count(FileState::Receiving),
         count(FileState::Partial),
         count(FileState::Sealed),
         count(FileState::Uploading),
-        count(FileState::Failed),
         count(FileState::Delivered),
     ));
     let listed: Vec<&FileStatus> = s
