@@ -509,16 +509,7 @@ impl<S: ObjectStore> Ctx<S> {
                         &why,
                     );
                     let id = file.id;
-                    let mut end = why
-                        .len()
-                        .min(crate::spool::catalog::FAILURE_CAUSE_BYTES_MAX);
-                    while !why.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    let record = Record::Conflict {
-                        id,
-                        error: why[..end].to_owned(),
-                    };
+                    let record = Record::conflict(id, &why);
                     let _ = self
                         .spool
                         .commit(vec![record], true, |c| self.check_current(c.file(id), key))
@@ -1163,20 +1154,9 @@ impl<S: ObjectStore> Ctx<S> {
                     == Some(hex::encode(sha).as_str())
         });
         if same_bytes {
-            let id = file.id;
-            self.spool
-                .commit(
-                    vec![Record::Delivered {
-                        id,
-                        at_unix: crate::spool::now_unix(),
-                    }],
-                    true,
-                    |c| self.check_current(c.file(id), key),
-                )
-                .await?;
-            self.stats.files_delivered.fetch_add(1, Ordering::Relaxed);
+            self.record_delivered(file.id, key).await?;
             tracing::info!(
-                id,
+                id = file.id,
                 key,
                 "the key already holds the same bytes (same SHA-256): delivered"
             );
@@ -1217,18 +1197,21 @@ impl<S: ObjectStore> Ctx<S> {
                 ),
             )));
         }
+        self.record_delivered(id, key).await?;
+        tracing::debug!(id, key, size = file.size, "verified");
+        Ok(())
+    }
+
+    /// Journals `Delivered` (the spool copy is then freed) and counts it.
+    async fn record_delivered(&self, id: FileId, key: &str) -> Result<(), Stop> {
+        let record = Record::Delivered {
+            id,
+            at_unix: crate::spool::now_unix(),
+        };
         self.spool
-            .commit(
-                vec![Record::Delivered {
-                    id,
-                    at_unix: crate::spool::now_unix(),
-                }],
-                true,
-                |c| self.check_current(c.file(id), key),
-            )
+            .commit(vec![record], true, |c| self.check_current(c.file(id), key))
             .await?;
         self.stats.files_delivered.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(id, key, size = file.size, "verified");
         Ok(())
     }
 }

@@ -106,15 +106,27 @@ const _: () = assert!(
 impl Record {
     /// `Failed` with its cause cut to [`FAILURE_CAUSE_BYTES_MAX`] (at a character boundary).
     pub fn failed(id: FileId, cause: &str) -> Record {
-        let mut end = cause.len().min(FAILURE_CAUSE_BYTES_MAX);
-        while !cause.is_char_boundary(end) {
-            end -= 1;
-        }
         Record::Failed {
             id,
-            error: cause[..end].to_owned(),
+            error: cut_cause(cause),
         }
     }
+
+    /// `Conflict` with its cause cut like [`Record::failed`]'s.
+    pub fn conflict(id: FileId, cause: &str) -> Record {
+        Record::Conflict {
+            id,
+            error: cut_cause(cause),
+        }
+    }
+}
+
+fn cut_cause(cause: &str) -> String {
+    let mut end = cause.len().min(FAILURE_CAUSE_BYTES_MAX);
+    while !cause.is_char_boundary(end) {
+        end -= 1;
+    }
+    cause[..end].to_owned()
 }
 
 /// `UploadStarted` and one `PartDone` per part: the records that rebuild `u`.
