@@ -146,3 +146,81 @@ async fn a_full_spool_refuses_what_does_not_fit_keeps_what_was_acknowledged_and_
     }
     h.stop_daemon();
 }
+
+/// Fills the file system of `dir` to the last byte with a file of its own.
+fn fill_up(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![0xAB; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    // The last partial chunk: byte by byte until the disk refuses.
+    while f.write_all(&[0]).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_and_new_records_on_a_disk_filled_to_the_last_byte_still_succeed() {
+    use bytes::Bytes;
+    use sftpgw::spool::{FileState, FsErrorKind, OpenMode, Spool, SpoolOptions, VPath};
+    let mount_dir = tempfile::tempdir().expect("tmp");
+    let Some(_tmpfs) = Tmpfs::mount(mount_dir.path(), TMPFS_BYTES) else {
+        return;
+    };
+    let dir = mount_dir.path().join("spool");
+    let options = || SpoolOptions {
+        dir: dir.clone(),
+        partial_ttl: Duration::from_secs(3600),
+        reserve_bytes: 0,
+        hash_bytes_max: u64::MAX,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
+        max_file_size: u64::MAX,
+    };
+    let spool = Spool::open(options()).expect("spool");
+    let path = VPath::resolve("/written.bin").expect("path");
+    let h = spool
+        .open_write("alice", &path, OpenMode::default())
+        .await
+        .expect("open");
+    let bytes = data(1 << 20, 7);
+    h.write_at(0, Bytes::from(bytes.clone()))
+        .await
+        .expect("write");
+    // Someone (a log, another process) takes every last byte of the disk.
+    let filler = fill_up(mount_dir.path());
+    // The journal keeps room ahead of itself: the CLOSE of what was written still succeeds
+    // (data fsync, rename, directory fsyncs, a durable journal record), and so do other
+    // journal appends.
+    h.close().await.expect("CLOSE on a full disk");
+    spool
+        .mkdir("alice", &VPath::resolve("/d").expect("path"))
+        .await
+        .expect("a durable journal append on a full disk");
+    // A new upload is refused with a clear error.
+    let refused = spool
+        .open_write(
+            "alice",
+            &VPath::resolve("/new.bin").expect("path"),
+            OpenMode::default(),
+        )
+        .await
+        .err()
+        .expect("no room for a new upload");
+    assert_eq!(refused.kind, FsErrorKind::NoSpace, "{}", refused.message);
+    drop(spool);
+    // After a restart (on the still full disk) the acknowledged file is there, intact.
+    let spool = Spool::open(options()).expect("reopen on a full disk");
+    let sealed = spool
+        .files()
+        .into_iter()
+        .find(|f| f.path == path)
+        .expect("the acknowledged file");
+    assert_eq!(sealed.state, FileState::Sealed);
+    assert_eq!(
+        std::fs::read(spool.sealed_path(sealed.id)).expect("bytes"),
+        bytes
+    );
+    std::fs::remove_file(filler).expect("free the disk");
+}
