@@ -233,3 +233,42 @@ async fn a_sealed_file_the_journal_cannot_explain_is_quarantined_listed_and_deli
         pattern(5000, 1)
     );
 }
+
+#[tokio::test]
+async fn a_version_dropped_before_a_crash_stays_dropped_though_its_unlink_was_lost() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("spool");
+    let spool = open(&dir);
+    put(&spool, "alice", "/sup.bin", b"version one").await;
+    put(&spool, "alice", "/rm.bin", b"removed later").await;
+    // The bytes of both, as a crash would leave them if their unlinks never reached the disk.
+    let kept: Vec<(std::path::PathBuf, Vec<u8>)> = spool
+        .files()
+        .iter()
+        .map(|f| {
+            let path = spool.sealed_path(f.id);
+            let bytes = std::fs::read(&path).expect("sealed bytes");
+            (path, bytes)
+        })
+        .collect();
+    put(&spool, "alice", "/sup.bin", b"version two").await;
+    spool.remove("alice", &vp("/rm.bin")).await.expect("rm");
+    drop(spool);
+    for (path, bytes) in &kept {
+        std::fs::write(path, bytes).expect("restore the lost unlink");
+    }
+
+    let spool = open(&dir);
+    let listed = files(&spool);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(sealed_bytes(&spool, "alice", "/sup.bin"), b"version two");
+    assert_eq!(
+        spool.quarantined_count(),
+        0,
+        "a dropped version is not quarantined"
+    );
+    assert!(spool.alarms().is_empty(), "{:?}", spool.alarms());
+    for (path, _) in &kept {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+}

@@ -167,10 +167,27 @@ impl Spool {
         let (journal, records) = Journal::<Record>::open(&opts.dir.join("journal"))?;
         let mut catalog = Catalog::default();
         let mut aborts = Vec::new();
+        // Versions the journal dropped (removed, superseded): their unlink may not have reached
+        // the disk before a crash. They go now, before recovery could take them for files the
+        // journal lost and deliver them again.
+        let mut freed = Vec::new();
         for record in &records {
-            aborts.extend(catalog.apply(record).abort_uploads);
+            let effects = catalog.apply(record);
+            aborts.extend(effects.abort_uploads);
+            freed.extend(effects.free_spool);
         }
         catalog.end_replay();
+        for id in freed.into_iter().filter(|id| catalog.file(*id).is_none()) {
+            for dir in [&partial_dir, &sealed_dir] {
+                match fs::remove_file(dir.join(id.to_string())) {
+                    Ok(()) => {
+                        tracing::info!(id, "removed a dropped version's spool file left by a crash")
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(SpoolOpenError::Io(dir.join(id.to_string()), e)),
+                }
+            }
+        }
         let spool = Spool {
             _dir_lock: dir_lock,
             engine,
@@ -280,7 +297,21 @@ impl Spool {
                     size.max(snapshot_bytes) + JOURNAL_COMPACT_BYTES.max(snapshot_bytes),
                     Ordering::Relaxed,
                 );
-                drop(self.journal.compact(snapshot));
+                // A compacted journal no longer says which versions it dropped: their unlinks
+                // must be durable before it can replace the journal that does.
+                let synced = [&self.partial_dir, &self.sealed_dir]
+                    .into_iter()
+                    .all(|dir| {
+                        fsync_dir(dir)
+                            .map_err(|e| {
+                                tracing::warn!(dir = %dir.display(), error = %e,
+                                "cannot sync the spool directory; journal compaction postponed");
+                            })
+                            .is_ok()
+                    });
+                if synced {
+                    drop(self.journal.compact(snapshot));
+                }
             }
             (ticket, effects)
         };
