@@ -148,9 +148,9 @@ class Box:
         self.console.sendline(line)
 
 
-def sftp_batch(box: Box, key: Path, commands: str, cwd: Path, timeout: float):
-    """Runs OpenSSH sftp in batch mode against the box; raises with its output on failure."""
-    cmd = [
+def sftp_argv(box: Box, key: Path) -> list[str]:
+    """OpenSSH sftp in batch mode (commands on stdin) against the box, with the test's key."""
+    return [
         "sftp",
         "-b", "-",
         "-i", str(key),
@@ -163,8 +163,12 @@ def sftp_batch(box: Box, key: Path, commands: str, cwd: Path, timeout: float):
         "-o", "LogLevel=ERROR",
         f"{box.sftp_user}@{box.sftp_host}",
     ]
+
+
+def sftp_batch(box: Box, key: Path, commands: str, cwd: Path, timeout: float):
+    """Runs OpenSSH sftp in batch mode against the box; raises with its output on failure."""
     p = subprocess.run(
-        cmd, input=commands, text=True, capture_output=True, cwd=cwd, timeout=timeout
+        sftp_argv(box, key), input=commands, text=True, capture_output=True, cwd=cwd, timeout=timeout
     )
     if p.returncode != 0:
         raise AssertionError(
