@@ -1,6 +1,6 @@
-// UNFINISHED, NOT COMPILED: a helper's model-based test (issue 13), saved for the next session.
-// It passed once as tests/model.rs (2 tests, 29 s) but has clippy errors and a scratch test
-// (`scratch_replay`) to remove; move it back to tests/model.rs to finish it.
+// NOT BUILT: the model-based test of issue 13, saved for the next session. It finds three
+// product bugs (see the issue note) and fails until they are fixed; move it (and
+// model.proptest-regressions) back to tests/ once they are.
 
 //! A model-based test in the pattern of mountpoint-s3's reftests: random sequences of
 //! operations run against the real spool, drain and embedded S3 server (through the real
@@ -18,8 +18,12 @@
 //! - `Resume`: open_write without truncate of that partial file (reput), append, close.
 //! - `Remove`: spool.remove. The gateway never deletes objects, and a pending upload is
 //!   cancelled: the bucket may then hold nothing or any version acknowledged before.
-//! - `Crash`: abort the drain, drop the spool, optionally flip bytes of the journal (after its
-//!   12-byte header), reopen the spool from disk, start a new drain.
+//! - `Rename`: posix-rename of an acknowledged file onto the user's other path. Accepted while
+//!   the file is pending (the new path must end with it; the old key may hold it or not),
+//!   refused once it is delivered (nothing changes).
+//! - `Crash`: abort the drain, wait until no task holds the spool, drop it, optionally damage
+//!   the journal (flip a byte, or cut it, after its 12-byte header), reopen the spool from
+//!   disk, start a new drain.
 //! - `Fault`: the next N calls of one S3 operation fail transiently (500, connection reset,
 //!   response lost) or with NoSuchUpload.
 //! - `Slow`: the S3 server's upload rate (so that crashes land in the middle of uploads).
@@ -34,9 +38,17 @@
 //! no file's state.
 //!
 //! Runs `PROPTEST_CASES` cases (16 by default); failures shrink (at most
-//! `PROPTEST_MAX_SHRINK_ITERS` steps, 64 by default) and are kept in
+//! `PROPTEST_MAX_SHRINK_ITERS` steps, 64 by default, for at most `PROPTEST_MAX_SHRINK_TIME`
+//! ms, 30 s by default) and are kept in
 //! `tests/model.proptest-regressions`. The failure message carries the tail of the product's
-//! log (`SFTPGW_LOG` sets the filter; `sftpgw=info` by default).
+//! log (`SFTPGW_LOG` sets the filter, `sftpgw=info` by default; `MODEL_LOG_LINES` how many
+//! lines, 120). `MODEL_STATS=1` prints per case the S3 calls and faults and what crashes met;
+//! `MODEL_RESTART_DELAY_MS` keeps a crashed run down that long before it restarts (0 by
+//! default: requests of the dead run still being processed by the server then meet the new
+//! run's, as after a quick restart by systemd).
+//!
+//! The smallest sequences the model found are also replayed as they are, by name, at the end
+//! of this file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -117,7 +129,7 @@ fn slot_name(slot: usize) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Order {
     /// 1 MiB appends, back to back.
-    InOrder,
+    Appends,
     /// 1 MiB appends with 25 ms between them: the early drain sends parts before CLOSE.
     Paced,
     /// The last chunk first: never appended, so the drain hashes it and no early upload.
@@ -187,7 +199,7 @@ fn extra() -> impl Strategy<Value = u64> {
 
 fn order() -> impl Strategy<Value = Order> {
     prop_oneof![
-        4 => Just(Order::InOrder),
+        4 => Just(Order::Appends),
         2 => Just(Order::Paced),
         1 => Just(Order::Reverse),
         1 => Just(Order::RewriteHead),
@@ -214,9 +226,6 @@ fn fault_op() -> impl Strategy<Value = Op> {
         4 => (any_op, transient, 1u8..=3),
         1 => (upload_ops, Just(Fault::NoSuchUpload), 1u8..=2),
     ]
-    .prop_filter("EXPLORE", |(op, fault, _)| {
-        !(*op == S3Op::CreateMultipartUpload && *fault == Fault::ResponseLost)
-    })
     .prop_map(|(op, fault, count)| Op::Fault { op, fault, count })
 }
 
@@ -228,7 +237,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..SLOTS).prop_map(|slot| Op::Remove { slot }),
         2 => (0..SLOTS).prop_map(|slot| Op::Rename { slot }),
         2 => Just(Op::Crash { flips: Vec::new() }),
-        8 => prop::collection::vec((0u16..10_000, prop_oneof![5 => 1u8..=255, 1 => Just(0u8)]), 1..=3)
+        2 => prop::collection::vec((0u16..10_000, prop_oneof![5 => 1u8..=255, 1 => Just(0u8)]), 1..=2)
             .prop_map(|flips| Op::Crash { flips }),
         3 => fault_op(),
         2 => prop_oneof![Just(None), (8u64..=40).prop_map(|m| Some(m << 20))]
@@ -514,7 +523,7 @@ impl Rig {
                 Order::Paced | Order::RewriteHead => {
                     tokio::time::sleep(Duration::from_millis(25)).await
                 }
-                Order::InOrder | Order::Reverse => tokio::task::yield_now().await,
+                Order::Appends | Order::Reverse => tokio::task::yield_now().await,
             }
         }
         if order == Order::RewriteHead && !bytes.is_empty() {
@@ -702,7 +711,7 @@ impl Case {
                         &h,
                         partial.len() as u64,
                         content(*extra, salt),
-                        Order::InOrder,
+                        Order::Appends,
                         salt,
                     )
                     .await?;
@@ -853,7 +862,7 @@ impl Case {
                     let want = &m.versions[*i];
                     let delivered = got.is_some_and(|(_, d)| *d == want.sha);
                     let quarantined = quarantine.values().any(|(_, d)| *d == want.sha);
-                    if !delivered && !(self.damaged && quarantined) {
+                    if !(delivered || self.damaged && quarantined) {
                         problems.push(format!(
                             "{name}: expected the version of op #{} ({} bytes, sha {}); the bucket holds {}{}",
                             want.op,
@@ -911,7 +920,7 @@ impl Case {
         if !self.damaged {
             // After the restart, so that its reconciliation of unrecorded uploads has run
             // too; aborts run on the drain's own schedule: give them a moment.
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(2);
             loop {
                 let unknown = self.rig.unknown_open_uploads().await?;
                 if unknown.is_empty() {
@@ -1041,6 +1050,10 @@ fn take_log_tail(lines: usize) -> String {
 }
 
 fn run(ops: &[Op]) -> Result<(), String> {
+    // One case at a time in this process, whichever test runs it: the log capture is one
+    // buffer, and cases that share 2 cores would only race each other's timing.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     take_log_tail(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1079,6 +1092,8 @@ fn config() -> ProptestConfig {
     ProptestConfig {
         cases: env("PROPTEST_CASES", 16),
         max_shrink_iters: env("PROPTEST_MAX_SHRINK_ITERS", 64),
+        // Milliseconds; a failing case costs a few seconds, and CI should not shrink for long.
+        max_shrink_time: env("PROPTEST_MAX_SHRINK_TIME", 30_000),
         // tests/model.proptest-regressions
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
@@ -1092,7 +1107,7 @@ proptest! {
 
     #[test]
     fn the_bucket_ends_with_the_last_acknowledged_version_of_every_path(
-        ops in prop::collection::vec(op(), 1..=16).prop_filter("EXPLORE2", |ops| !(ops.iter().any(|o| matches!(o, Op::Rename { .. })) && ops.iter().any(|o| matches!(o, Op::Crash { flips } if !flips.is_empty()))))
+        ops in prop::collection::vec(op(), 1..=16)
     ) {
         init_logging();
         let outcome = run(&ops);
@@ -1100,72 +1115,88 @@ proptest! {
     }
 }
 
-#[test]
-fn scratch_replay() {
+// ---------------------------------------------------------------------------------------------
+// The smallest sequences the model found, replayed as they are.
+
+/// Runs `ops` `times` times (a race may need a few tries); fails with the first failure.
+fn replay(ops: &[Op], times: usize) {
     init_logging();
-    let mut seqs: Vec<Vec<Op>> = Vec::new();
-    seqs.push(vec![
-        Op::Fault {
-            op: S3Op::CreateMultipartUpload,
-            fault: Fault::ResponseLost,
-            count: 1,
-        },
-        Op::Put {
-            slot: 0,
-            size: PART,
-            order: Order::InOrder,
-        },
-    ]);
-    seqs.push(vec![
-        Op::Put {
-            slot: 0,
-            size: PART + 2,
-            order: Order::InOrder,
-        },
-        Op::Put {
-            slot: 2,
-            size: PART,
-            order: Order::InOrder,
-        },
-        Op::Put {
-            slot: 0,
-            size: 100,
-            order: Order::InOrder,
-        },
-        Op::Crash { flips: vec![] },
-    ]);
-    let n: usize = std::env::var("SCRATCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    for ops in &seqs {
-        let mut fails = 0;
-        for _ in 0..n {
-            if std::env::var_os("SCRATCH_PASSLOG").is_some() {
-                let r = run(ops);
-                let log = take_log_tail(100000);
-                eprintln!("RUN ok={} ---", r.is_ok());
-                for l in log.lines().filter(|l| {
-                    l.contains("sftpgw::drain")
-                        || l.contains("AbortMultipart")
-                        || l.contains("op=CreateMultipart")
-                }) {
-                    eprintln!("  {}", &l[..l.len().min(260)]);
-                }
-                if r.is_err() {
-                    fails += 1;
-                }
-                continue;
-            }
-            if let Err(e) = run(ops) {
-                fails += 1;
-                if std::env::var_os("SCRATCH_FULL").is_some() {
-                    eprintln!("FAIL: {e}");
-                } else {
-                    eprintln!("FAIL: {}", e.lines().next().unwrap_or(""));
-                }
-            }
+    for attempt in 1..=times {
+        if let Err(e) = run(ops) {
+            panic!("attempt {attempt} of {times} failed: {ops:?}\n{e}");
         }
-        eprintln!("{ops:?}: {fails}/{n} failed");
     }
+}
+
+/// A CreateMultipartUpload whose response is lost (the store made the upload) is retried;
+/// the retry's upload is recorded and the intent resolved, so the first upload is never
+/// aborted, not even by the reconciliation at the next start.
+#[test]
+fn a_create_whose_response_was_lost_leaves_no_upload_open() {
+    replay(
+        &[
+            Op::Fault {
+                op: S3Op::CreateMultipartUpload,
+                fault: Fault::ResponseLost,
+                count: 1,
+            },
+            Op::Put {
+                slot: 0,
+                size: PART,
+                order: Order::Appends,
+            },
+        ],
+        1,
+    );
+}
+
+/// The first version's CompleteMultipartUpload is still being processed by the server when
+/// the run dies (the second put, of another user, only makes the server slower); the next
+/// run PUTs the newer version at once, and then the old Complete lands over it.
+#[test]
+fn an_old_complete_still_in_flight_at_a_crash_does_not_overwrite_a_newer_version() {
+    replay(
+        &[
+            Op::Put {
+                slot: 0,
+                size: PART + 2,
+                order: Order::Appends,
+            },
+            Op::Put {
+                slot: 2,
+                size: PART,
+                order: Order::Appends,
+            },
+            Op::Put {
+                slot: 0,
+                size: 100,
+                order: Order::Appends,
+            },
+            Op::Crash { flips: vec![] },
+        ],
+        8,
+    );
+}
+
+/// A file renamed while pending, then its `Opened` record damaged: recovery seals it again
+/// from its identity, which still names the path it had at CLOSE.
+#[test]
+fn a_renamed_file_sealed_again_from_its_identity_keeps_its_new_name() {
+    replay(
+        &[
+            Op::Slow {
+                bytes_per_sec: Some(8 << 20),
+            },
+            Op::Put {
+                slot: 0,
+                size: PART + 1,
+                order: Order::Appends,
+            },
+            Op::Rename { slot: 0 },
+            Op::Crash {
+                flips: vec![(0, 0x67)],
+            },
+        ],
+        1,
+    );
 }
