@@ -71,6 +71,27 @@ pub fn read(path: &Path, id: FileId) -> Option<SealedIdentity> {
     (identity.id == id && identity.size == size).then_some(identity)
 }
 
+/// Points the identity of the file at `path` (if it has a believable one) at `new_path`, and
+/// makes that durable (fsync: an extended attribute is inode metadata). Called after a rename
+/// is journalled and before it is acknowledged, so that a file the journal later loses is
+/// sealed again under the name the client last saw acknowledged.
+pub fn rename(path: &Path, id: FileId, new_path: &VPath) {
+    let Some(mut identity) = read(path, id) else {
+        return;
+    };
+    if identity.path == *new_path {
+        return;
+    }
+    identity.path = new_path.clone();
+    let Ok(file) = File::open(path) else {
+        return;
+    };
+    write(&file, &identity);
+    if let Err(e) = file.sync_all() {
+        tracing::warn!(id, error = %e, "could not make a renamed file's identity durable");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +123,9 @@ mod tests {
         }
         assert_eq!(read(&path, 7), Some(identity));
         assert_eq!(read(&path, 8), None, "another file's id");
+        let renamed = VPath::resolve("/e/renamed.txt").unwrap();
+        rename(&path, 7, &renamed);
+        assert_eq!(read(&path, 7).map(|i| i.path), Some(renamed), "renamed");
         std::fs::write(&path, b"hello, longer now").unwrap();
         assert_eq!(read(&path, 7), None, "the length no longer matches");
     }

@@ -585,6 +585,27 @@ impl Spool {
             }
         })
         .await?;
+        // Sealed files carry their name in their identity: it follows the rename before the
+        // rename is acknowledged. (A file still arriving gets its identity at CLOSE, from the
+        // name it has then.)
+        let moved: Vec<(PathBuf, FileId, VPath)> = expected
+            .iter()
+            .filter_map(|r| match r {
+                Record::Renamed { id, path } => Some((self.sealed_path(*id), *id, path.clone())),
+                _ => None,
+            })
+            .collect();
+        if !moved.is_empty() {
+            let updated = tokio::task::spawn_blocking(move || {
+                for (file, id, path) in &moved {
+                    super::identity::rename(file, *id, path);
+                }
+            })
+            .await;
+            if let Err(e) = updated {
+                tracing::warn!(error = %e, "updating renamed files' identities failed");
+            }
+        }
         self.work.notify_one();
         Ok(())
     }
