@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,31 @@ struct Queue {
     early: HashSet<FileId>,
     /// Files whose early upload met a permanent error: they wait for their seal.
     early_refused: HashSet<FileId>,
+    /// Keys with an abort of a dropped version's upload under way, and how many: nothing
+    /// starts under such a key until the store has answered. A version dropped while its
+    /// Complete was in flight (in a run that then died) could otherwise still land after the
+    /// newer version's upload, overwriting it; an abort answered settles that upload (the
+    /// store either completed it first or never will).
+    fenced_keys: HashMap<String, usize>,
+}
+
+impl Queue {
+    /// Whether an upload under `key` may start now (one per key at a time, none while fenced).
+    fn key_busy(&self, key: &str) -> bool {
+        self.active_keys.contains(key) || self.fenced_keys.contains_key(key)
+    }
+}
+
+/// Transient errors an abort that fences nothing is retried through before it is left to the
+/// next start's reconciliation.
+const ABORT_ATTEMPTS_COUNT_MAX: u32 = 8;
+
+/// What a task of the drain reports when it ends.
+enum Done {
+    Nothing,
+    Delivery(Ended),
+    /// An abort that fenced `key` has been answered.
+    Unfenced(String),
 }
 
 /// What a delivery task reports when it ends.
@@ -223,11 +248,11 @@ impl<S: ObjectStore> Drain<S> {
     /// Runs until the task is aborted. Every upload runs in a task owned by this one, so
     /// aborting it stops them all (every step is crash-safe, so that is a clean stop).
     pub async fn run(self: Arc<Self>) {
-        let mut tasks: JoinSet<Option<Ended>> = JoinSet::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
         let ctx = self.ctx.clone();
         tasks.spawn(async move {
             ctx.abort_unrecorded_uploads().await;
-            None
+            Done::Nothing
         });
         let mut queue = Queue::default();
         let mut failed_retries = FailedRetries::new(
@@ -249,10 +274,11 @@ impl<S: ObjectStore> Drain<S> {
         }
         loop {
             for (key, upload_id) in self.ctx.spool.take_aborts() {
+                *queue.fenced_keys.entry(key.clone()).or_default() += 1;
                 let ctx = self.ctx.clone();
                 tasks.spawn(async move {
-                    ctx.abort_upload(&key, &upload_id).await;
-                    None
+                    ctx.abort_upload(&key, &upload_id, None).await;
+                    Done::Unfenced(key)
                 });
             }
             if Instant::now() >= next_failed_scan {
@@ -265,7 +291,15 @@ impl<S: ObjectStore> Drain<S> {
             tokio::select! {
                 () = self.ctx.spool.work().notified() => {}
                 Some(done) = tasks.join_next() => {
-                    if let Ok(Some(Ended { id, key, early_refused })) = done {
+                    if let Ok(Done::Unfenced(key)) = &done
+                        && let Some(count) = queue.fenced_keys.get_mut(key)
+                    {
+                        *count -= 1;
+                        if *count == 0 {
+                            queue.fenced_keys.remove(key);
+                        }
+                    }
+                    if let Ok(Done::Delivery(Ended { id, key, early_refused })) = done {
                         queue.active.remove(&id);
                         queue.active_keys.remove(&key);
                         queue.first_seen.remove(&id);
@@ -303,7 +337,7 @@ impl<S: ObjectStore> Drain<S> {
         }
     }
 
-    fn start_pending(&self, tasks: &mut JoinSet<Option<Ended>>, queue: &mut Queue) -> Duration {
+    fn start_pending(&self, tasks: &mut JoinSet<Done>, queue: &mut Queue) -> Duration {
         let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
         let now = Instant::now();
         let mut wake = Duration::from_secs(1);
@@ -329,7 +363,7 @@ impl<S: ObjectStore> Drain<S> {
             let key = self.ctx.cfg.object_key(&f.user, &f.path);
             // One upload per key at a time, so that an older version can never complete
             // after a newer one.
-            if queue.active.contains(&f.id) || queue.active_keys.contains(&key) {
+            if queue.active.contains(&f.id) || queue.key_busy(&key) {
                 continue;
             }
             queue.active.insert(f.id);
@@ -338,7 +372,7 @@ impl<S: ObjectStore> Drain<S> {
             tasks.spawn(async move {
                 let id = f.id;
                 ctx.deliver(f, &key).await;
-                Some(Ended {
+                Done::Delivery(Ended {
                     id,
                     key,
                     early_refused: false,
@@ -352,7 +386,7 @@ impl<S: ObjectStore> Drain<S> {
     }
 
     /// Starts early uploads of files still arriving whose first part is written.
-    fn start_early(&self, tasks: &mut JoinSet<Option<Ended>>, queue: &mut Queue) {
+    fn start_early(&self, tasks: &mut JoinSet<Done>, queue: &mut Queue) {
         let early_max = self.ctx.cfg.concurrency.max(1);
         let receiving = self.ctx.spool.files_in(&[FileState::Receiving]);
         queue
@@ -373,7 +407,7 @@ impl<S: ObjectStore> Drain<S> {
                 continue;
             }
             let key = self.ctx.cfg.object_key(&f.user, &f.path);
-            if queue.active_keys.contains(&key) {
+            if queue.key_busy(&key) {
                 continue;
             }
             queue.active.insert(f.id);
@@ -383,7 +417,7 @@ impl<S: ObjectStore> Drain<S> {
             tasks.spawn(async move {
                 let id = f.id;
                 let early_refused = ctx.deliver_early(id, &key).await;
-                Some(Ended {
+                Done::Delivery(Ended {
                     id,
                     key,
                     early_refused,
@@ -411,38 +445,46 @@ impl<S: ObjectStore> Ctx<S> {
         keys.sort();
         keys.dedup();
         for key in keys {
-            let mut attempt = 0u32;
-            let open = loop {
-                match self.store.list_multipart_uploads(&key).await {
-                    Ok(open) => break open,
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "listing open multipart uploads failed; retrying");
-                        tokio::time::sleep(self.backoff(attempt)).await;
-                        attempt = attempt.saturating_add(1);
-                    }
-                }
-            };
-            let mut known: HashSet<String> = self
-                .spool
-                .files()
-                .into_iter()
-                .filter_map(|f| f.upload.map(|u| u.upload_id))
-                .collect();
-            known.extend(lock(&self.created_uploads).iter().cloned());
-            let strays = open
-                .into_iter()
-                .filter(|u| u.key == key && !known.contains(&u.upload_id));
-            for u in strays {
-                tracing::info!(key = %u.key, upload_id = %u.upload_id,
-                    "aborting a multipart upload this box created but did not record before a crash");
-                self.abort_upload(&u.key, &u.upload_id).await;
-            }
+            self.abort_strays(&key).await;
         }
     }
 
-    async fn abort_upload(&self, key: &str, upload_id: &str) {
-        const ATTEMPTS_MAX: u32 = 8;
-        for attempt in 0..ATTEMPTS_MAX {
+    /// Aborts the open uploads of exactly `key` that neither the journal nor this run knows:
+    /// uploads this box created but never learned the id of (a crash, or a lost response).
+    async fn abort_strays(&self, key: &str) {
+        let mut attempt = 0u32;
+        let open = loop {
+            match self.store.list_multipart_uploads(key).await {
+                Ok(open) => break open,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "listing open multipart uploads failed; retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        };
+        let mut known: HashSet<String> = self
+            .spool
+            .files()
+            .into_iter()
+            .filter_map(|f| f.upload.map(|u| u.upload_id))
+            .collect();
+        known.extend(lock(&self.created_uploads).iter().cloned());
+        let strays = open
+            .into_iter()
+            .filter(|u| u.key == key && !known.contains(&u.upload_id));
+        for u in strays {
+            tracing::info!(key = %u.key, upload_id = %u.upload_id,
+                "aborting a multipart upload this box created but did not record");
+            self.abort_upload(&u.key, &u.upload_id, Some(ABORT_ATTEMPTS_COUNT_MAX))
+                .await;
+        }
+    }
+
+    /// Aborts an upload, retrying transient errors `attempts` times (`None`: until the store
+    /// answers, for an abort that fences its key).
+    async fn abort_upload(&self, key: &str, upload_id: &str, attempts: Option<u32>) {
+        for attempt in 0..attempts.unwrap_or(u32::MAX) {
             match self.store.abort_multipart_upload(key, upload_id).await {
                 Ok(()) => return,
                 Err(e) if e.kind == S3ErrorKind::NoSuchUpload => return,
@@ -756,10 +798,18 @@ impl<S: ObjectStore> Ctx<S> {
         {
             return Err(Stop::Cancelled);
         }
+        let attempts = AtomicU32::new(0);
         let upload_id = self
-            .retry(id, key, || self.store.create_multipart_upload(key, &meta))
+            .retry(id, key, || {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                self.store.create_multipart_upload(key, &meta)
+            })
             .await?;
         lock(&self.created_uploads).insert(upload_id.clone());
+        // A failed attempt may have created an upload whose answer was lost: the intent stays
+        // journalled with the upload (the next start looks for strays under `key`), and the
+        // strays are looked for now, once this upload is recorded.
+        let retried = attempts.load(Ordering::Relaxed) > 1;
         // An early upload does not know the final size: it uses the configured part size and
         // starts again at the seal if the file outgrew 10 000 of them.
         let part_size = match file.state {
@@ -773,9 +823,17 @@ impl<S: ObjectStore> Ctx<S> {
             part_size,
             token,
         };
+        let mut records = vec![record];
+        if retried {
+            records.push(Record::UploadIntent {
+                id,
+                key: key.to_owned(),
+                at_unix: crate::spool::now_unix(),
+            });
+        }
         let started = self
             .spool
-            .commit(vec![record], true, |c| {
+            .commit(records, true, |c| {
                 self.check_current(c.file(id), key)?;
                 if c.file(id).is_some_and(|f| f.upload.is_some()) {
                     return Err(FsError::new(FsErrorKind::Failure, "already uploading"));
@@ -784,8 +842,15 @@ impl<S: ObjectStore> Ctx<S> {
             })
             .await;
         if started.is_err() {
-            self.abort_upload(key, &upload_id).await;
+            self.abort_upload(key, &upload_id, Some(ABORT_ATTEMPTS_COUNT_MAX))
+                .await;
+            if retried {
+                self.abort_strays(key).await;
+            }
             return Err(Stop::Cancelled);
+        }
+        if retried {
+            self.abort_strays(key).await;
         }
         self.spool
             .file(id)

@@ -172,6 +172,10 @@ pub(super) struct GatewayFs {
     /// ETags returned by UploadPart, checked on Complete as S3 does. Lost on restart; parts
     /// without an entry are then not checked.
     part_etags: Mutex<HashMap<(String, i32), String>>,
+    /// One lock per upload id being completed or aborted, so that the two are linearised as
+    /// on S3: an Abort answered after a Complete began sees the upload completed (the object
+    /// is in place by then), never a half-assembled one that lands later.
+    settling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl GatewayFs {
@@ -182,6 +186,35 @@ impl GatewayFs {
             layout: FsLayout { root },
             stats,
             part_etags: Mutex::new(HashMap::new()),
+            settling: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for any Complete or Abort of `upload_id` under way, and holds the upload until the
+    /// guard is handed back to [`GatewayFs::settled`].
+    async fn settle(&self, upload_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = Arc::clone(
+            self.settling
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(upload_id.to_owned())
+                .or_default(),
+        );
+        lock.lock_owned().await
+    }
+
+    fn settled(&self, upload_id: &str, guard: tokio::sync::OwnedMutexGuard<()>) {
+        drop(guard);
+        let mut settling = self
+            .settling
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forgotten once nobody else waits on it (the map stays bounded by uploads in flight).
+        if settling
+            .get(upload_id)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            settling.remove(upload_id);
         }
     }
 
@@ -372,18 +405,34 @@ impl S3 for GatewayFs {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         self.stats.count(ServerOp::CompleteMultipartUpload);
+        let upload_id = req.input.upload_id.clone();
+        let guard = self.settle(&upload_id).await;
         let input = &req.input;
-        self.check_upload(&input.bucket, &input.key, &input.upload_id)
-            .await?;
-        self.validate_complete(input).await?;
-        let upload_id = input.upload_id.clone();
+        let checked = match self
+            .check_upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+        {
+            Ok(()) => self.validate_complete(input).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            self.settled(&upload_id, guard);
+            return Err(e);
+        }
         // Like S3, a Complete that has started finishes even if the client hangs up: s3s-fs
         // forgets the upload id before it assembles the object, so a Complete cancelled in
-        // between (hyper drops the handler when the connection closes) would lose both.
+        // between (hyper drops the handler when the connection closes) would lose both. The
+        // task holds the upload's lock to its end, for the same reason.
         let fs = Arc::clone(&self.fs);
-        let resp = tokio::spawn(async move { fs.complete_multipart_upload(req).await })
-            .await
-            .map_err(|e| s3_error!(InternalError, "complete task failed: {e}"))??;
+        let done = tokio::spawn(async move {
+            let resp = fs.complete_multipart_upload(req).await;
+            (resp, guard)
+        })
+        .await
+        .map_err(|e| s3_error!(InternalError, "complete task failed: {e}"))?;
+        let (resp, guard) = done;
+        self.settled(&upload_id, guard);
+        let resp = resp?;
         self.forget_etags(&upload_id);
         Ok(resp)
     }
@@ -393,11 +442,18 @@ impl S3 for GatewayFs {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.stats.count(ServerOp::AbortMultipartUpload);
+        let upload_id = req.input.upload_id.clone();
+        let guard = self.settle(&upload_id).await;
         let input = &req.input;
-        self.check_upload(&input.bucket, &input.key, &input.upload_id)
-            .await?;
-        let upload_id = input.upload_id.clone();
-        let resp = self.fs.abort_multipart_upload(req).await?;
+        let resp = match self
+            .check_upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+        {
+            Ok(()) => self.fs.abort_multipart_upload(req).await,
+            Err(e) => Err(e),
+        };
+        self.settled(&upload_id, guard);
+        let resp = resp?;
         self.forget_etags(&upload_id);
         Ok(resp)
     }
