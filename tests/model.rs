@@ -1,6 +1,3 @@
-// NOT BUILT: the model-based test of issue 13, saved for the next session. It finds three
-// product bugs (see the issue note) and fails until they are fixed; move it (and
-// model.proptest-regressions) back to tests/ once they are.
 
 //! A model-based test in the pattern of mountpoint-s3's reftests: random sequences of
 //! operations run against the real spool, drain and embedded S3 server (through the real
