@@ -1,4 +1,3 @@
-
 //! A model-based test in the pattern of mountpoint-s3's reftests: random sequences of
 //! operations run against the real spool, drain and embedded S3 server (through the real
 //! aws-sdk-s3 store wrapped in the fault-injecting one), and against a tiny reference model of
