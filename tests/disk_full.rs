@@ -224,3 +224,113 @@ async fn a_close_and_new_records_on_a_disk_filled_to_the_last_byte_still_succeed
     );
     std::fs::remove_file(filler).expect("free the disk");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() {
+    use bytes::Bytes;
+    use sftpgw::spool::{FileState, Spool, SpoolOptions, VPath};
+    let mount_dir = tempfile::tempdir().expect("tmp");
+    let Some(_tmpfs) = Tmpfs::mount(mount_dir.path(), TMPFS_BYTES) else {
+        return;
+    };
+    let dir = mount_dir.path().join("spool");
+    let options = || SpoolOptions {
+        dir: dir.clone(),
+        partial_ttl: Duration::from_secs(3600),
+        reserve_bytes: 0,
+        hash_bytes_max: u64::MAX,
+        high_watermark_percent: 100,
+        low_watermark_percent: 100,
+        max_file_size: u64::MAX,
+    };
+    let spool = Spool::open(options()).expect("spool");
+    spool.set_journal_compaction_threshold(u64::MAX);
+    let mut acknowledged = Vec::new();
+    for n in 0..3u8 {
+        let path = VPath::resolve(&format!("/f{n}.bin")).expect("path");
+        let h = spool
+            .open_write("alice", &path, Default::default())
+            .await
+            .expect("open");
+        let bytes = data(100_000 + usize::from(n), u64::from(n));
+        h.write_at(0, Bytes::from(bytes.clone()))
+            .await
+            .expect("write");
+        h.close().await.expect("close");
+        acknowledged.push((path, bytes));
+    }
+    // History that a compaction would drop: directories made and removed.
+    let scratch = VPath::resolve("/scratch").expect("path");
+    for _ in 0..300 {
+        spool.mkdir("alice", &scratch).await.expect("mkdir");
+        spool.rmdir("alice", &scratch).await.expect("rmdir");
+    }
+    let grown = spool.journal_bytes();
+    assert!(grown > 10_000, "the journal holds the history: {grown} bytes");
+
+    // The disk fills to the last byte; a compaction is due now.
+    let filler = fill_up(mount_dir.path());
+    spool.set_journal_compaction_threshold(0);
+    // Its snapshot cannot be written: it is postponed, and the durable append that asked for
+    // it (ordered after the attempt in the journal writer) still succeeds.
+    spool
+        .mkdir("alice", &VPath::resolve("/kept").expect("path"))
+        .await
+        .expect("a durable append while the compaction cannot run");
+    let postponed = spool.journal_bytes();
+    assert!(
+        postponed > grown,
+        "no compaction ran on a full disk: {grown} -> {postponed} bytes"
+    );
+    // The journal is not poisoned: the spool goes on recording.
+    spool
+        .mkdir("alice", &VPath::resolve("/kept/too").expect("path"))
+        .await
+        .expect("the spool goes on recording");
+
+    // Room again: the next compaction runs and the journal shrinks to the live state.
+    std::fs::remove_file(&filler).expect("free the disk");
+    spool.set_journal_compaction_threshold(0);
+    spool
+        .mkdir("alice", &VPath::resolve("/after").expect("path"))
+        .await
+        .expect("append with a compaction");
+    let compacted = spool.journal_bytes();
+    assert!(
+        compacted < grown / 4,
+        "the compaction ran once there was room: {postponed} -> {compacted} bytes"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("journal")).expect("journal").len(),
+        compacted,
+        "the journal on disk is the compacted one"
+    );
+    drop(spool);
+
+    // Nothing acknowledged was lost on the way.
+    let spool = Spool::open(options()).expect("reopen");
+    for (path, bytes) in &acknowledged {
+        let f = spool
+            .files()
+            .into_iter()
+            .find(|f| &f.path == path)
+            .expect("an acknowledged file");
+        assert_eq!(f.state, FileState::Sealed, "{path:?}");
+        assert_eq!(
+            &std::fs::read(spool.sealed_path(f.id)).expect("bytes"),
+            bytes
+        );
+    }
+    for d in ["/kept", "/kept/too", "/after"] {
+        assert!(
+            spool
+                .stat("alice", &VPath::resolve(d).expect("path"))
+                .is_ok(),
+            "{d} survives the compaction"
+        );
+    }
+    assert!(
+        spool.stat("alice", &scratch).is_err(),
+        "removed history stays removed"
+    );
+}

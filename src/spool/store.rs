@@ -693,10 +693,27 @@ impl Spool {
         self.refusing.load(Ordering::Relaxed)
     }
 
-    /// Bytes free for new data, after the reserve.
+    /// Bytes free for new data, after the reserve and the room a journal compaction needs.
+    ///
+    /// A compaction writes the snapshot next to the journal before replacing it; the snapshot
+    /// is no larger than the live journal, so uploads leave that much free on top of the fixed
+    /// reserve: a compaction never needs space that the reserve did not hold back.
     pub(super) fn free_after_reserve(&self) -> u64 {
         let s = self.space();
-        (s.blocks_avail * s.block_size).saturating_sub(self.opts.reserve_bytes)
+        (s.blocks_avail * s.block_size)
+            .saturating_sub(self.opts.reserve_bytes)
+            .saturating_sub(self.journal.size_bytes())
+    }
+
+    /// Sets the journal size that triggers the next compaction (tests of a full disk).
+    #[doc(hidden)]
+    pub fn set_journal_compaction_threshold(&self, bytes: u64) {
+        self.compact_above_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The journal's length in bytes.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal.size_bytes()
     }
 
     /// Removes partial files older than `partial_ttl`; returns how many.
