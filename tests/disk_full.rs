@@ -266,7 +266,10 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
         spool.rmdir("alice", &scratch).await.expect("rmdir");
     }
     let grown = spool.journal_bytes();
-    assert!(grown > 10_000, "the journal holds the history: {grown} bytes");
+    assert!(
+        grown > 10_000,
+        "the journal holds the history: {grown} bytes"
+    );
 
     // The disk fills to the last byte; a compaction is due now.
     let filler = fill_up(mount_dir.path());
@@ -301,7 +304,9 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
         "the compaction ran once there was room: {postponed} -> {compacted} bytes"
     );
     assert_eq!(
-        std::fs::metadata(dir.join("journal")).expect("journal").len(),
+        std::fs::metadata(dir.join("journal"))
+            .expect("journal")
+            .len(),
         compacted,
         "the journal on disk is the compacted one"
     );
