@@ -95,7 +95,7 @@ const MENU: &str = concat!(
     "  2) Pause the drain               7) Write a diagnostics bundle\n",
     "  3) Resume the drain              8) Reboot the box\n",
     "  4) Set a temporary rate          9) Log out\n",
-    "  5) Failed files: list and retry\n",
+    "  5) Failed files: list and retry 10) Quarantine: deliver or delete\n",
 );
 const PROMPT: &str = "choice> ";
 
@@ -170,7 +170,7 @@ impl<W: Write> Console<'_, '_, W> {
                 Input::TooLong => {
                     writeln!(
                         self.out,
-                        "input too long (at most {} characters): type a number from 1 to 9",
+                        "input too long (at most {} characters): type a number from 1 to 10",
                         input::INPUT_LINE_BYTES_MAX
                     )?;
                     continue;
@@ -187,6 +187,7 @@ impl<W: Write> Console<'_, '_, W> {
                 "6" => self.network(),
                 "7" => self.diagnostics(),
                 "8" => self.reboot(),
+                "10" => self.quarantine(),
                 "9" | "q" | "exit" | "logout" => {
                     writeln!(self.out, "logged out")?;
                     return Ok(());
@@ -195,7 +196,7 @@ impl<W: Write> Console<'_, '_, W> {
                     let shown: String = other.chars().take(COLUMNS_COUNT / 2).collect();
                     writeln!(
                         self.out,
-                        "unknown choice {shown:?}: type a number from 1 to 9 (there is no shell here)"
+                        "unknown choice {shown:?}: type a number from 1 to 10 (there is no shell here)"
                     )?;
                     Ok(())
                 }
@@ -430,6 +431,133 @@ impl<W: Write> Console<'_, '_, W> {
             Ok(Response::Retried { count }) => {
                 writeln!(self.out, "{count} failed file(s) queued again")?
             }
+            Ok(Response::Error { message }) => writeln!(self.out, "The daemon refused: {message}")?,
+            Ok(other) => writeln!(self.out, "unexpected answer from the daemon: {other:?}")?,
+            Err(why) => return self.daemon_down(&why),
+        }
+        Ok(())
+    }
+
+    /// Sealed files the journal did not explain (after a damaged or lost journal): lists
+    /// them and delivers or deletes one, as `sftpgw quarantine` does from a shell.
+    fn quarantine(&mut self) -> std::io::Result<()> {
+        let (files, count) = match self.request(&Request::QuarantineList) {
+            Ok(Response::Quarantine { files, count }) => (files, count),
+            Ok(Response::Error { message }) => {
+                writeln!(self.out, "The daemon refused: {message}")?;
+                return Ok(());
+            }
+            Ok(other) => {
+                writeln!(self.out, "unexpected answer from the daemon: {other:?}")?;
+                return Ok(());
+            }
+            Err(why) => return self.daemon_down(&why),
+        };
+        if files.is_empty() {
+            writeln!(self.out, "The quarantine is empty.")?;
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "Quarantined files (kept until delivered or deleted):"
+        )?;
+        for (i, f) in files.iter().enumerate() {
+            let identity = f.identity.as_ref().map_or_else(
+                || "no identity".to_owned(),
+                |id| {
+                    format!("{}:{}", id.user, id.path.display())
+                        .escape_debug()
+                        .to_string()
+                },
+            );
+            let line = format!(
+                "{:>3}) {}  {}  {identity}",
+                i + 1,
+                f.name,
+                human_bytes(f.size)
+            );
+            writeln!(self.out, "{}", clip(&line, COLUMNS_COUNT))?;
+            writeln!(
+                self.out,
+                "{}",
+                clip(&format!("     {}", f.reason), COLUMNS_COUNT)
+            )?;
+        }
+        if count > files.len() {
+            writeln!(self.out, "... and {} more", count - files.len())?;
+        }
+        let answer = match self.ask("Which? (d N: deliver, x N: delete, empty: none) ")? {
+            Answer::Text(t) => t,
+            Answer::Back => return Ok(()),
+            Answer::Eof => return Err(eof()),
+        };
+        let mut words = answer.split_whitespace();
+        let (action, file) = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => return Ok(()),
+            (Some(action @ ("d" | "x")), Some(n), None) => match n
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| files.get(i.wrapping_sub(1)))
+            {
+                Some(f) => (action, f),
+                None => {
+                    writeln!(
+                        self.out,
+                        "no such file: type a number from 1 to {}",
+                        files.len()
+                    )?;
+                    return Ok(());
+                }
+            },
+            _ => {
+                writeln!(self.out, "type d or x and a number, like: d 1")?;
+                return Ok(());
+            }
+        };
+        let request = if action == "d" {
+            let question = if file.identity.is_some() {
+                "Deliver as USER:/PATH (empty: where its identity says) "
+            } else {
+                "It carries no identity. Deliver as USER:/PATH "
+            };
+            let target = match self.ask(question)? {
+                Answer::Text(t) => t,
+                Answer::Back => return Ok(()),
+                Answer::Eof => return Err(eof()),
+            };
+            let target = target.trim();
+            let (user, path) = match target.split_once(':') {
+                Some((user, path)) => (Some(user.to_owned()), Some(path.to_owned())),
+                None if target.is_empty() && file.identity.is_some() => (None, None),
+                None => {
+                    writeln!(
+                        self.out,
+                        "type USER:/PATH, like alice:/scans/page-1.pdf: nothing delivered"
+                    )?;
+                    return Ok(());
+                }
+            };
+            Request::QuarantineDeliver {
+                name: file.name.clone(),
+                user,
+                path,
+            }
+        } else {
+            let question = format!("Delete {} for good? Type yes to delete: ", file.name);
+            match self.ask(&question)? {
+                Answer::Text(t) if t.trim() == "yes" => {}
+                Answer::Eof => return Err(eof()),
+                _ => {
+                    writeln!(self.out, "nothing deleted")?;
+                    return Ok(());
+                }
+            }
+            Request::QuarantineDelete {
+                name: file.name.clone(),
+            }
+        };
+        match self.request(&request) {
+            Ok(Response::Done { message }) => writeln!(self.out, "{message}")?,
             Ok(Response::Error { message }) => writeln!(self.out, "The daemon refused: {message}")?,
             Ok(other) => writeln!(self.out, "unexpected answer from the daemon: {other:?}")?,
             Err(why) => return self.daemon_down(&why),
