@@ -110,6 +110,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     })?;
     write_sealed(&spool, size).await?;
 

@@ -31,7 +31,7 @@ mod values;
 
 use values::{
     AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Listen, MaxFileSize, NonEmpty,
-    PartSize, PasswordHash, Percent, Prefix, Ttl, UserName,
+    PartSize, PasswordHash, Percent, Prefix, RetainedFiles, Ttl, UserName,
 };
 
 pub use example::EXAMPLE;
@@ -106,6 +106,9 @@ pub struct SpoolConfig {
     /// `spool.max_file_size`; `None`: half the spool's file system (see
     /// [`SpoolConfig::max_file_size_for`]).
     pub max_file_size: Option<u64>,
+    /// `spool.delivered_retention`: how many delivered files, and for how long, stay listed
+    /// (in memory and in the journal's snapshot).
+    pub delivered_retention: crate::spool::DeliveredRetention,
 }
 
 impl SpoolConfig {
@@ -444,6 +447,15 @@ struct RawSpool {
     low_watermark: Option<Spanned<Percent>>,
     engine: Option<EngineChoice>,
     max_file_size: Option<MaxFileSize>,
+    delivered_retention: Option<RawRetention>,
+}
+
+/// `spool.delivered_retention = { files = 10000, age = "30d" }`; either may be left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    files: Option<RetainedFiles>,
+    age: Option<Ttl>,
 }
 
 #[derive(Deserialize)]
@@ -540,6 +552,20 @@ impl RawSpool {
             low_watermark_percent: low,
             engine: self.engine.unwrap_or_default(),
             max_file_size: self.max_file_size.map(|m| m.0),
+            delivered_retention: {
+                let default = crate::spool::DeliveredRetention::default();
+                let raw = self.delivered_retention;
+                crate::spool::DeliveredRetention {
+                    files_count_max: raw
+                        .as_ref()
+                        .and_then(|r| r.files.as_ref())
+                        .map_or(default.files_count_max, |f| f.0),
+                    age_secs_max: raw
+                        .as_ref()
+                        .and_then(|r| r.age.as_ref())
+                        .map_or(default.age_secs_max, |a| a.0.as_secs()),
+                }
+            },
         })
     }
 }

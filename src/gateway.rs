@@ -88,6 +88,7 @@ pub async fn run(
             max_file_size: config
                 .spool
                 .max_file_size_for(spool_fs_bytes(&config.spool.dir)),
+            delivered_retention: config.spool.delivered_retention,
         },
         SpoolEngine::select(config.spool.engine)?,
     )?;
@@ -183,6 +184,7 @@ pub async fn run(
         loop {
             tokio::time::sleep(sweep_every).await;
             sweeper_spool.expire_partials().await;
+            sweeper_spool.prune_delivered();
         }
     });
 
@@ -406,21 +408,28 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
     let stats = drain.stats();
     let retrying = stats.retrying.lock().map(|m| m.clone()).unwrap_or_default();
     let now = crate::spool::now_unix();
-    let mut queue = QueueStatus::default();
+    // Counts come from the spool's index; only a bounded list of files is copied, so a
+    // snapshot (and the health check behind the watchdog) costs the same with a million files.
+    let counts = spool.counts();
+    let waiting = [
+        FileState::Sealed,
+        FileState::Uploading,
+        FileState::Failed,
+        FileState::Conflict,
+    ];
+    let queue = QueueStatus {
+        files: waiting.iter().map(|s| counts.files(*s) as u64).sum(),
+        bytes: waiting.iter().map(|s| counts.bytes(*s)).sum(),
+        oldest_age_secs: waiting
+            .iter()
+            .filter_map(|s| spool.oldest_in(&[*s], 1).pop())
+            .map(|f| now.saturating_sub(f.mtime_unix))
+            .max(),
+    };
     let mut files: Vec<FileStatus> = spool
-        .files()
+        .files_for_status(crate::status::FILES_LISTED_COUNT_MAX)
         .into_iter()
-        .filter(|f| !f.hidden)
         .map(|f| {
-            if matches!(
-                f.state,
-                FileState::Sealed | FileState::Uploading | FileState::Failed | FileState::Conflict
-            ) {
-                queue.bytes += f.size;
-                queue.files += 1;
-                let age = now.saturating_sub(f.mtime_unix);
-                queue.oldest_age_secs = Some(queue.oldest_age_secs.map_or(age, |a| a.max(age)));
-            }
             let size = match f.state {
                 FileState::Receiving | FileState::Partial => {
                     spool.stat(&f.user, &f.path).map(|e| e.size).unwrap_or(0)
@@ -483,14 +492,8 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         now_unix: now,
         s3_reachable: reach.reachable,
         s3_last_error: reach.last_error.as_deref(),
-        failed_files: files
-            .iter()
-            .filter(|f| f.state == FileState::Failed)
-            .count() as u64,
-        conflict_files: files
-            .iter()
-            .filter(|f| f.state == FileState::Conflict)
-            .count() as u64,
+        failed_files: counts.files(FileState::Failed) as u64,
+        conflict_files: counts.files(FileState::Conflict) as u64,
         retrying_files: retrying.len() as u64,
         clock_skew_secs: skew.map(|k| k.skew_secs),
         shaping: Some(&shaping),
@@ -515,6 +518,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
             files_delivered: stats.files_delivered.load(Ordering::Relaxed),
         },
         files,
+        file_counts: Some(crate::status::FileCounts::from_spool(&counts)),
         shaping,
         source: crate::status::SnapshotSource::Daemon,
         health,

@@ -177,6 +177,7 @@ async fn a_close_and_new_records_on_a_disk_filled_to_the_last_byte_still_succeed
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     };
     let spool = Spool::open(options()).expect("spool");
     let path = VPath::resolve("/written.bin").expect("path");
@@ -242,6 +243,7 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     };
     let spool = Spool::open(options()).expect("spool");
     spool.set_journal_compaction_threshold(u64::MAX);

@@ -234,6 +234,7 @@ fn open_spool_ttl(dir: &std::path::Path, partial_ttl: Duration) -> Arc<Spool> {
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     })
     .expect("spool")
 }

@@ -33,7 +33,11 @@ async fn put_mkdir_ls_rename_rm_nested_and_objects_match_byte_for_byte() {
     let gone = write_local(&h, "gone.bin", &data(1000, 99));
     batch.push_str(&format!("put {gone} in/gone.bin\nrm in/gone.bin\n"));
     batch.push_str("rename in/deep/er/one.bin in/renamed.bin\nls -l in/deep/er\n");
+    // A sealed file starts uploading at once, and a delivered one can no longer be renamed:
+    // the drain is paused during the batch so that rm and rename act on pending files.
+    h.drain_cli(&["pause"]);
     let out = h.sftp_ok("alice", &batch);
+    h.drain_cli(&["resume"]);
     let listing = out
         .split("sftp> ls -l in/deep/er")
         .nth(1)
@@ -168,11 +172,14 @@ async fn rename_refuses_an_existing_target_and_posix_rename_overwrites() {
     let b = write_local(&h, "b.bin", &data(200, 2));
     // `rename -l` forces the plain SFTP rename, which refuses an existing target (the leading
     // `-` lets the batch go on); plain `rename` uses posix-rename@openssh.com, which replaces it.
-    // One batch, so that the renames come right after CLOSE, before the files drain.
+    // The drain is paused meanwhile, so that the renames find the files still pending (a
+    // delivered file cannot be renamed).
+    h.drain_cli(&["pause"]);
     let out = h.sftp(
         "alice",
         &format!("put {a} a\nput {b} b\n-rename -l a b\nls -1\nrename a b\nls -1\n"),
     );
+    h.drain_cli(&["resume"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");

@@ -354,6 +354,7 @@ fn open_spool(dir: &Path) -> Result<Arc<Spool>, String> {
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     })
     .map_err(|e| format!("Spool::open failed: {e}"))
 }

@@ -18,6 +18,7 @@ fn open(dir: &Path) -> Arc<Spool> {
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     })
     .expect("open spool")
 }

@@ -37,6 +37,7 @@ async fn start() -> Gateway {
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     })
     .expect("spool");
     let client = generate_ed25519("test client");

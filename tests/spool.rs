@@ -17,6 +17,7 @@ fn open(dir: &std::path::Path, ttl: Duration, reserve_bytes: u64) -> Arc<Spool> 
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     })
     .expect("open spool")
 }
@@ -349,6 +350,7 @@ async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
+        delivered_retention: Default::default(),
     })
     .expect("open spool");
     // (name, writes as (offset, len)): small in order, big in order, big with a rewrite.
@@ -442,6 +444,7 @@ async fn a_new_upload_is_refused_at_the_high_watermark_with_a_clear_error() {
             high_watermark_percent: high,
             low_watermark_percent: high,
             max_file_size: u64::MAX,
+            delivered_retention: Default::default(),
         })
         .expect("open spool");
         let err = spool

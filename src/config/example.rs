@@ -36,6 +36,10 @@ engine = "auto"
 # with "file too large" and the session goes on. Default: half the spool's file system, so
 # that one upload cannot take the spool from everyone; at most 5TiB (S3's largest object).
 # max_file_size = "100GiB"
+# Delivered files stay listed (ls, status) and in memory until there are more than `files`
+# of them or they were delivered longer than `age` ago; then only the delivery log and the
+# bucket know them. Defaults 10000 and "30d"; files at most 200000.
+delivered_retention = { files = 10000, age = "30d" }
 
 [s3]
 # S3-compatible endpoint URL. Omit for AWS.

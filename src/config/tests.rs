@@ -913,3 +913,65 @@ fn max_file_size_defaults_to_half_the_spool_and_is_bounded_by_s3() {
         );
     }
 }
+
+#[test]
+fn delivered_retention_defaults_to_ten_thousand_files_and_thirty_days_and_is_bounded() {
+    let config = parse(&base()).expect("base");
+    assert_eq!(
+        config.spool.delivered_retention,
+        crate::spool::DeliveredRetention {
+            files_count_max: 10_000,
+            age_secs_max: 30 * 24 * 3600,
+        }
+    );
+    let text = replace(
+        &base(),
+        "dir = \"/data/spool\"",
+        "dir = \"/data/spool\"\ndelivered_retention = { files = 500, age = \"7d\" }",
+    );
+    let config = parse(&text).expect("500 files, 7 days");
+    assert_eq!(
+        config.spool.delivered_retention,
+        crate::spool::DeliveredRetention {
+            files_count_max: 500,
+            age_secs_max: 7 * 24 * 3600,
+        }
+    );
+    let text = replace(
+        &base(),
+        "dir = \"/data/spool\"",
+        "dir = \"/data/spool\"\ndelivered_retention = { age = \"1h\" }",
+    );
+    let config = parse(&text).expect("age only");
+    assert_eq!(config.spool.delivered_retention.files_count_max, 10_000);
+    assert_eq!(config.spool.delivered_retention.age_secs_max, 3600);
+    for (bad, key, message) in [
+        (
+            "{ files = -1 }",
+            "spool.delivered_retention.files",
+            "count of files from 0 to 200000",
+        ),
+        (
+            "{ files = 200001 }",
+            "spool.delivered_retention.files",
+            "count of files from 0 to 200000",
+        ),
+        (
+            "{ age = \"soon\" }",
+            "spool.delivered_retention.age",
+            "duration",
+        ),
+        (
+            "{ count = 5 }",
+            "spool.delivered_retention.count",
+            "unknown field",
+        ),
+    ] {
+        let text = replace(
+            &base(),
+            "dir = \"/data/spool\"",
+            &format!("dir = \"/data/spool\"\ndelivered_retention = {bad}"),
+        );
+        assert_invalid(&text, line_of(&text, "delivered_retention ="), key, message);
+    }
+}

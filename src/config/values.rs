@@ -264,6 +264,27 @@ impl<'de> Deserialize<'de> for MaxFileSize {
     }
 }
 
+/// `spool.delivered_retention.files`: how many delivered files stay listed, at most
+/// [`RETAINED_FILES_COUNT_MAX`] so that memory stays bounded.
+pub(super) struct RetainedFiles(pub(super) usize);
+
+/// The largest `delivered_retention.files` accepted (about 100 MiB of catalog).
+pub const RETAINED_FILES_COUNT_MAX: u64 = 200_000;
+
+impl<'de> Deserialize<'de> for RetainedFiles {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(deserializer)?;
+        match u64::try_from(n) {
+            Ok(n) if n <= RETAINED_FILES_COUNT_MAX => Ok(RetainedFiles(
+                usize::try_from(n).map_err(de::Error::custom)?,
+            )),
+            _ => Err(de::Error::custom(format!(
+                "{n} is not a count of files from 0 to {RETAINED_FILES_COUNT_MAX}"
+            ))),
+        }
+    }
+}
+
 pub(super) struct Concurrency(pub(super) usize);
 
 impl<'de> Deserialize<'de> for Concurrency {

@@ -34,17 +34,18 @@ impl FailedRetries {
         }
     }
 
-    /// Of `failed` (files failed now), those due for a retry at `now`; `pending` are the
-    /// files not yet delivered (failed ones included), whose schedule is kept so that a file
-    /// that fails again waits longer.
+    /// Of `failed` (files failed now), those due for a retry at `now`; `is_pending` says
+    /// which files are not yet delivered (failed ones included), whose schedule is kept so
+    /// that a file that fails again waits longer. O(failed + scheduled), never all files.
     pub fn due(
         &mut self,
         failed: &[FileId],
-        pending: &HashSet<FileId>,
+        is_pending: impl Fn(FileId) -> bool,
         now: Instant,
     ) -> Vec<FileId> {
+        let failed_now: HashSet<FileId> = failed.iter().copied().collect();
         self.schedule
-            .retain(|id, _| pending.contains(id) || failed.contains(id));
+            .retain(|id, _| failed_now.contains(id) || is_pending(*id));
         let (first, max) = (self.first, self.max);
         let mut due = Vec::new();
         for id in failed {
@@ -71,23 +72,22 @@ impl FailedRetries {}
 mod tests {
     use super::*;
 
-    fn set(ids: &[FileId]) -> HashSet<FileId> {
-        ids.iter().copied().collect()
-    }
-
     #[test]
     fn a_failed_file_is_retried_after_first_then_doubling_up_to_max() {
         let mut r = FailedRetries::new(Duration::from_secs(900), Duration::from_secs(6 * 3600));
         let t0 = Instant::now();
-        assert!(r.due(&[7], &set(&[7]), t0).is_empty(), "not at once");
+        assert!(
+            r.due(&[7], |id| [7].contains(&id), t0).is_empty(),
+            "not at once"
+        );
         let mut at = t0 + Duration::from_secs(900);
         let mut waits = Vec::new();
         for _ in 0..8 {
-            assert_eq!(r.due(&[7], &set(&[7]), at), [7]);
+            assert_eq!(r.due(&[7], |id| [7].contains(&id), at), [7]);
             let (_, next) = r.schedule[&7];
             waits.push((next - at).as_secs());
             assert!(
-                r.due(&[7], &set(&[7]), next - Duration::from_secs(1))
+                r.due(&[7], |id| [7].contains(&id), next - Duration::from_secs(1))
                     .is_empty()
             );
             at = next;
@@ -99,19 +99,26 @@ mod tests {
     fn the_schedule_survives_a_retry_and_is_dropped_with_the_file() {
         let mut r = FailedRetries::new(Duration::from_secs(10), Duration::from_secs(100));
         let t0 = Instant::now();
-        r.due(&[1, 2], &set(&[1, 2]), t0);
+        r.due(&[1, 2], |id| [1, 2].contains(&id), t0);
         assert_eq!(
-            r.due(&[1, 2], &set(&[1, 2]), t0 + Duration::from_secs(10)),
+            r.due(
+                &[1, 2],
+                |id| [1, 2].contains(&id),
+                t0 + Duration::from_secs(10)
+            ),
             [1, 2]
         );
         // Both retried: 1 is uploading again, 2 was delivered.
-        r.due(&[], &set(&[1]), t0 + Duration::from_secs(11));
+        r.due(&[], |id| [1].contains(&id), t0 + Duration::from_secs(11));
         assert_eq!(r.schedule.len(), 1);
         // 1 fails again: it waits 20 s from its last retry, not 10 s from now.
         assert!(
-            r.due(&[1], &set(&[1]), t0 + Duration::from_secs(25))
+            r.due(&[1], |id| [1].contains(&id), t0 + Duration::from_secs(25))
                 .is_empty()
         );
-        assert_eq!(r.due(&[1], &set(&[1]), t0 + Duration::from_secs(30)), [1]);
+        assert_eq!(
+            r.due(&[1], |id| [1].contains(&id), t0 + Duration::from_secs(30)),
+            [1]
+        );
     }
 }

@@ -83,6 +83,9 @@ const FILE_HASH_PASSES_COUNT_MAX: usize = 2;
 /// `.partial`, ...). They never drain early: the rename would void the upload and every part
 /// would be sent again.
 const TEMPORARY_NAME_SUFFIXES: &[&str] = &[".filepart", ".part", ".partial", ".tmp"];
+/// Pending files the drain looks at on each wake beyond those in flight. Files further back
+/// in the queue wait for the next wake; the oldest go first.
+const CANDIDATES_COUNT_MAX: usize = 256;
 /// How often an early upload looks whether its file's writer has passed another part.
 /// At 300 MiB/s a 16 MiB part takes 53 ms to arrive.
 const EARLY_POLL: Duration = Duration::from_millis(20);
@@ -92,7 +95,10 @@ const EARLY_POLL: Duration = Duration::from_millis(20);
 struct Queue {
     active: HashSet<FileId>,
     active_keys: HashSet<String>,
+    /// When files with a temporary name were first seen sealed (they settle before upload).
     first_seen: HashMap<FileId, Instant>,
+    /// Files with lower ids were sealed before this run started: settled long ago.
+    settled_before: FileId,
     /// Files whose delivery task started as an early upload (also in `active`).
     early: HashSet<FileId>,
     /// Files whose early upload met a permanent error: they wait for their seal.
@@ -185,7 +191,8 @@ struct Ctx<S: ObjectStore> {
     shaper: Option<Arc<Shaper>>,
     /// Slots for whole-file SHA-256 passes, [`FILE_HASH_PASSES_COUNT_MAX`] of them.
     hash_permits: Arc<Semaphore>,
-    /// Upload ids created by this run (so that start-up reconciliation never aborts them).
+    /// Upload ids created by this run and not yet recorded in the journal (so that a search
+    /// for strays never aborts them); each leaves once recorded or aborted.
     created_uploads: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -262,16 +269,7 @@ impl<S: ObjectStore> Drain<S> {
         let failed_scan_every = FAILED_SCAN_INTERVAL.min(self.ctx.cfg.failed_retry_first);
         let mut next_failed_scan = Instant::now();
         // Files already sealed before this start were settled long ago.
-        let now = Instant::now();
-        for f in self
-            .ctx
-            .spool
-            .files_in(&[FileState::Sealed, FileState::Uploading])
-        {
-            queue
-                .first_seen
-                .insert(f.id, now.checked_sub(self.ctx.cfg.settle).unwrap_or(now));
-        }
+        queue.settled_before = self.ctx.spool.next_file_id();
         loop {
             for (key, upload_id) in self.ctx.spool.take_aborts() {
                 *queue.fenced_keys.entry(key.clone()).or_default() += 1;
@@ -315,21 +313,25 @@ impl<S: ObjectStore> Drain<S> {
         }
     }
 
-    /// Starts uploads for pending files, within the limits; returns how long until a file
-    /// still settling becomes eligible (at most a second).
     /// Queues again the failed files whose automatic retry is due.
     async fn retry_due_failed(&self, retries: &mut FailedRetries) {
-        let files =
-            self.ctx
-                .spool
-                .files_in(&[FileState::Failed, FileState::Sealed, FileState::Uploading]);
-        let failed: Vec<FileId> = files
+        let failed: Vec<FileId> = self
+            .ctx
+            .spool
+            .files_in(&[FileState::Failed])
             .iter()
-            .filter(|f| f.state == FileState::Failed)
             .map(|f| f.id)
             .collect();
-        let pending: HashSet<FileId> = files.iter().map(|f| f.id).collect();
-        let due = retries.due(&failed, &pending, Instant::now());
+        let spool = &self.ctx.spool;
+        let is_pending = |id| {
+            spool.state_of(id).is_some_and(|s| {
+                matches!(
+                    s,
+                    FileState::Failed | FileState::Sealed | FileState::Uploading
+                )
+            })
+        };
+        let due = retries.due(&failed, is_pending, Instant::now());
         if !due.is_empty() {
             let count = self.ctx.spool.retry_ids(&due).await;
             tracing::info!(event = "retried", count, ids = ?due,
@@ -337,28 +339,43 @@ impl<S: ObjectStore> Drain<S> {
         }
     }
 
+    /// Starts uploads for the oldest pending files, within the limits; returns how long until
+    /// a file still settling becomes eligible (at most a second). Looks at a bounded window
+    /// of the queue (the oldest [`CANDIDATES_COUNT_MAX`] beyond those in flight), so a wake
+    /// costs the same with ten files waiting or a million.
     fn start_pending(&self, tasks: &mut JoinSet<Done>, queue: &mut Queue) -> Duration {
         let files_active_max = self.ctx.cfg.concurrency.max(1) * 2;
         let now = Instant::now();
         let mut wake = Duration::from_secs(1);
+        let window = queue.active.len() + CANDIDATES_COUNT_MAX;
         let pending = self
             .ctx
             .spool
-            .files_in(&[FileState::Sealed, FileState::Uploading]);
-        let pending_ids: HashSet<FileId> = pending.iter().map(|f| f.id).collect();
-        queue.first_seen.retain(|id, _| pending_ids.contains(id));
+            .oldest_in(&[FileState::Sealed, FileState::Uploading], window);
+        // Settling times of files no longer among the oldest pending are dropped: none below
+        // the window's first (those are gone), and, when the window held the whole queue,
+        // none outside it.
+        let lowest = pending.first().map_or(FileId::MAX, |f| f.id);
+        let highest = pending.last().map_or(FileId::MIN, |f| f.id);
+        let whole_queue = pending.len() < window;
+        let in_window: HashSet<FileId> = pending.iter().map(|f| f.id).collect();
+        queue.first_seen.retain(|id, _| {
+            *id >= lowest && (in_window.contains(id) || (!whole_queue && *id > highest))
+        });
         for f in pending {
             if queue.active.len() - queue.early.len() >= files_active_max {
                 break;
             }
-            // A file just sealed waits a moment: clients that upload to a temporary name
-            // (WinSCP's `.filepart`) rename it right after CLOSE, and the rename should not
-            // race the upload.
-            let seen = *queue.first_seen.entry(f.id).or_insert(now);
-            let eligible = seen + self.ctx.cfg.settle;
-            if eligible > now {
-                wake = wake.min(eligible - now);
-                continue;
+            // A file sealed under a temporary name (WinSCP's `.filepart`, rsync's
+            // `.name.XXXXXX`) waits a moment: the client renames it right after CLOSE, and
+            // the rename should not race the upload. Any other file starts at once.
+            if f.id >= queue.settled_before && is_renamed_after_close(f.path.as_str()) {
+                let seen = *queue.first_seen.entry(f.id).or_insert(now);
+                let eligible = seen + self.ctx.cfg.settle;
+                if eligible > now {
+                    wake = wake.min(eligible - now);
+                    continue;
+                }
             }
             let key = self.ctx.cfg.object_key(&f.user, &f.path);
             // One upload per key at a time, so that an older version can never complete
@@ -389,9 +406,8 @@ impl<S: ObjectStore> Drain<S> {
     fn start_early(&self, tasks: &mut JoinSet<Done>, queue: &mut Queue) {
         let early_max = self.ctx.cfg.concurrency.max(1);
         let receiving = self.ctx.spool.files_in(&[FileState::Receiving]);
-        queue
-            .early_refused
-            .retain(|id| receiving.iter().any(|f| f.id == *id));
+        let receiving_ids: HashSet<FileId> = receiving.iter().map(|f| f.id).collect();
+        queue.early_refused.retain(|id| receiving_ids.contains(id));
         for f in receiving {
             if queue.early.len() >= early_max {
                 break;
@@ -435,16 +451,7 @@ impl<S: ObjectStore> Ctx<S> {
     /// prefix) is left alone. Retried until the store answers (after a power cut the WAN may
     /// come up late). Uploads this run created are never taken for strays.
     async fn abort_unrecorded_uploads(&self) {
-        let mut keys: Vec<String> = self
-            .spool
-            .files()
-            .into_iter()
-            .flat_map(|f| f.upload_intents.into_iter().map(|i| i.key))
-            .filter(|key| !key.is_empty())
-            .collect();
-        keys.sort();
-        keys.dedup();
-        for key in keys {
+        for key in self.spool.upload_intent_keys() {
             self.abort_strays(&key).await;
         }
     }
@@ -463,16 +470,12 @@ impl<S: ObjectStore> Ctx<S> {
                 }
             }
         };
-        let mut known: HashSet<String> = self
-            .spool
-            .files()
-            .into_iter()
-            .filter_map(|f| f.upload.map(|u| u.upload_id))
-            .collect();
-        known.extend(lock(&self.created_uploads).iter().cloned());
-        let strays = open
-            .into_iter()
-            .filter(|u| u.key == key && !known.contains(&u.upload_id));
+        let created = lock(&self.created_uploads).clone();
+        let strays = open.into_iter().filter(|u| {
+            u.key == key
+                && !created.contains(&u.upload_id)
+                && !self.spool.knows_upload(&u.upload_id)
+        });
         for u in strays {
             tracing::info!(key = %u.key, upload_id = %u.upload_id,
                 "aborting a multipart upload this box created but did not record");
@@ -749,6 +752,12 @@ impl<S: ObjectStore> Ctx<S> {
         let token = new_token();
         let meta = Self::metadata(Some(&sha), &token);
         let permit = self.part_permit(file.size).await?;
+        // The wait for a slot and the shaper's admission can be long (a paused drain): a file
+        // renamed or removed meanwhile must not be put under its old key, where no abort
+        // could take it back.
+        if !self.still_current(file.id, key) {
+            return Err(Stop::Cancelled);
+        }
         let body = self.spool_range(file.id, 0, file.size, None);
         let put = self
             .retry(file.id, key, || {
@@ -841,14 +850,18 @@ impl<S: ObjectStore> Ctx<S> {
                 Ok(())
             })
             .await;
+        // Recorded now (the journal knows it), or aborted below: this run need not remember it,
+        // so the set stays as small as the uploads being created.
         if started.is_err() {
             self.abort_upload(key, &upload_id, Some(ABORT_ATTEMPTS_COUNT_MAX))
                 .await;
+            lock(&self.created_uploads).remove(&upload_id);
             if retried {
                 self.abort_strays(key).await;
             }
             return Err(Stop::Cancelled);
         }
+        lock(&self.created_uploads).remove(&upload_id);
         if retried {
             self.abort_strays(key).await;
         }
@@ -1295,6 +1308,17 @@ pub fn part_size_for(configured: u64, file_size: u64) -> u64 {
 /// A name clients rename after CLOSE (see [`TEMPORARY_NAME_SUFFIXES`]).
 fn is_temporary_name(path: &str) -> bool {
     TEMPORARY_NAME_SUFFIXES.iter().any(|s| path.ends_with(s))
+}
+
+/// A name a client is likely to rename right after CLOSE: a temporary suffix, or rsync's
+/// hidden `.name.XXXXXX` (a leading dot and a six-character random suffix).
+fn is_renamed_after_close(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let rsync = name.starts_with('.')
+        && name.rsplit_once('.').is_some_and(|(head, tail)| {
+            head.len() > 1 && tail.len() == 6 && tail.chars().all(|c| c.is_ascii_alphanumeric())
+        });
+    is_temporary_name(name) || rsync
 }
 
 fn new_token() -> String {

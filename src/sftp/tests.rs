@@ -37,6 +37,7 @@ fn open_spool_max(dir: &std::path::Path, reserve_bytes: u64, max_file_size: u64)
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size,
+        delivered_retention: Default::default(),
     })
     .expect("open spool")
 }

@@ -5,11 +5,15 @@
 //! a restart is the state before it by construction. `apply` is total: a record about an unknown
 //! file (for instance after compaction raced a removal) is ignored, never a panic.
 
+mod index;
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{FileId, FileState, VPath};
+use index::{Index, state_slot};
+pub use index::{STATES, STATES_COUNT};
 
 /// One journal record. Append-only; the variant order is part of the on-disk format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +221,47 @@ pub enum Node {
     File(FileId),
 }
 
+/// How long delivered files stay in the catalog (and so in listings and the journal's
+/// snapshot): at most `files_count_max` of them, none delivered more than `age_secs_max`
+/// ago. Older deliveries live only in the delivery log and the bucket, so that memory and
+/// the journal stay bounded however many files a box receives over the years.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveredRetention {
+    pub files_count_max: usize,
+    pub age_secs_max: u64,
+}
+
+/// Delivered files kept by default.
+pub const DELIVERED_RETENTION_FILES_COUNT_DEFAULT: usize = 10_000;
+/// How long delivered files are kept by default (30 days).
+pub const DELIVERED_RETENTION_AGE_SECS_DEFAULT: u64 = 30 * 24 * 3600;
+
+impl Default for DeliveredRetention {
+    fn default() -> Self {
+        DeliveredRetention {
+            files_count_max: DELIVERED_RETENTION_FILES_COUNT_DEFAULT,
+            age_secs_max: DELIVERED_RETENTION_AGE_SECS_DEFAULT,
+        }
+    }
+}
+
+/// Files per state and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub files: [usize; STATES_COUNT],
+    pub bytes: [u64; STATES_COUNT],
+}
+
+impl StateCounts {
+    pub fn files(&self, state: FileState) -> usize {
+        self.files[state_slot(state)]
+    }
+
+    pub fn bytes(&self, state: FileState) -> u64 {
+        self.bytes[state_slot(state)]
+    }
+}
+
 /// The whole in-memory state.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -225,6 +270,29 @@ pub struct Catalog {
     names: BTreeMap<(String, VPath), Node>,
     /// Highest file id ever seen, so that new ids never repeat after a restart.
     pub max_id: FileId,
+    index: Index,
+    retention: DeliveredRetention,
+}
+
+/// The file a record is about, if any.
+fn record_file(record: &Record) -> Option<FileId> {
+    match record {
+        Record::Mkdir { .. } | Record::Rmdir { .. } => None,
+        Record::Opened { id, .. }
+        | Record::Sealed { id, .. }
+        | Record::SealedAppended { id, .. }
+        | Record::Renamed { id, .. }
+        | Record::Removed { id }
+        | Record::UploadStarted { id, .. }
+        | Record::PartDone { id, .. }
+        | Record::UploadReset { id }
+        | Record::Delivered { id, .. }
+        | Record::Failed { id, .. }
+        | Record::Retried { id }
+        | Record::Hidden { id }
+        | Record::UploadIntent { id, .. }
+        | Record::Conflict { id, .. } => Some(*id),
+    }
 }
 
 /// Side effects the caller must carry out after a record was applied (the catalog itself
@@ -238,8 +306,57 @@ pub struct Effects {
 }
 
 impl Catalog {
+    /// An empty catalog that keeps delivered files as `retention` says.
+    pub fn with_retention(retention: DeliveredRetention) -> Catalog {
+        Catalog {
+            retention,
+            ..Catalog::default()
+        }
+    }
+
     pub fn file(&self, id: FileId) -> Option<&FileRecord> {
         self.files.get(&id)
+    }
+
+    /// Ids of the files in `state`, oldest first; O(answer), not a scan.
+    pub fn ids_in(&self, state: FileState) -> impl DoubleEndedIterator<Item = FileId> + '_ {
+        self.index.in_state(state).iter().copied()
+    }
+
+    /// Files in `state`, oldest first.
+    pub fn in_state(&self, state: FileState) -> impl DoubleEndedIterator<Item = &FileRecord> + '_ {
+        self.ids_in(state).filter_map(|id| self.files.get(&id))
+    }
+
+    /// Files and bytes per state, counted as they change (O(1)).
+    pub fn counts(&self) -> StateCounts {
+        let mut c = StateCounts::default();
+        for state in STATES {
+            c.files[state_slot(state)] = self.index.count(state);
+            c.bytes[state_slot(state)] = self.index.bytes(state);
+        }
+        c
+    }
+
+    /// Files with upload creations that may not have been recorded.
+    pub fn with_upload_intents(&self) -> impl Iterator<Item = &FileRecord> + '_ {
+        self.index
+            .with_intents()
+            .iter()
+            .filter_map(|id| self.files.get(id))
+    }
+
+    /// The file whose recorded multipart upload has this id.
+    pub fn file_of_upload(&self, upload_id: &str) -> Option<FileId> {
+        self.index.upload(upload_id)
+    }
+
+    /// Files delivered most recently, newest first.
+    pub fn recently_delivered(&self) -> impl Iterator<Item = &FileRecord> + '_ {
+        self.index
+            .delivered()
+            .rev()
+            .filter_map(|(_, id)| self.files.get(&id))
     }
 
     pub fn files(&self) -> impl Iterator<Item = &FileRecord> {
@@ -291,8 +408,54 @@ impl Catalog {
         self.below(user, dir).next().is_some()
     }
 
-    /// Applies one record and returns what the caller must clean up.
+    /// Applies one record and returns what the caller must clean up. Delivered files beyond
+    /// the retention's count leave the catalog here (deterministically, so replay agrees).
     pub fn apply(&mut self, record: &Record) -> Effects {
+        if let Some(id) = record_file(record) {
+            self.index.touch(id);
+        }
+        let effects = self.apply_to_state(record);
+        self.index.refile(&self.files);
+        while self.index.count(FileState::Delivered) > self.retention.files_count_max {
+            let Some((_, oldest)) = self.index.delivered().next() else {
+                break;
+            };
+            self.forget_delivered(oldest);
+        }
+        effects
+    }
+
+    /// Forgets delivered files older than the retention's age (by `now_unix`); returns how
+    /// many. Not journalled: replay applies the same rule at the next prune.
+    pub fn prune_delivered(&mut self, now_unix: u64) -> usize {
+        let before = now_unix.saturating_sub(self.retention.age_secs_max);
+        let old: Vec<FileId> = self
+            .index
+            .delivered()
+            .take_while(|(at, _)| *at < before)
+            .map(|(_, id)| id)
+            .collect();
+        for id in &old {
+            self.forget_delivered(*id);
+        }
+        old.len()
+    }
+
+    /// A delivered file leaves the catalog: its listing and its record (the delivery log and
+    /// the bucket keep what is known of it).
+    fn forget_delivered(&mut self, id: FileId) {
+        self.index.touch(id);
+        if let Some(file) = self.files.remove(&id) {
+            debug_assert_eq!(file.state, FileState::Delivered);
+            let key = (file.user, file.path);
+            if self.names.get(&key) == Some(&Node::File(id)) {
+                self.names.remove(&key);
+            }
+        }
+        self.index.refile(&self.files);
+    }
+
+    fn apply_to_state(&mut self, record: &Record) -> Effects {
         let mut effects = Effects::default();
         match record {
             Record::Mkdir { user, path } => {
@@ -323,6 +486,7 @@ impl Catalog {
                 if let Some(Node::File(old)) = self.names.get(&key).copied()
                     && let Some(old_file) = self.files.get_mut(&old)
                 {
+                    self.index.touch(old);
                     match old_file.state {
                         // A partial or receiving version is simply replaced.
                         FileState::Receiving | FileState::Partial => {
@@ -579,6 +743,7 @@ impl Catalog {
 
     /// Forgets a file: its name (if it still points at it), its spool copy and its upload.
     fn drop_file(&mut self, id: FileId, effects: &mut Effects) {
+        self.index.touch(id);
         let Some(file) = self.files.remove(&id) else {
             return;
         };
@@ -601,11 +766,13 @@ impl Catalog {
         keep: FileId,
         effects: &mut Effects,
     ) {
+        // The index is current up to this record: a version hidden by this very record is
+        // not superseded by it.
         let superseded: Vec<FileId> = self
-            .files
-            .values()
-            .filter(|f| f.hidden && f.user == user && f.path == *path && f.id != keep)
-            .map(|f| f.id)
+            .index
+            .hidden_versions(user, path)
+            .filter(|id| *id != keep)
+            .filter(|id| self.files.get(id).is_some_and(|f| f.hidden))
             .collect();
         for old in superseded {
             self.drop_file(old, effects);
@@ -614,10 +781,9 @@ impl Catalog {
 
     /// After replay no session is connected: every file still receiving is partial.
     pub fn end_replay(&mut self) {
-        for file in self.files.values_mut() {
-            if file.state == FileState::Receiving {
-                file.state = FileState::Partial;
-            }
+        let receiving: Vec<FileId> = self.ids_in(FileState::Receiving).collect();
+        for id in receiving {
+            self.mark_partial(id);
         }
     }
 
@@ -628,6 +794,8 @@ impl Catalog {
             && file.state == FileState::Receiving
         {
             file.state = FileState::Partial;
+            self.index.touch(id);
+            self.index.refile(&self.files);
         }
     }
 
@@ -635,6 +803,8 @@ impl Catalog {
     pub fn mark_receiving(&mut self, id: FileId) {
         if let Some(file) = self.files.get_mut(&id) {
             file.state = FileState::Receiving;
+            self.index.touch(id);
+            self.index.refile(&self.files);
         }
     }
 
@@ -730,263 +900,4 @@ impl Catalog {
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn vp(s: &str) -> VPath {
-        VPath::resolve(s).expect("path")
-    }
-
-    fn arb_record() -> impl Strategy<Value = Record> {
-        let user = prop_oneof![Just("u".to_owned()), Just("v".to_owned())];
-        let path = prop_oneof![
-            Just("a"),
-            Just("b"),
-            Just("d"),
-            Just("d/x"),
-            Just("d/y"),
-            Just("d.txt"),
-            Just("d-x/y")
-        ]
-        .prop_map(vp);
-        let id = 1u64..6;
-        prop_oneof![
-            (user.clone(), path.clone()).prop_map(|(user, path)| Record::Mkdir { user, path }),
-            (user.clone(), path.clone()).prop_map(|(user, path)| Record::Rmdir { user, path }),
-            (id.clone(), user, path.clone()).prop_map(|(id, user, path)| Record::Opened {
-                id,
-                user,
-                path,
-                at_unix: 1
-            }),
-            (id.clone(), 0u64..100, any::<bool>()).prop_map(|(id, size, hashed)| Record::Sealed {
-                id,
-                size,
-                sha256: hashed.then_some([7; 32]),
-                at_unix: 2
-            }),
-            (id.clone(), 0u64..100).prop_map(|(id, size)| Record::SealedAppended {
-                id,
-                size,
-                at_unix: 2
-            }),
-            (id.clone(), path).prop_map(|(id, path)| Record::Renamed { id, path }),
-            id.clone().prop_map(|id| Record::Removed { id }),
-            id.clone().prop_map(|id| Record::UploadStarted {
-                id,
-                key: format!("k{id}"),
-                upload_id: format!("up{id}"),
-                part_size: 5,
-                token: "t".into()
-            }),
-            (id.clone(), 1u32..4).prop_map(|(id, number)| Record::PartDone {
-                id,
-                number,
-                etag: "e".into(),
-                crc32c: 7
-            }),
-            id.clone().prop_map(|id| Record::UploadReset { id }),
-            id.clone()
-                .prop_map(|id| Record::Delivered { id, at_unix: 3 }),
-            id.clone().prop_map(|id| Record::Failed {
-                id,
-                error: "AccessDenied".into()
-            }),
-            id.clone().prop_map(|id| Record::Retried { id }),
-            id.clone().prop_map(|id| Record::Conflict {
-                id,
-                error: "exists".into()
-            }),
-            (id, 0u8..3).prop_map(|(id, k)| Record::UploadIntent {
-                id,
-                key: format!("k{id}-{k}"),
-                at_unix: 4
-            }),
-        ]
-    }
-
-    proptest! {
-        /// Compaction writes `snapshot_records`; replaying them must rebuild the same namespace
-        /// and the same file states, whatever history led there.
-        #[test]
-        fn snapshot_replays_to_the_same_catalog(records in proptest::collection::vec(arb_record(), 0..60)) {
-            let mut live = Catalog::default();
-            for r in &records {
-                live.apply(r);
-            }
-            live.end_replay();
-            let mut rebuilt = Catalog::default();
-            for r in &live.snapshot_records() {
-                rebuilt.apply(r);
-            }
-            rebuilt.end_replay();
-            prop_assert_eq!(&live.names, &rebuilt.names);
-            prop_assert_eq!(&live.files, &rebuilt.files);
-        }
-
-        /// Every name points at a file that exists (no dangling names), whatever the history.
-        #[test]
-        fn names_never_dangle(records in proptest::collection::vec(arb_record(), 0..60)) {
-            let mut c = Catalog::default();
-            for r in &records {
-                c.apply(r);
-                for node in c.names.values() {
-                    if let Node::File(id) = node {
-                        prop_assert!(c.files.contains_key(id), "dangling name after {:?}", r);
-                    }
-                }
-                // children() agrees with a plain filter over all names.
-                for dir in ["", "d", "d-x"] {
-                    let dir = if dir.is_empty() { VPath::root() } else { vp(dir) };
-                    let model: Vec<String> = c
-                        .names
-                        .keys()
-                        .filter(|(u, p)| u == "u" && p.parent().as_ref() == Some(&dir))
-                        .map(|(_, p)| p.name().to_owned())
-                        .collect();
-                    let got: Vec<String> = c.children("u", &dir).into_iter().map(|(n, _)| n).collect();
-                    prop_assert_eq!(model, got);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn superseding_a_pending_file_keeps_it_uploading_until_the_new_version_seals() {
-        let mut c = Catalog::default();
-        let (user, path) = ("u".to_owned(), vp("f"));
-        c.apply(&Record::Opened {
-            id: 1,
-            user: user.clone(),
-            path: path.clone(),
-            at_unix: 0,
-        });
-        c.apply(&Record::Sealed {
-            id: 1,
-            size: 10,
-            sha256: None,
-            at_unix: 0,
-        });
-        c.apply(&Record::Opened {
-            id: 2,
-            user: user.clone(),
-            path: path.clone(),
-            at_unix: 0,
-        });
-        assert!(
-            c.file(1).expect("old").hidden,
-            "old version still pending, hidden"
-        );
-        assert_eq!(c.lookup(&user, &path), Some(Node::File(2)));
-        let effects = c.apply(&Record::Sealed {
-            id: 2,
-            size: 5,
-            sha256: None,
-            at_unix: 0,
-        });
-        assert!(c.file(1).is_none(), "superseded at the new version's seal");
-        assert_eq!(effects.free_spool, vec![1]);
-    }
-
-    #[test]
-    fn rename_voids_the_upload_under_the_old_key() {
-        let mut c = Catalog::default();
-        c.apply(&Record::Opened {
-            id: 1,
-            user: "u".into(),
-            path: vp("a"),
-            at_unix: 0,
-        });
-        c.apply(&Record::Sealed {
-            id: 1,
-            size: 10,
-            sha256: None,
-            at_unix: 0,
-        });
-        c.apply(&Record::UploadStarted {
-            id: 1,
-            key: "k".into(),
-            upload_id: "x".into(),
-            part_size: 5,
-            token: "t".into(),
-        });
-        let effects = c.apply(&Record::Renamed {
-            id: 1,
-            path: vp("b"),
-        });
-        assert_eq!(
-            effects.abort_uploads,
-            vec![("k".to_owned(), "x".to_owned())]
-        );
-        let f = c.file(1).expect("file");
-        assert_eq!((f.state, f.upload.is_none()), (FileState::Sealed, true));
-        assert_eq!(c.lookup("u", &vp("a")), None);
-    }
-
-    #[test]
-    fn an_early_upload_survives_the_seal_compaction_and_replay_and_is_aborted_with_its_file() {
-        let mut c = Catalog::default();
-        c.apply(&Record::Opened {
-            id: 1,
-            user: "u".into(),
-            path: vp("a"),
-            at_unix: 0,
-        });
-        c.apply(&Record::UploadStarted {
-            id: 1,
-            key: "k".into(),
-            upload_id: "x".into(),
-            part_size: 5,
-            token: "t".into(),
-        });
-        c.apply(&Record::PartDone {
-            id: 1,
-            number: 1,
-            etag: "e".into(),
-            crc32c: 7,
-        });
-        let f = c.file(1).expect("file");
-        assert_eq!(
-            f.state,
-            FileState::Receiving,
-            "an early upload keeps the state"
-        );
-        assert!(f.upload.as_ref().is_some_and(|u| u.early));
-
-        // Compaction before the seal (the file then replays as partial, upload kept).
-        let mut replayed = Catalog::default();
-        for r in c.snapshot_records() {
-            replayed.apply(&r);
-        }
-        replayed.end_replay();
-        let f = replayed.file(1).expect("file");
-        assert_eq!(f.state, FileState::Partial);
-        assert_eq!(f.upload, c.file(1).expect("file").upload);
-
-        c.apply(&Record::Sealed {
-            id: 1,
-            size: 8,
-            sha256: None,
-            at_unix: 0,
-        });
-        let f = c.file(1).expect("file");
-        assert_eq!(
-            f.state,
-            FileState::Uploading,
-            "the seal carries on with the upload"
-        );
-        let mut replayed = Catalog::default();
-        for r in c.snapshot_records() {
-            replayed.apply(&r);
-        }
-        assert_eq!(replayed.file(1), c.file(1), "still early after compaction");
-
-        let effects = c.apply(&Record::Removed { id: 1 });
-        assert_eq!(
-            effects.abort_uploads,
-            vec![("k".to_owned(), "x".to_owned())]
-        );
-    }
-}
+mod tests;

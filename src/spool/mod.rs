@@ -9,6 +9,7 @@ mod handles;
 pub mod identity;
 mod pwrite;
 mod recovery;
+pub use catalog::{DeliveredRetention, StateCounts};
 pub use recovery::{QUARANTINE_LISTED_COUNT_MAX, QuarantinedFile};
 mod store;
 mod uring;

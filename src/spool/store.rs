@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::Notify;
 
-use super::catalog::{Catalog, Effects, FileRecord, Node, Record};
+use super::catalog::{Catalog, DeliveredRetention, Effects, FileRecord, Node, Record};
 use super::engine::{EngineError, SpoolEngine};
 use super::handles::{Live, ReadHandle, WriteHandle};
 use super::recovery::RecoveryState;
@@ -54,6 +54,8 @@ pub struct SpoolOptions {
     /// A WRITE that would make a file longer than this fails ("file too large"), sparse
     /// writes far past the end included.
     pub max_file_size: u64,
+    /// How many delivered files, and for how long, stay listed.
+    pub delivered_retention: DeliveredRetention,
 }
 
 /// Whether uploads are refused after a fill of `used_percent`, given whether they were
@@ -165,7 +167,7 @@ impl Spool {
         let dir_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| SpoolOpenError::Locked(opts.dir.clone()))?;
         let (journal, records) = Journal::<Record>::open(&opts.dir.join("journal"))?;
-        let mut catalog = Catalog::default();
+        let mut catalog = Catalog::with_retention(opts.delivered_retention);
         let mut aborts = Vec::new();
         // Versions the journal dropped (removed, superseded): their unlink may not have reached
         // the disk before a crash. They go now, before recovery could take them for files the
@@ -177,6 +179,7 @@ impl Spool {
             freed.extend(effects.free_spool);
         }
         catalog.end_replay();
+        catalog.prune_delivered(now_unix());
         for id in freed.into_iter().filter(|id| catalog.file(*id).is_none()) {
             for dir in [&partial_dir, &sealed_dir] {
                 match fs::remove_file(dir.join(id.to_string())) {
@@ -351,6 +354,11 @@ impl Spool {
         &self.journal
     }
 
+    /// The id the next new file version will get: every file known now has a lower one.
+    pub fn next_file_id(&self) -> FileId {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
     pub(super) fn new_id(&self) -> FileId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -404,19 +412,87 @@ impl Spool {
         self.lock().file(id).cloned()
     }
 
-    /// Copies of the records of files in one of `states`, oldest first (the drain's queue).
+    /// Copies of the records of files in one of `states`, oldest first. O(answer): from the
+    /// catalog's index by state.
     pub fn files_in(&self, states: &[FileState]) -> Vec<FileRecord> {
-        let mut v: Vec<FileRecord> = self
-            .lock()
-            .files()
-            .filter(|f| states.contains(&f.state))
-            .cloned()
-            .collect();
-        v.sort_by_key(|f| f.id);
-        v
+        self.oldest_in(states, usize::MAX)
     }
 
-    /// Copies of every file record (for the drain queue and status), oldest first.
+    /// Copies of the oldest (lowest id) `limit` files in one of `states`: the drain's next
+    /// candidates, O(limit · states) however long the queue.
+    pub fn oldest_in(&self, states: &[FileState], limit: usize) -> Vec<FileRecord> {
+        let catalog = self.lock();
+        let mut ids: Vec<FileId> = states
+            .iter()
+            .flat_map(|s| catalog.ids_in(*s).take(limit))
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.iter()
+            .filter_map(|id| catalog.file(*id).cloned())
+            .collect()
+    }
+
+    /// The state of one file, if the catalog still holds it.
+    pub fn state_of(&self, id: FileId) -> Option<FileState> {
+        self.lock().file(id).map(|f| f.state)
+    }
+
+    /// Files and bytes per state (O(1)).
+    pub fn counts(&self) -> super::StateCounts {
+        self.lock().counts()
+    }
+
+    /// Keys with an unresolved upload intent (creations that may not have been recorded).
+    pub fn upload_intent_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .lock()
+            .with_upload_intents()
+            .flat_map(|f| f.upload_intents.iter().map(|i| i.key.clone()))
+            .filter(|key| !key.is_empty())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Whether a file's recorded multipart upload has this id.
+    pub fn knows_upload(&self, upload_id: &str) -> bool {
+        self.lock().file_of_upload(upload_id).is_some()
+    }
+
+    /// Up to `limit` files for status: every upload in flight and receiving file first (each
+    /// bounded by the sessions and the drain's concurrency), then partial, failed and
+    /// conflicting ones, then the oldest waiting ones, then the most recently delivered.
+    /// Counts per state come from [`Spool::counts`].
+    pub fn files_for_status(&self, limit: usize) -> Vec<FileRecord> {
+        let catalog = self.lock();
+        let mut out: Vec<FileRecord> = Vec::new();
+        let order = [
+            FileState::Uploading,
+            FileState::Receiving,
+            FileState::Failed,
+            FileState::Conflict,
+            FileState::Partial,
+            FileState::Sealed,
+        ];
+        for state in order {
+            let room = limit.saturating_sub(out.len());
+            out.extend(
+                catalog
+                    .in_state(state)
+                    .filter(|f| !f.hidden)
+                    .take(room)
+                    .cloned(),
+            );
+        }
+        let room = limit.saturating_sub(out.len());
+        out.extend(catalog.recently_delivered().take(room).cloned());
+        out.sort_by_key(|f| f.id);
+        out
+    }
+
+    /// Copies of every file record, oldest first: O(all files), for tests and tools only.
     pub fn files(&self) -> Vec<FileRecord> {
         let mut v: Vec<FileRecord> = self.lock().files().cloned().collect();
         v.sort_by_key(|f| f.id);
@@ -716,13 +792,18 @@ impl Spool {
         self.journal.size_bytes()
     }
 
+    /// Forgets delivered files older than the retention's age; returns how many. (Those
+    /// beyond its count leave as they are delivered.)
+    pub fn prune_delivered(&self) -> usize {
+        self.lock().prune_delivered(now_unix())
+    }
+
     /// Removes partial files older than `partial_ttl`; returns how many.
     pub async fn expire_partials(&self) -> usize {
         let now = SystemTime::now();
         let expired: Vec<(FileId, String, String)> = self
             .lock()
-            .files()
-            .filter(|f| f.state == FileState::Partial)
+            .in_state(FileState::Partial)
             .filter(|f| {
                 match fs::metadata(self.partial_path(f.id)).and_then(|m| m.modified()) {
                     Ok(m) => now
@@ -778,13 +859,15 @@ impl Spool {
     }
 
     pub async fn retry_failed(&self, filter: Option<(&str, &VPath)>) -> usize {
-        let ids: Vec<FileId> = self
-            .lock()
-            .files()
-            .filter(|f| matches!(f.state, FileState::Failed | FileState::Conflict))
-            .filter(|f| filter.is_none_or(|(u, p)| f.user == u && f.path.starts_with(p)))
-            .map(|f| f.id)
-            .collect();
+        let ids: Vec<FileId> = {
+            let catalog = self.lock();
+            catalog
+                .in_state(FileState::Failed)
+                .chain(catalog.in_state(FileState::Conflict))
+                .filter(|f| filter.is_none_or(|(u, p)| f.user == u && f.path.starts_with(p)))
+                .map(|f| f.id)
+                .collect()
+        };
         let n = ids.len();
         if n > 0 {
             let records = ids.into_iter().map(|id| Record::Retried { id }).collect();

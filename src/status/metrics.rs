@@ -181,11 +181,11 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
         FileState::Failed,
         FileState::Conflict,
     ] {
-        let n = s.files.iter().filter(|f| f.state == state).count();
+        let n = s.counts().get(state);
         let label = format!("{state:?}").to_lowercase();
         files
             .get_or_create(&vec![("state".to_owned(), label)])
-            .set(as_i64(n as u64));
+            .set(as_i64(n));
     }
     r.register("sftpgw_files", "Files the gateway knows, by state", files);
     gauge(

@@ -28,8 +28,14 @@ pub struct Snapshot {
     pub engine: String,
     pub spool: SpoolUsage,
     pub drain: DrainSummary,
-    /// Every file the gateway knows, oldest first.
+    /// Files the gateway knows, oldest first: every upload in flight and file arriving, then
+    /// failed, partial and waiting ones, then the latest delivered, at most
+    /// [`FILES_LISTED_COUNT_MAX`] in all. `file_counts` counts them all.
     pub files: Vec<FileStatus>,
+    /// How many files are in each state (`None` from a daemon older than this field: count
+    /// `files`). See [`Snapshot::counts`].
+    #[serde(default)]
+    pub file_counts: Option<FileCounts>,
     /// The WAN shaper: limit, schedule window, override, budgets, clock.
     #[serde(default)]
     pub shaping: ShapingStatus,
@@ -58,6 +64,74 @@ pub struct Snapshot {
     /// Counters since the daemon started, for metrics.
     #[serde(default)]
     pub counters: Counters,
+}
+
+/// Files a snapshot lists at most: status, health and metrics cost the same with ten files or
+/// a million.
+pub const FILES_LISTED_COUNT_MAX: usize = 1000;
+
+/// Files per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCounts {
+    pub receiving: u64,
+    pub partial: u64,
+    pub sealed: u64,
+    pub uploading: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub conflict: u64,
+}
+
+impl FileCounts {
+    pub fn get(&self, state: FileState) -> u64 {
+        match state {
+            FileState::Receiving => self.receiving,
+            FileState::Partial => self.partial,
+            FileState::Sealed => self.sealed,
+            FileState::Uploading => self.uploading,
+            FileState::Delivered => self.delivered,
+            FileState::Failed => self.failed,
+            FileState::Conflict => self.conflict,
+        }
+    }
+
+    fn slot(&mut self, state: FileState) -> &mut u64 {
+        match state {
+            FileState::Receiving => &mut self.receiving,
+            FileState::Partial => &mut self.partial,
+            FileState::Sealed => &mut self.sealed,
+            FileState::Uploading => &mut self.uploading,
+            FileState::Delivered => &mut self.delivered,
+            FileState::Failed => &mut self.failed,
+            FileState::Conflict => &mut self.conflict,
+        }
+    }
+
+    /// Counted from the spool's index.
+    pub fn from_spool(c: &crate::spool::StateCounts) -> FileCounts {
+        let mut out = FileCounts::default();
+        for state in crate::spool::catalog::STATES {
+            *out.slot(state) = c.files(state) as u64;
+        }
+        out
+    }
+
+    /// Counted from a list of files.
+    pub fn of_files(files: &[FileStatus]) -> FileCounts {
+        let mut out = FileCounts::default();
+        for f in files {
+            *out.slot(f.state) += 1;
+        }
+        out
+    }
+}
+
+impl Snapshot {
+    /// Files per state: all of them, not only those listed.
+    pub fn counts(&self) -> FileCounts {
+        self.file_counts
+            .unwrap_or_else(|| FileCounts::of_files(&self.files))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use super::{FileStatus, Health, HealthLevel, QueueStatus, Snapshot, SnapshotSour
 use crate::config::Config;
 use crate::journal::replay::decode_all;
 use crate::spool::FileState;
-use crate::spool::catalog::{Catalog, Record};
+use crate::spool::catalog::{Catalog, FileRecord, Record};
 
 /// Largest journal read for an offline status; compaction keeps journals far below.
 pub const OFFLINE_JOURNAL_BYTES_MAX: u64 = 1 << 30;
@@ -37,29 +37,48 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
         ReadError::Format(m) => OfflineError::Format(shown.clone(), m),
         ReadError::TooLarge => OfflineError::TooLarge(shown.clone(), OFFLINE_JOURNAL_BYTES_MAX),
     })?;
-    let mut catalog = Catalog::default();
+    let mut catalog = Catalog::with_retention(config.spool.delivered_retention);
     for r in &records {
         catalog.apply(r);
     }
     catalog.end_replay();
-    let mut recs: Vec<_> = catalog.files().filter(|f| !f.hidden).cloned().collect();
-    recs.sort_by_key(|f| (f.mtime_unix, f.id));
     let now = crate::spool::now_unix();
-    let mut queue = QueueStatus::default();
-    let mut failed = 0;
+    catalog.prune_delivered(now);
+    let counts = catalog.counts();
+    let waiting = [
+        FileState::Sealed,
+        FileState::Uploading,
+        FileState::Failed,
+        FileState::Conflict,
+    ];
+    let queue = QueueStatus {
+        files: waiting.iter().map(|s| counts.files(*s) as u64).sum(),
+        bytes: waiting.iter().map(|s| counts.bytes(*s)).sum(),
+        oldest_age_secs: waiting
+            .iter()
+            .filter_map(|s| catalog.in_state(*s).next())
+            .map(|f| now.saturating_sub(f.mtime_unix))
+            .max(),
+    };
+    let failed = counts.files(FileState::Failed);
+    // As the daemon does: pending files first, then the latest delivered, a bounded list.
+    let mut recs: Vec<&FileRecord> = Vec::new();
+    for state in [
+        FileState::Uploading,
+        FileState::Failed,
+        FileState::Conflict,
+        FileState::Partial,
+        FileState::Sealed,
+    ] {
+        let room = super::FILES_LISTED_COUNT_MAX.saturating_sub(recs.len());
+        recs.extend(catalog.in_state(state).filter(|f| !f.hidden).take(room));
+    }
+    let room = super::FILES_LISTED_COUNT_MAX.saturating_sub(recs.len());
+    recs.extend(catalog.recently_delivered().take(room));
+    recs.sort_by_key(|f| (f.mtime_unix, f.id));
     let files: Vec<FileStatus> = recs
         .iter()
         .map(|f| {
-            if matches!(
-                f.state,
-                FileState::Sealed | FileState::Uploading | FileState::Failed | FileState::Conflict
-            ) {
-                queue.files += 1;
-                queue.bytes += f.size;
-                let age = now.saturating_sub(f.mtime_unix);
-                queue.oldest_age_secs = Some(queue.oldest_age_secs.map_or(age, |a| a.max(age)));
-            }
-            failed += u64::from(f.state == FileState::Failed);
             let key = format!("{}{}/{}", config.s3.prefix, f.user, f.path.as_str());
             // A receiving file's size is only in its spool file; stat it (read-only).
             let size = match f.state {
@@ -101,12 +120,10 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
             bucket: config.s3.bucket.clone(),
             bytes_sent: 0,
             parts_sent: 0,
-            files_delivered: recs
-                .iter()
-                .filter(|f| f.state == FileState::Delivered)
-                .count() as u64,
+            files_delivered: counts.files(FileState::Delivered) as u64,
         },
         files,
+        file_counts: Some(super::FileCounts::from_spool(&counts)),
         shaping: Default::default(),
         source: SnapshotSource::Journal,
         health: Health {

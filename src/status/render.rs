@@ -271,7 +271,8 @@ fn uploads(sc: &mut Screen, s: &Snapshot) {
 }
 
 fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
-    let count = |st: FileState| s.files.iter().filter(|f| f.state == st).count();
+    let counts = s.counts();
+    let count = |st: FileState| counts.get(st);
     // Conflicts are rare (overwrite = "never" only): counted with the failed ones, named when
     // there are any, so that the line stays within 80 columns otherwise.
     let failed = match count(FileState::Conflict) {
@@ -310,11 +311,29 @@ fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
             sc.line(format!("    {e}"));
         }
     }
-    if shown < listed.len() {
-        sc.line(format!(
-            "  +{} more (`sftpgw status --all` lists every file)",
-            listed.len() - shown
-        ));
+    // The snapshot lists a bounded number of files; the counts cover them all.
+    let listable: u64 = if all {
+        crate::spool::catalog::STATES
+            .iter()
+            .map(|st| count(*st))
+            .sum()
+    } else {
+        [
+            FileState::Receiving,
+            FileState::Partial,
+            FileState::Sealed,
+            FileState::Failed,
+            FileState::Conflict,
+        ]
+        .iter()
+        .map(|st| count(*st))
+        .sum()
+    };
+    let more = listable.saturating_sub(shown as u64);
+    if more > 0 && all {
+        sc.line(format!("  +{more} more (not listed: too many to show)"));
+    } else if more > 0 {
+        sc.line(format!("  +{more} more (`sftpgw status --all` lists more)"));
     }
 }
 

@@ -319,6 +319,25 @@ authorized_keys = [{authorized}]
         stdout
     }
 
+    /// Runs `sftpgw drain ARGS` against the daemon (pause, resume, rate) and checks it worked.
+    pub fn drain_cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+            .arg("drain")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env_remove("SFTPGW_CONFIG")
+            .output()
+            .expect("run sftpgw drain");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sftpgw drain {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     pub async fn status(&self) -> Snapshot {
         match control::request(&self.socket, &Request::Status)
             .await

@@ -42,6 +42,7 @@ fn snapshot(files: Vec<FileStatus>) -> Snapshot {
             files_delivered: 0,
         },
         files,
+        file_counts: None,
         shaping: ShapingStatus::default(),
         source: SnapshotSource::Daemon,
         health: Health::default(),
