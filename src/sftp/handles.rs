@@ -13,7 +13,7 @@ use super::lane::{self, Fence, Finished, LaneOp, Scope};
 use super::session::Ctx;
 use super::{SFTP_WRITE_COALESCE_BYTES_MAX, SFTP_WRITE_COALESCE_PART_BYTES_MAX, ops, wire};
 use crate::limits::SFTP_HANDLES_COUNT_MAX;
-use crate::spool::{Entry, FsError, FsErrorKind, ReadHandle, VPath, WriteHandle};
+use crate::spool::{FsError, FsErrorKind, ReadHandle, VPath, WriteHandle};
 
 /// The open handles of a session.
 #[derive(Default)]
@@ -45,10 +45,13 @@ pub(super) enum OpenHandle {
     Dir(Listing),
 }
 
-/// A directory listing taken at OPENDIR and handed out by READDIR.
+/// A directory being listed: READDIR reads it page by page from the catalog, after the last
+/// name it handed out (entries made or removed meanwhile may or may not show, as with
+/// POSIX readdir), so no listing is ever copied whole.
 pub(super) struct Listing {
-    pub entries: Vec<Entry>,
-    pub next: usize,
+    pub dir: VPath,
+    /// The last name handed out; `None` before the first READDIR.
+    pub after: Option<String>,
 }
 
 impl Handles {

@@ -33,6 +33,10 @@ pub const EXTENSIONS: &[(&str, &str)] = &[
 
 /// Longest file name statvfs reports.
 const NAME_BYTES_MAX: u64 = 255;
+/// Entries one READDIR takes from the catalog (OpenSSH's server sends 100 a reply); the reply
+/// then holds as many as fit [`SFTP_NAME_REPLY_BYTES_MAX`], the next READDIR going on after
+/// the last one sent.
+const READDIR_PAGE_ENTRIES_COUNT: usize = 256;
 /// Bytes a NAME entry takes besides its two strings (lengths, attribute flags and fields).
 const NAME_ENTRY_OVERHEAD_BYTES: usize = 64;
 
@@ -244,44 +248,62 @@ fn open_dir(ctx: &Ctx, id: u32, raw: &str) -> Result<Bytes, FsError> {
     if !ctx.handles().reserve() {
         return Err(too_many_handles());
     }
-    let entries = match ctx.spool.list_dir(&ctx.user, &path) {
-        Ok(entries) => entries,
-        Err(err) => {
-            ctx.handles().release();
-            return Err(err);
-        }
-    };
+    // Only checks that the directory is there; READDIR reads it a page at a time.
+    if let Err(err) = ctx.spool.list_dir_page(&ctx.user, &path, None, 0) {
+        ctx.handles().release();
+        return Err(err);
+    }
     let name = ctx
         .handles()
-        .insert(OpenHandle::Dir(Listing { entries, next: 0 }))
+        .insert(OpenHandle::Dir(Listing {
+            dir: path,
+            after: None,
+        }))
         .ok_or_else(|| FsError::new(FsErrorKind::Failure, "session is ending"))?;
     Ok(wire::encode(Packet::Handle(Handle { id, handle: name })))
 }
 
 fn read_dir(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
     let now = wire::now_unix();
-    let mut files = Vec::new();
-    {
+    let (dir, after) = {
         let mut handles = ctx.handles();
         let Some(OpenHandle::Dir(listing)) = handles.get_mut(name) else {
             return Err(invalid_handle());
         };
-        // Fill the reply up to the budget the dispatcher reserved for it.
-        let mut bytes = 9; // length, type, id
-        while let Some(entry) = listing.entries.get(listing.next) {
-            let longname = wire::longname(entry, &ctx.user, now);
-            let entry_bytes = entry.name.len() + longname.len() + NAME_ENTRY_OVERHEAD_BYTES;
-            if bytes + entry_bytes > SFTP_NAME_REPLY_BYTES_MAX as usize && !files.is_empty() {
-                break;
-            }
-            bytes += entry_bytes;
-            files.push(File {
-                filename: entry.name.clone(),
-                longname,
-                attrs: wire::attrs_of(entry),
-            });
-            listing.next += 1;
+        (listing.dir.clone(), listing.after.clone())
+    };
+    // READDIRs of one handle run one at a time (the session's path lane), so the cursor
+    // read above is still the handle's when it is written below. A directory removed
+    // meanwhile has simply ended.
+    let page = ctx
+        .spool
+        .list_dir_page(
+            &ctx.user,
+            &dir,
+            after.as_deref(),
+            READDIR_PAGE_ENTRIES_COUNT,
+        )
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    // Fill the reply up to the budget the dispatcher reserved for it.
+    let mut bytes = 9; // length, type, id
+    for entry in &page {
+        let longname = wire::longname(entry, &ctx.user, now);
+        let entry_bytes = entry.name.len() + longname.len() + NAME_ENTRY_OVERHEAD_BYTES;
+        if bytes + entry_bytes > SFTP_NAME_REPLY_BYTES_MAX as usize && !files.is_empty() {
+            break;
         }
+        bytes += entry_bytes;
+        files.push(File {
+            filename: entry.name.clone(),
+            longname,
+            attrs: wire::attrs_of(entry),
+        });
+    }
+    if let Some(last) = files.last()
+        && let Some(OpenHandle::Dir(listing)) = ctx.handles().get_mut(name)
+    {
+        listing.after = Some(last.filename.clone());
     }
     if files.is_empty() {
         return Ok(wire::encode(wire::status(

@@ -1033,3 +1033,69 @@ async fn writes_past_max_file_size_or_u64_fail_cleanly_and_the_session_goes_on()
         SessionEnd::ClientClosed
     ));
 }
+
+/// READDIR reads a large directory a page at a time after the last name handed out: every
+/// name once, in order, over several replies; a name made after the cursor during the
+/// listing shows, one removed before it was reached does not (POSIX readdir allows both).
+#[tokio::test]
+async fn readdir_of_a_large_directory_goes_page_by_page_after_the_last_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    let mut names: Vec<String> = (0..1000).map(|i| format!("d{i:04}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
+            id: 100 + i as u32,
+            path: format!("/{name}"),
+            attrs: FileAttributes::empty(),
+        });
+        assert_eq!(client.status(mkdir).await.0, StatusCode::Ok);
+    }
+    // A subtree below one entry: skipped, not listed.
+    let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
+        id: 5000,
+        path: "/d0001/inner".into(),
+        attrs: FileAttributes::empty(),
+    });
+    assert_eq!(client.status(mkdir).await.0, StatusCode::Ok);
+    let Packet::Handle(dir) = client
+        .call(Packet::OpenDir(OpenDir {
+            id: 5001,
+            path: "/".into(),
+        }))
+        .await
+    else {
+        panic!("opendir")
+    };
+    let mut listed: Vec<String> = Vec::new();
+    let mut replies = 0;
+    loop {
+        let reply = client
+            .call(Packet::ReadDir(ReadDir {
+                id: 6000 + replies,
+                handle: dir.handle.clone(),
+            }))
+            .await;
+        let Packet::Name(name) = reply else {
+            assert_eq!(status_of(reply).0, StatusCode::Eof);
+            break;
+        };
+        replies += 1;
+        listed.extend(name.files.into_iter().map(|f| f.filename));
+        if replies == 1 {
+            // Mid-listing: one name after the cursor appears, one not yet reached goes.
+            spool
+                .mkdir("alice", &VPath::resolve("/d0999x").unwrap())
+                .await
+                .unwrap();
+            spool
+                .rmdir("alice", &VPath::resolve("/d0998").unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    names.retain(|n| n != "d0998");
+    names.push("d0999x".to_owned());
+    assert!(replies >= 4, "{replies} replies: not paged");
+    assert_eq!(listed, names);
+}

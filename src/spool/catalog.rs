@@ -404,6 +404,54 @@ impl Catalog {
             .collect()
     }
 
+    /// Up to `limit` direct children of `dir` whose names sort after `after` (all from the
+    /// first if `None`), in name order: one page of a listing. O(limit · log n): a child
+    /// directory's subtree is skipped with one range jump, never walked.
+    pub fn children_page(
+        &self,
+        user: &str,
+        dir: &VPath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, Node)> {
+        use std::ops::Bound;
+        let prefix = if dir.is_root() {
+            String::new()
+        } else {
+            format!("{}/", dir.as_str())
+        };
+        let key = |rest: String| (user.to_owned(), VPath::from_normalized(rest));
+        let mut from = match after {
+            Some(name) => Bound::Excluded(key(format!("{prefix}{name}"))),
+            None => Bound::Included(key(prefix.clone())),
+        };
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(((u, path), node)) = self.names.range((from, Bound::Unbounded)).next() else {
+                break;
+            };
+            let Some(rest) = path.as_str().strip_prefix(&prefix) else {
+                break;
+            };
+            if u != user {
+                break;
+            }
+            match rest.split_once('/') {
+                // Below a child directory: jump past the child's whole subtree ('0' follows
+                // '/'), to the next name at this level.
+                Some((child, _)) => {
+                    from = Bound::Included(key(format!("{prefix}{child}0")));
+                }
+                None if rest.is_empty() => from = Bound::Excluded(key(prefix.clone())),
+                None => {
+                    out.push((rest.to_owned(), *node));
+                    from = Bound::Excluded(key(path.as_str().to_owned()));
+                }
+            }
+        }
+        out
+    }
+
     pub fn has_children(&self, user: &str, dir: &VPath) -> bool {
         self.below(user, dir).next().is_some()
     }

@@ -540,6 +540,19 @@ impl Spool {
 
     /// The entries directly below `path`, sorted by name.
     pub fn list_dir(&self, user: &str, path: &VPath) -> Result<Vec<Entry>, FsError> {
+        self.list_dir_page(user, path, None, usize::MAX)
+    }
+
+    /// Up to `limit` entries directly below `path` whose names sort after `after`, in name
+    /// order: one page of a listing (READDIR), so that a directory of 10^5 entries is never
+    /// copied whole nor holds the catalog lock for more than a page.
+    pub fn list_dir_page(
+        &self,
+        user: &str,
+        path: &VPath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, FsError> {
         let catalog = self.lock();
         match catalog.lookup(user, path) {
             None => return Err(not_found(path)),
@@ -552,7 +565,7 @@ impl Spool {
             Some(Node::Dir) => {}
         }
         Ok(catalog
-            .children(user, path)
+            .children_page(user, path, after, limit)
             .into_iter()
             .map(|(name, node)| self.entry_of(&catalog, name, node))
             .collect())

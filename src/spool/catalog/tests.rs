@@ -15,7 +15,12 @@ fn arb_record() -> impl Strategy<Value = Record> {
         Just("d/x"),
         Just("d/y"),
         Just("d.txt"),
-        Just("d-x/y")
+        Just("d-x/y"),
+        // Names around a subtree: the paged listing jumps over d/x/... to d/x0.
+        Just("d/x/z"),
+        Just("d/x/z/w"),
+        Just("d/x0"),
+        Just("d/x-1")
     ]
     .prop_map(vp);
     let id = 1u64..6;
@@ -136,7 +141,7 @@ proptest! {
                 }
             }
             // children() agrees with a plain filter over all names.
-            for dir in ["", "d", "d-x"] {
+            for dir in ["", "d", "d-x", "d/x"] {
                 let dir = if dir.is_empty() { VPath::root() } else { vp(dir) };
                 let model: Vec<String> = c
                     .names
@@ -145,7 +150,17 @@ proptest! {
                     .map(|(_, p)| p.name().to_owned())
                     .collect();
                 let got: Vec<String> = c.children("u", &dir).into_iter().map(|(n, _)| n).collect();
-                prop_assert_eq!(model, got);
+                prop_assert_eq!(&model, &got);
+                // Paged: pages of 2 after the last name of the page before.
+                let mut paged: Vec<String> = Vec::new();
+                loop {
+                    let page = c.children_page("u", &dir, paged.last().map(String::as_str), 2);
+                    if page.is_empty() {
+                        break;
+                    }
+                    paged.extend(page.into_iter().map(|(n, _)| n));
+                }
+                prop_assert_eq!(&model, &paged);
             }
         }
     }
