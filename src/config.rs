@@ -126,18 +126,8 @@ impl SpoolConfig {
     }
 }
 
-/// `spool.engine`: which engine writes and syncs spool files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineChoice {
-    /// io_uring if the kernel allows it, otherwise pwrite (one log line says why).
-    #[default]
-    Auto,
-    /// io_uring or refuse to start.
-    IoUring,
-    /// pwrite/fsync from a thread pool, never io_uring.
-    Pwrite,
-}
+/// `spool.engine`; the spool owns the type (config depends on spool, never the reverse).
+pub use crate::spool::EngineChoice;
 
 /// Default `s3.failed_retry`: the first automatic retry of a failed file.
 pub const FAILED_RETRY_DEFAULT: Duration = Duration::from_secs(15 * 60);

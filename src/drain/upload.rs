@@ -46,8 +46,8 @@ use super::store::{
     Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, OpenFile,
     S3Error, S3ErrorKind,
 };
-use crate::spool::catalog::{FileRecord, Record, UploadProgress};
-use crate::spool::{FileId, FileState, FsError, FsErrorKind, Spool};
+use crate::spool::catalog::{FileRecord, UploadProgress};
+use crate::spool::{CreatedUpload, FileId, FileState, NotCurrent, Spool};
 
 /// How the drain behaves.
 #[derive(Debug, Clone)]
@@ -174,8 +174,8 @@ enum Stop {
     Conflict(String),
 }
 
-impl From<FsError> for Stop {
-    fn from(_: FsError) -> Self {
+impl From<NotCurrent> for Stop {
+    fn from(_: NotCurrent) -> Self {
         Stop::Cancelled
     }
 }
@@ -530,12 +530,7 @@ impl<S: ObjectStore> Ctx<S> {
                 Err(Stop::Cancelled) => return,
                 Err(Stop::Restart) => {
                     let id = file.id;
-                    let reset = self
-                        .spool
-                        .commit(vec![Record::UploadReset { id }], true, |c| {
-                            self.check_current(c.file(id), key)
-                        })
-                        .await;
+                    let reset = self.spool.reset_upload(id, None, self.current(key)).await;
                     if reset.is_err() {
                         return;
                     }
@@ -553,11 +548,9 @@ impl<S: ObjectStore> Ctx<S> {
                         Some(format!("{}:{}", file.user, file.path.display())),
                         &why,
                     );
-                    let id = file.id;
-                    let record = Record::conflict(id, &why);
                     let _ = self
                         .spool
-                        .commit(vec![record], true, |c| self.check_current(c.file(id), key))
+                        .record_conflict(file.id, &why, self.current(key))
                         .await;
                     return;
                 }
@@ -571,12 +564,9 @@ impl<S: ObjectStore> Ctx<S> {
                         Some(format!("{}:{}", file.user, file.path.display())),
                         &e.to_string(),
                     );
-                    let id = file.id;
                     let _ = self
                         .spool
-                        .commit(vec![Record::failed(id, &e.to_string())], true, |c| {
-                            self.check_current(c.file(id), key)
-                        })
+                        .record_failed(file.id, &e.to_string(), self.current(key))
                         .await;
                     return;
                 }
@@ -584,28 +574,23 @@ impl<S: ObjectStore> Ctx<S> {
         }
     }
 
-    /// The file is still to be delivered under `key` (not removed, renamed, failed or done;
-    /// a file still arriving counts, for its early upload).
-    fn check_current(&self, file: Option<&FileRecord>, key: &str) -> Result<(), FsError> {
-        match file {
-            Some(f)
-                if matches!(
-                    f.state,
-                    FileState::Receiving
-                        | FileState::Partial
-                        | FileState::Sealed
-                        | FileState::Uploading
-                ) && self.cfg.object_key(&f.user, &f.path) == key =>
-            {
-                Ok(())
-            }
-            _ => Err(FsError::new(FsErrorKind::NotFound, "no longer current")),
+    /// Whether a file is still to be delivered under `key` (not removed, renamed, failed or
+    /// done; a file still arriving counts, for its early upload): the check the spool makes
+    /// before it journals each step of the upload.
+    fn current<'a>(&'a self, key: &'a str) -> impl Fn(&FileRecord) -> bool + 'a {
+        move |f| {
+            matches!(
+                f.state,
+                FileState::Receiving
+                    | FileState::Partial
+                    | FileState::Sealed
+                    | FileState::Uploading
+            ) && self.cfg.object_key(&f.user, &f.path) == key
         }
     }
 
     fn still_current(&self, id: FileId, key: &str) -> bool {
-        self.check_current(self.spool.file(id).as_ref(), key)
-            .is_ok()
+        self.spool.file(id).is_some_and(|f| self.current(key)(&f))
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -794,14 +779,9 @@ impl<S: ObjectStore> Ctx<S> {
         // Recorded before the upload exists, so that a crash before its id is journalled
         // leaves the next start a trace of exactly what to look for (see
         // `abort_unrecorded_uploads`).
-        let intent = Record::UploadIntent {
-            id,
-            key: key.to_owned(),
-            at_unix: crate::spool::now_unix(),
-        };
         if self
             .spool
-            .commit(vec![intent], true, |c| self.check_current(c.file(id), key))
+            .record_upload_intent(id, key, self.current(key))
             .await
             .is_err()
         {
@@ -825,34 +805,20 @@ impl<S: ObjectStore> Ctx<S> {
             FileState::Receiving | FileState::Partial => self.cfg.part_size,
             _ => part_size_for(self.cfg.part_size, file.size),
         };
-        let record = Record::UploadStarted {
-            id,
-            key: key.to_owned(),
-            upload_id: upload_id.clone(),
+        let created = CreatedUpload {
+            key,
+            upload_id: &upload_id,
             part_size,
-            token,
+            token: &token,
+            keep_intent: retried,
         };
-        let mut records = vec![record];
-        if retried {
-            records.push(Record::UploadIntent {
-                id,
-                key: key.to_owned(),
-                at_unix: crate::spool::now_unix(),
-            });
-        }
         let started = self
             .spool
-            .commit(records, true, |c| {
-                self.check_current(c.file(id), key)?;
-                if c.file(id).is_some_and(|f| f.upload.is_some()) {
-                    return Err(FsError::new(FsErrorKind::Failure, "already uploading"));
-                }
-                Ok(())
-            })
+            .record_upload_started(id, &created, self.current(key))
             .await;
         // Recorded now (the journal knows it), or aborted below: this run need not remember it,
         // so the set stays as small as the uploads being created.
-        if started.is_err() {
+        let Ok(upload) = started else {
             self.abort_upload(key, &upload_id, Some(ABORT_ATTEMPTS_COUNT_MAX))
                 .await;
             lock(&self.created_uploads).remove(&upload_id);
@@ -860,15 +826,12 @@ impl<S: ObjectStore> Ctx<S> {
                 self.abort_strays(key).await;
             }
             return Err(Stop::Cancelled);
-        }
+        };
         lock(&self.created_uploads).remove(&upload_id);
         if retried {
             self.abort_strays(key).await;
         }
-        self.spool
-            .file(id)
-            .and_then(|f| f.upload)
-            .ok_or(Stop::Cancelled)
+        Ok(upload)
     }
 
     async fn deliver_multipart(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
@@ -1132,13 +1095,7 @@ impl<S: ObjectStore> Ctx<S> {
                             // creates another.
                             let _ = self
                                 .spool
-                                .commit(vec![Record::UploadReset { id }], true, |c| {
-                                    self.check_current(c.file(id), key)?;
-                                    match c.file(id).and_then(|f| f.upload.as_ref()) {
-                                        Some(u) if u.upload_id == upload.upload_id => Ok(()),
-                                        _ => Err(FsError::new(FsErrorKind::NotFound, "reset already")),
-                                    }
-                                })
+                                .reset_upload(id, Some(&upload.upload_id), self.current(key))
                                 .await;
                         }
                         // UploadPart answers no 412 and settles nothing.
@@ -1187,22 +1144,8 @@ impl<S: ObjectStore> Ctx<S> {
                 self.store.upload_part(key, upload_id, number, body.clone())
             })
             .await?;
-        let record = Record::PartDone {
-            id,
-            number,
-            etag: uploaded.etag,
-            crc32c: uploaded.crc32c,
-        };
         self.spool
-            .commit(vec![record], true, |c| {
-                match c.file(id).and_then(|f| f.upload.as_ref()) {
-                    Some(u) if u.upload_id == upload_id => Ok(()),
-                    _ => Err(FsError::new(
-                        FsErrorKind::NotFound,
-                        "upload no longer current",
-                    )),
-                }
-            })
+            .record_part_done(id, upload_id, number, uploaded.etag, uploaded.crc32c)
             .await?;
         self.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
         self.stats.parts_sent.fetch_add(1, Ordering::Relaxed);
@@ -1282,13 +1225,7 @@ impl<S: ObjectStore> Ctx<S> {
 
     /// Journals `Delivered` (the spool copy is then freed) and counts it.
     async fn record_delivered(&self, id: FileId, key: &str) -> Result<(), Stop> {
-        let record = Record::Delivered {
-            id,
-            at_unix: crate::spool::now_unix(),
-        };
-        self.spool
-            .commit(vec![record], true, |c| self.check_current(c.file(id), key))
-            .await?;
+        self.spool.record_delivered(id, self.current(key)).await?;
         self.stats.files_delivered.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

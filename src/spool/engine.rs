@@ -17,7 +17,19 @@ use bytes::Bytes;
 
 use super::pwrite::PwriteEngine;
 use super::uring::{ProbeError, UringEngine};
-use crate::config::EngineChoice;
+
+/// `spool.engine`: which engine writes and syncs spool files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// io_uring if the kernel allows it, otherwise pwrite (one log line says why).
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    IoUring,
+    /// pwrite/fsync from a thread pool, never io_uring.
+    Pwrite,
+}
 
 /// What an fsync must make durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,10 +12,12 @@ mod recovery;
 pub use catalog::{DeliveredRetention, StateCounts};
 pub use recovery::{QUARANTINE_LISTED_COUNT_MAX, QuarantinedFile};
 mod store;
+mod uploads;
+pub use uploads::{CreatedUpload, NotCurrent};
 mod uring;
 pub mod vpath;
 
-pub use engine::{EngineError, SpoolEngine, SyncScope};
+pub use engine::{EngineChoice, EngineError, SpoolEngine, SyncScope};
 pub use handles::{ReadHandle, WriteHandle};
 pub use pwrite::PwriteEngine;
 pub use store::{Spool, SpoolOpenError, SpoolOptions, now_unix, watermark_refuses};

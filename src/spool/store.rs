@@ -21,17 +21,20 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::Notify;
 
 use super::catalog::{Catalog, DeliveredRetention, Effects, FileRecord, Node, Record};
+use super::engine::EngineChoice;
 use super::engine::{EngineError, SpoolEngine};
 use super::handles::{Live, ReadHandle, WriteHandle};
 use super::recovery::RecoveryState;
 use super::{
     Entry, EntryKind, FileId, FileState, FsError, FsErrorKind, OpenMode, SpaceInfo, VPath,
 };
-use crate::config::EngineChoice;
 use crate::journal::{Journal, JournalError};
 
 /// Journal size above which the catalog is written out as a snapshot and the log restarted.
-const JOURNAL_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+/// It bounds the restart time: replay read a 10 MB journal (~100 000 files' histories) and
+/// started serving in 0.74 s (bench/scale.sh), so 16 MiB keeps a restart near 1.2 s
+/// (issue 14 asks for at most 2 s), while a compaction stays rare (one per ~150 000 files).
+const JOURNAL_COMPACT_BYTES: u64 = 16 * 1024 * 1024;
 /// A generous average size of one encoded record, for sizing compaction thresholds.
 const RECORD_BYTES_ESTIMATE: u64 = 128;
 

@@ -68,7 +68,7 @@ pub struct Snapshot {
 
 /// Files a snapshot lists at most: status, health and metrics cost the same with ten files or
 /// a million.
-pub const FILES_LISTED_COUNT_MAX: usize = 1000;
+pub const FILES_LISTED_COUNT_MAX: usize = 256;
 
 /// Files per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
