@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::catalog::{Node, Record};
 use super::engine::SyncScope;
 use super::identity::{self, SealedIdentity};
-use super::store::{fsync_dir, io_error, no_space, now_unix};
+use super::store::{io_error, no_space, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
 
 /// Follows a file that arrives in order: whether every write so far was an append, and the
@@ -451,22 +451,19 @@ impl WriteHandle {
             return self.discard(&format!("fsync failed: {e}")).await;
         }
         let (partial, sealed) = (spool.partial_path(id), spool.sealed_path(id));
-        let (partial_dir, sealed_dir) = (
-            spool.partial_dir().to_owned(),
-            spool.sealed_dir().to_owned(),
-        );
-        let durable = tokio::task::spawn_blocking(move || -> Result<(), SealError> {
-            fs::rename(&partial, &sealed).map_err(SealError::Other)?;
-            if let Err(e) = fsync_dir(&sealed_dir).and_then(|()| fsync_dir(&partial_dir)) {
-                // Not durable as sealed: put it back so that the state on disk matches the
-                // catalog (partial) whatever happens next.
-                let _ = fs::rename(&sealed, &partial);
-                return Err(SealError::Sync(e));
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| FsError::new(FsErrorKind::Failure, format!("seal task failed: {e}")))?;
+        let durable = match fs::rename(&partial, &sealed) {
+            Err(e) => Err(SealError::Other(e)),
+            // Both directories synced, in a round shared with the CLOSEs of other sessions.
+            Ok(()) => match spool.dir_sync().sync().await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Not durable as sealed: put it back so that the state on disk matches
+                    // the catalog (partial) whatever happens next.
+                    let _ = fs::rename(&sealed, &partial);
+                    Err(SealError::Sync(e))
+                }
+            },
+        };
         match durable {
             Ok(()) => {}
             Err(SealError::Sync(e)) => {

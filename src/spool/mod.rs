@@ -11,6 +11,7 @@ mod pwrite;
 mod recovery;
 pub use catalog::{DeliveredRetention, StateCounts};
 pub use recovery::{QUARANTINE_LISTED_COUNT_MAX, QuarantinedFile};
+mod dir_sync;
 mod store;
 mod uploads;
 pub use uploads::{CreatedUpload, NotCurrent};

@@ -21,6 +21,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::Notify;
 
 use super::catalog::{Catalog, DeliveredRetention, Effects, FileRecord, Node, Record};
+use super::dir_sync::DirSync;
 use super::engine::EngineChoice;
 use super::engine::{EngineError, SpoolEngine};
 use super::handles::{Live, ReadHandle, WriteHandle};
@@ -81,6 +82,8 @@ pub struct Spool {
     engine: SpoolEngine,
     partial_dir: PathBuf,
     sealed_dir: PathBuf,
+    /// Group commit of `sealed/` and `partial/` fsyncs for CLOSEs (see `dir_sync.rs`).
+    dir_sync: DirSync,
     catalog: Mutex<Catalog>,
     journal: Journal<Record>,
     next_id: AtomicU64,
@@ -197,6 +200,7 @@ impl Spool {
         let spool = Spool {
             _dir_lock: dir_lock,
             engine,
+            dir_sync: DirSync::new(vec![sealed_dir.clone(), partial_dir.clone()]),
             partial_dir,
             sealed_dir,
             next_id: AtomicU64::new(catalog.max_id + 1),
@@ -254,6 +258,10 @@ impl Spool {
     /// Where the bytes of a sealed file are, for the drain.
     pub fn sealed_path(&self, id: FileId) -> PathBuf {
         self.sealed_dir.join(id.to_string())
+    }
+
+    pub(super) fn dir_sync(&self) -> &DirSync {
+        &self.dir_sync
     }
 
     pub(super) fn sealed_dir(&self) -> &Path {
