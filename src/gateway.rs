@@ -411,21 +411,9 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
     // Counts come from the spool's index; only a bounded list of files is copied, so a
     // snapshot (and the health check behind the watchdog) costs the same with a million files.
     let counts = spool.counts();
-    let waiting = [
-        FileState::Sealed,
-        FileState::Uploading,
-        FileState::Failed,
-        FileState::Conflict,
-    ];
-    let queue = QueueStatus {
-        files: waiting.iter().map(|s| counts.files(*s) as u64).sum(),
-        bytes: waiting.iter().map(|s| counts.bytes(*s)).sum(),
-        oldest_age_secs: waiting
-            .iter()
-            .filter_map(|s| spool.oldest_in(&[*s], 1).pop())
-            .map(|f| now.saturating_sub(f.mtime_unix))
-            .max(),
-    };
+    let queue = QueueStatus::from_counts(&counts, now, |state| {
+        spool.oldest_in(&[state], 1).pop().map(|f| f.mtime_unix)
+    });
     let mut files: Vec<FileStatus> = spool
         .files_for_status(crate::status::FILES_LISTED_COUNT_MAX)
         .into_iter()

@@ -22,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::{HealthLevel, Snapshot, SnapshotSource};
-use crate::spool::FileState;
 
 /// Longest request head read; a scrape's is a few hundred bytes.
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -172,15 +171,7 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
         as_i64(s.spool.free_bytes),
     );
     let files = Family::<Labels, Gauge>::default();
-    for state in [
-        FileState::Receiving,
-        FileState::Partial,
-        FileState::Sealed,
-        FileState::Uploading,
-        FileState::Delivered,
-        FileState::Failed,
-        FileState::Conflict,
-    ] {
+    for state in crate::spool::catalog::STATES {
         let n = s.counts().get(state);
         let label = format!("{state:?}").to_lowercase();
         files

@@ -186,6 +186,34 @@ pub enum Forecast {
     FullIn { secs: u64 },
 }
 
+/// The states of files waiting for delivery.
+pub const WAITING_STATES: [FileState; 4] = [
+    FileState::Sealed,
+    FileState::Uploading,
+    FileState::Failed,
+    FileState::Conflict,
+];
+
+impl QueueStatus {
+    /// The queue from the spool's counts per state; `oldest_mtime` gives the seal time of the
+    /// oldest file in a state (the lowest id), so nothing scans the queue.
+    pub fn from_counts(
+        counts: &crate::spool::StateCounts,
+        now_unix: u64,
+        oldest_mtime: impl Fn(FileState) -> Option<u64>,
+    ) -> QueueStatus {
+        QueueStatus {
+            files: WAITING_STATES.iter().map(|s| counts.files(*s) as u64).sum(),
+            bytes: WAITING_STATES.iter().map(|s| counts.bytes(*s)).sum(),
+            oldest_age_secs: WAITING_STATES
+                .iter()
+                .filter_map(|s| oldest_mtime(*s))
+                .map(|m| now_unix.saturating_sub(m))
+                .max(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStatus {
     /// Files waiting for delivery (sealed, uploading, failed) and their bytes.

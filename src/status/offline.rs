@@ -45,21 +45,9 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
     let now = crate::spool::now_unix();
     catalog.prune_delivered(now);
     let counts = catalog.counts();
-    let waiting = [
-        FileState::Sealed,
-        FileState::Uploading,
-        FileState::Failed,
-        FileState::Conflict,
-    ];
-    let queue = QueueStatus {
-        files: waiting.iter().map(|s| counts.files(*s) as u64).sum(),
-        bytes: waiting.iter().map(|s| counts.bytes(*s)).sum(),
-        oldest_age_secs: waiting
-            .iter()
-            .filter_map(|s| catalog.in_state(*s).next())
-            .map(|f| now.saturating_sub(f.mtime_unix))
-            .max(),
-    };
+    let queue = QueueStatus::from_counts(&counts, now, |state| {
+        catalog.in_state(state).next().map(|f| f.mtime_unix)
+    });
     let failed = counts.files(FileState::Failed);
     // As the daemon does: pending files first, then the latest delivered, a bounded list.
     let mut recs: Vec<&FileRecord> = Vec::new();
