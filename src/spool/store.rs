@@ -89,6 +89,9 @@ pub struct Spool {
     next_id: AtomicU64,
     /// Journal size that triggers the next compaction.
     compact_above_bytes: AtomicU64,
+    /// Journal size when the last compaction was asked for (`u64::MAX`: none asked yet). Until
+    /// the writer has run it the journal stays that long, and it must not be asked for again.
+    compaction_asked_at_bytes: AtomicU64,
     /// Live sizes of files being received, by id.
     live: Mutex<HashMap<FileId, Arc<Live>>>,
     /// Multipart uploads the drain must abort (key, upload id).
@@ -205,6 +208,7 @@ impl Spool {
             sealed_dir,
             next_id: AtomicU64::new(catalog.max_id + 1),
             compact_above_bytes: AtomicU64::new(JOURNAL_COMPACT_BYTES),
+            compaction_asked_at_bytes: AtomicU64::new(u64::MAX),
             catalog: Mutex::new(catalog),
             journal,
             live: Mutex::new(HashMap::new()),
@@ -301,16 +305,23 @@ impl Spool {
             }
             let ticket = self.journal.submit_encoded(frames, durable);
             let size = self.journal.size_bytes();
-            if size > self.compact_above_bytes.load(Ordering::Relaxed) {
+            // The log shrinks only once the writer has run the compaction asked for last: until
+            // then (or, if it was postponed, until the log has grown by another threshold) it
+            // is not asked for again.
+            let asked_at = self.compaction_asked_at_bytes.load(Ordering::Relaxed);
+            let not_pending =
+                size < asked_at || size > asked_at.saturating_add(JOURNAL_COMPACT_BYTES);
+            if size > self.compact_above_bytes.load(Ordering::Relaxed) && not_pending {
                 let snapshot = catalog.snapshot_records();
-                // The log shrinks only once the writer has run the compaction, so the next one
-                // waits until the log has grown by a whole threshold again; a large catalog
-                // raises the threshold so that compaction stays a small share of the writes.
+                // The next one is due once the compacted log has grown by a threshold; a
+                // large catalog raises it so that compaction stays a small share of the writes.
                 let snapshot_bytes = snapshot.len() as u64 * RECORD_BYTES_ESTIMATE;
                 self.compact_above_bytes.store(
-                    size.max(snapshot_bytes) + JOURNAL_COMPACT_BYTES.max(snapshot_bytes),
+                    snapshot_bytes + JOURNAL_COMPACT_BYTES.max(snapshot_bytes),
                     Ordering::Relaxed,
                 );
+                self.compaction_asked_at_bytes
+                    .store(size, Ordering::Relaxed);
                 // A compacted journal no longer says which versions it dropped: their unlinks
                 // must be durable before it can replace the journal that does.
                 let synced = [&self.partial_dir, &self.sealed_dir]
@@ -809,6 +820,8 @@ impl Spool {
     #[doc(hidden)]
     pub fn set_journal_compaction_threshold(&self, bytes: u64) {
         self.compact_above_bytes.store(bytes, Ordering::Relaxed);
+        self.compaction_asked_at_bytes
+            .store(u64::MAX, Ordering::Relaxed);
     }
 
     /// The journal's length in bytes.
