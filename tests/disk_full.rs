@@ -300,6 +300,12 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
         .mkdir("alice", &VPath::resolve("/after").expect("path"))
         .await
         .expect("append with a compaction");
+    // The writer may take that append before the compaction is queued behind it; a durable
+    // append queued after the compaction returns only once the writer has run it.
+    spool
+        .mkdir("alice", &VPath::resolve("/after/synced").expect("path"))
+        .await
+        .expect("append after the compaction");
     let compacted = spool.journal_bytes();
     assert!(
         compacted < grown / 4,
