@@ -96,12 +96,15 @@ struct Queue {
     active: HashSet<FileId>,
     active_keys: HashSet<String>,
     /// When files with a temporary name were first seen sealed (they settle before upload).
+    /// Bounded by the candidate window: entries outside the oldest `active +
+    /// CANDIDATES_COUNT_MAX` pending files are dropped at every wake.
     first_seen: HashMap<FileId, Instant>,
     /// Files with lower ids were sealed before this run started: settled long ago.
     settled_before: FileId,
     /// Files whose delivery task started as an early upload (also in `active`).
     early: HashSet<FileId>,
-    /// Files whose early upload met a permanent error: they wait for their seal.
+    /// Files whose early upload met a permanent error: they wait for their seal. Bounded by
+    /// the files being received (pruned to them at every wake).
     early_refused: HashSet<FileId>,
     /// Keys with an abort of a dropped version's upload under way, and how many: nothing
     /// starts under such a key until the store has answered. A version dropped while its
@@ -192,7 +195,8 @@ struct Ctx<S: ObjectStore> {
     /// Slots for whole-file SHA-256 passes, [`FILE_HASH_PASSES_COUNT_MAX`] of them.
     hash_permits: Arc<Semaphore>,
     /// Upload ids created by this run and not yet recorded in the journal (so that a search
-    /// for strays never aborts them); each leaves once recorded or aborted.
+    /// for strays never aborts them); each leaves once recorded or aborted, so it holds at
+    /// most the creates in flight (one per file being delivered).
     created_uploads: Arc<Mutex<HashSet<String>>>,
 }
 

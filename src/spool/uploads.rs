@@ -56,6 +56,20 @@ pub struct CreatedUpload<'a> {
 }
 
 impl Spool {
+    /// Journals `record` durably if the file is still the one `is_current` accepts.
+    async fn commit_if_current(
+        &self,
+        id: FileId,
+        record: Record,
+        is_current: impl Fn(&FileRecord) -> bool,
+    ) -> Result<(), NotCurrent> {
+        self.commit(vec![record], true, |c| {
+            current(c.file(id), &is_current).map(|_| ())
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Journals that an upload of `id` under `key` is about to be created, before
     /// CreateMultipartUpload, so that a crash before its id is recorded leaves a trace.
     pub async fn record_upload_intent(
@@ -69,11 +83,7 @@ impl Spool {
             key: key.to_owned(),
             at_unix: now_unix(),
         };
-        self.commit(vec![record], true, |c| {
-            current(c.file(id), &is_current).map(|_| ())
-        })
-        .await?;
-        Ok(())
+        self.commit_if_current(id, record, is_current).await
     }
 
     /// Journals a created multipart upload; refused if the file has one already. Returns
@@ -159,11 +169,7 @@ impl Spool {
             id,
             at_unix: now_unix(),
         };
-        self.commit(vec![record], true, |c| {
-            current(c.file(id), &is_current).map(|_| ())
-        })
-        .await?;
-        Ok(())
+        self.commit_if_current(id, record, is_current).await
     }
 
     /// Journals a permanent failure (the cause cut to a bounded length); the file is kept.
@@ -173,11 +179,8 @@ impl Spool {
         cause: &str,
         is_current: impl Fn(&FileRecord) -> bool,
     ) -> Result<(), NotCurrent> {
-        self.commit(vec![Record::failed(id, cause)], true, |c| {
-            current(c.file(id), &is_current).map(|_| ())
-        })
-        .await?;
-        Ok(())
+        self.commit_if_current(id, Record::failed(id, cause), is_current)
+            .await
     }
 
     /// Journals a conflict (`overwrite = "never"` met another object); the file is kept.
@@ -187,10 +190,7 @@ impl Spool {
         cause: &str,
         is_current: impl Fn(&FileRecord) -> bool,
     ) -> Result<(), NotCurrent> {
-        self.commit(vec![Record::conflict(id, cause)], true, |c| {
-            current(c.file(id), &is_current).map(|_| ())
-        })
-        .await?;
-        Ok(())
+        self.commit_if_current(id, Record::conflict(id, cause), is_current)
+            .await
     }
 }
