@@ -13,6 +13,10 @@ pub const OBJECT_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 pub const PART_SIZE_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// Largest journal record payload; a frame announcing more is treated as torn.
 pub const RECORD_BYTES_MAX: u32 = 64 * 1024;
+/// A file at most this long is sealed with its bytes inside the journal's `Sealed` record pair
+/// (`Record::InlineData`): one journal fsync, shared with other sessions' CLOSEs, makes it
+/// durable, instead of fsyncs of the file, of two directories and of the journal in a row.
+pub const SEAL_INLINE_BYTES_MAX: u64 = 32 * 1024;
 /// S3's longest object key.
 pub const KEY_BYTES_MAX: usize = 1024;
 /// Largest SFTP packet we accept from a client (a WRITE of 256 KiB plus headers).
@@ -27,3 +31,5 @@ pub const DRAIN_CONCURRENCY_MAX: usize = 64;
 const _: () = assert!(PART_SIZE_BYTES_MIN <= PART_SIZE_BYTES_DEFAULT);
 const _: () = assert!(PART_SIZE_BYTES_DEFAULT <= PART_SIZE_BYTES_MAX);
 const _: () = assert!(SFTP_IO_BYTES_MAX < SFTP_PACKET_BYTES_MAX);
+// An inline record (the bytes, an id, a length) must fit in one journal frame.
+const _: () = assert!(SEAL_INLINE_BYTES_MAX + 1024 <= RECORD_BYTES_MAX as u64);

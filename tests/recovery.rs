@@ -273,3 +273,185 @@ async fn a_version_dropped_before_a_crash_stays_dropped_though_its_unlink_was_lo
         assert!(!path.exists(), "{} left behind", path.display());
     }
 }
+
+/// Bytes without a period (unlike `pattern`), so that finding them in the journal means
+/// these very bytes are there.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn sealed_id(spool: &Spool, path: &str) -> u64 {
+    spool
+        .files()
+        .into_iter()
+        .find(|f| f.path == vp(path))
+        .map(|f| f.id)
+        .expect("file")
+}
+
+#[tokio::test]
+async fn a_small_file_sealed_inline_comes_back_from_the_journal_when_a_crash_lost_its_copy() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("spool");
+    let small = noise(8 * 1024, 7);
+    let large = noise(40 * 1024, 9);
+    let (lost, torn, big) = {
+        let spool = open(&dir);
+        put(&spool, "alice", "/lost.bin", &small).await;
+        put(&spool, "alice", "/torn.bin", &small[..5000]).await;
+        put(&spool, "alice", "/large.bin", &large).await;
+        (
+            spool.sealed_path(sealed_id(&spool, "/lost.bin")),
+            spool.sealed_path(sealed_id(&spool, "/torn.bin")),
+            spool.sealed_path(sealed_id(&spool, "/large.bin")),
+        )
+    };
+    // Small files are sealed with their bytes in the journal; a large one is not.
+    let journal = std::fs::read(dir.join("journal")).expect("journal");
+    assert!(
+        contains(&journal, &small),
+        "the small file is in the journal"
+    );
+    assert!(
+        !contains(&journal, &large[..4096]),
+        "a file above the inline limit is fsynced by itself, not journalled"
+    );
+    // A power cut lost the unsynced copies: one is gone, the other is zeros of the same size.
+    std::fs::remove_file(&lost).expect("lose a copy");
+    std::fs::write(&torn, vec![0u8; 5000]).expect("tear a copy");
+
+    let spool = open(&dir);
+    assert_eq!(sealed_bytes(&spool, "alice", "/lost.bin"), small);
+    assert_eq!(sealed_bytes(&spool, "alice", "/torn.bin"), &small[..5000]);
+    assert_eq!(sealed_bytes(&spool, "alice", "/large.bin"), large);
+    assert!(big.exists());
+    assert_eq!(spool.quarantined_count(), 0);
+    assert!(spool.alarms().is_empty(), "{:?}", spool.alarms());
+    drop(spool);
+    // The rewritten copies carry their identity again: without the journal they are rebuilt.
+    std::fs::remove_file(dir.join("journal")).expect("lose the journal");
+    let spool = open(&dir);
+    assert_eq!(sealed_bytes(&spool, "alice", "/lost.bin"), small);
+    assert_eq!(sealed_bytes(&spool, "alice", "/torn.bin"), &small[..5000]);
+    assert_eq!(spool.quarantined_count(), 0);
+}
+
+#[tokio::test]
+async fn a_small_file_cut_before_its_inline_record_was_durable_is_partial_again_unless_its_bytes_hold()
+ {
+    for bytes_survived in [true, false] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("spool");
+        let data = pattern(3000, 3);
+        let (journal_before_close, sealed) = {
+            let spool = open(&dir);
+            let h = spool
+                .open_write("alice", &vp("/cut.bin"), OpenMode::default())
+                .await
+                .expect("open");
+            h.write_at(0, Bytes::from(data.clone()))
+                .await
+                .expect("write");
+            // The `Opened` record is written (not synced) by the journal's writer thread.
+            let mut waited = 0;
+            while spool.journal_bytes() <= 12 && waited < 200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                waited += 1;
+            }
+            let before = spool.journal_bytes();
+            let id = h.id();
+            h.close().await.expect("close");
+            (before, spool.sealed_path(id))
+        };
+        // The crash came before the journal's fsync: its tail (the bytes and `Sealed`) is gone,
+        // while the rename to sealed/ and the identity reached the disk, the bytes perhaps not.
+        let journal = dir.join("journal");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .expect("journal");
+        file.set_len(journal_before_close).expect("cut the tail");
+        drop(file);
+        if !bytes_survived {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&sealed)
+                .expect("sealed copy");
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&[0u8; 100], 1000).expect("tear the bytes");
+        }
+
+        let spool = open(&dir);
+        let f = spool
+            .files()
+            .into_iter()
+            .find(|f| f.path == vp("/cut.bin"))
+            .expect("the file is known");
+        if bytes_survived {
+            // Sealed again from its identity: the bytes are exactly what was closed.
+            assert_eq!(f.state, FileState::Sealed);
+            assert_eq!(sealed_bytes(&spool, "alice", "/cut.bin"), data);
+        } else {
+            // Never acknowledged, and its bytes do not hash to its identity: partial, as any
+            // unacknowledged upload, never sealed with wrong bytes.
+            assert_eq!(
+                f.state,
+                FileState::Partial,
+                "bytes_survived = {bytes_survived}"
+            );
+            assert!(spool.partial_path(f.id).exists());
+        }
+        assert_eq!(spool.quarantined_count(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_compaction_drops_inline_bytes_from_the_journal_and_keeps_the_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("spool");
+    let mut expected = Vec::new();
+    {
+        let spool = open(&dir);
+        for i in 0..20u8 {
+            let data = noise(4096 + usize::from(i), u64::from(i));
+            put(&spool, "alice", &format!("/f{i}"), &data).await;
+            expected.push((format!("/f{i}"), data));
+        }
+        let grown = spool.journal_bytes();
+        spool.set_journal_compaction_threshold(0);
+        spool
+            .mkdir("alice", &vp("/a"))
+            .await
+            .expect("asks for a compaction");
+        spool
+            .mkdir("alice", &vp("/b"))
+            .await
+            .expect("queued after it");
+        assert!(
+            spool.journal_bytes() < grown / 4,
+            "compacted: {grown} -> {} bytes",
+            spool.journal_bytes()
+        );
+    }
+    let journal = std::fs::read(dir.join("journal")).expect("journal");
+    for (path, data) in &expected {
+        assert!(!contains(&journal, data), "{path}'s bytes left the journal");
+    }
+    let spool = open(&dir);
+    for (path, data) in &expected {
+        assert_eq!(&sealed_bytes(&spool, "alice", path), data);
+    }
+}

@@ -342,32 +342,37 @@ async fn a_full_spool_refuses_with_no_space_and_keeps_earlier_files_intact() {
 #[tokio::test]
 async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
     let tmp = tempfile::tempdir().expect("tmp");
+    // Sizes in KiB, all above the inline limit (32 KiB) but "tiny": a file sealed inline is
+    // hashed at its seal whatever the limit and however it was written.
+    const K: usize = 1024;
     let spool = Spool::open(SpoolOptions {
         dir: tmp.path().to_owned(),
         partial_ttl: Duration::from_secs(3600),
         reserve_bytes: 0,
-        hash_bytes_max: 100,
+        hash_bytes_max: 100 * K as u64,
         high_watermark_percent: 100,
         low_watermark_percent: 100,
         max_file_size: u64::MAX,
         delivered_retention: Default::default(),
     })
     .expect("open spool");
-    // (name, writes as (offset, len)): small in order, big in order, big with a rewrite.
-    let cases: [(&str, &[(u64, usize)]); 3] = [
+    // (name, writes as (offset, len) in KiB): small in order, big in order, big with a
+    // rewrite, tiny with a rewrite.
+    let cases: [(&str, &[(usize, usize)]); 4] = [
         ("small", &[(0, 60), (60, 40)]),
         ("big", &[(0, 60), (60, 60), (120, 60)]),
         ("rewritten", &[(0, 60), (60, 60), (10, 5)]),
+        ("tiny", &[(0, 6), (6, 6), (1, 2)]),
     ];
-    let content = pattern(200, 3);
+    let content = pattern(200 * K, 3);
     for (name, writes) in cases {
         let h = spool
             .open_write("u", &vp(name), OpenMode::default())
             .await
             .expect("open");
         for &(at, len) in writes {
-            let data = Bytes::copy_from_slice(&content[at as usize..at as usize + len]);
-            h.write_at(at, data).await.expect("write");
+            let data = Bytes::copy_from_slice(&content[at * K..(at + len) * K]);
+            h.write_at((at * K) as u64, data).await.expect("write");
         }
         h.close().await.expect("close");
     }
@@ -378,9 +383,9 @@ async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
             .find(|f| f.path.as_str() == name)
             .expect("file")
     };
-    let small = file("small");
     use sha2::Digest;
-    let want: [u8; 32] = sha2::Sha256::digest(&content[..100]).into();
+    let small = file("small");
+    let want: [u8; 32] = sha2::Sha256::digest(&content[..100 * K]).into();
     assert_eq!((small.sha256, small.appended_only), (Some(want), true));
     let big = file("big");
     assert_eq!(
@@ -390,6 +395,9 @@ async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
     );
     let rewritten = file("rewritten");
     assert_eq!((rewritten.sha256, rewritten.appended_only), (None, false));
+    let tiny = file("tiny");
+    let want: [u8; 32] = sha2::Sha256::digest(&content[..12 * K]).into();
+    assert_eq!(tiny.sha256, Some(want), "sealed inline: hashed as stored");
 
     // The distinction survives a restart (replay of SealedAppended).
     drop(spool);
@@ -399,7 +407,55 @@ async fn in_order_files_are_hashed_up_to_the_limit_and_marked_append_only() {
         .into_iter()
         .find(|f| f.path.as_str() == "big")
         .expect("big");
-    assert_eq!((big.sha256, big.appended_only, big.size), (None, true, 180));
+    assert_eq!(
+        (big.sha256, big.appended_only, big.size),
+        (None, true, 180 * K as u64)
+    );
+}
+
+#[tokio::test]
+async fn new_uploads_take_files_created_ahead_and_a_restart_clears_what_was_left() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pool = tmp.path().join("pool");
+    let ready = || std::fs::read_dir(&pool).map_or(0, |d| d.count());
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    let mut waited = 0;
+    while ready() < 16 && waited < 500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(ready(), 16, "the pool fills up to its size");
+    let mut ids = Vec::new();
+    for i in 0..40u8 {
+        let h = spool
+            .open_write("u", &vp(&format!("/f{i}")), OpenMode::default())
+            .await
+            .expect("open");
+        ids.push(h.id());
+        h.write_at(0, Bytes::from(pattern(100, i)))
+            .await
+            .expect("write");
+        h.close().await.expect("close");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids, sorted, "ids keep the order of OPENs");
+    for (i, id) in ids.iter().enumerate() {
+        let bytes = std::fs::read(spool.sealed_path(*id)).expect("sealed");
+        assert_eq!(bytes, pattern(100, i as u8));
+    }
+    let partial: Vec<_> = std::fs::read_dir(tmp.path().join("partial"))
+        .expect("partial")
+        .collect();
+    assert!(partial.is_empty(), "pooled files are not in partial/");
+    drop(spool);
+    std::fs::write(pool.join("999999"), b"left by a crash").expect("stray");
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    assert!(
+        !pool.join("999999").exists(),
+        "a restart empties the pool before filling it"
+    );
+    assert_eq!(spool.files().len(), 40);
 }
 
 #[test]

@@ -96,9 +96,9 @@ enum Command {
         durable: bool,
         done: oneshot::Sender<Outcome>,
     },
-    /// `image` is a whole file: header and frames.
+    /// `image` makes a whole file: header and frames.
     Compact {
-        image: Vec<u8>,
+        image: Box<dyn FnOnce() -> Result<Vec<u8>, JournalError> + Send>,
         done: oneshot::Sender<Outcome>,
     },
 }
@@ -193,11 +193,14 @@ where
     /// Atomically replaces the journal's contents with `records` (temporary file, fsync,
     /// rename, directory fsync). Ordered with submissions: those before it are superseded by
     /// the snapshot (their tickets resolve when it is durable), those after are appended to it.
+    ///
+    /// The records are encoded on the writer thread, so that a caller holding a lock to take
+    /// the snapshot holds it only for as long as the snapshot takes.
     pub fn compact(&self, records: Vec<R>) -> Ticket {
-        let mut image = replay::file_header().to_vec();
-        if let Err(error) = encode_frames(&records, &mut image) {
-            return Ticket::ready(Err(error));
-        }
+        let image = Box::new(move || {
+            let mut image = replay::file_header().to_vec();
+            encode_frames(&records, &mut image).map(|()| image)
+        });
         self.send(|done| Command::Compact { image, done })
     }
 
@@ -577,8 +580,21 @@ impl Writer {
                 }
                 Command::Compact { image, done } => {
                     if self.poisoned.is_none() {
-                        match write_temp(&self.path, &image, &mut self.faults) {
-                            Ok(file) => {
+                        // Whatever the records being dropped made durable only through the
+                        // journal (small files sealed inline, unlinks of dropped versions)
+                        // must reach the disk by itself first.
+                        let synced = rustix::fs::syncfs(&self.file).map_err(|error| {
+                            JournalError::io(
+                                &self.path,
+                                "cannot sync the file system of",
+                                error.into(),
+                            )
+                        });
+                        let written = synced.and_then(|()| image()).and_then(|image| {
+                            write_temp(&self.path, &image, &mut self.faults).map(|f| (f, image))
+                        });
+                        match written {
+                            Ok((file, image)) => {
                                 // Appends queued before the snapshot are part of it: never
                                 // write them.
                                 frames.clear();

@@ -27,8 +27,10 @@
 //! [`Journal::submit`] only enqueues; a single writer thread commits in groups and resolves
 //! each [`Ticket`] after the write, and after `fdatasync` returned Ok if the submission was
 //! durable. After any I/O error the journal is poisoned and every later ticket fails.
-//! [`Journal::compact`] replaces the contents with a snapshot (temporary file `<path>.tmp`,
-//! fsync, rename, directory fsync); a leftover temporary file is deleted at open.
+//! [`Journal::compact`] replaces the contents with a snapshot: `syncfs` of the journal's file
+//! system first (what the dropped records made durable, such as small files sealed inline,
+//! must be on disk by itself), then temporary file `<path>.tmp`, fsync, rename, directory
+//! fsync; a leftover temporary file is deleted at open.
 //!
 //! Files: [`frame`] (one frame), [`replay`] (header and decoding an image), `log` (the file and
 //! its writer thread).

@@ -86,6 +86,16 @@ pub enum Record {
     /// `overwrite = "never"`: the key holds another object; the file is kept, not uploaded.
     /// Its upload, if any, is aborted.
     Conflict { id: FileId, error: String },
+    /// The whole bytes of a small file (at most [`crate::limits::SEAL_INLINE_BYTES_MAX`]),
+    /// journalled with its `Sealed` record in one submission instead of fsyncing the file and
+    /// its directories first. Replay leaves the catalog as it is; recovery rewrites
+    /// `sealed/<id>` from it if the crash lost the unsynced copy. A compaction syncs the file
+    /// system before its snapshot drops these records.
+    InlineData {
+        id: FileId,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// Keys with an unresolved [`Record::UploadIntent`] a file keeps at most (one per key, the
@@ -277,7 +287,7 @@ pub struct Catalog {
 /// The file a record is about, if any.
 fn record_file(record: &Record) -> Option<FileId> {
     match record {
-        Record::Mkdir { .. } | Record::Rmdir { .. } => None,
+        Record::Mkdir { .. } | Record::Rmdir { .. } | Record::InlineData { .. } => None,
         Record::Opened { id, .. }
         | Record::Sealed { id, .. }
         | Record::SealedAppended { id, .. }
@@ -506,6 +516,8 @@ impl Catalog {
     fn apply_to_state(&mut self, record: &Record) -> Effects {
         let mut effects = Effects::default();
         match record {
+            // The bytes are for recovery; the `Sealed` record after it changes the state.
+            Record::InlineData { .. } => {}
             Record::Mkdir { user, path } => {
                 self.names
                     .entry((user.clone(), path.clone()))

@@ -4,18 +4,19 @@
 //! fsync(file) → rename `partial/<id>` → `sealed/<id>` → fsync(dirs) → journal `Sealed`, fsynced.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::catalog::{Node, Record};
+use super::catalog::{FileRecord, Node, Record};
 use super::engine::SyncScope;
 use super::identity::{self, SealedIdentity};
 use super::store::{io_error, no_space, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
+use crate::limits::SEAL_INLINE_BYTES_MAX;
 
 /// Follows a file that arrives in order: whether every write so far was an append, and the
 /// SHA-256 of what was appended while the file is at most `hash_bytes_max` long. Gives up
@@ -199,7 +200,10 @@ impl WriteHandle {
             }
             c.mark_receiving(id);
         }
-        let opened = OpenOptions::new().write(true).open(spool.partial_path(id));
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(spool.partial_path(id));
         let file = match opened {
             Ok(f) => f,
             Err(e) => {
@@ -223,12 +227,8 @@ impl WriteHandle {
     ) -> Result<WriteHandle, FsError> {
         let id = spool.new_id();
         let partial = spool.partial_path(id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&partial)
+        let file = spool
+            .create_spool_file(&partial)
             .map_err(|e| io_error("creating spool file", &e))?;
         if let Some(src) = copy_from {
             let src_path = spool.sealed_path(src);
@@ -434,67 +434,33 @@ impl WriteHandle {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .map(|h| h.finish(size));
-        // The identity goes on the file before its fsync, which makes it durable with the bytes.
-        if let Some(f) = spool.file(id) {
-            let identity = SealedIdentity {
-                id,
-                user: f.user.clone(),
-                path: f.path.clone(),
-                size,
-                sha256: sealing.as_ref().and_then(|s| s.sha256).map(hex::encode),
-                sealed_at_unix: now_unix(),
-            };
-            identity::write(&self.file, &identity);
-        }
-        if let Err(e) = spool.engine().fsync(&self.file, SyncScope::All).await {
-            self.poisoned.store(true, Ordering::Relaxed);
-            return self.discard(&format!("fsync failed: {e}")).await;
-        }
-        let (partial, sealed) = (spool.partial_path(id), spool.sealed_path(id));
-        let durable = match fs::rename(&partial, &sealed) {
-            Err(e) => Err(SealError::Other(e)),
-            // Both directories synced, in a round shared with the CLOSEs of other sessions.
-            Ok(()) => match spool.dir_sync().sync().await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    // Not durable as sealed: put it back so that the state on disk matches
-                    // the catalog (partial) whatever happens next.
-                    let _ = fs::rename(&sealed, &partial);
-                    Err(SealError::Sync(e))
+        let file = spool.file(id);
+        let inline = size <= SEAL_INLINE_BYTES_MAX
+            && sealing.is_some()
+            && file.as_ref().is_some_and(|f| f.upload.is_none());
+        let records = if inline {
+            self.inline_records(size, file.as_ref())?
+        } else {
+            match self.fsync_and_rename(size, sealing, file.as_ref()).await {
+                Ok(records) => records,
+                Err(SealError::Sync(e)) => {
+                    self.poisoned.store(true, Ordering::Relaxed);
+                    return self.discard(&format!("fsync failed: {e}")).await;
                 }
-            },
-        };
-        match durable {
-            Ok(()) => {}
-            Err(SealError::Sync(e)) => {
-                self.poisoned.store(true, Ordering::Relaxed);
-                return self.discard(&format!("fsync failed: {e}")).await;
+                Err(SealError::Other(e)) => return Err(io_error("sealing", &e)),
             }
-            Err(SealError::Other(e)) => return Err(io_error("sealing", &e)),
-        }
-        let sha256_hex = sealing
-            .as_ref()
-            .and_then(|s| s.sha256)
-            .map(hex::encode)
-            .unwrap_or_default();
-        let record = match sealing {
-            Some(Sealing {
-                sha256: None,
-                appended_only: true,
-            }) => Record::SealedAppended {
-                id,
-                size,
-                at_unix: now_unix(),
-            },
-            other => Record::Sealed {
-                id,
-                size,
-                sha256: other.and_then(|s| s.sha256),
-                at_unix: now_unix(),
-            },
         };
+        let sha256_hex = records
+            .iter()
+            .find_map(|r| match r {
+                Record::Sealed {
+                    sha256: Some(sha), ..
+                } => Some(hex::encode(sha)),
+                _ => None,
+            })
+            .unwrap_or_default();
         let result = spool
-            .commit(vec![record], true, |c| {
+            .commit(records, true, |c| {
                 if c.file(id).is_some() {
                     Ok(())
                 } else {
@@ -521,6 +487,87 @@ impl WriteHandle {
         }
     }
 
+    /// The slow, general seal: the identity on the file, fsync(file) (after every write
+    /// awaited before), rename to `sealed/`, fsync of both directories (a round shared with
+    /// other sessions' CLOSEs). Returns the `Sealed` record to journal.
+    async fn fsync_and_rename(
+        &self,
+        size: u64,
+        sealing: Option<Sealing>,
+        file: Option<&FileRecord>,
+    ) -> Result<Vec<Record>, SealError> {
+        let (spool, id) = (&self.spool, self.id);
+        // The identity goes on the file before its fsync, which makes it durable with the bytes.
+        if let Some(f) = file {
+            let sha256 = sealing.as_ref().and_then(|s| s.sha256);
+            identity::write(&self.file, &identity_of(f, size, sha256));
+        }
+        spool
+            .engine()
+            .fsync(&self.file, SyncScope::All)
+            .await
+            .map_err(SealError::Sync)?;
+        let (partial, sealed) = (spool.partial_path(id), spool.sealed_path(id));
+        fs::rename(&partial, &sealed).map_err(SealError::Other)?;
+        // Both directories synced, in a round shared with the CLOSEs of other sessions.
+        if let Err(e) = spool.dir_sync().sync().await {
+            // Not durable as sealed: put it back so that the state on disk matches the
+            // catalog (partial) whatever happens next.
+            let _ = fs::rename(&sealed, &partial);
+            return Err(SealError::Sync(e));
+        }
+        Ok(vec![match sealing {
+            Some(Sealing {
+                sha256: None,
+                appended_only: true,
+            }) => Record::SealedAppended {
+                id,
+                size,
+                at_unix: now_unix(),
+            },
+            other => Record::Sealed {
+                id,
+                size,
+                sha256: other.and_then(|s| s.sha256),
+                at_unix: now_unix(),
+            },
+        }])
+    }
+
+    /// The fast seal of a small file written in full through this handle: its bytes, read
+    /// back from the page cache, go into the journal with the `Sealed` record, and the one
+    /// journal fsync (shared with other sessions) makes the file durable. The file is renamed
+    /// to `sealed/` unsynced; recovery rewrites it from the record if a crash lost it, and a
+    /// compaction syncs the file system before its snapshot drops the record.
+    fn inline_records(&self, size: u64, file: Option<&FileRecord>) -> Result<Vec<Record>, FsError> {
+        let (spool, id) = (&self.spool, self.id);
+        let len = usize::try_from(size)
+            .map_err(|_| FsError::new(FsErrorKind::Failure, "file too large to seal inline"))?;
+        let mut data = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut data, 0)
+            .map_err(|e| io_error("reading back a small file", &e))?;
+        // The hash of what the journal holds: exactly the bytes that will be uploaded.
+        let sha256: [u8; 32] = Sha256::digest(&data).into();
+        // Written before the rename, as in the slow seal, so that a file the journal loses
+        // is sealed again; recovery believes it only if the bytes match this SHA-256, since
+        // nothing here made them durable.
+        if let Some(f) = file {
+            identity::write(&self.file, &identity_of(f, size, Some(sha256)));
+        }
+        fs::rename(spool.partial_path(id), spool.sealed_path(id))
+            .map_err(|e| io_error("sealing", &e))?;
+        Ok(vec![
+            Record::InlineData { id, data },
+            Record::Sealed {
+                id,
+                size,
+                sha256: Some(sha256),
+                at_unix: now_unix(),
+            },
+        ])
+    }
+
     /// Drops this version after a durability failure and tells the client why.
     async fn discard(mut self, why: &str) -> Result<(), FsError> {
         tracing::error!(
@@ -539,6 +586,18 @@ impl WriteHandle {
             FsErrorKind::Failure,
             format!("{why}; the file was not stored, upload it again"),
         ))
+    }
+}
+
+/// The identity of `f`, sealed now at `size` bytes.
+fn identity_of(f: &FileRecord, size: u64, sha256: Option<[u8; 32]>) -> SealedIdentity {
+    SealedIdentity {
+        id: f.id,
+        user: f.user.clone(),
+        path: f.path.clone(),
+        size,
+        sha256: sha256.map(hex::encode),
+        sealed_at_unix: now_unix(),
     }
 }
 

@@ -12,6 +12,7 @@ mod recovery;
 pub use catalog::{DeliveredRetention, StateCounts};
 pub use recovery::{QUARANTINE_LISTED_COUNT_MAX, QuarantinedFile};
 mod dir_sync;
+mod pool;
 mod store;
 mod uploads;
 pub use uploads::{CreatedUpload, NotCurrent};

@@ -16,7 +16,8 @@
 //!   before; otherwise quarantined.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,8 @@ use super::catalog::{Catalog, Node, Record};
 use super::identity::{self, SealedIdentity};
 use super::store::{fsync_dir, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, Spool, VPath};
+use crate::limits::SEAL_INLINE_BYTES_MAX;
+use sha2::{Digest, Sha256};
 
 /// Files `sftpgw quarantine list` shows at most; it says how many there are in all.
 pub const QUARANTINE_LISTED_COUNT_MAX: usize = 200;
@@ -135,6 +138,57 @@ impl Spool {
                 .map_err(io::Error::other)?;
         }
         Ok(recovered)
+    }
+
+    /// Rewrites `sealed/<id>` from its `InlineData` record for every small file sealed inline
+    /// whose unsynced copy a crash lost or tore (the journal holds the bytes until a
+    /// compaction has synced the file system). Runs before the rest of recovery looks at the
+    /// directories. The rewrite is not synced either: the record stays until that compaction.
+    pub(super) fn restore_inline_files(&self, records: &[Record]) -> io::Result<usize> {
+        let mut restored = 0;
+        for record in records {
+            let Record::InlineData { id, data } = record else {
+                continue;
+            };
+            let Some(f) = self.lock().file(*id).cloned() else {
+                continue;
+            };
+            let expects_sealed_copy = matches!(
+                f.state,
+                FileState::Sealed | FileState::Uploading | FileState::Failed | FileState::Conflict
+            );
+            if !expects_sealed_copy || f.size != data.len() as u64 {
+                continue;
+            }
+            let sealed = self.sealed_path(*id);
+            let intact = fs::read(&sealed).is_ok_and(|bytes| bytes == *data)
+                && identity::read(&sealed, *id).is_some();
+            if intact {
+                continue;
+            }
+            let temp = self.partial_path(*id);
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(data)?;
+            let identity = SealedIdentity {
+                id: *id,
+                user: f.user.clone(),
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.sha256.map(hex::encode),
+                sealed_at_unix: f.mtime_unix,
+            };
+            identity::write(&file, &identity);
+            fs::rename(&temp, &sealed)?;
+            tracing::warn!(id, path = %f.path.display(),
+                "small file sealed inline rewritten from the journal after a crash");
+            restored += 1;
+        }
+        Ok(restored)
     }
 
     /// Counts the quarantine and finds the damaged-journal copies (once, at open).
@@ -259,6 +313,21 @@ impl Spool {
                 Some(_) => "the journal lost its seal and it carries no identity".into(),
             });
         };
+        // A small file may have been sealed inline: renamed here with its identity but made
+        // durable only by its journal record. Without the record its bytes are believed only
+        // if they still hash to what the identity says.
+        if identity.size <= SEAL_INLINE_BYTES_MAX
+            && let Some(sha256) = &identity.sha256
+        {
+            let bytes = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+            if hex::encode(Sha256::digest(&bytes)) != *sha256 {
+                return Err(
+                    "its bytes do not match its identity (sealed inline, cut by a \
+                    crash before its record was durable)"
+                        .into(),
+                );
+            }
+        }
         let catalog = self.lock();
         if let Some(Node::File(other)) = catalog.lookup(&identity.user, &identity.path)
             && other > id

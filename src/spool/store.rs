@@ -12,8 +12,9 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,7 @@ use super::dir_sync::DirSync;
 use super::engine::EngineChoice;
 use super::engine::{EngineError, SpoolEngine};
 use super::handles::{Live, ReadHandle, WriteHandle};
+use super::pool::FilePool;
 use super::recovery::RecoveryState;
 use super::{
     Entry, EntryKind, FileId, FileState, FsError, FsErrorKind, OpenMode, SpaceInfo, VPath,
@@ -84,6 +86,8 @@ pub struct Spool {
     sealed_dir: PathBuf,
     /// Group commit of `sealed/` and `partial/` fsyncs for CLOSEs (see `dir_sync.rs`).
     dir_sync: DirSync,
+    /// Empty files created ahead of OPEN (see `pool.rs`).
+    pool: FilePool,
     catalog: Mutex<Catalog>,
     journal: Journal<Record>,
     next_id: AtomicU64,
@@ -92,6 +96,9 @@ pub struct Spool {
     /// Journal size when the last compaction was asked for (`u64::MAX`: none asked yet). Until
     /// the writer has run it the journal stays that long, and it must not be asked for again.
     compaction_asked_at_bytes: AtomicU64,
+    /// Commits whose records freed spool files that are not unlinked yet (see
+    /// `compact_if_due`).
+    unlinks_in_flight: AtomicUsize,
     /// Live sizes of files being received, by id.
     live: Mutex<HashMap<FileId, Arc<Live>>>,
     /// Multipart uploads the drain must abort (key, upload id).
@@ -176,6 +183,7 @@ impl Spool {
         let dir_lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| SpoolOpenError::Locked(opts.dir.clone()))?;
         let (journal, records) = Journal::<Record>::open(&opts.dir.join("journal"))?;
+        let records_count = records.len();
         let mut catalog = Catalog::with_retention(opts.delivered_retention);
         let mut aborts = Vec::new();
         // Versions the journal dropped (removed, superseded): their unlink may not have reached
@@ -200,15 +208,19 @@ impl Spool {
                 }
             }
         }
+        let pool_dir = opts.dir.join("pool");
+        let pool = FilePool::start(&pool_dir).map_err(|e| SpoolOpenError::Io(pool_dir, e))?;
         let spool = Spool {
             _dir_lock: dir_lock,
             engine,
             dir_sync: DirSync::new(vec![sealed_dir.clone(), partial_dir.clone()]),
+            pool,
             partial_dir,
             sealed_dir,
             next_id: AtomicU64::new(catalog.max_id + 1),
             compact_above_bytes: AtomicU64::new(JOURNAL_COMPACT_BYTES),
             compaction_asked_at_bytes: AtomicU64::new(u64::MAX),
+            unlinks_in_flight: AtomicUsize::new(0),
             catalog: Mutex::new(catalog),
             journal,
             live: Mutex::new(HashMap::new()),
@@ -218,6 +230,10 @@ impl Spool {
             recovery: RecoveryState::default(),
             opts,
         };
+        let restored = spool
+            .restore_inline_files(&records)
+            .map_err(|e| SpoolOpenError::Io(spool.sealed_dir.clone(), e))?;
+        drop(records);
         let recovered = spool
             .reconcile_disk(spool.journal.damage().is_some())
             .map_err(|e| SpoolOpenError::Io(spool.opts.dir.clone(), e))?;
@@ -231,7 +247,7 @@ impl Spool {
                 "sealed files the journal did not explain: sealed again from their identity, or quarantined"
             );
         }
-        tracing::info!(records = records.len(), dir = %spool.opts.dir.display(), engine = spool.engine.name(), "spool opened");
+        tracing::info!(records = records_count, restored, dir = %spool.opts.dir.display(), engine = spool.engine.name(), "spool opened");
         Ok(Arc::new(spool))
     }
 
@@ -264,6 +280,29 @@ impl Spool {
         self.sealed_dir.join(id.to_string())
     }
 
+    /// A new, empty file at `path` (in `partial/`): one from the pool if it has one, else
+    /// created now.
+    pub(super) fn create_spool_file(&self, path: &Path) -> io::Result<fs::File> {
+        if let Some(pooled) = self.pool.take() {
+            let cwd = rustix::fs::CWD;
+            let flags = rustix::fs::RenameFlags::NOREPLACE;
+            match rustix::fs::renameat_with(cwd, &pooled.path, cwd, path, flags) {
+                Ok(()) => return Ok(pooled.file),
+                Err(e) => {
+                    // (A file system without RENAME_NOREPLACE, say: creating works all the same.)
+                    tracing::debug!(error = %e, "cannot take a pooled spool file");
+                    let _ = fs::remove_file(&pooled.path);
+                }
+            }
+        }
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    }
+
     pub(super) fn dir_sync(&self) -> &DirSync {
         &self.dir_sync
     }
@@ -294,7 +333,7 @@ impl Spool {
                 format!("cannot record this change: {e}"),
             )
         })?;
-        let (ticket, effects) = {
+        let (ticket, effects, unlinking) = {
             let mut catalog = self.lock();
             check(&catalog)?;
             let mut effects = Effects::default();
@@ -304,47 +343,51 @@ impl Spool {
                 effects.abort_uploads.extend(e.abort_uploads);
             }
             let ticket = self.journal.submit_encoded(frames, durable);
-            let size = self.journal.size_bytes();
-            // The log shrinks only once the writer has run the compaction asked for last: until
-            // then (or, if it was postponed, until the log has grown by another threshold) it
-            // is not asked for again.
-            let asked_at = self.compaction_asked_at_bytes.load(Ordering::Relaxed);
-            let not_pending =
-                size < asked_at || size > asked_at.saturating_add(JOURNAL_COMPACT_BYTES);
-            if size > self.compact_above_bytes.load(Ordering::Relaxed) && not_pending {
-                let snapshot = catalog.snapshot_records();
-                // The next one is due once the compacted log has grown by a threshold; a
-                // large catalog raises it so that compaction stays a small share of the writes.
-                let snapshot_bytes = snapshot.len() as u64 * RECORD_BYTES_ESTIMATE;
-                self.compact_above_bytes.store(
-                    snapshot_bytes + JOURNAL_COMPACT_BYTES.max(snapshot_bytes),
-                    Ordering::Relaxed,
-                );
-                self.compaction_asked_at_bytes
-                    .store(size, Ordering::Relaxed);
-                // A compacted journal no longer says which versions it dropped: their unlinks
-                // must be durable before it can replace the journal that does.
-                let synced = [&self.partial_dir, &self.sealed_dir]
-                    .into_iter()
-                    .all(|dir| {
-                        fsync_dir(dir)
-                            .map_err(|e| {
-                                tracing::warn!(dir = %dir.display(), error = %e,
-                                "cannot sync the spool directory; journal compaction postponed");
-                            })
-                            .is_ok()
-                    });
-                if synced {
-                    drop(self.journal.compact(snapshot));
-                }
-            }
-            (ticket, effects)
+            let unlinking = UnlinksInFlight::count(self, !effects.free_spool.is_empty());
+            (ticket, effects, unlinking)
         };
         if durable && let Err(e) = ticket.wait().await {
             journal_broken(&e);
         }
         self.carry_out(effects);
+        drop(unlinking);
+        self.compact_if_due();
         Ok(())
+    }
+
+    /// Asks the journal for a compaction once it has grown past the threshold. The snapshot
+    /// is taken when no commit's unlinks are still to be carried out: a compacted journal no
+    /// longer says which versions it dropped, so their unlinks must be done before, and the
+    /// journal's writer makes them durable (with a `syncfs`) before the snapshot replaces it.
+    fn compact_if_due(&self) {
+        let size = self.journal.size_bytes();
+        if size <= self.compact_above_bytes.load(Ordering::Relaxed) {
+            return;
+        }
+        let catalog = self.lock();
+        // The log shrinks only once the writer has run the compaction asked for last: until
+        // then (or, if it was postponed, until the log has grown by another threshold) it is
+        // not asked for again.
+        let size = self.journal.size_bytes();
+        let asked_at = self.compaction_asked_at_bytes.load(Ordering::Relaxed);
+        let not_pending = size < asked_at || size > asked_at.saturating_add(JOURNAL_COMPACT_BYTES);
+        let due = size > self.compact_above_bytes.load(Ordering::Relaxed);
+        // Counted under the catalog lock, so no commit that applied its records before the
+        // snapshot can still be about to unlink.
+        if !due || !not_pending || self.unlinks_in_flight.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let snapshot = catalog.snapshot_records();
+        // The next one is due once the compacted log has grown by a threshold; a large
+        // catalog raises it so that compaction stays a small share of the writes.
+        let snapshot_bytes = snapshot.len() as u64 * RECORD_BYTES_ESTIMATE;
+        self.compact_above_bytes.store(
+            snapshot_bytes + JOURNAL_COMPACT_BYTES.max(snapshot_bytes),
+            Ordering::Relaxed,
+        );
+        self.compaction_asked_at_bytes
+            .store(size, Ordering::Relaxed);
+        drop(self.journal.compact(snapshot));
     }
 
     fn carry_out(&self, effects: Effects) {
@@ -913,6 +956,28 @@ impl Spool {
             self.work.notify_one();
         }
         n
+    }
+}
+
+/// Counts a commit in `Spool::unlinks_in_flight` from the moment its records are applied until
+/// its unlinks are done (or it is dropped).
+struct UnlinksInFlight<'a>(Option<&'a AtomicUsize>);
+
+impl<'a> UnlinksInFlight<'a> {
+    fn count(spool: &'a Spool, unlinking: bool) -> Self {
+        let counter = unlinking.then_some(&spool.unlinks_in_flight);
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        UnlinksInFlight(counter)
+    }
+}
+
+impl Drop for UnlinksInFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
