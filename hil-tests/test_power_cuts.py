@@ -212,10 +212,13 @@ class Estimates:
 
 
 def draw_size(rng: random.Random, part: int) -> int:
-    """Mostly small files, some of a few parts, some right at the part boundary."""
+    """Mostly small files, some of a few parts, some right at the part boundary. A quarter are
+    at most 32 KiB: sealed inline (their bytes in the journal, the spool copy unsynced)."""
     r = rng.random()
+    if r < 0.25:
+        return rng.randint(1, 32 * KIB)
     if r < 0.45:
-        return rng.randint(1, 256 * KIB)
+        return rng.randint(32 * KIB + 1, 256 * KIB)
     if r < 0.65:
         return rng.randint(256 * KIB, part - 1)
     if r < 0.75:
