@@ -11,11 +11,15 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::pwrite::PwriteEngine;
+
+/// Writes at most this long skip the engine (see [`SpoolEngine::write_at`]).
+pub const WRITE_HERE_BYTES_MAX: usize = 16 * 1024;
 use super::uring::{ProbeError, UringEngine};
 
 /// `spool.engine`: which engine writes and syncs spool files.
@@ -99,7 +103,16 @@ impl SpoolEngine {
     }
 
     /// Writes all of `data` at `offset` of `file`.
+    ///
+    /// A write of at most [`WRITE_HERE_BYTES_MAX`] is a `pwrite` on the calling thread: into
+    /// the page cache it takes a few microseconds, where the hops to the ring thread (or the
+    /// blocking pool) and back take tens. It returns complete, so a sync asked for after it
+    /// covers it as it covers the engine's own writes. (It may wait while the kernel throttles
+    /// dirty pages, as the engines' writes do, only on the caller's thread.)
     pub async fn write_at(&self, file: &Arc<File>, offset: u64, data: Bytes) -> io::Result<()> {
+        if data.len() <= WRITE_HERE_BYTES_MAX {
+            return file.write_all_at(&data, offset);
+        }
         match self {
             SpoolEngine::Pwrite(engine) => engine.write_at(file, offset, data).await,
             SpoolEngine::IoUring(engine) => engine.write_at(file, offset, data).await,

@@ -18,6 +18,10 @@ use super::store::{io_error, no_space, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
 use crate::limits::SEAL_INLINE_BYTES_MAX;
 
+/// Writes at most this long are hashed on the calling task (about 10 µs with SHA extensions)
+/// instead of on the blocking pool.
+const HASH_HERE_BYTES_MAX: usize = 16 * 1024;
+
 /// Follows a file that arrives in order: whether every write so far was an append, and the
 /// SHA-256 of what was appended while the file is at most `hash_bytes_max` long. Gives up
 /// hashing (leaving it to the drain where it needs one) at the first write that is not
@@ -354,12 +358,13 @@ impl WriteHandle {
     }
 
     /// Feeds `data` to the running hash on the blocking pool, unless the hash has given up or
-    /// would give up at this write (then only the lock is taken here).
+    /// would give up at this write, or the write is small (then it is done here).
     async fn hash_in_background(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         {
             let mut hash = self.hash.lock().unwrap_or_else(|p| p.into_inner());
             match hash.as_mut() {
-                Some(h) if h.wants(offset, data.len()) => {}
+                // A small write costs less to hash here than a hop to the blocking pool.
+                Some(h) if h.wants(offset, data.len()) && data.len() > HASH_HERE_BYTES_MAX => {}
                 Some(h) => {
                     h.update(offset, &data);
                     return Ok(());
