@@ -107,6 +107,10 @@ sftpgw_config() {
 [sftp]
 listen = "127.0.0.1:$2"
 host_key = "$1/host_key"
+# Every client of a benchmark is one host (127.0.0.1), up to 64 sessions at once: the
+# per-source limits meant for a hostile LAN (16 connecting, 32 logged in) would refuse them.
+max_startups_per_source = 200
+max_sessions_per_source = 64
 [spool]
 dir = "$1/spool"
 [s3]

@@ -23,6 +23,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::limits::PART_SIZE_BYTES_DEFAULT;
+use crate::sftp::defender::DefenderConfig;
 
 mod credentials;
 mod example;
@@ -30,8 +31,9 @@ mod shaping;
 mod values;
 
 use values::{
-    AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Listen, MaxFileSize, NonEmpty,
-    PartSize, PasswordHash, Percent, Prefix, RetainedFiles, Ttl, UserName,
+    AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Limit, Listen, MaxFileSize, Net,
+    NonEmpty, PartSize, PasswordHash, Percent, Prefix, RetainedFiles, SessionsLimit, StartupsSpec,
+    Ttl, UserName,
 };
 
 pub use example::EXAMPLE;
@@ -76,7 +78,14 @@ pub struct SftpConfig {
     pub host_key: PathBuf,
     /// Which SSH algorithms are offered (`sftp.algorithms`).
     pub algorithms: Algorithms,
+    /// How long a connection may take to log in (`sftp.login_grace`).
+    pub login_grace: Duration,
+    /// Connection limits and per-source penalties (`sftp.max_*`, `ban*`, `allow`).
+    pub defender: DefenderConfig,
 }
+
+/// `sftp.login_grace` unless set (OpenSSH's is 120 s; a LAN client logs in within seconds).
+pub const LOGIN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
 
 /// `sftp.algorithms`: the SSH algorithms the server offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,6 +435,54 @@ struct RawSftp {
     listen: Listen,
     host_key: FilePath,
     algorithms: Option<Algorithms>,
+    login_grace: Option<Ttl>,
+    max_startups: Option<StartupsSpec>,
+    max_startups_per_source: Option<Limit>,
+    max_sessions: Option<SessionsLimit>,
+    max_sessions_per_source: Option<Limit>,
+    max_auth_failures: Option<Limit>,
+    failure_window: Option<Ttl>,
+    ban: Option<Ttl>,
+    ban_max: Option<Ttl>,
+    allow: Option<Vec<Net>>,
+}
+
+impl RawSftp {
+    /// The limits and penalties, defaults filled in.
+    fn defender(&self) -> DefenderConfig {
+        let d = DefenderConfig::default();
+        let ban = self.ban.as_ref().map_or(d.ban, |t| t.0);
+        DefenderConfig {
+            startups: self.max_startups.as_ref().map_or(d.startups, |s| s.0),
+            startups_per_source: self
+                .max_startups_per_source
+                .as_ref()
+                .map_or(d.startups_per_source, |n| n.0),
+            sessions: self.max_sessions.as_ref().map_or(d.sessions, |n| n.0),
+            sessions_per_source: self
+                .max_sessions_per_source
+                .as_ref()
+                .map_or(d.sessions_per_source, |n| n.0),
+            failures_max: self
+                .max_auth_failures
+                .as_ref()
+                .map_or(d.failures_max, |n| u32::try_from(n.0).unwrap_or(u32::MAX)),
+            failure_window: self
+                .failure_window
+                .as_ref()
+                .map_or(d.failure_window, |t| t.0),
+            ban,
+            ban_max: self
+                .ban_max
+                .as_ref()
+                .map_or(d.ban_max.max(ban), |t| t.0.max(ban)),
+            allow: self
+                .allow
+                .as_ref()
+                .map(|nets| nets.iter().map(|n| n.0).collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -501,6 +558,12 @@ impl RawConfig {
         };
         Ok(Config {
             sftp: SftpConfig {
+                defender: self.sftp.defender(),
+                login_grace: self
+                    .sftp
+                    .login_grace
+                    .as_ref()
+                    .map_or(LOGIN_GRACE_DEFAULT, |t| t.0),
                 listen: self.sftp.listen.0,
                 host_key: source.resolve(self.sftp.host_key.0),
                 algorithms: self.sftp.algorithms.unwrap_or_default(),

@@ -35,6 +35,8 @@ pub struct Monitor {
     observer: Arc<S3Observer>,
     shaper: Arc<Shaper>,
     watched: OnceLock<Vec<Watched>>,
+    /// The SSH port's limits and bans, for status.
+    defender: Arc<crate::sftp::defender::Defender>,
 }
 
 impl Monitor {
@@ -96,7 +98,9 @@ pub async fn run(
     let shaper = Shaper::new(config.shaping.clone(), &config.spool.dir);
     let shaper_task = tokio::spawn(shaper.clone().run());
     let store = Arc::new(AwsStore::new(&config.s3)?.with_shaper(shaper.clone()));
+    let defender = crate::sftp::defender::Defender::new(config.sftp.defender.clone());
     let monitor = Arc::new(Monitor {
+        defender: Arc::clone(&defender),
         started,
         rates: Mutex::new((RateMeter::default(), RateMeter::default())),
         observer: store.observer().clone(),
@@ -134,6 +138,7 @@ pub async fn run(
         drain.clone(),
         config.clone(),
         monitor.clone(),
+        Arc::clone(&defender),
     );
     let control_task = tokio::spawn(control::serve(control_listener, handler));
     let metrics_task = match config.metrics.as_ref() {
@@ -160,6 +165,8 @@ pub async fn run(
         algorithms: config.sftp.algorithms,
         host_keys: crate::sftp::load_host_keys(&config.sftp.host_key, config.sftp.algorithms)
             .await?,
+        login_grace: config.sftp.login_grace,
+        defender: Arc::clone(&defender),
     };
     let users = Arc::new(crate::sftp::namespace::Users::new(&config.users)?);
     let listener = tokio::net::TcpListener::bind(config.sftp.listen)
@@ -298,13 +305,15 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
     drain: Arc<Drain<S>>,
     config: Config,
     monitor: Arc<Monitor>,
+    defender: Arc<crate::sftp::defender::Defender>,
 ) -> control::Handler {
     Arc::new(move |req| {
-        let (spool, drain, config, monitor) = (
+        let (spool, drain, config, monitor, defender) = (
             spool.clone(),
             drain.clone(),
             config.clone(),
             monitor.clone(),
+            defender.clone(),
         );
         let shaper = monitor.shaper.clone();
         Box::pin(async move {
@@ -374,6 +383,28 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                     },
                     Err(e) => Response::Error { message: e.message },
                 },
+                Request::BansList => Response::Bans {
+                    bans: defender.bans(std::time::Instant::now()),
+                },
+                Request::BansClear { source } => {
+                    let ip = match source.as_deref().map(str::parse::<std::net::IpAddr>) {
+                        Some(Err(_)) => {
+                            return Response::Error {
+                                message: format!(
+                                    "{:?} is not an IP address",
+                                    source.unwrap_or_default()
+                                ),
+                            };
+                        }
+                        Some(Ok(ip)) => Some(ip),
+                        None => None,
+                    };
+                    let lifted = defender.clear(ip, std::time::Instant::now());
+                    tracing::info!(source = ?ip, lifted, "bans cleared from the control socket");
+                    Response::Done {
+                        message: format!("{lifted} ban(s) lifted"),
+                    }
+                }
                 Request::DrainRate {
                     bytes_per_sec,
                     for_secs,
@@ -511,6 +542,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         source: crate::status::SnapshotSource::Daemon,
         health,
         sftp_sessions: telemetry::sftp_sessions_live(),
+        lan: Some(monitor.defender.counts(Instant::now())),
         rates: Rates {
             ingest_bytes_per_sec: ingest,
             drain_bytes_per_sec: drained,

@@ -81,6 +81,12 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Sources on the LAN refused for a while after repeated failed logins, negotiations or
+    /// grace timeouts: list them, or lift a ban.
+    Bans {
+        #[command(subcommand)]
+        command: BansCommand,
+    },
     /// Steer the drain's WAN rate at run time (an override of the `[shaping]` schedule that
     /// survives a restart until it expires).
     Drain {
@@ -138,6 +144,15 @@ enum DrainCommand {
         #[arg(long = "for", value_parser = sftpgw::config::parse_duration)]
         duration: Option<Duration>,
     },
+}
+
+#[derive(Subcommand)]
+enum BansCommand {
+    /// Each banned source (an address, or an IPv6 /64), how long it stays banned, and how
+    /// many bans it had within a day.
+    List,
+    /// Lift the ban of one source (any address of it), or of every source.
+    Clear { source: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -282,6 +297,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&required_config(config_path, "quarantine"))?;
             quarantine(&config.control.socket, command)
         }
+        Command::Bans { command } => {
+            let config = Config::load(&required_config(config_path, "bans"))?;
+            bans(&config.control.socket, command)
+        }
         Command::Drain { command } => {
             let config = Config::load(&required_config(config_path, "drain"))?;
             drain(&config.control.socket, command)
@@ -329,6 +348,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Prints what a `Done` response says; any other response is an error.
+fn print_done(response: Response) -> anyhow::Result<()> {
+    match response {
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Error { message } => bail!(message),
+        _ => bail!("unexpected response from the daemon"),
+    }
+}
+
+/// `sftpgw bans ...`: one request; the list, or how many bans were lifted.
+fn bans(socket: &Path, command: BansCommand) -> anyhow::Result<()> {
+    let request = match command {
+        BansCommand::List => Request::BansList,
+        BansCommand::Clear { source } => Request::BansClear { source },
+    };
+    match runtime()?.block_on(control::request(socket, &request))? {
+        Response::Bans { bans } => {
+            if bans.is_empty() {
+                println!("no source is banned");
+            }
+            for b in &bans {
+                println!(
+                    "{}  {} s left  ({} ban(s) within a day)",
+                    b.source, b.remaining_secs, b.count
+                );
+            }
+            Ok(())
+        }
+        other => print_done(other),
+    }
+}
+
 /// `sftpgw quarantine ...`: one request; the list as a table, or one line of result.
 fn quarantine(socket: &Path, command: QuarantineCommand) -> anyhow::Result<()> {
     let request = match command {
@@ -370,12 +424,7 @@ fn quarantine(socket: &Path, command: QuarantineCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Response::Done { message } => {
-            println!("{message}");
-            Ok(())
-        }
-        Response::Error { message } => bail!(message),
-        _ => bail!("unexpected response from the daemon"),
+        other => print_done(other),
     }
 }
 

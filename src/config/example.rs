@@ -18,6 +18,31 @@ host_key = "/data/sftpgw/ssh_host_ed25519_key"
 # ssh-rsa signatures, ecdh-sha2-nistp* and diffie-hellman-group14-sha256 key exchange,
 # non-ETM hmac-sha2-*, and ssh-rsa (SHA-1) signatures from RSA user keys.
 algorithms = "modern"
+# What one host on the LAN may hold and what its failures cost it (docs/OPERATIONS.md,
+# "A hostile LAN"). A source is an IPv4 address or an IPv6 /64.
+# A connection must log in within login_grace. Default "30s".
+login_grace = "30s"
+# Connections not logged in yet, "start:rate:full" as OpenSSH's MaxStartups: from `start` on
+# a new one is dropped with probability rate %, rising to all at `full`. Default "32:30:200".
+max_startups = "32:30:200"
+# ... of which one source may hold this many. Default 16 (enough for a client that opens 16
+# transfers at once): below max_startups' start, so that one source alone never starts the
+# random drop that would hit other hosts too.
+max_startups_per_source = 16
+# Logged-in connections, in all (at most 64) and per source. Defaults 64 and 32.
+max_sessions = 64
+max_sessions_per_source = 32
+# max_auth_failures failed logins, failed negotiations or expired grace times within
+# failure_window ban the source for `ban`, doubled at each further ban within a day, up to
+# ban_max; a banned source cannot log in even with the right credentials. `sftpgw bans`
+# lists and lifts bans. Defaults 5, "10m", "1m", "1h".
+max_auth_failures = 5
+failure_window = "10m"
+ban = "1m"
+ban_max = "1h"
+# Networks exempt from per-source limits and bans (the global limits still hold), e.g. the
+# office's management subnet. Default: none.
+allow = []
 
 [spool]
 # Where uploads are kept until they are delivered to S3 (partial/, sealed/, the journal).

@@ -377,3 +377,78 @@ impl<'de> Deserialize<'de> for Budget {
         }
     }
 }
+
+/// `sftp.max_startups = "start:rate:full"` (OpenSSH's `MaxStartups`).
+pub(super) struct StartupsSpec(pub(super) crate::sftp::defender::Startups);
+parsed_from_str!(
+    StartupsSpec,
+    "\"start:rate:full\" like \"10:30:100\"",
+    |text| {
+        let bad = || {
+            format!(
+                "{text:?} is not \"start:rate:full\" (like \"10:30:100\": from 10 connections not \
+                 logged in, drop 30 % of new ones, rising to all at 100)"
+            )
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        let [start, rate, full] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let (Ok(start), Ok(rate_percent), Ok(full)) = (
+            start.parse::<usize>(),
+            rate.parse::<u8>(),
+            full.parse::<usize>(),
+        ) else {
+            return Err(bad());
+        };
+        if full == 0 || start > full || rate_percent > 100 {
+            return Err(format!("{}: need 0 < start ≤ full and rate ≤ 100", bad()));
+        }
+        Ok(crate::sftp::defender::Startups {
+            start,
+            rate_percent,
+            full,
+        })
+    }
+);
+
+/// A network of `sftp.allow`, like "192.168.1.0/24", or one address.
+pub(super) struct Net(pub(super) ipnet::IpNet);
+parsed_from_str!(Net, "a network like \"192.168.1.0/24\"", |text| {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a network like \"192.168.1.0/24\""))
+});
+
+/// A count from 1 to 100 000 (connection limits, failures).
+pub(super) struct Limit(pub(super) usize);
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(deserializer)?;
+        match usize::try_from(n) {
+            Ok(n) if (1..=100_000).contains(&n) => Ok(Limit(n)),
+            _ => Err(de::Error::custom(format!(
+                "{n} is not a count from 1 to 100000"
+            ))),
+        }
+    }
+}
+
+/// `sftp.max_sessions`: at most [`crate::sftp::SSH_CONNECTIONS_COUNT_MAX`], the number the
+/// daemon's memory bound is computed for.
+pub(super) struct SessionsLimit(pub(super) usize);
+
+impl<'de> Deserialize<'de> for SessionsLimit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(deserializer)?;
+        let max = crate::sftp::SSH_CONNECTIONS_COUNT_MAX;
+        match usize::try_from(n) {
+            Ok(n) if (1..=max).contains(&n) => Ok(SessionsLimit(n)),
+            _ => Err(de::Error::custom(format!(
+                "{n} is not a count from 1 to {max} (the sessions the daemon's memory bound \
+                 is computed for)"
+            ))),
+        }
+    }
+}

@@ -7,6 +7,7 @@
 
 mod algorithms;
 mod budget;
+pub mod defender;
 mod handles;
 pub mod keys;
 mod lane;
@@ -86,12 +87,11 @@ pub const SSH_PACKET_BYTES_MAX: u32 = 32 * 1024;
 /// russh stops reading the socket. Enough for the reader to find the next packet waiting
 /// while it copies one, and no more: they are outside the ingest budget.
 pub const SSH_CHANNEL_BUFFER_COUNT_MAX: usize = 4;
-/// Concurrent SSH connections; more are refused at accept.
+/// Logged-in SSH connections (sessions) at most; `[sftp] max_sessions` (default 64) may
+/// only lower it. Connections not logged in yet are limited by `[sftp] max_startups`.
 pub const SSH_CONNECTIONS_COUNT_MAX: usize = 64;
 /// Session channels per SSH connection (OpenSSH's sftp uses one).
 pub const SSH_CHANNELS_PER_CONNECTION_COUNT_MAX: usize = 4;
-/// A connection that has not logged in after this long is dropped (OpenSSH's LoginGraceTime).
-pub const SSH_LOGIN_GRACE_SECONDS: u64 = 120;
 /// Every rejected authentication takes this long, so timing does not tell users apart; longer
 /// than an argon2 verification on the box.
 pub const SSH_AUTH_REJECTION_MILLISECONDS: u64 = 500;

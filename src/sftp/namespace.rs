@@ -6,7 +6,7 @@
 //! (`false`) and, for passwords, take about the same time.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -94,6 +94,20 @@ impl Users {
         }
     }
 
+    /// [`Users::verify_password`] on the blocking pool, at most one per core at a time: each
+    /// argon2 check holds about 19 MiB and a core for tens of milliseconds, so a flood of
+    /// attempts waits here instead of taking the memory and every core.
+    pub async fn verify_password_pooled(self: &Arc<Self>, user: &str, password: &str) -> bool {
+        let Ok(_slot) = ARGON2_SLOTS.acquire().await else {
+            return false;
+        };
+        let users = Arc::clone(self);
+        let (name, secret) = (user.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || users.verify_password(&name, &secret))
+            .await
+            .unwrap_or(false)
+    }
+
     /// True if a user of this name is configured.
     pub fn contains(&self, user: &str) -> bool {
         self.by_name.contains_key(user)
@@ -117,6 +131,12 @@ pub fn hash_password(password: &str) -> String {
 }
 
 /// Stand-in hash verified for unknown users, so they cost the same time as known ones.
+/// Password checks at once at most: one per core.
+static ARGON2_SLOTS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    tokio::sync::Semaphore::new(cores)
+});
+
 static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| hash_password("no user has this password"));
 
 fn argon2_verify(phc: &str, password: &str) -> bool {

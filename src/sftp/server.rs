@@ -9,8 +9,11 @@
 //! connection and a buffer of whole packets per channel (see `SSH_PACKET_BYTES_MAX`). All
 //! sessions share one [`IngestBudget`].
 //!
-//! Lifetimes: a connection must log in within `SSH_LOGIN_GRACE_SECONDS` (the version exchange
-//! included); dead peers are found by keepalives. Each SFTP session runs in a task of its own,
+//! Lifetimes: a connection must log in within `[sftp] login_grace` (30 s; the version exchange
+//! included); dead peers are found by keepalives. What one source may hold and what its
+//! failures cost it is the [`Defender`]'s business (`defender.rs`): it admits each accepted
+//! connection, turns a login into a session if the limits allow, and is told of every failed
+//! authentication, failed negotiation and expired grace time. Each SFTP session runs in a task of its own,
 //! never inside russh's loop, and is told when its channel goes away (CHANNEL_CLOSE or the end
 //! of the connection), because a russh channel writer waiting for window is not woken by that.
 //! On shutdown every client is disconnected and `serve` returns once all sessions have ended.
@@ -21,7 +24,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use russh::keys::PrivateKey;
 use russh::server::{
@@ -35,12 +38,12 @@ pub use super::keys::{generate_ed25519, write_private_key};
 
 use super::algorithms;
 use super::budget::IngestBudget;
+use super::defender::{Defender, DefenderConfig, Penalty, SessionPermit, Startup};
 use super::namespace::Users;
 use super::{
     SSH_AUTH_REJECTION_MILLISECONDS, SSH_CHANNEL_BUFFER_COUNT_MAX,
-    SSH_CHANNELS_PER_CONNECTION_COUNT_MAX, SSH_CONNECTIONS_COUNT_MAX, SSH_KEEPALIVE_COUNT_MAX,
-    SSH_KEEPALIVE_INTERVAL_SECONDS, SSH_LOGIN_GRACE_SECONDS, SSH_PACKET_BYTES_MAX,
-    SSH_WINDOW_BYTES, session,
+    SSH_CHANNELS_PER_CONNECTION_COUNT_MAX, SSH_KEEPALIVE_COUNT_MAX, SSH_KEEPALIVE_INTERVAL_SECONDS,
+    SSH_PACKET_BYTES_MAX, SSH_WINDOW_BYTES, session,
 };
 use crate::config::Algorithms;
 use crate::spool::Spool;
@@ -61,14 +64,20 @@ pub enum ServeError {
 pub struct SshSetup {
     pub algorithms: Algorithms,
     pub host_keys: Vec<PrivateKey>,
+    /// How long a connection may take to log in.
+    pub login_grace: Duration,
+    /// Connection limits and per-source penalties, shared with the control socket.
+    pub defender: Arc<Defender>,
 }
 
 impl SshSetup {
-    /// The default profile with one ed25519 host key.
+    /// The default profile with one ed25519 host key, default limits and penalties.
     pub fn modern(host_key: PrivateKey) -> SshSetup {
         SshSetup {
             algorithms: Algorithms::Modern,
             host_keys: vec![host_key],
+            login_grace: crate::config::LOGIN_GRACE_DEFAULT,
+            defender: Defender::new(DefenderConfig::default()),
         }
     }
 }
@@ -151,11 +160,11 @@ pub async fn serve(
     spool: Arc<Spool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let algorithms = setup.algorithms;
+    let (algorithms, login_grace) = (setup.algorithms, setup.login_grace);
+    let defender = Arc::clone(&setup.defender);
     let config = Arc::new(ssh_config(setup, &users));
     // One budget for the request data of every session of this server.
     let ingest = IngestBudget::default();
-    let connections = Arc::new(Semaphore::new(SSH_CONNECTIONS_COUNT_MAX));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection and session holds a clone; `recv` yields `None` once all are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -168,12 +177,20 @@ pub async fn serve(
             () = &mut shutdown => break Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = SSH_CONNECTIONS_COUNT_MAX, "too many connections; refused");
-                        continue;
+                    let startup = match defender.admit(peer.ip(), Instant::now()) {
+                        Ok(startup) => startup,
+                        Err(refusal) => {
+                            // Banned sources were logged once when banned; the rest are a
+                            // flood, logged at debug only so that it cannot flood the log.
+                            tracing::debug!(%peer, %refusal, "connection refused");
+                            continue;
+                        }
                     };
                     let connection = Connection {
                         peer,
+                        defender: Arc::clone(&defender),
+                        startup: Some(startup),
+                        permit: None,
                         algorithms,
                         users: Arc::clone(&users),
                         spool: Arc::clone(&spool),
@@ -190,8 +207,8 @@ pub async fn serve(
                     let stop = stop_rx.clone();
                     let alive = alive_tx.clone();
                     tokio::spawn(async move {
-                        run_connection(config, socket, connection, stop).await;
-                        drop((permit, alive));
+                        run_connection(config, socket, connection, login_grace, stop).await;
+                        drop(alive);
                     });
                 }
                 Err(err) if is_transient_accept_error(&err) => {
@@ -226,14 +243,17 @@ async fn run_connection(
     config: Arc<Config>,
     socket: TcpStream,
     connection: Connection,
+    login_grace: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let (peer, algorithms) = (connection.peer, connection.algorithms);
+    let defender = Arc::clone(&connection.defender);
+    let grace_secs = login_grace.as_secs();
     if let Err(err) = socket.set_nodelay(true) {
         tracing::debug!(%peer, error = %err, "set_nodelay failed");
     }
     let mut logged_in = connection.logged_in.subscribe();
-    let grace = tokio::time::sleep(Duration::from_secs(SSH_LOGIN_GRACE_SECONDS));
+    let grace = tokio::time::sleep(login_grace);
     tokio::pin!(grace);
     // The version exchange has no timeout of its own (no inactivity timeout is set): bound it
     // by the login grace time and by shutdown.
@@ -242,11 +262,15 @@ async fn run_connection(
             Ok(session) => session,
             Err(err) => {
                 log_connection_error(peer, algorithms, &err);
+                if is_negotiation_error(&err) {
+                    defender.penalize(peer.ip(), Penalty::Negotiation, Instant::now());
+                }
                 return;
             }
         },
         () = &mut grace => {
-            tracing::warn!(%peer, "no SSH version exchange within {SSH_LOGIN_GRACE_SECONDS} s; closed");
+            tracing::warn!(%peer, "no SSH version exchange within {grace_secs} s; closed");
+            defender.penalize(peer.ip(), Penalty::GraceExpired, Instant::now());
             return;
         }
         _ = stop.wait_for(|stopping| *stopping) => return,
@@ -261,6 +285,9 @@ async fn run_connection(
             result = &mut session => {
                 if let Err(err) = result {
                     log_connection_error(peer, algorithms, &err);
+                    if awaiting_login && is_negotiation_error(&err) {
+                        defender.penalize(peer.ip(), Penalty::Negotiation, Instant::now());
+                    }
                 }
                 return;
             }
@@ -276,12 +303,27 @@ async fn run_connection(
             }
             () = &mut grace, if awaiting_login => {
                 awaiting_login = false;
-                tracing::warn!(%peer, "no login within {SSH_LOGIN_GRACE_SECONDS} s; disconnecting");
+                tracing::warn!(%peer, "no login within {grace_secs} s; disconnecting");
+                defender.penalize(peer.ip(), Penalty::GraceExpired, Instant::now());
                 let reason = "login grace time exceeded".to_owned();
                 let _ = handle.disconnect(Disconnect::ByApplication, reason, String::new()).await;
             }
         }
     }
+}
+
+/// Whether `err` is the peer's fault in the protocol (garbage, no common algorithm), not a
+/// plain disconnect: such errors before login count as a penalty of the source.
+fn is_negotiation_error(err: &russh::Error) -> bool {
+    !matches!(
+        err,
+        russh::Error::Disconnect
+            | russh::Error::HUP
+            | russh::Error::ConnectionTimeout
+            | russh::Error::KeepaliveTimeout
+            | russh::Error::InactivityTimeout
+            | russh::Error::IO(_)
+    )
 }
 
 /// A failed negotiation gets one warning that says what the client offered and which setting
@@ -304,6 +346,11 @@ fn log_connection_error(peer: SocketAddr, algorithms: Algorithms, err: &russh::E
 /// One SSH connection: its login state and its session channels.
 struct Connection {
     peer: SocketAddr,
+    defender: Arc<Defender>,
+    /// Counts this connection as not logged in yet (released at login or at the end).
+    startup: Option<Startup>,
+    /// Counts this connection as a session once logged in.
+    permit: Option<SessionPermit>,
     /// Decides which user-key signatures are accepted.
     algorithms: Algorithms,
     users: Arc<Users>,
@@ -325,16 +372,41 @@ struct Connection {
 }
 
 impl Connection {
+    /// Right credentials: a login, unless the source is banned or the session limits are
+    /// reached (then refused like wrong credentials, with the reason in the log).
     fn accept(&mut self, user: &str, method: &str) -> Auth {
-        tracing::info!(peer = %self.peer, user, method, "login");
-        self.user = Some(user.to_owned());
-        Auth::Accept
+        let now = Instant::now();
+        let Some(startup) = self.startup.take() else {
+            return Auth::reject();
+        };
+        match startup.login(self.peer.ip(), now) {
+            Ok(permit) => {
+                tracing::info!(peer = %self.peer, user, method, "login");
+                self.permit = Some(permit);
+                self.user = Some(user.to_owned());
+                Auth::Accept
+            }
+            Err((startup, refusal)) => {
+                self.startup = Some(startup);
+                self.rejections += 1;
+                tracing::warn!(peer = %self.peer, user, method, %refusal, "login refused");
+                Auth::reject()
+            }
+        }
     }
 
     fn reject(&mut self, user: &str, method: &str) -> Auth {
         self.rejections += 1;
         tracing::warn!(peer = %self.peer, user, method, "login failed");
+        let ip = self.peer.ip();
+        self.defender
+            .penalize(ip, Penalty::AuthFailure, Instant::now());
         Auth::reject()
+    }
+
+    /// Whether the source is banned now: nothing it sends is checked any more.
+    fn banned(&self) -> bool {
+        self.defender.is_banned(self.peer.ip(), Instant::now())
     }
 
     async fn refuse(
@@ -402,12 +474,11 @@ impl Handler for Connection {
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let users = Arc::clone(&self.users);
-        let (name, secret) = (user.to_owned(), password.to_owned());
-        // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || users.verify_password(&name, &secret))
-            .await
-            .unwrap_or(false);
+        if self.banned() {
+            tracing::debug!(peer = %self.peer, user, "password from a banned source not checked");
+            return Ok(Auth::reject());
+        }
+        let ok = self.users.verify_password_pooled(user, password).await;
         if ok {
             Ok(self.accept(user, "password"))
         } else {

@@ -48,6 +48,12 @@ pub enum Request {
     QuarantineDelete {
         name: String,
     },
+    /// `sftpgw bans list`.
+    BansList,
+    /// `sftpgw bans clear [ADDRESS]`: one source's ban (any address of an IPv6 /64), or all.
+    BansClear {
+        source: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,6 +69,10 @@ pub enum Response {
     Quarantine {
         files: Vec<crate::spool::QuarantinedFile>,
         count: usize,
+    },
+    /// Sources banned now, longest remaining first.
+    Bans {
+        bans: Vec<crate::sftp::defender::Ban>,
     },
     /// A request that changed something, and what.
     Done {

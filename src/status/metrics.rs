@@ -89,6 +89,26 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
         "Live SFTP sessions",
         as_i64(s.sftp_sessions),
     );
+    if let Some(lan) = s.lan {
+        gauge(
+            &mut r,
+            "sftpgw_ssh_banned_sources",
+            "Sources refused for a while after repeated failures",
+            i64::try_from(lan.banned_sources).unwrap_or(i64::MAX),
+        );
+        gauge(
+            &mut r,
+            "sftpgw_ssh_connections_not_logged_in",
+            "SSH connections that have not logged in yet",
+            i64::try_from(lan.startups).unwrap_or(i64::MAX),
+        );
+        counter(
+            &mut r,
+            "sftpgw_ssh_connections_refused",
+            "SSH connections refused at accept or at login (limits, bans)",
+            lan.refused,
+        );
+    }
     counter(
         &mut r,
         "sftpgw_sftp_received_bytes",

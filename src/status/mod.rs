@@ -49,6 +49,10 @@ pub struct Snapshot {
     /// Live SFTP sessions (subsystem channels).
     #[serde(default)]
     pub sftp_sessions: u64,
+    /// Connections not logged in, logged-in connections, banned sources and refusals on the
+    /// SSH port (`None` from a daemon older than this field, or without one).
+    #[serde(default)]
+    pub lan: Option<crate::sftp::defender::DefenderCounts>,
     /// Ingest and drain rates, and what they mean for the spool.
     #[serde(default)]
     pub rates: Rates,

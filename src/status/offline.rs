@@ -119,6 +119,7 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
             reasons,
         },
         sftp_sessions: 0,
+        lan: None,
         rates: Default::default(),
         queue,
         errors: Vec::new(),

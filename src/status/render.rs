@@ -151,6 +151,13 @@ fn header(sc: &mut Screen, s: &Snapshot) {
             rate(s.rates.ingest_bytes_per_sec)
         ));
     }
+    if let Some(lan) = s.lan.filter(|l| l.banned_sources > 0 || l.refused > 0) {
+        sc.line(format!(
+            "LAN      {} source(s) banned  {} connection(s) refused  {} not logged in \
+             (sftpgw bans list)",
+            lan.banned_sources, lan.refused, lan.startups
+        ));
+    }
 }
 
 fn spool_and_queue(sc: &mut Screen, s: &Snapshot) {

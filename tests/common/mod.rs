@@ -31,6 +31,11 @@ pub struct Options {
     /// More client keys, generated in the harness directory and authorized for every user
     /// next to `key_path` (see [`Harness::extra_key`]).
     pub extra_keys: Vec<ExtraKey>,
+    /// The SFTP listen address's host (default "127.0.0.1"; "[::]" only inside a network
+    /// namespace of the test's own, see tests/hostile_lan.rs).
+    pub listen_host: &'static str,
+    /// More `[[users]]` tables, appended to the configuration.
+    pub users_extra: Option<String>,
 }
 
 /// A client key the harness generates with `ssh-keygen -q -N "" -C test KEYGEN_ARGS -f FILE`
@@ -54,6 +59,8 @@ impl Default for Options {
             shaping: None,
             sftp_extra: None,
             extra_keys: Vec::new(),
+            listen_host: "127.0.0.1",
+            users_extra: None,
         }
     }
 }
@@ -127,7 +134,7 @@ impl Harness {
         let config = format!(
             r#"
 [sftp]
-listen = "127.0.0.1:{sftp_port}"
+listen = "{listen_host}:{sftp_port}"
 host_key = "{d}/host_key"
 {sftp_extra}
 [spool]
@@ -164,6 +171,11 @@ authorized_keys = [{authorized}]
             sock = socket.display(),
             bucket = opts.bucket,
             sftp_extra = opts.sftp_extra.as_deref().unwrap_or_default(),
+            listen_host = opts.listen_host,
+        );
+        let config = format!(
+            "{config}\n{}\n",
+            opts.users_extra.as_deref().unwrap_or_default()
         );
         let config = match &opts.shaping {
             Some(keys) => format!("{config}\n[shaping]\n{keys}\n"),
@@ -266,6 +278,11 @@ authorized_keys = [{authorized}]
 
     /// `sftp_command` with more client options (placed before the destination).
     pub fn sftp_command_with(&self, user: &str, options: &[&str]) -> Command {
+        self.sftp_command_to(user, "127.0.0.1", options)
+    }
+
+    /// `sftp_command_with` to another address of the gateway (e.g. "[::1]").
+    pub fn sftp_command_to(&self, user: &str, host: &str, options: &[&str]) -> Command {
         let mut cmd = Command::new("sftp");
         cmd.args(options);
         cmd.args(["-b", "-", "-i"])
@@ -283,7 +300,7 @@ authorized_keys = [{authorized}]
                 "-o",
                 "Ciphers=aes128-gcm@openssh.com",
             ])
-            .arg(format!("{user}@127.0.0.1"))
+            .arg(format!("{user}@{host}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -321,18 +338,23 @@ authorized_keys = [{authorized}]
 
     /// Runs `sftpgw drain ARGS` against the daemon (pause, resume, rate) and checks it worked.
     pub fn drain_cli(&self, args: &[&str]) -> String {
+        self.cli("drain", args)
+    }
+
+    /// Runs `sftpgw COMMAND ARGS` against the daemon and checks it worked.
+    pub fn cli(&self, command: &str, args: &[&str]) -> String {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sftpgw"))
-            .arg("drain")
+            .arg(command)
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
             .env_remove("SFTPGW_CONFIG")
             .output()
-            .expect("run sftpgw drain");
+            .expect("run sftpgw");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "sftpgw drain {args:?}: {stdout}{}",
+            "sftpgw {command} {args:?}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
         stdout

@@ -47,6 +47,7 @@ fn snapshot(files: Vec<FileStatus>) -> Snapshot {
         source: SnapshotSource::Daemon,
         health: Health::default(),
         sftp_sessions: 3,
+        lan: None,
         rates: Rates {
             ingest_bytes_per_sec: 3 << 20,
             drain_bytes_per_sec: 1 << 20,
