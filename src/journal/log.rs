@@ -96,9 +96,10 @@ enum Command {
         durable: bool,
         done: oneshot::Sender<Outcome>,
     },
-    /// `image` makes a whole file: header and frames.
+    /// `image` makes a whole file: header and frames; `before` runs first on the writer.
     Compact {
-        image: Box<dyn FnOnce() -> Result<Vec<u8>, JournalError> + Send>,
+        image: Box<dyn Fn() -> Result<Vec<u8>, JournalError> + Send>,
+        before: Box<dyn FnOnce() + Send>,
         done: oneshot::Sender<Outcome>,
     },
 }
@@ -197,11 +198,22 @@ where
     /// The records are encoded on the writer thread, so that a caller holding a lock to take
     /// the snapshot holds it only for as long as the snapshot takes.
     pub fn compact(&self, records: Vec<R>) -> Ticket {
+        self.compact_after(records, Box::new(|| {}))
+    }
+
+    /// [`Journal::compact`] that runs `before` on the writer thread first, once every record
+    /// submitted before it is durable in the journal being replaced (the spool unlinks there
+    /// the files those records freed).
+    pub fn compact_after(&self, records: Vec<R>, before: Box<dyn FnOnce() + Send>) -> Ticket {
         let image = Box::new(move || {
             let mut image = replay::file_header().to_vec();
             encode_frames(&records, &mut image).map(|()| image)
         });
-        self.send(|done| Command::Compact { image, done })
+        self.send(|done| Command::Compact {
+            image,
+            before,
+            done,
+        })
     }
 
     fn send(&self, command: impl FnOnce(oneshot::Sender<Outcome>) -> Command) -> Ticket {
@@ -578,43 +590,23 @@ impl Writer {
                     durable |= more_durable;
                     waiting.push(done);
                 }
-                Command::Compact { image, done } => {
-                    if self.poisoned.is_none() {
-                        // Whatever the records being dropped made durable only through the
-                        // journal (small files sealed inline, unlinks of dropped versions)
-                        // must reach the disk by itself first.
-                        let synced = rustix::fs::syncfs(&self.file).map_err(|error| {
-                            JournalError::io(
-                                &self.path,
-                                "cannot sync the file system of",
-                                error.into(),
-                            )
-                        });
-                        let written = synced.and_then(|()| image()).and_then(|image| {
-                            write_temp(&self.path, &image, &mut self.faults).map(|f| (f, image))
-                        });
-                        match written {
-                            Ok((file, image)) => {
-                                // Appends queued before the snapshot are part of it: never
-                                // write them.
-                                frames.clear();
-                                durable = false;
-                                waiting.push(done);
-                                let outcome = self.guarded(|writer| writer.install(file, &image));
-                                resolve(waiting.drain(..), &outcome);
-                            }
-                            Err(error) => {
-                                // The journal is as it was: appends go on into it, and the
-                                // spool asks for a compaction again once it has grown more.
-                                tracing::warn!(%error, "journal compaction postponed; the journal keeps growing until it can run");
-                                let _ = done.send(Err(error));
-                            }
-                        }
-                    } else {
-                        waiting.push(done);
-                        let outcome = self.guarded(|_| Ok(()));
-                        resolve(waiting.drain(..), &outcome);
-                    }
+                Command::Compact {
+                    image,
+                    before,
+                    done,
+                } => {
+                    // Records queued before the snapshot go into this journal first, durably:
+                    // `before` may unlink files they free, which a crash before the snapshot
+                    // is in place must not find missing.
+                    let flushed = self.guarded(|writer| writer.append(&frames, true));
+                    frames.clear();
+                    durable = false;
+                    resolve(waiting.drain(..), &flushed);
+                    let outcome = match flushed {
+                        Ok(()) => self.compact(&*image, before),
+                        Err(error) => Err(error),
+                    };
+                    let _ = done.send(outcome);
                 }
             }
         }
@@ -623,6 +615,32 @@ impl Writer {
         }
         let outcome = self.guarded(|writer| writer.append(&frames, durable));
         resolve(waiting.drain(..), &outcome);
+    }
+
+    /// Replaces the journal with the snapshot `image` makes, after `before` and a `syncfs`
+    /// (whatever the dropped records made durable only through the journal, such as small
+    /// files sealed inline and the unlinks of dropped versions, must be on disk by itself
+    /// first). A failure before the snapshot is in place postpones the compaction: the journal
+    /// is as it was, appends go on into it, and the spool asks again once it has grown more.
+    fn compact(
+        &mut self,
+        image: &dyn Fn() -> Result<Vec<u8>, JournalError>,
+        before: Box<dyn FnOnce() + Send>,
+    ) -> Outcome {
+        before();
+        let synced = rustix::fs::syncfs(&self.file).map_err(|error| {
+            JournalError::io(&self.path, "cannot sync the file system of", error.into())
+        });
+        let written = synced
+            .and_then(|()| image())
+            .and_then(|image| write_temp(&self.path, &image, &mut self.faults).map(|f| (f, image)));
+        match written {
+            Ok((file, image)) => self.guarded(|writer| writer.install(file, &image)),
+            Err(error) => {
+                tracing::warn!(%error, "journal compaction postponed; the journal keeps growing until it can run");
+                Err(error)
+            }
+        }
     }
 
     /// Runs `operation` unless poisoned; poisons the journal if it fails.

@@ -516,13 +516,14 @@ fn compaction_then_append_then_reopen_gives_snapshot_and_appended() {
 fn a_compaction_that_cannot_write_its_snapshot_is_postponed_never_poisons() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = journal_path(&dir);
-    // The disk is full for the snapshot's fsync (the second fsync of this journal's life).
+    // The disk is full for the snapshot's fsync (the third fsync of this journal's life: the
+    // first append's, then the one that makes what was queued before the compaction durable).
     let syncs = Arc::new(Mutex::new(0u32));
     let counter = syncs.clone();
     let hook: FaultHook = Box::new(move || {
         let mut n = counter.lock().expect("counter");
         *n += 1;
-        if *n == 2 {
+        if *n == 3 {
             Err(io::Error::from_raw_os_error(nix::libc::ENOSPC))
         } else {
             Ok(())

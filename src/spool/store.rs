@@ -9,12 +9,12 @@
 //! Layout of `dir`: `journal` (the log), `partial/<id>` (receiving or partial files),
 //! `sealed/<id>` (acknowledged files awaiting delivery).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -96,9 +96,8 @@ pub struct Spool {
     /// Journal size when the last compaction was asked for (`u64::MAX`: none asked yet). Until
     /// the writer has run it the journal stays that long, and it must not be asked for again.
     compaction_asked_at_bytes: AtomicU64,
-    /// Commits whose records freed spool files that are not unlinked yet (see
-    /// `compact_if_due`).
-    unlinks_in_flight: AtomicUsize,
+    /// Files freed by applied records and not unlinked yet (see `compact_if_due`).
+    unlinks_pending: Mutex<HashSet<FileId>>,
     /// Live sizes of files being received, by id.
     live: Mutex<HashMap<FileId, Arc<Live>>>,
     /// Multipart uploads the drain must abort (key, upload id).
@@ -220,7 +219,7 @@ impl Spool {
             next_id: AtomicU64::new(catalog.max_id + 1),
             compact_above_bytes: AtomicU64::new(JOURNAL_COMPACT_BYTES),
             compaction_asked_at_bytes: AtomicU64::new(u64::MAX),
-            unlinks_in_flight: AtomicUsize::new(0),
+            unlinks_pending: Mutex::new(HashSet::new()),
             catalog: Mutex::new(catalog),
             journal,
             live: Mutex::new(HashMap::new()),
@@ -333,7 +332,7 @@ impl Spool {
                 format!("cannot record this change: {e}"),
             )
         })?;
-        let (ticket, effects, unlinking) = {
+        let (ticket, effects) = {
             let mut catalog = self.lock();
             check(&catalog)?;
             let mut effects = Effects::default();
@@ -343,22 +342,25 @@ impl Spool {
                 effects.abort_uploads.extend(e.abort_uploads);
             }
             let ticket = self.journal.submit_encoded(frames, durable);
-            let unlinking = UnlinksInFlight::count(self, !effects.free_spool.is_empty());
-            (ticket, effects, unlinking)
+            if !effects.free_spool.is_empty() {
+                self.unlinks_pending()
+                    .extend(effects.free_spool.iter().copied());
+            }
+            (ticket, effects)
         };
         if durable && let Err(e) = ticket.wait().await {
             journal_broken(&e);
         }
         self.carry_out(effects);
-        drop(unlinking);
         self.compact_if_due();
         Ok(())
     }
 
-    /// Asks the journal for a compaction once it has grown past the threshold. The snapshot
-    /// is taken when no commit's unlinks are still to be carried out: a compacted journal no
-    /// longer says which versions it dropped, so their unlinks must be done before, and the
-    /// journal's writer makes them durable (with a `syncfs`) before the snapshot replaces it.
+    /// Asks the journal for a compaction once it has grown past the threshold. A compacted
+    /// journal no longer says which versions it dropped, so their files must be gone before it
+    /// replaces the journal that does: the files of commits not yet carried out are unlinked
+    /// by the journal's writer, once those commits' records are durable, and made durable
+    /// with a `syncfs`, before the snapshot is written.
     fn compact_if_due(&self) {
         let size = self.journal.size_bytes();
         if size <= self.compact_above_bytes.load(Ordering::Relaxed) {
@@ -372,9 +374,7 @@ impl Spool {
         let asked_at = self.compaction_asked_at_bytes.load(Ordering::Relaxed);
         let not_pending = size < asked_at || size > asked_at.saturating_add(JOURNAL_COMPACT_BYTES);
         let due = size > self.compact_above_bytes.load(Ordering::Relaxed);
-        // Counted under the catalog lock, so no commit that applied its records before the
-        // snapshot can still be about to unlink.
-        if !due || !not_pending || self.unlinks_in_flight.load(Ordering::Relaxed) > 0 {
+        if !due || !not_pending {
             return;
         }
         let snapshot = catalog.snapshot_records();
@@ -387,11 +387,29 @@ impl Spool {
         );
         self.compaction_asked_at_bytes
             .store(size, Ordering::Relaxed);
-        drop(self.journal.compact(snapshot));
+        // Filled under the catalog lock: every commit applied before the snapshot is here
+        // until its own unlinks are done (or a compaction took it over, as now).
+        let unlink: Vec<PathBuf> = std::mem::take(&mut *self.unlinks_pending())
+            .into_iter()
+            .flat_map(|id| [self.partial_path(id), self.sealed_path(id)])
+            .collect();
+        let before = Box::new(move || {
+            for path in unlink {
+                let _ = fs::remove_file(path);
+            }
+        });
+        drop(self.journal.compact_after(snapshot, before));
+    }
+
+    fn unlinks_pending(&self) -> MutexGuard<'_, HashSet<FileId>> {
+        self.unlinks_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn carry_out(&self, effects: Effects) {
         for id in effects.free_spool {
+            self.unlinks_pending().remove(&id);
             for path in [self.partial_path(id), self.sealed_path(id)] {
                 match fs::remove_file(&path) {
                     Ok(()) => {}
@@ -956,28 +974,6 @@ impl Spool {
             self.work.notify_one();
         }
         n
-    }
-}
-
-/// Counts a commit in `Spool::unlinks_in_flight` from the moment its records are applied until
-/// its unlinks are done (or it is dropped).
-struct UnlinksInFlight<'a>(Option<&'a AtomicUsize>);
-
-impl<'a> UnlinksInFlight<'a> {
-    fn count(spool: &'a Spool, unlinking: bool) -> Self {
-        let counter = unlinking.then_some(&spool.unlinks_in_flight);
-        if let Some(c) = counter {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        UnlinksInFlight(counter)
-    }
-}
-
-impl Drop for UnlinksInFlight<'_> {
-    fn drop(&mut self) {
-        if let Some(c) = self.0 {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 
