@@ -6,10 +6,13 @@
 //! its session's share ([`SFTP_SESSION_INGEST_BYTES_MAX`]) and then to the process-wide
 //! budget ([`SFTP_INGEST_BYTES_MAX`]); both are given back when the last slice of the buffer is
 //! dropped: for a WRITE when the spool has applied it, for other requests right after decoding
-//! (russh-sftp copies what it keeps). Nothing that holds a charge waits on the client, except
-//! a reader in the middle of a packet body, and that is at most the session's share: so a
-//! client that stops reading its replies (or stalls) can hold at most its share, never the
-//! whole budget. Waiters are served first come, first served (tokio's semaphore is FIFO), so
+//! (russh-sftp copies what it keeps). A body's first [`SFTP_BODY_CHUNK_BYTES`] are charged
+//! before they are read and the rest once they have arrived, not the announced length up
+//! front, and a body that stops arriving ends the session after
+//! [`super::SFTP_BODY_STALL_SECONDS`]. Nothing that holds a charge waits on the client, except
+//! a reader in the middle of a packet body: so a client that stops reading its replies (or
+//! stalls) can hold at most its share, never the whole budget, and one that announces a body
+//! and sends nothing holds one piece. Waiters are served first come, first served (tokio's semaphore is FIFO), so
 //! a session waiting for the budget is not overtaken forever by others.
 
 use std::io;
@@ -19,7 +22,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{SFTP_INGEST_BYTES_MAX, SFTP_SESSION_INGEST_BYTES_MAX};
+use std::time::Duration;
+
+use super::{SFTP_BODY_CHUNK_BYTES, SFTP_INGEST_BYTES_MAX, SFTP_SESSION_INGEST_BYTES_MAX};
 
 /// The process-wide budget of request bytes that SFTP sessions hold in memory. Clones share
 /// it; a server creates one for all its sessions.
@@ -97,11 +102,11 @@ pub(super) struct Charge {
     _global: OwnedSemaphorePermit,
 }
 
-/// A packet buffer and its charge: `Bytes` made from it return the charge once the last of
-/// them is dropped.
+/// A packet buffer and its charges: `Bytes` made from it return them once the last of them
+/// is dropped.
 struct ChargedBuffer {
     buffer: BytesMut,
-    _charge: Charge,
+    _charges: Vec<Charge>,
 }
 
 impl AsRef<[u8]> for ChargedBuffer {
@@ -110,24 +115,56 @@ impl AsRef<[u8]> for ChargedBuffer {
     }
 }
 
-/// Exactly `len` bytes, read into a buffer that is not zero-filled first and that carries
-/// `charge` for as long as any slice of it lives.
+/// Exactly `len` bytes, read into a buffer that is not zero-filled first. The first
+/// [`SFTP_BODY_CHUNK_BYTES`] are charged to `ingest` before they are read, the rest once they
+/// have arrived, in one charge: a client that announces a body and sends nothing holds one
+/// piece, and no reader holds part of a body while it waits for the budget of another part
+/// (waiting readers hold a piece each, far less than the budget, so some always go on). The
+/// buffer carries the charges for as long as any slice of it lives. A read that gets no byte
+/// for `stall` fails with `TimedOut`.
 pub(super) async fn read_charged<R: AsyncRead + Unpin>(
     input: &mut R,
     len: usize,
-    charge: Charge,
+    ingest: &SessionIngest,
+    stall: Duration,
 ) -> io::Result<Bytes> {
     let mut buffer = BytesMut::with_capacity(len);
-    while buffer.len() < len {
-        let limit = (len - buffer.len()) as u64;
-        if (&mut *input).take(limit).read_buf(&mut buffer).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+    let first = len.min(SFTP_BODY_CHUNK_BYTES as usize);
+    let mut charges = vec![ingest.charge(charge_len(first)).await];
+    read_until(input, &mut buffer, first, stall).await?;
+    if len > first {
+        charges.push(ingest.charge(charge_len(len - first)).await);
+        read_until(input, &mut buffer, len, stall).await?;
     }
     Ok(Bytes::from_owner(ChargedBuffer {
         buffer,
-        _charge: charge,
+        _charges: charges,
     }))
+}
+
+fn charge_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// Reads into `buffer` until it holds `end` bytes; `TimedOut` if no byte comes for `stall`.
+async fn read_until<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buffer: &mut BytesMut,
+    end: usize,
+    stall: Duration,
+) -> io::Result<()> {
+    while buffer.len() < end {
+        let limit = u64::try_from(end - buffer.len()).unwrap_or(u64::MAX);
+        let read = tokio::time::timeout(stall, (&mut *input).take(limit).read_buf(buffer))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "packet body stopped arriving")
+            })??;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -139,8 +176,10 @@ mod tests {
         let budget = IngestBudget::new(SFTP_INGEST_BYTES_MAX);
         let session = budget.session();
         let data = vec![7u8; 1000];
-        let charge = session.charge(1000).await;
-        let body = read_charged(&mut &data[..], 1000, charge).await.unwrap();
+        let stall = Duration::from_secs(1);
+        let body = read_charged(&mut &data[..], 1000, &session, stall)
+            .await
+            .unwrap();
         let total = SFTP_INGEST_BYTES_MAX as usize;
         assert_eq!(budget.available_bytes(), total - 1000);
         let slice = body.slice(10..20);
@@ -171,5 +210,30 @@ mod tests {
         let other = budget.session().charge(share).await;
         drop((held, other));
         assert_eq!(budget.available_bytes(), total);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_holds_one_piece_and_times_out() {
+        let budget = IngestBudget::new(SFTP_INGEST_BYTES_MAX);
+        let session = budget.session();
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        // 100 000 bytes announced, 10 sent, then nothing.
+        tokio::io::AsyncWriteExt::write_all(&mut client, &[1u8; 10])
+            .await
+            .unwrap();
+        let total = SFTP_INGEST_BYTES_MAX as usize;
+        let reading = read_charged(&mut server, 100_000, &session, Duration::from_millis(600));
+        tokio::pin!(reading);
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut reading).await;
+        assert!(waited.is_err(), "still waiting for the body");
+        assert_eq!(
+            budget.available_bytes(),
+            total - SFTP_BODY_CHUNK_BYTES as usize,
+            "one piece is charged, not the announced length"
+        );
+        let err = reading.await.expect_err("stalled");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(budget.available_bytes(), total, "given back");
+        drop(client);
     }
 }

@@ -38,6 +38,13 @@ pub const SFTP_INGEST_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// the middle of a packet) cannot take all of it. A single upload keeps the spool busy with
 /// far less: the reader only needs to stay a few writes ahead of the spool.
 pub const SFTP_SESSION_INGEST_BYTES_MAX: u32 = 2 * 1024 * 1024;
+/// The first part of a packet body, charged to the budget before it is read; the rest is
+/// charged once this part has arrived. A client that sends a packet's length and stalls holds
+/// this much, not its whole announced length (64 such sessions hold 2 MiB of the 16).
+pub const SFTP_BODY_CHUNK_BYTES: u32 = 32 * 1024;
+/// A packet body of which no byte arrives for this long ends the session (its charge, and the
+/// partial file, are given back).
+pub const SFTP_BODY_STALL_SECONDS: u64 = 30;
 /// Bytes of requests a session has read but not yet answered (queued, executing, or waiting
 /// for their reply to be queued), charged with `SFTP_REQUEST_OVERHEAD_BYTES` each. When
 /// exhausted the session stops reading from the channel. Their data is bounded by the ingest
@@ -118,6 +125,7 @@ const _: () =
     assert!(SFTP_PACKET_BYTES_MAX + SFTP_REQUEST_OVERHEAD_BYTES <= SFTP_QUEUED_REQUEST_BYTES_MAX);
 // Every packet must fit in a session's share, and the share in the whole budget.
 const _: () = assert!(SFTP_PACKET_BYTES_MAX <= SFTP_SESSION_INGEST_BYTES_MAX);
+const _: () = assert!(SFTP_BODY_CHUNK_BYTES <= SFTP_PACKET_BYTES_MAX);
 const _: () = assert!(SFTP_SESSION_INGEST_BYTES_MAX <= SFTP_INGEST_BYTES_MAX);
 const _: () = assert!(SFTP_UPLOAD_BUFFERED_BYTES_MAX <= SFTP_UPLOAD_MEMORY_BYTES_MAX);
 // russh tops the window up once half of it is used: a full packet must fit in that half.

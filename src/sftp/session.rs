@@ -44,6 +44,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use russh_sftp::protocol::{Packet, Version};
@@ -55,9 +56,9 @@ use super::budget::{IngestBudget, SessionIngest, read_charged};
 use super::handles::{Handles, OpenHandle, WriteOp, invalid_handle, write_worker};
 use super::lane::{self, LaneOp};
 use super::{
-    SFTP_NAME_REPLY_BYTES_MAX, SFTP_QUEUED_REQUEST_BYTES_MAX, SFTP_REPLIES_QUEUED_COUNT_MAX,
-    SFTP_REPLY_BATCH_BYTES_MAX, SFTP_REPLY_DATA_BYTES_MAX, SFTP_REQUEST_OVERHEAD_BYTES,
-    SFTP_REQUESTS_EXECUTING_COUNT_MAX, ops, wire,
+    SFTP_BODY_STALL_SECONDS, SFTP_NAME_REPLY_BYTES_MAX, SFTP_QUEUED_REQUEST_BYTES_MAX,
+    SFTP_REPLIES_QUEUED_COUNT_MAX, SFTP_REPLY_BATCH_BYTES_MAX, SFTP_REPLY_DATA_BYTES_MAX,
+    SFTP_REQUEST_OVERHEAD_BYTES, SFTP_REQUESTS_EXECUTING_COUNT_MAX, ops, wire,
 };
 use crate::limits::{SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
 use crate::spool::{FsError, FsErrorKind, Spool, VPath, WriteHandle};
@@ -372,9 +373,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
         else {
             return SessionEnd::ClientClosed; // The budget is never closed.
         };
-        // Charged before it is read: the memory it takes is what the budget bounds.
-        let charge = ingest.charge(len).await;
-        let body = match read_charged(&mut input, len as usize, charge).await {
+        // Charged as it arrives (its first piece just before): the memory it takes is what
+        // the budget bounds, and a client that announces a body and stalls holds one piece.
+        let stall = Duration::from_secs(SFTP_BODY_STALL_SECONDS);
+        let body = match read_charged(&mut input, len as usize, &ingest, stall).await {
             Ok(body) => body,
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
             Err(err) => return SessionEnd::ReadFailed(err),

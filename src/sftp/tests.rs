@@ -1099,3 +1099,34 @@ async fn readdir_of_a_large_directory_goes_page_by_page_after_the_last_name() {
     assert!(replies >= 4, "{replies} replies: not paged");
     assert_eq!(listed, names);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_announce_large_packets_and_stall_do_not_stop_other_uploads() {
+    // A budget that 8 stalled sessions would take whole if each were charged its announced
+    // length (8 × 257 KiB > 1 MiB); charged a piece at a time they hold 8 × 32 KiB.
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let ingest = IngestBudget::new(1024 * 1024);
+    let mut stalled = Vec::new();
+    for n in 0..8u32 {
+        let (mut client, session) = start_sharing(&spool, 1024 * 1024, &ingest);
+        client.init().await;
+        // A WRITE's length header for the largest packet, a few bytes of its body, then
+        // nothing more.
+        let header = crate::limits::SFTP_PACKET_BYTES_MAX.to_be_bytes();
+        client.io.write_all(&header).await.unwrap();
+        client.io.write_all(&[6, 0, 0, 0, n as u8]).await.unwrap();
+        stalled.push((client, session));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (mut other, other_session) = start_sharing(&spool, 1024 * 1024, &ingest);
+    other.init().await;
+    let data = pattern(4 * 1024 * 1024, 3);
+    within(other.put("/other.bin", &data)).await;
+    drop(other);
+    within(other_session).await.unwrap();
+    drop(stalled);
+    budget_returned(&ingest).await;
+    let (mut reader, _session) = start_initialized(&spool).await;
+    assert!(reader.get("/other.bin").await == data);
+}
