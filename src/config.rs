@@ -82,6 +82,8 @@ pub struct SftpConfig {
     pub login_grace: Duration,
     /// Connection limits and per-source penalties (`sftp.max_*`, `ban*`, `allow`).
     pub defender: DefenderConfig,
+    /// New names may hold control characters and bidi overrides (`sftp.allow_control_characters`).
+    pub allow_control_characters: bool,
 }
 
 /// `sftp.login_grace` unless set (OpenSSH's is 120 s; a LAN client logs in within seconds).
@@ -436,6 +438,7 @@ struct RawSftp {
     host_key: FilePath,
     algorithms: Option<Algorithms>,
     login_grace: Option<Ttl>,
+    allow_control_characters: Option<bool>,
     max_startups: Option<StartupsSpec>,
     max_startups_per_source: Option<Limit>,
     max_sessions: Option<SessionsLimit>,
@@ -559,6 +562,7 @@ impl RawConfig {
         Ok(Config {
             sftp: SftpConfig {
                 defender: self.sftp.defender(),
+                allow_control_characters: self.sftp.allow_control_characters.unwrap_or(false),
                 login_grace: self
                     .sftp
                     .login_grace

@@ -166,6 +166,11 @@ pub async fn run(
         host_keys: crate::sftp::load_host_keys(&config.sftp.host_key, config.sftp.algorithms)
             .await?,
         login_grace: config.sftp.login_grace,
+        names: if config.sftp.allow_control_characters {
+            crate::sftp::NamePolicy::AllowAll
+        } else {
+            crate::sftp::NamePolicy::RefuseHostile
+        },
         defender: Arc::clone(&defender),
     };
     let users = Arc::new(crate::sftp::namespace::Users::new(&config.users)?);

@@ -13,6 +13,7 @@ pub mod health;
 pub mod journal;
 pub mod limits;
 pub mod logfmt;
+pub mod names;
 pub mod s3server;
 pub mod sftp;
 pub mod spool;

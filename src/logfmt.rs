@@ -52,6 +52,35 @@ where
     }
 }
 
+/// Standard error for log lines, each with hostile characters escaped (`crate::names`): a
+/// file name from the LAN cannot start a line of its own or send escape sequences to whoever
+/// reads the log.
+pub struct EscapingStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for EscapingStderr {
+    type Writer = EscapingWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EscapingWriter
+    }
+}
+
+/// Writes one formatted event (the fmt layer writes each in one call) to standard error.
+pub struct EscapingWriter;
+
+impl std::io::Write for EscapingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let line = crate::names::escaped_line(&text);
+        std::io::stderr().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

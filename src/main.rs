@@ -215,23 +215,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to standard error. Under systemd (`JOURNAL_STREAM` set: stderr is connected to
-/// journald) lines carry no timestamp or colour of their own and start with a `<N>` syslog
-/// priority, which journald reads as the line's priority (see `sftpgw::logfmt`).
+/// Logs go to standard error, without colours, hostile characters of names escaped (see
+/// `sftpgw::names`). Under systemd (`JOURNAL_STREAM` set: stderr is connected to journald)
+/// lines carry no timestamp of their own and start with a `<N>` syslog priority, which
+/// journald reads as the line's priority (see `sftpgw::logfmt`).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SFTPGW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Names from the LAN are escaped in every line, so no colours: their escape sequences
+    // could not be told from a name's.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(sftpgw::logfmt::EscapingStderr)
+        .with_ansi(false);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder
-            .with_ansi(false)
             .event_format(sftpgw::logfmt::Journald::default())
             .init();
     } else {
-        // Colours only for a person at a terminal, not in a log file or pipe.
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        builder.init();
     }
 }
 

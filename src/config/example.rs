@@ -18,6 +18,10 @@ host_key = "/data/sftpgw/ssh_host_ed25519_key"
 # ssh-rsa signatures, ecdh-sha2-nistp* and diffie-hellman-group14-sha256 key exchange,
 # non-ETM hmac-sha2-*, and ssh-rsa (SHA-1) signatures from RSA user keys.
 algorithms = "modern"
+# New file and directory names with control characters (newline, ESC, ...) or bidi overrides
+# are refused (SSH_FX_BAD_MESSAGE with a message) unless this is true; names are escaped
+# wherever they are shown (logs, status, console) either way. Default false.
+allow_control_characters = false
 # What one host on the LAN may hold and what its failures cost it (docs/OPERATIONS.md,
 # "A hostile LAN"). A source is an IPv4 address or an IPv6 /64.
 # A connection must log in within login_grace. Default "30s".

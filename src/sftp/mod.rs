@@ -8,6 +8,16 @@
 mod algorithms;
 mod budget;
 pub mod defender;
+
+/// Which new names a session accepts (`[sftp] allow_control_characters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NamePolicy {
+    /// Names with control characters or bidi overrides are refused at OPEN for writing, MKDIR
+    /// and RENAME (see `crate::names`).
+    #[default]
+    RefuseHostile,
+    AllowAll,
+}
 mod handles;
 pub mod keys;
 mod lane;

@@ -68,6 +68,7 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
         }
         Packet::MkDir(mkdir) => {
             let path = VPath::resolve(&mkdir.path)?;
+            check_new_name(ctx, &path)?;
             ctx.spool.mkdir(&ctx.user, &path).await?;
             Ok(ok(id))
         }
@@ -109,6 +110,25 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
     }
 }
 
+/// Refuses a new name with a control character or a bidi override, unless allowed.
+fn check_new_name(ctx: &Ctx, path: &VPath) -> Result<(), FsError> {
+    let Some(c) = crate::names::hostile_char(path.as_str()) else {
+        return Ok(());
+    };
+    if ctx.names == crate::sftp::NamePolicy::AllowAll {
+        return Ok(());
+    }
+    Err(FsError::new(
+        FsErrorKind::BadName,
+        format!(
+            "{}: name holds U+{:04X}, a control character or bidi override; refused \
+             ([sftp] allow_control_characters)",
+            crate::names::escaped(&path.display()),
+            u32::from(c)
+        ),
+    ))
+}
+
 fn ok(id: u32) -> Bytes {
     wire::encode(wire::ok(id))
 }
@@ -120,6 +140,10 @@ async fn open_file(ctx: &Ctx, open: Open) -> Result<Bytes, FsError> {
         return Err(too_many_handles());
     }
     let opened = if flags.contains(OpenFlags::WRITE) {
+        if let Err(e) = check_new_name(ctx, &path) {
+            ctx.handles().release();
+            return Err(e);
+        }
         open_for_write(ctx, &path, flags)
             .await
             .map(|handle| ctx.register_write(handle, path.clone()))
@@ -318,6 +342,7 @@ fn read_dir(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
 async fn rename_path(ctx: &Ctx, from: &str, to: &str, overwrite: bool) -> Result<(), FsError> {
     let from = VPath::resolve(from)?;
     let to = VPath::resolve(to)?;
+    check_new_name(ctx, &to)?;
     ctx.spool.rename(&ctx.user, &from, &to, overwrite).await
 }
 

@@ -125,6 +125,7 @@ pub async fn run<S, E, F>(
     stream: S,
     spool: Arc<Spool>,
     user: &str,
+    names: super::NamePolicy,
     ingest: &IngestBudget,
     closed: impl Future<Output = ()> + Send + 'static,
     channel_end: E,
@@ -164,6 +165,7 @@ where
     let ctx = Ctx {
         spool,
         user: Arc::from(user),
+        names,
         handles: Arc::new(Mutex::new(Handles::default())),
         replies: reply_tx,
         executing: Arc::new(Semaphore::new(SFTP_REQUESTS_EXECUTING_COUNT_MAX)),
@@ -242,6 +244,7 @@ struct Reply {
 pub(super) struct Ctx {
     pub spool: Arc<Spool>,
     pub user: Arc<str>,
+    pub names: super::NamePolicy,
     handles: Arc<Mutex<Handles>>,
     replies: mpsc::Sender<Reply>,
     pub executing: Arc<Semaphore>,

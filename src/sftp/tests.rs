@@ -68,7 +68,8 @@ fn start_sharing(
     let closed = std::future::pending();
     let (spool, ingest) = (Arc::clone(spool), ingest.clone());
     let session = tokio::spawn(async move {
-        session::run(server, spool, "alice", &ingest, closed, |_| async {}).await
+        let names = crate::sftp::NamePolicy::default();
+        session::run(server, spool, "alice", names, &ingest, closed, |_| async {}).await
     });
     (
         Client {
@@ -1098,6 +1099,38 @@ async fn readdir_of_a_large_directory_goes_page_by_page_after_the_last_name() {
     names.push("d0999x".to_owned());
     assert!(replies >= 4, "{replies} replies: not paged");
     assert_eq!(listed, names);
+}
+
+#[tokio::test]
+async fn names_with_control_characters_or_bidi_overrides_are_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    for bad in ["/a\nb.txt", "/\u{1b}[2Jx", "/invoice\u{202e}fdp.exe"] {
+        let (code, message) = client.open(bad, write_flags()).await.expect_err(bad);
+        assert_eq!(code, StatusCode::BadMessage, "{bad:?}");
+        assert!(message.contains("control character"), "{message}");
+        assert!(
+            crate::names::hostile_char(&message).is_none(),
+            "escaped: {message:?}"
+        );
+        let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
+            id: 20,
+            path: bad.into(),
+            attrs: FileAttributes::empty(),
+        });
+        assert_eq!(client.status(mkdir).await.0, StatusCode::BadMessage);
+    }
+    client.put("/ok.txt", b"fine").await;
+    let rename = Packet::Rename(Rename {
+        id: 21,
+        oldpath: "/ok.txt".into(),
+        newpath: "/ok\r.txt".into(),
+    });
+    assert_eq!(client.status(rename).await.0, StatusCode::BadMessage);
+    // The session goes on, and plain non-ASCII names are fine.
+    client.put("/Straße ☃.txt", b"fine").await;
+    assert_eq!(client.get("/ok.txt").await, b"fine");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

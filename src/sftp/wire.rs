@@ -69,6 +69,7 @@ pub fn status_of(err: &FsError) -> (StatusCode, String) {
         // Clients show the message; OpenSSH's sftp-server says the same for ENOSPC.
         FsErrorKind::NoSpace => return (StatusCode::Failure, "No space left on device".to_owned()),
         FsErrorKind::Unsupported => StatusCode::OpUnsupported,
+        FsErrorKind::BadName => StatusCode::BadMessage,
         FsErrorKind::AlreadyExists
         | FsErrorKind::IsADirectory
         | FsErrorKind::NotADirectory

@@ -41,6 +41,8 @@ pub enum FsErrorKind {
     NotADirectory,
     DirectoryNotEmpty,
     Unsupported,
+    /// A name the server refuses (control characters, bidi overrides).
+    BadName,
     Failure,
 }
 

@@ -101,8 +101,11 @@ struct Screen {
 }
 
 impl Screen {
+    /// Adds a line, cut to the screen; control characters and bidi overrides (from names,
+    /// error causes) escaped, so that nothing shown can repaint the terminal or reorder it.
     fn line(&mut self, text: String) {
-        self.lines.push(fit(&text, SCREEN_COLUMNS));
+        self.lines
+            .push(fit(&crate::names::escaped(&text), SCREEN_COLUMNS));
     }
 }
 
@@ -266,7 +269,10 @@ fn uploads(sc: &mut Screen, s: &Snapshot) {
         );
         let tail = format!(" {bar} {percent:>3}% {:>9} {eta}", human_bytes(f.size));
         let name_width = SCREEN_COLUMNS.saturating_sub(2 + tail.chars().count());
-        let name = fit(&format!("{}:{}", f.user, f.path), name_width);
+        let name = fit(
+            &crate::names::escaped(&format!("{}:{}", f.user, f.path)),
+            name_width,
+        );
         sc.line(format!("  {name:<name_width$}{tail}"));
     }
     if in_flight.len() > UPLOADS_SHOWN_COUNT_MAX {
@@ -312,7 +318,10 @@ fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
         let width = SCREEN_COLUMNS.saturating_sub(head.chars().count());
         sc.line(format!(
             "{head}{}",
-            fit(&format!("{}:{}", f.user, f.path), width)
+            fit(
+                &crate::names::escaped(&format!("{}:{}", f.user, f.path)),
+                width
+            )
         ));
         if let Some(e) = &f.error {
             sc.line(format!("    {e}"));

@@ -242,3 +242,17 @@ fn fit_cuts_the_middle_and_human_units_read_well() {
     assert_eq!(human_duration(45), "45s");
     assert_eq!(human_duration(3 * 86_400 + 4 * 3600), "3d04h");
 }
+
+#[test]
+fn names_with_control_characters_are_shown_escaped() {
+    let files = vec![
+        file(FileState::Failed, "/a\nFORGED\u{1b}[2J", Some("no\rway")),
+        file(FileState::Sealed, "/invoice\u{202e}fdp.exe", None),
+    ];
+    let text = render_text(&snapshot(files), true);
+    for line in text.lines() {
+        assert!(crate::names::hostile_char(line).is_none(), "{line:?}");
+    }
+    assert!(!text.lines().any(|l| l.starts_with("FORGED")), "{text}");
+    assert!(text.contains("\\u{a}FORGED\\u{1b}[2J"), "{text}");
+}
