@@ -465,3 +465,38 @@ async fn a_session_counts_while_open_and_partial_and_expired_files_log_their_lin
     }
     assert_eq!(h.status().await.sftp_sessions, 0, "the session is gone");
 }
+
+#[tokio::test]
+async fn the_control_socket_is_group_only_and_refuses_an_endless_request_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::new(Options::default()).await;
+    h.start_daemon();
+    let mode = std::fs::metadata(&h.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "mode {mode:o}");
+    // A line that never ends: answered with an error once the limit is passed, then closed.
+    let mut stream = std::os::unix::net::UnixStream::connect(&h.socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut written = 0;
+    // The daemon stops reading at the limit: writes beyond the socket buffers may fail.
+    while written < 1024 * 1024 {
+        match stream.write(&chunk) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+        if written > 256 * 1024 {
+            break;
+        }
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.contains("request too long"), "{answer:?}");
+    // The daemon goes on answering.
+    let snapshot = h.status().await;
+    assert!(!snapshot.version.is_empty());
+}

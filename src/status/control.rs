@@ -1,7 +1,15 @@
 //! The control socket: a unix socket of the running daemon that answers one JSON request per
-//! line with one JSON response per line. `sftpgw status` and `sftpgw retry` are its clients.
+//! line with one JSON response per line. `sftpgw status`, `retry`, `drain`, `quarantine`,
+//! `bans` and the console are its clients.
+//!
+//! Who may use it: the file is mode 0660 and of group `sftpgw` (where it exists; the box's
+//! `ops` user is a member), set right after bind; each peer's credentials (SO_PEERCRED, and
+//! its supplementary groups from /proc) must be root, the daemon's user, or in that group.
+//! A request line is read at most `REQUEST_BYTES_MAX` long; a longer one is answered with an
+//! error and the connection closed, so a peer cannot make the daemon buffer without bound.
 
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -97,8 +105,20 @@ pub enum ControlError {
     Protocol(PathBuf, String),
 }
 
-/// Binds the socket (replacing a stale one) and serves until the task is dropped.
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+/// The group that may use the control socket besides root and the daemon's own user: the
+/// console's `ops` user is a member on the box.
+pub const CONTROL_GROUP: &str = "sftpgw";
+
+/// The bound control socket, and the group allowed to use it.
+pub struct ControlListener {
+    listener: UnixListener,
+    /// The socket file's group: `sftpgw` where it exists, else the daemon's own group.
+    group: u32,
+}
+
+/// Binds the socket (replacing a stale one), then at once makes it mode 0660 and, where the
+/// group [`CONTROL_GROUP`] exists, of that group.
+pub fn bind(path: &Path) -> Result<ControlListener, ControlError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| ControlError::Io(path.to_owned(), e))?;
     }
@@ -107,41 +127,122 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ControlError::Io(path.to_owned(), e)),
     }
-    UnixListener::bind(path).map_err(|e| ControlError::Io(path.to_owned(), e))
+    let listener = UnixListener::bind(path).map_err(|e| ControlError::Io(path.to_owned(), e))?;
+    let io = |e: std::io::Error| ControlError::Io(path.to_owned(), e);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    let mut group = nix::unistd::getegid().as_raw();
+    if let Ok(Some(g)) = nix::unistd::Group::from_name(CONTROL_GROUP) {
+        match nix::unistd::chown(path, None, Some(g.gid)) {
+            Ok(()) => group = g.gid.as_raw(),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                "cannot give the control socket to group {CONTROL_GROUP}"),
+        }
+    }
+    Ok(ControlListener { listener, group })
 }
 
-pub async fn serve(listener: UnixListener, handler: Handler) {
+/// Whether a peer (its uid, its primary gid, the process's other groups) may use a socket of
+/// `group` served by `own_uid`: root, the daemon's own user, or a member of the group.
+pub fn peer_allowed(uid: u32, gid: u32, groups: &[u32], own_uid: u32, group: u32) -> bool {
+    uid == 0 || uid == own_uid || gid == group || groups.contains(&group)
+}
+
+/// The supplementary groups of process `pid` (from /proc), empty if unknown.
+fn groups_of(pid: Option<i32>) -> Vec<u32> {
+    let Some(pid) = pid else {
+        return Vec::new();
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn serve(control: ControlListener, handler: Handler) {
+    let own_uid = nix::unistd::geteuid().as_raw();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = control.listener.accept().await else {
             continue;
         };
+        // The file's mode already keeps others out; this holds if it is ever changed.
+        let allowed = stream.peer_cred().is_ok_and(|c| {
+            peer_allowed(
+                c.uid(),
+                c.gid(),
+                &groups_of(c.pid()),
+                own_uid,
+                control.group,
+            )
+        });
         let handler = handler.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let response = if line.len() > REQUEST_BYTES_MAX {
-                    Response::Error {
-                        message: "request too long".into(),
+            let mut reader = BufReader::new(read);
+            loop {
+                let response = if allowed {
+                    match read_request(&mut reader).await {
+                        Ok(Some(line)) => match serde_json::from_slice::<Request>(&line) {
+                            Ok(req) => handler(req).await,
+                            Err(e) => Response::Error {
+                                message: format!("bad request: {e}"),
+                            },
+                        },
+                        Ok(None) => break,
+                        Err(message) => Response::Error { message },
                     }
                 } else {
-                    match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => handler(req).await,
-                        Err(e) => Response::Error {
-                            message: format!("bad request: {e}"),
-                        },
+                    tracing::warn!(
+                        "control socket: a peer that is neither root, the daemon's \
+                        user nor in group {CONTROL_GROUP} was refused"
+                    );
+                    Response::Error {
+                        message: format!("permission denied: root or group {CONTROL_GROUP} only"),
                     }
                 };
+                let fatal = !allowed
+                    || matches!(&response, Response::Error { message } if message == TOO_LONG);
                 let Ok(mut text) = serde_json::to_string(&response) else {
                     break;
                 };
                 text.push('\n');
-                if write.write_all(text.as_bytes()).await.is_err() {
+                if write.write_all(text.as_bytes()).await.is_err() || fatal {
                     break;
                 }
             }
         });
     }
+}
+
+const TOO_LONG: &str = "request too long";
+
+/// The next request line (without its newline), `None` at the end, or an error if it is longer
+/// than [`REQUEST_BYTES_MAX`]: never more than that is read into memory.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Vec<u8>>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    let limit = u64::try_from(REQUEST_BYTES_MAX + 1).unwrap_or(u64::MAX);
+    let n = (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > REQUEST_BYTES_MAX {
+        return Err(TOO_LONG.into());
+    }
+    Ok(Some(line))
 }
 
 /// Sends one request to the daemon at `path` and returns its response.
@@ -163,4 +264,28 @@ pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlErro
         .await
         .map_err(|e| ControlError::Io(path.to_owned(), e))?;
     serde_json::from_str(&line).map_err(|e| ControlError::Protocol(path.to_owned(), e.to_string()))
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::peer_allowed;
+
+    #[test]
+    fn only_root_the_daemons_user_and_members_of_the_group_may_use_the_socket() {
+        let (daemon, group) = (900, 900);
+        assert!(peer_allowed(0, 0, &[], daemon, group), "root");
+        assert!(
+            peer_allowed(900, 900, &[], daemon, group),
+            "the daemon's user"
+        );
+        assert!(
+            peer_allowed(901, 901, &[900], daemon, group),
+            "ops, a member"
+        );
+        assert!(peer_allowed(902, 900, &[], daemon, group), "primary group");
+        assert!(
+            !peer_allowed(1000, 1000, &[100, 27], daemon, group),
+            "anyone else"
+        );
+    }
 }
