@@ -32,8 +32,8 @@ mod values;
 
 use values::{
     AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Limit, Listen, MaxFileSize, Net,
-    NonEmpty, PartSize, PasswordHash, Percent, Prefix, RetainedFiles, SessionsLimit, StartupsSpec,
-    Ttl, UserName,
+    NonEmpty, PartSize, PasswordHash, Percent, Prefix, QuotaBytes, RetainedFiles, SessionsLimit,
+    StartupsSpec, Ttl, UserName,
 };
 
 pub use example::EXAMPLE;
@@ -235,6 +235,8 @@ pub struct User {
     pub authorized_keys: Vec<String>,
     /// PHC string, `$argon2id$...`.
     pub password_hash: Option<String>,
+    /// What this user may hold in the spool, not yet delivered (`quota_bytes`, `quota_files`).
+    pub quota: crate::spool::Quota,
 }
 
 /// Why a configuration was refused. The `Display` form is `file:line: key: message`.
@@ -543,6 +545,8 @@ struct RawUser {
     #[serde(default)]
     authorized_keys: Vec<AuthorizedKey>,
     password_hash: Option<PasswordHash>,
+    quota_bytes: Option<QuotaBytes>,
+    quota_files: Option<Limit>,
 }
 
 impl RawConfig {
@@ -724,6 +728,12 @@ fn validate_users(
             name,
             authorized_keys: user.authorized_keys.into_iter().map(|key| key.0).collect(),
             password_hash: user.password_hash.map(|hash| hash.0),
+            quota: crate::spool::Quota {
+                bytes: user.quota_bytes.map(|q| q.0),
+                files: user
+                    .quota_files
+                    .map(|n| u64::try_from(n.0).unwrap_or(u64::MAX)),
+            },
         });
     }
     let can_log_in = |user: &User| !user.authorized_keys.is_empty() || user.password_hash.is_some();

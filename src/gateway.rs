@@ -94,6 +94,13 @@ pub async fn run(
         },
         SpoolEngine::select(config.spool.engine)?,
     )?;
+    spool.set_quotas(
+        config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.quota))
+            .collect(),
+    );
     // The shaper paces upload bodies (through the store) and admits parts (through the drain).
     let shaper = Shaper::new(config.shaping.clone(), &config.spool.dir);
     let shaper_task = tokio::spawn(shaper.clone().run());

@@ -47,6 +47,7 @@ async fn start() -> Gateway {
         name: "alice".into(),
         authorized_keys: vec![client.public_key().to_openssh().expect("public key")],
         password_hash: Some(hash_password(PASSWORD)),
+        quota: Default::default(),
     }])
     .expect("users");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

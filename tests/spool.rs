@@ -639,3 +639,48 @@ async fn copying_a_sealed_file_to_rewrite_it_respects_the_reserve() {
         .await
         .expect("truncating open");
 }
+
+#[tokio::test]
+async fn a_user_over_quota_is_refused_new_files_and_bytes_and_others_are_not() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let spool = open(tmp.path(), Duration::from_secs(3600), 0);
+    let quota = sftpgw::spool::Quota {
+        bytes: Some(10_000),
+        files: Some(2),
+    };
+    spool.set_quotas([("u".to_owned(), quota)].into_iter().collect());
+    let put = |user: &'static str, path: &'static str, len: usize| {
+        let spool = Arc::clone(&spool);
+        async move {
+            let h = spool
+                .open_write(user, &vp(path), OpenMode::default())
+                .await?;
+            h.write_at(0, Bytes::from(pattern(len, 1))).await?;
+            h.close().await
+        }
+    };
+    put("u", "/a", 6000).await.expect("under both quotas");
+    // 6000 + 5000 bytes would pass quota_bytes: the WRITE is refused, the session goes on.
+    let h = spool
+        .open_write("u", &vp("/b"), OpenMode::default())
+        .await
+        .expect("a second file is under quota_files");
+    let err = h
+        .write_at(0, Bytes::from(pattern(5000, 2)))
+        .await
+        .expect_err("over quota_bytes");
+    assert!(err.message.contains("quota exceeded"), "{}", err.message);
+    h.write_at(0, Bytes::from(pattern(3000, 2)))
+        .await
+        .expect("what fits is accepted");
+    h.close().await.expect("close");
+    // Two files not delivered: a third OPEN is refused.
+    let err = put("u", "/c", 10).await.expect_err("over quota_files");
+    assert!(err.message.contains("quota_files = 2"), "{}", err.message);
+    assert_eq!(err.kind, FsErrorKind::Failure);
+    // Another user has no quota.
+    put("v", "/c", 50_000).await.expect("no quota for v");
+    // Removing one of u's files makes room again.
+    spool.remove("u", &vp("/a")).await.expect("rm");
+    put("u", "/c", 10).await.expect("room again");
+}

@@ -157,4 +157,10 @@ authorized_keys = [
 ]
 # Optional password login: an argon2 PHC string, as written by `sftpgw user passwd`.
 # password_hash = "$argon2id$v=19$m=19456,t=2,p=1$4SPpRKzzlc/IoBgigzpFSw$HiONdkBJqkn1uTuCKXFn6kezuOwyxhk14PrjEQWrOZs"
+# Optional quotas on what this user may hold in the spool, not yet delivered, so that one user
+# cannot fill it for everyone: over them, OPEN (files) or WRITE (bytes) fails with "quota
+# exceeded" until files are delivered. Bytes count sealed files and uploads in progress
+# (partial uploads count as files only). Default: no quota.
+# quota_bytes = "50GiB"
+# quota_files = 100000
 "#;

@@ -452,3 +452,19 @@ impl<'de> Deserialize<'de> for SessionsLimit {
         }
     }
 }
+
+/// `users[].quota_bytes`: a size of at least 1 byte.
+pub(super) struct QuotaBytes(pub(super) u64);
+
+impl<'de> Deserialize<'de> for QuotaBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Bytes(bytes) = Bytes::deserialize(deserializer)?;
+        if bytes == 0 {
+            Err(de::Error::custom(
+                "a quota of 0 bytes would refuse every upload",
+            ))
+        } else {
+            Ok(QuotaBytes(bytes))
+        }
+    }
+}

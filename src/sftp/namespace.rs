@@ -214,6 +214,7 @@ mod tests {
             name: name.to_owned(),
             authorized_keys: keys,
             password_hash,
+            quota: Default::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! a restart is the state before it by construction. `apply` is total: a record about an unknown
 //! file (for instance after compaction raced a removal) is ignored, never a panic.
 
-mod index;
+pub(super) mod index;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -339,6 +339,11 @@ impl Catalog {
     }
 
     /// Files and bytes per state, counted as they change (O(1)).
+    /// `user`'s files not delivered, and their recorded bytes.
+    pub fn usage(&self, user: &str) -> index::Usage {
+        self.index.usage(user)
+    }
+
     pub fn counts(&self) -> StateCounts {
         let mut c = StateCounts::default();
         for state in STATES {

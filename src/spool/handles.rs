@@ -94,6 +94,8 @@ impl SequentialHash {
 /// What the rest of the spool may see of a file open for writing.
 #[derive(Debug, Default)]
 pub(super) struct Live {
+    /// Whose upload this is (for quotas).
+    pub(super) user: Arc<str>,
     /// Highest offset written (the size a listing shows).
     pub(super) size: AtomicU64,
     /// Every byte below this was written by a write that has completed, and only appends
@@ -181,7 +183,10 @@ impl WriteHandle {
         spool.admit_upload()?;
         match plan {
             Plan::Resume(id) => Self::resume(spool, user, path, id, mode.truncate),
-            Plan::New { copy_from } => Self::create(spool, user, path, copy_from).await,
+            Plan::New { copy_from } => {
+                spool.admit_new_file(user)?;
+                Self::create(spool, user, path, copy_from).await
+            }
         }
     }
 
@@ -220,7 +225,7 @@ impl WriteHandle {
             return Err(io_error("truncating partial file", &e));
         }
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Self::new(spool, id, file, len))
+        Ok(Self::new(spool, user, id, file, len))
     }
 
     async fn create(
@@ -288,11 +293,12 @@ impl WriteHandle {
             return Err(e);
         }
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Self::new(spool, id, file, len))
+        Ok(Self::new(spool, user, id, file, len))
     }
 
-    fn new(spool: &Arc<Spool>, id: FileId, file: File, len: u64) -> WriteHandle {
+    fn new(spool: &Arc<Spool>, user: &str, id: FileId, file: File, len: u64) -> WriteHandle {
         let live = Arc::new(Live {
+            user: Arc::from(user),
             size: AtomicU64::new(len),
             frontier: AtomicU64::new(len),
         });
@@ -340,6 +346,8 @@ impl WriteHandle {
         if growth > self.spool.free_after_reserve() {
             return Err(no_space());
         }
+        self.spool
+            .admit_bytes(&self.live.user, end.saturating_sub(self.size()))?;
         // The hash runs on the blocking pool while the engine writes; both finish before this
         // returns, so hash updates keep the order in which the writes were awaited.
         let hashing = self.hash_in_background(offset, data.clone());

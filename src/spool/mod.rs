@@ -26,6 +26,14 @@ pub use store::{Spool, SpoolOpenError, SpoolOptions, now_unix, watermark_refuses
 pub use uring::{ProbeError, UringEngine};
 pub use vpath::VPath;
 
+/// What one user may hold in the spool, not yet delivered: files (receiving, partial, sealed,
+/// uploading, failed, conflict) and their bytes. `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub bytes: Option<u64>,
+    pub files: Option<u64>,
+}
+
 /// Identifies one version of one file for its whole life, in the journal and in the spool.
 pub type FileId = u64;
 

@@ -96,6 +96,8 @@ pub struct Spool {
     /// Journal size when the last compaction was asked for (`u64::MAX`: none asked yet). Until
     /// the writer has run it the journal stays that long, and it must not be asked for again.
     compaction_asked_at_bytes: AtomicU64,
+    /// Each user's quota, if any (`set_quotas`).
+    quotas: Mutex<HashMap<String, super::Quota>>,
     /// Files freed by applied records and not unlinked yet (see `compact_if_due`).
     unlinks_pending: Mutex<HashSet<FileId>>,
     /// Live sizes of files being received, by id.
@@ -220,6 +222,7 @@ impl Spool {
             compact_above_bytes: AtomicU64::new(JOURNAL_COMPACT_BYTES),
             compaction_asked_at_bytes: AtomicU64::new(u64::MAX),
             unlinks_pending: Mutex::new(HashSet::new()),
+            quotas: Mutex::new(HashMap::new()),
             catalog: Mutex::new(catalog),
             journal,
             live: Mutex::new(HashMap::new()),
@@ -399,6 +402,70 @@ impl Spool {
             }
         });
         drop(self.journal.compact_after(snapshot, before));
+    }
+
+    /// Sets every user's quota (users not named have none).
+    pub fn set_quotas(&self, quotas: HashMap<String, super::Quota>) {
+        *self.quotas.lock().unwrap_or_else(|p| p.into_inner()) = quotas;
+    }
+
+    fn quota_of(&self, user: &str) -> super::Quota {
+        self.quotas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A new file for `user`, unless its `quota_files` is reached (files not delivered,
+    /// uploads in progress and partial ones included).
+    pub(super) fn admit_new_file(&self, user: &str) -> Result<(), FsError> {
+        let Some(max) = self.quota_of(user).files else {
+            return Ok(());
+        };
+        let held = self.lock().usage(user).files;
+        if held >= max {
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!(
+                    "quota exceeded: {held} files not yet delivered, quota_files = {max}; \
+                     new uploads are accepted again as files are delivered"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `growth` more bytes for `user`, unless its `quota_bytes` would be passed: the recorded
+    /// sizes of its files not delivered plus what its uploads in progress have written.
+    pub(super) fn admit_bytes(&self, user: &str, growth: u64) -> Result<(), FsError> {
+        let Some(max) = self.quota_of(user).bytes else {
+            return Ok(());
+        };
+        if growth == 0 {
+            return Ok(());
+        }
+        let recorded = self.lock().usage(user).bytes;
+        let receiving: u64 = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|l| &*l.user == user)
+            .map(|l| l.size.load(Ordering::Relaxed))
+            .sum();
+        let held = recorded + receiving;
+        if held.saturating_add(growth) > max {
+            return Err(FsError::new(
+                FsErrorKind::Failure,
+                format!(
+                    "quota exceeded: {held} bytes not yet delivered, quota_bytes = {max}; \
+                     accepted again as files are delivered"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn unlinks_pending(&self) -> MutexGuard<'_, HashSet<FileId>> {

@@ -49,6 +49,8 @@ struct Filing {
     has_intents: bool,
     upload_id: Option<String>,
     delivered_unix: Option<u64>,
+    /// The user whose quota the file counts against (every state but delivered).
+    held_by: Option<String>,
 }
 
 impl Filing {
@@ -61,6 +63,7 @@ impl Filing {
             upload_id: f.upload.as_ref().map(|u| u.upload_id.clone()),
             delivered_unix: (f.state == FileState::Delivered)
                 .then(|| f.delivered_unix.unwrap_or(f.mtime_unix)),
+            held_by: (f.state != FileState::Delivered).then(|| f.user.clone()),
         }
     }
 }
@@ -75,7 +78,16 @@ pub struct Index {
     upload_ids: HashMap<String, FileId>,
     /// Delivered files by (delivery time, id): the oldest leave first.
     delivered: BTreeSet<(u64, FileId)>,
+    /// Files not delivered and their recorded bytes, per user (users with none are absent).
+    usage: HashMap<String, Usage>,
     touched: Vec<FileId>,
+}
+
+/// One user's files in the spool not yet delivered, and their recorded sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub files: u64,
+    pub bytes: u64,
 }
 
 impl Index {
@@ -124,6 +136,15 @@ impl Index {
         if let Some(at) = f.delivered_unix {
             self.delivered.remove(&(at, id));
         }
+        if let Some(user) = &f.held_by
+            && let Some(u) = self.usage.get_mut(user)
+        {
+            u.files -= 1;
+            u.bytes -= f.size;
+            if u.files == 0 {
+                self.usage.remove(user);
+            }
+        }
     }
 
     fn file(&mut self, id: FileId, f: &Filing) {
@@ -142,6 +163,16 @@ impl Index {
         if let Some(at) = f.delivered_unix {
             self.delivered.insert((at, id));
         }
+        if let Some(user) = &f.held_by {
+            let u = self.usage.entry(user.clone()).or_default();
+            u.files += 1;
+            u.bytes += f.size;
+        }
+    }
+
+    /// `user`'s files not delivered, and their recorded bytes.
+    pub fn usage(&self, user: &str) -> Usage {
+        self.usage.get(user).copied().unwrap_or_default()
     }
 
     /// Files in `state`, oldest (lowest id) first.
@@ -198,7 +229,8 @@ impl Index {
             && self.hidden == fresh.hidden
             && self.with_intents == fresh.with_intents
             && self.upload_ids == fresh.upload_ids
-            && self.delivered == fresh.delivered;
+            && self.delivered == fresh.delivered
+            && self.usage == fresh.usage;
         if same {
             Ok(())
         } else {
