@@ -1163,3 +1163,30 @@ async fn sessions_that_announce_large_packets_and_stall_do_not_stop_other_upload
     let (mut reader, _session) = start_initialized(&spool).await;
     assert!(reader.get("/other.bin").await == data);
 }
+
+#[tokio::test]
+async fn directory_handles_count_against_the_session_cap_and_hold_no_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_initialized(&spool).await;
+    for n in 0..SFTP_HANDLES_COUNT_MAX {
+        let open = Packet::OpenDir(russh_sftp::protocol::OpenDir {
+            id: 100 + n as u32,
+            path: "/".into(),
+        });
+        assert!(
+            matches!(client.call(open).await, Packet::Handle(_)),
+            "handle {n} under the cap"
+        );
+    }
+    let open = Packet::OpenDir(russh_sftp::protocol::OpenDir {
+        id: 99,
+        path: "/".into(),
+    });
+    let (code, message) = client.status(open).await;
+    assert_eq!(code, StatusCode::Failure);
+    assert!(message.contains("too many open handles"), "{message}");
+    // Each holds its directory's path and a cursor (the last name sent), not a copy of the
+    // listing: its size does not depend on the directory's.
+    assert!(std::mem::size_of::<crate::sftp::handles::Listing>() <= 64);
+}
