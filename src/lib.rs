@@ -8,6 +8,8 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod drain;
+#[cfg(test)]
+mod fuzz;
 pub mod gateway;
 pub mod health;
 pub mod journal;

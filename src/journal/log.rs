@@ -63,7 +63,7 @@ pub struct Journal<R> {
 }
 
 /// Records encoded as frames, ready to append.
-pub struct Frames(Vec<u8>);
+pub struct Frames(pub(crate) Vec<u8>);
 
 /// What [`Journal::open`] found damaged (see `replay`): the ranges it skipped, and where it
 /// kept a copy of the file as it was before it rewrote the journal without them.

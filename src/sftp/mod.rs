@@ -22,12 +22,12 @@ mod handles;
 pub mod keys;
 mod lane;
 pub mod namespace;
-mod ops;
+pub(crate) mod ops;
 pub mod server;
 pub mod session;
 #[cfg(test)]
 mod tests;
-mod wire;
+pub(crate) mod wire;
 
 pub use algorithms::load_host_keys;
 pub use budget::IngestBudget;

@@ -364,12 +364,12 @@ fn parse<T: for<'de> serde::Deserialize<'de>>(data: &[u8]) -> Result<T, FsError>
 }
 
 /// The old and new path of a posix-rename@openssh.com request.
-pub(super) fn parse_rename(data: &[u8]) -> Result<(String, String), FsError> {
+pub(crate) fn parse_rename(data: &[u8]) -> Result<(String, String), FsError> {
     parse::<PosixRename>(data).map(|r| (r.oldpath, r.newpath))
 }
 
 /// The handle named by a fsync@openssh.com request.
-pub(super) fn parse_fsync(data: &[u8]) -> Result<String, FsError> {
+pub(crate) fn parse_fsync(data: &[u8]) -> Result<String, FsError> {
     parse::<Fsync>(data).map(|f| f.handle)
 }
 
