@@ -13,8 +13,8 @@
 //! included); dead peers are found by keepalives. What one source may hold and what its
 //! failures cost it is the [`Defender`]'s business (`defender.rs`): it admits each accepted
 //! connection, turns a login into a session if the limits allow, and is told of every failed
-//! authentication, failed negotiation and expired grace time. Each SFTP session runs in a task of its own,
-//! never inside russh's loop, and is told when its channel goes away (CHANNEL_CLOSE or the end
+//! authentication, failed negotiation and expired grace time. Each SFTP session runs in a
+//! task of its own, never inside russh's loop, and is told when its channel goes away (CHANNEL_CLOSE or the end
 //! of the connection), because a russh channel writer waiting for window is not woken by that.
 //! On shutdown every client is disconnected and `serve` returns once all sessions have ended.
 
