@@ -2,7 +2,8 @@
 //! the real binary.
 //!
 //! Two sources are needed, and tests may use only the loopback addresses: each test runs
-//! itself again inside a network namespace of its own (`unshare --net`, only `lo` in it, up),
+//! itself again inside a network namespace of its own (`unshare --user --map-root-user
+//! --net`, which needs no root where user namespaces are allowed; only `lo` in it, up),
 //! where the gateway listens on `[::]` and is reached from 127.0.0.1 (the bad host) and from
 //! ::1 (the good one) without a port open on any real interface.
 
@@ -25,7 +26,7 @@ fn inside_netns(name: &str) -> bool {
     }
     let exe = std::env::current_exe().expect("test binary");
     let out = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
+        .args(["--user", "--map-root-user", "--net", "--", "sh", "-c"])
         .arg("ip link set lo up && exec \"$0\" --exact \"$1\" --nocapture --test-threads=1")
         .arg(&exe)
         .arg(name)
