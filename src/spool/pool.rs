@@ -7,7 +7,8 @@
 //! small file paid it at its OPEN (bench/results/round9). Taking a pooled file costs one
 //! rename (about 0.03 ms) into `partial/<id>`.
 //!
-//! The pool is a directory `pool/` of empty files named by a counter and one thread that keeps
+//! The pool is a directory `pool/` of empty files named by a counter (behind the process id
+//! and the pool's number in the process) and one thread that keeps
 //! [`POOL_FILES_COUNT`] of them open and ready. Ids are still given at OPEN, so they keep the
 //! order of OPENs (recovery relies on it). A pooled file holds no data and no journal record:
 //! whatever a crash leaves in `pool/` is deleted at the next start. When the pool is empty
@@ -18,6 +19,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
@@ -43,14 +45,27 @@ impl FilePool {
     pub fn start(dir: &Path) -> io::Result<FilePool> {
         fs::create_dir_all(dir)?;
         for entry in fs::read_dir(dir)? {
-            fs::remove_file(entry?.path())?;
+            // The thread of a pool dropped a moment ago (a spool closed and opened again in
+            // one process) may be removing its last file right now.
+            match fs::remove_file(entry?.path()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
+        // Names of this pool's own, so that such a thread never touches one of them.
+        static POOLS_STARTED: AtomicU64 = AtomicU64::new(0);
+        let instance = format!(
+            "{}.{}",
+            std::process::id(),
+            POOLS_STARTED.fetch_add(1, Ordering::Relaxed)
+        );
         // The thread holds one more, created, while it waits to hand it over.
         let (sender, ready) = sync_channel(POOL_FILES_COUNT - 1);
         let dir = dir.to_owned();
         std::thread::Builder::new()
             .name("spool-pool".into())
-            .spawn(move || fill(&dir, &sender))?;
+            .spawn(move || fill(&dir, &instance, &sender))?;
         Ok(FilePool {
             ready: Mutex::new(ready),
         })
@@ -66,11 +81,11 @@ impl FilePool {
     }
 }
 
-/// Creates files in `dir` and hands them over until the pool is dropped.
-fn fill(dir: &Path, sender: &SyncSender<PooledFile>) {
+/// Creates files in `dir` (named `instance.n`) and hands them over until the pool is dropped.
+fn fill(dir: &Path, instance: &str, sender: &SyncSender<PooledFile>) {
     let mut warned = false;
     for n in 0u64.. {
-        let path = dir.join(n.to_string());
+        let path = dir.join(format!("{instance}.{n}"));
         let created = OpenOptions::new()
             .read(true)
             .write(true)
