@@ -96,9 +96,11 @@ pub struct Spool {
     /// Journal size when the last compaction was asked for (`u64::MAX`: none asked yet). Until
     /// the writer has run it the journal stays that long, and it must not be asked for again.
     compaction_asked_at_bytes: AtomicU64,
-    /// Each user's quota, if any (`set_quotas`).
+    /// Each user's quota, if any (`set_quotas`): one entry per configured user at most.
     quotas: Mutex<HashMap<String, super::Quota>>,
-    /// Files freed by applied records and not unlinked yet (see `compact_if_due`).
+    /// Files freed by applied records and not unlinked yet (see `compact_if_due`). Bounded by
+    /// the commits between their apply and their unlinks (each removes its ids), plus those of
+    /// commits dropped in between, which the next compaction takes over and empties.
     unlinks_pending: Mutex<HashSet<FileId>>,
     /// Live sizes of files being received, by id.
     live: Mutex<HashMap<FileId, Arc<Live>>>,
