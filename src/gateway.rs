@@ -395,6 +395,11 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                     },
                     Err(e) => Response::Error { message: e.message },
                 },
+                Request::Files {
+                    state,
+                    after,
+                    limit,
+                } => files_page(&spool, &drain, &config, (state, after, limit)),
                 Request::BansList => Response::Bans {
                     bans: defender.bans(std::time::Instant::now()),
                 },
@@ -440,6 +445,57 @@ fn shaping_reply(result: std::io::Result<crate::status::ShapingStatus>) -> Respo
     }
 }
 
+/// How status shows one file: its live size while it arrives, its object key, its parts, and
+/// the transient error its upload is retrying, if any.
+fn file_status<S: crate::drain::store::ObjectStore>(
+    spool: &Spool,
+    drain: &Drain<S>,
+    config: &Config,
+    f: &crate::spool::catalog::FileRecord,
+    retrying: &std::collections::HashMap<crate::spool::FileId, String>,
+) -> FileStatus {
+    let size = match f.state {
+        FileState::Receiving | FileState::Partial => {
+            spool.stat(&f.user, &f.path).map(|e| e.size).unwrap_or(0)
+        }
+        _ => f.size,
+    };
+    FileStatus::from_record(
+        f,
+        drain.config().object_key(&f.user, &f.path),
+        size,
+        config.s3.part_size,
+        retrying.get(&f.id).cloned(),
+    )
+}
+
+/// One page of `sftpgw files`.
+fn files_page<S: crate::drain::store::ObjectStore>(
+    spool: &Spool,
+    drain: &Drain<S>,
+    config: &Config,
+    (state, after, limit): (FileState, Option<u64>, Option<usize>),
+) -> Response {
+    let limit = limit
+        .unwrap_or(crate::status::FILES_PAGE_COUNT_MAX)
+        .clamp(1, crate::status::FILES_PAGE_COUNT_MAX);
+    let (records, next) = spool.files_page(state, after, limit);
+    let retrying = drain
+        .stats()
+        .retrying
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    Response::Files {
+        files: records
+            .iter()
+            .map(|f| file_status(spool, drain, config, f, &retrying))
+            .collect(),
+        next,
+        count: spool.counts().files(state) as u64,
+    }
+}
+
 /// The status snapshot of a running gateway.
 pub fn snapshot<S: crate::drain::store::ObjectStore>(
     spool: &Spool,
@@ -460,21 +516,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
     let mut files: Vec<FileStatus> = spool
         .files_for_status(crate::status::FILES_LISTED_COUNT_MAX)
         .into_iter()
-        .map(|f| {
-            let size = match f.state {
-                FileState::Receiving | FileState::Partial => {
-                    spool.stat(&f.user, &f.path).map(|e| e.size).unwrap_or(0)
-                }
-                _ => f.size,
-            };
-            FileStatus::from_record(
-                &f,
-                drain.config().object_key(&f.user, &f.path),
-                size,
-                config.s3.part_size,
-                retrying.get(&f.id).cloned(),
-            )
-        })
+        .map(|f| file_status(spool, drain, config, &f, &retrying))
         .collect();
     let (ingest, drained, window_secs) = {
         let r = monitor.rates.lock().unwrap_or_else(|p| p.into_inner());

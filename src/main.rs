@@ -69,6 +69,22 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// List files by state, oldest first, page by page from the running daemon (status shows
+    /// at most 256): each line is the file's id, state, size and user:/path.
+    Files {
+        /// A state to list; repeat for more (default: all but delivered).
+        #[arg(long = "state", value_enum)]
+        states: Vec<StateArg>,
+        /// Only files with a larger id (newer) than ID: where an earlier listing stopped.
+        #[arg(long, value_name = "ID")]
+        after: Option<u64>,
+        /// Stop after this many files in all (default: every one).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// One JSON object per file and line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Queue failed files again (all of them, or one user's below PATH).
     Retry {
         #[arg(long)]
@@ -124,6 +140,33 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+}
+
+/// A file state on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StateArg {
+    Receiving,
+    Partial,
+    Sealed,
+    Uploading,
+    Failed,
+    Conflict,
+    Delivered,
+}
+
+impl From<StateArg> for sftpgw::spool::FileState {
+    fn from(s: StateArg) -> Self {
+        use sftpgw::spool::FileState as F;
+        match s {
+            StateArg::Receiving => F::Receiving,
+            StateArg::Partial => F::Partial,
+            StateArg::Sealed => F::Sealed,
+            StateArg::Uploading => F::Uploading,
+            StateArg::Failed => F::Failed,
+            StateArg::Conflict => F::Conflict,
+            StateArg::Delivered => F::Delivered,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -280,6 +323,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&required_config(config_path, "status"))?;
             runtime()?.block_on(status(&config, json, all, watch))
         }
+        Command::Files {
+            states,
+            after,
+            limit,
+            json,
+        } => {
+            let config = Config::load(&required_config(config_path, "files"))?;
+            files(&config.control.socket, &states, after, limit, json)
+        }
         Command::Retry { user, path } => {
             let config = Config::load(&required_config(config_path, "retry"))?;
             let response = runtime()?.block_on(control::request(
@@ -360,6 +412,67 @@ fn print_done(response: Response) -> anyhow::Result<()> {
         Response::Error { message } => bail!(message),
         _ => bail!("unexpected response from the daemon"),
     }
+}
+
+/// `sftpgw files`: every page of each state asked for, printed as it arrives, so that a
+/// million files cost the daemon one bounded page at a time and this process one page of
+/// memory. A closed pipe (`| head`) ends it quietly.
+fn files(
+    socket: &Path,
+    states: &[StateArg],
+    after: Option<u64>,
+    limit: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use sftpgw::spool::FileState;
+    use std::io::Write as _;
+    let states: Vec<FileState> = if states.is_empty() {
+        sftpgw::spool::PENDING_STATES_LISTED.to_vec()
+    } else {
+        states.iter().map(|s| FileState::from(*s)).collect()
+    };
+    let rt = runtime()?;
+    let mut out = std::io::stdout().lock();
+    let mut left = limit.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    for state in states {
+        let mut cursor = after;
+        while left > 0 {
+            let request = Request::Files {
+                state,
+                after: cursor,
+                limit: Some(usize::try_from(left).unwrap_or(usize::MAX)),
+            };
+            let (page, next) = match rt.block_on(control::request(socket, &request))? {
+                Response::Files { files, next, .. } => (files, next),
+                Response::Error { message } => bail!(message),
+                _ => bail!("unexpected response from the daemon (older than `sftpgw files`?)"),
+            };
+            for f in &page {
+                let written = if json {
+                    writeln!(out, "{}", serde_json::to_string(f)?)
+                } else {
+                    sftpgw::status::render::file_lines(f, &format!("{:>9} ", f.id))
+                        .iter()
+                        .try_for_each(|l| writeln!(out, "{l}"))
+                };
+                match written {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    r => r?,
+                }
+                left = left.saturating_sub(1);
+                printed += 1;
+            }
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+    }
+    if printed == 0 && !json {
+        writeln!(out, "no such file").ok();
+    }
+    Ok(())
 }
 
 /// `sftpgw bans ...`: one request; the list, or how many bans were lifted.

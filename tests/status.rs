@@ -500,3 +500,86 @@ async fn the_control_socket_is_group_only_and_refuses_an_endless_request_line() 
     let snapshot = h.status().await;
     assert!(!snapshot.version.is_empty());
 }
+
+/// `sftpgw files` pages a list longer than a status snapshot and a control-socket page:
+/// 1 200 waiting files come out in full, in id order, each once; `--limit` and `--after` cut
+/// and resume the listing; status counts them all and points at `sftpgw files`.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_lists_every_waiting_file_page_by_page_and_resumes_after_an_id() {
+    const FILES: usize = 1200;
+    let mut h = Harness::new(Options::default()).await;
+    h.start_daemon();
+    h.drain_cli(&["pause"]);
+    let local = h.dir.path().join("one.txt");
+    std::fs::write(&local, b"one small page\n").expect("local");
+    let batch: String = (0..FILES)
+        .map(|i| format!("put {} /f{i:05}.txt\n", local.display()))
+        .collect();
+    h.sftp_ok("alice", &batch);
+
+    let json = h.cli("files", &["--state", "sealed", "--json"]);
+    let listed: Vec<sftpgw::status::FileStatus> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON file per line"))
+        .collect();
+    assert_eq!(listed.len(), FILES, "every sealed file, across two pages");
+    assert!(
+        listed.windows(2).all(|w| w[0].id < w[1].id),
+        "oldest first, each once"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|f| f.state == FileState::Sealed && f.user == "alice")
+    );
+    let mut paths: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    paths.sort_unstable();
+    let expected: Vec<String> = (0..FILES).map(|i| format!("/f{i:05}.txt")).collect();
+    assert_eq!(
+        paths,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    let head = h.cli("files", &["--state", "sealed", "--json", "--limit", "5"]);
+    assert_eq!(head.lines().count(), 5, "--limit: {head}");
+    let after = listed[4].id.to_string();
+    let rest = h.cli("files", &["--state", "sealed", "--json", "--after", &after]);
+    let rest_ids: Vec<u64> = rest
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<sftpgw::status::FileStatus>(l)
+                .expect("json")
+                .id
+        })
+        .collect();
+    let expected_rest: Vec<u64> = listed[5..].iter().map(|f| f.id).collect();
+    assert_eq!(
+        rest_ids, expected_rest,
+        "--after goes on where --limit stopped"
+    );
+
+    // The text form: one line per file with its id, state, size and name.
+    let text = h.cli("files", &[]);
+    assert_eq!(
+        text.lines().count(),
+        FILES,
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    let first = text.lines().next().expect("a line");
+    assert!(
+        first.contains(&listed[0].id.to_string()) && first.contains("sealed"),
+        "{first}"
+    );
+    assert_eq!(
+        h.cli("files", &["--state", "failed"]).trim(),
+        "no such file"
+    );
+
+    let status = status_command(&h, &[]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("sealed {FILES}")) && status.contains("`sftpgw files`"),
+        "{status}"
+    );
+}

@@ -333,6 +333,23 @@ impl Catalog {
         self.index.in_state(state).iter().copied()
     }
 
+    /// Ids of the files in `state` after `after` (all with `None`), oldest first: a page of a
+    /// long list costs O(log files + page), not a scan from the start.
+    pub fn ids_in_after(
+        &self,
+        state: FileState,
+        after: Option<FileId>,
+    ) -> impl Iterator<Item = FileId> + '_ {
+        let from = match after {
+            Some(id) => std::ops::Bound::Excluded(id),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.index
+            .in_state(state)
+            .range((from, std::ops::Bound::Unbounded))
+            .copied()
+    }
+
     /// Files in `state`, oldest first.
     pub fn in_state(&self, state: FileState) -> impl DoubleEndedIterator<Item = &FileRecord> + '_ {
         self.ids_in(state).filter_map(|id| self.files.get(&id))

@@ -85,6 +85,17 @@ pub enum FileState {
     Conflict,
 }
 
+/// The states of files not delivered, in the order status and `sftpgw files` list them:
+/// what moves first (in flight, arriving), then what needs a look, then what waits.
+pub const PENDING_STATES_LISTED: [FileState; 6] = [
+    FileState::Uploading,
+    FileState::Receiving,
+    FileState::Failed,
+    FileState::Conflict,
+    FileState::Partial,
+    FileState::Sealed,
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
     Dir,

@@ -620,15 +620,7 @@ impl Spool {
     pub fn files_for_status(&self, limit: usize) -> Vec<FileRecord> {
         let catalog = self.lock();
         let mut out: Vec<FileRecord> = Vec::new();
-        let order = [
-            FileState::Uploading,
-            FileState::Receiving,
-            FileState::Failed,
-            FileState::Conflict,
-            FileState::Partial,
-            FileState::Sealed,
-        ];
-        for state in order {
+        for state in super::PENDING_STATES_LISTED {
             let room = limit.saturating_sub(out.len());
             out.extend(
                 catalog
@@ -642,6 +634,34 @@ impl Spool {
         out.extend(catalog.recently_delivered().take(room).cloned());
         out.sort_by_key(|f| f.id);
         out
+    }
+
+    /// One page of the files in `state`: up to `limit` after the file `after` (from the oldest
+    /// with `None`), oldest first, and the id to pass as `after` for the next page (`None` at
+    /// the end). Versions hidden by a newer upload of the same path are left out, as in status.
+    /// Costs O(log files + limit) under the catalog lock, whatever the list's length.
+    pub fn files_page(
+        &self,
+        state: FileState,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> (Vec<FileRecord>, Option<FileId>) {
+        let limit = limit.max(1);
+        let catalog = self.lock();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut last = None;
+        let mut ids = catalog.ids_in_after(state, after);
+        for id in ids.by_ref() {
+            if out.len() == limit {
+                // More remain: the caller goes on after the last one it got.
+                return (out, last);
+            }
+            last = Some(id);
+            if let Some(f) = catalog.file(id).filter(|f| !f.hidden) {
+                out.push(f.clone());
+            }
+        }
+        (out, None)
     }
 
     /// Copies of every file record, oldest first: O(all files), for tests and tools only.

@@ -56,6 +56,14 @@ pub enum Request {
     QuarantineDelete {
         name: String,
     },
+    /// `sftpgw files`: one page of the files in `state`, oldest first, after the file id
+    /// `after` (from the start with `None`); at most `limit` (cut to
+    /// [`super::FILES_PAGE_COUNT_MAX`]).
+    Files {
+        state: crate::spool::FileState,
+        after: Option<u64>,
+        limit: Option<usize>,
+    },
     /// `sftpgw bans list`.
     BansList,
     /// `sftpgw bans clear [ADDRESS]`: one source's ban (any address of an IPv6 /64), or all.
@@ -77,6 +85,13 @@ pub enum Response {
     Quarantine {
         files: Vec<crate::spool::QuarantinedFile>,
         count: usize,
+    },
+    /// A page of `Request::Files`: the files, the `after` of the next page (`None`: this was
+    /// the last), and how many files are in that state in all.
+    Files {
+        files: Vec<super::FileStatus>,
+        next: Option<u64>,
+        count: u64,
     },
     /// Sources banned now, longest remaining first.
     Bans {

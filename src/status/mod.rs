@@ -74,6 +74,10 @@ pub struct Snapshot {
 /// a million.
 pub const FILES_LISTED_COUNT_MAX: usize = 256;
 
+/// Files one page of `sftpgw files` holds at most (the request's `limit` is cut to it): a
+/// reply stays a few hundred KiB and the catalog lock is held for a page, not a list.
+pub const FILES_PAGE_COUNT_MAX: usize = 1000;
+
 /// Files per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCounts {
@@ -322,6 +326,10 @@ pub struct FileStatus {
     /// Seconds until delivered at the current drain rate, while uploading.
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// The spool's id of the file (ids grow with each upload): `sftpgw files --after ID` goes
+    /// on after it. 0 from a daemon older than this field.
+    #[serde(default)]
+    pub id: u64,
 }
 
 impl FileStatus {
@@ -362,6 +370,7 @@ impl FileStatus {
             mtime_unix: f.mtime_unix,
             bytes_done,
             eta_secs: None,
+            id: f.id,
         }
     }
 }

@@ -314,17 +314,8 @@ fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
         listed.len().min(PENDING_SHOWN_COUNT_MAX)
     };
     for f in &listed[..shown] {
-        let head = format!("  {:<24} {:>10}  ", state_text(f), human_bytes(f.size));
-        let width = SCREEN_COLUMNS.saturating_sub(head.chars().count());
-        sc.line(format!(
-            "{head}{}",
-            fit(
-                &crate::names::escaped(&format!("{}:{}", f.user, f.path)),
-                width
-            )
-        ));
-        if let Some(e) = &f.error {
-            sc.line(format!("    {e}"));
+        for l in file_lines(f, "  ") {
+            sc.line(l);
         }
     }
     // The snapshot lists a bounded number of files; the counts cover them all.
@@ -346,11 +337,26 @@ fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
         .sum()
     };
     let more = listable.saturating_sub(shown as u64);
-    if more > 0 && all {
-        sc.line(format!("  +{more} more (not listed: too many to show)"));
-    } else if more > 0 {
-        sc.line(format!("  +{more} more (`sftpgw status --all` lists more)"));
+    if more > 0 {
+        sc.line(format!("  +{more} more (`sftpgw files` lists them all)"));
     }
+}
+
+/// One file as status and `sftpgw files` show it: `{lead}state  size  user:/path` within 80
+/// columns, and its error on a second line; names and errors escaped.
+pub fn file_lines(f: &FileStatus, lead: &str) -> Vec<String> {
+    let head = format!("{lead}{:<24} {:>10}  ", state_text(f), human_bytes(f.size));
+    let width = SCREEN_COLUMNS.saturating_sub(head.chars().count());
+    let name = format!("{}:{}", f.user, f.path);
+    let name = crate::names::escaped(&name);
+    let mut lines = vec![fit(&format!("{head}{}", fit(&name, width)), SCREEN_COLUMNS)];
+    if let Some(e) = &f.error {
+        lines.push(fit(
+            &crate::names::escaped(&format!("    {e}")),
+            SCREEN_COLUMNS,
+        ));
+    }
+    lines
 }
 
 fn errors(sc: &mut Screen, s: &Snapshot) {

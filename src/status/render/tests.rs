@@ -19,6 +19,7 @@ fn file(state: FileState, path: &str, error: Option<&str>) -> FileStatus {
         mtime_unix: 0,
         bytes_done: 20 << 20,
         eta_secs: Some(125),
+        id: 7,
     }
 }
 
