@@ -4,6 +4,7 @@
 //! throttle for tests ([`S3Stats`]). An unknown access key is `InvalidAccessKeyId`, a wrong secret
 //! `SignatureDoesNotMatch` (both 403), as on S3.
 
+mod assemble;
 mod gateway;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -24,7 +24,7 @@ struct Fixture {
     server: S3Server,
     cfg: S3Config,
     store: AwsStore,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 async fn fixture() -> Fixture {
@@ -38,7 +38,7 @@ async fn fixture() -> Fixture {
         server,
         cfg,
         store,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -169,6 +169,37 @@ async fn multipart_upload_of_three_parts_assembles_exact_bytes_and_metadata() {
     assert_eq!(head.size, expected.len() as u64);
     assert_eq!(head.metadata, metadata("tok-mp"));
     assert!(f.store.list_multipart_uploads("").await.unwrap().is_empty());
+
+    // S3's multipart ETag: the MD5 of the parts' MD5s, then the number of parts.
+    use md5::Digest as _;
+    let mut of_md5s = md5::Md5::new();
+    for p in &parts {
+        of_md5s.update(md5::Md5::digest(p));
+    }
+    let expected_etag: String = of_md5s
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let etag = f
+        .store
+        .client()
+        .head_object()
+        .bucket(f.store.bucket())
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .e_tag;
+    assert_eq!(etag, Some(format!("\"{expected_etag}-3\"")));
+    // Nothing of the upload is left in the server's root: no part, no temporary file.
+    let root = f.dir.path().join("s3");
+    let leftovers: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".upload") || n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[tokio::test]

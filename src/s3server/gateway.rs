@@ -6,6 +6,8 @@
 //! - `NoSuchBucket` on writes (s3s-fs silently creates the bucket directory on `PutObject`);
 //! - Complete is validated before s3s-fs sees it (part present, size, ETag), because s3s-fs forgets
 //!   the upload id first and then fails with a 500, losing the upload;
+//! - Complete assembles the object itself ([`super::assemble`]) when it knows every part's MD5,
+//!   instead of s3s-fs's second MD5 pass over the whole object;
 //! - request counters, received body bytes and the upload throttle of [`S3Stats`].
 
 use std::collections::HashMap;
@@ -33,6 +35,7 @@ use s3s::stream::{ByteStream, RemainingLength};
 use s3s::{S3, S3Error, S3Request, S3Response, S3Result, StdError, s3_error};
 use tokio::time::Sleep;
 
+use super::assemble::{self, Assembly};
 use super::{S3Stats, ServerOp};
 use crate::limits::PART_SIZE_BYTES_MIN;
 
@@ -115,6 +118,33 @@ impl FsLayout {
         ))
     }
 
+    /// Where s3s-fs keeps an object, if the key names a plain relative path (no `.`, `..` or
+    /// leading `/`, which s3s-fs would resolve first).
+    fn object(&self, bucket: &str, key: &str) -> Option<PathBuf> {
+        let plain = Path::new(key)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        (plain && !key.is_empty()).then(|| self.bucket_dir(bucket).join(key))
+    }
+
+    /// The object's attributes (content type, user metadata), as s3s-fs names them.
+    fn object_attributes(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(format!(
+            ".bucket-{}.object-{}.metadata.json",
+            encode_name(bucket),
+            encode_name(key)
+        ))
+    }
+
+    /// The object's internal JSON map (its `e_tag`), as s3s-fs names it.
+    fn internal_info(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            encode_name(bucket),
+            encode_name(key)
+        ))
+    }
+
     fn part(&self, upload_id: &str, part_number: i32) -> PathBuf {
         self.root
             .join(format!(".upload_id-{upload_id}.part-{part_number}"))
@@ -157,6 +187,31 @@ fn is_upload_id(s: &str) -> bool {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
         })
+}
+
+/// Completes an upload with [`assemble::assemble`], with s3s-fs's answers: `If-None-Match: *`
+/// on an existing object is `PreconditionFailed` before anything changes.
+async fn complete_by_assembly(
+    input: CompleteMultipartUploadInput,
+    assembly: Assembly,
+) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+    if input.if_none_match.as_ref().is_some_and(|c| c.is_any())
+        && tokio::fs::try_exists(&assembly.object)
+            .await
+            .unwrap_or(false)
+    {
+        return Err(s3_error!(PreconditionFailed, "Object already exists"));
+    }
+    let etag = tokio::task::spawn_blocking(move || assemble::assemble(&assembly))
+        .await
+        .map_err(|e| s3_error!(InternalError, "assembly task failed: {e}"))?
+        .map_err(S3Error::internal_error)?;
+    Ok(S3Response::new(CompleteMultipartUploadOutput {
+        bucket: Some(input.bucket),
+        key: Some(input.key),
+        e_tag: Some(s3s::dto::ETag::Strong(etag)),
+        ..Default::default()
+    }))
 }
 
 async fn is_file(path: &Path) -> bool {
@@ -308,6 +363,39 @@ impl GatewayFs {
         Ok(())
     }
 
+    /// How to complete this upload without s3s-fs's second pass over the data
+    /// ([`super::assemble`]): only when every part's MD5 is known (this server answered its
+    /// UploadPart since it started), the key is a plain path and no `If-Match` is asked (s3s-fs
+    /// handles the rest). Call after [`GatewayFs::validate_complete`].
+    fn assembly(&self, input: &CompleteMultipartUploadInput) -> Option<Assembly> {
+        if input.if_match.is_some() {
+            return None;
+        }
+        let (bucket, key, upload_id) = (&input.bucket, &input.key, &input.upload_id);
+        let etags = self.etags();
+        let parts = input
+            .multipart_upload
+            .as_ref()?
+            .parts
+            .as_deref()?
+            .iter()
+            .map(|p| {
+                let number = p.part_number?;
+                let md5 = assemble::part_md5(etags.get(&(upload_id.clone(), number))?)?;
+                Some((self.layout.part(upload_id, number), md5))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Assembly {
+            root: self.layout.root.clone(),
+            object: self.layout.object(bucket, key)?,
+            parts,
+            marker: self.layout.upload_marker(upload_id),
+            upload_attributes: self.layout.upload_attributes(bucket, key, upload_id),
+            object_attributes: self.layout.object_attributes(bucket, key),
+            internal_info: self.layout.internal_info(bucket, key),
+        })
+    }
+
     async fn open_uploads(&self, bucket: &str, prefix: &str) -> S3Result<Vec<MultipartUpload>> {
         let mut uploads = Vec::new();
         let mut dir = tokio::fs::read_dir(&self.layout.root)
@@ -424,8 +512,12 @@ impl S3 for GatewayFs {
         // between (hyper drops the handler when the connection closes) would lose both. The
         // task holds the upload's lock to its end, for the same reason.
         let fs = Arc::clone(&self.fs);
+        let assembly = self.assembly(&req.input);
         let done = tokio::spawn(async move {
-            let resp = fs.complete_multipart_upload(req).await;
+            let resp = match assembly {
+                Some(a) => complete_by_assembly(req.input, a).await,
+                None => fs.complete_multipart_upload(req).await,
+            };
             (resp, guard)
         })
         .await
