@@ -339,6 +339,39 @@ async fn quarantined_files_show_in_status_and_are_delivered_or_deleted_from_the_
     );
 }
 
+/// A host that lets five connections run out of login grace is banned; the console lists the
+/// ban with its time left and lifts it, after which the daemon counts no banned source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_lists_a_banned_source_and_lifts_its_ban() {
+    let mut h = Harness::new(Options {
+        sftp_extra: Some("login_grace = \"1s\"".into()),
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    let mut c = Console::start(&h.config_path, &[]);
+    c.send("11");
+    c.wait_for("No source on the LAN is banned.");
+    let idle: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", h.sftp_port)).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while h.status().await.lan.expect("lan counts").banned_sources == 0 {
+        assert!(Instant::now() < deadline, "no ban:\n{}", h.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(idle);
+    c.send("11");
+    let text = c.wait_for("Lift which?");
+    assert!(text.contains("  1) 127.0.0.1  "), "{text}");
+    assert!(text.contains("(1 ban(s) within a day)"), "{text}");
+    c.send("1");
+    c.wait_for("1 ban(s) lifted");
+    let (status, _) = c.finish();
+    assert!(status.success());
+    assert_eq!(h.status().await.lan.expect("lan").banned_sources, 0);
+}
+
 fn bundle_members(path: &Path) -> Vec<(String, String)> {
     let file = std::fs::File::open(path).expect("open bundle");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));

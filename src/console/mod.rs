@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::Config;
 use crate::spool::FileState;
 use crate::status::control::{self, Request, Response};
-use crate::status::render::{human_bytes, render_text};
+use crate::status::render::{human_bytes, human_duration, render_text};
 use crate::status::{ShapingStatus, Snapshot};
 use input::{Input, LineReader};
 
@@ -96,6 +96,7 @@ const MENU: &str = concat!(
     "  3) Resume the drain              8) Reboot the box\n",
     "  4) Set a temporary rate          9) Log out\n",
     "  5) Failed files: list and retry 10) Quarantine: deliver or delete\n",
+    "                                  11) LAN bans: list and lift\n",
 );
 const PROMPT: &str = "choice> ";
 
@@ -170,7 +171,7 @@ impl<W: Write> Console<'_, '_, W> {
                 Input::TooLong => {
                     writeln!(
                         self.out,
-                        "input too long (at most {} characters): type a number from 1 to 10",
+                        "input too long (at most {} characters): type a number from 1 to 11",
                         input::INPUT_LINE_BYTES_MAX
                     )?;
                     continue;
@@ -188,6 +189,7 @@ impl<W: Write> Console<'_, '_, W> {
                 "7" => self.diagnostics(),
                 "8" => self.reboot(),
                 "10" => self.quarantine(),
+                "11" => self.bans(),
                 "9" | "q" | "exit" | "logout" => {
                     writeln!(self.out, "logged out")?;
                     return Ok(());
@@ -196,7 +198,7 @@ impl<W: Write> Console<'_, '_, W> {
                     let shown: String = other.chars().take(COLUMNS_COUNT / 2).collect();
                     writeln!(
                         self.out,
-                        "unknown choice {shown:?}: type a number from 1 to 10 (there is no shell here)"
+                        "unknown choice {shown:?}: type a number from 1 to 11 (there is no shell here)"
                     )?;
                     Ok(())
                 }
@@ -441,17 +443,12 @@ impl<W: Write> Console<'_, '_, W> {
     /// Sealed files the journal did not explain (after a damaged or lost journal): lists
     /// them and delivers or deletes one, as `sftpgw quarantine` does from a shell.
     fn quarantine(&mut self) -> std::io::Result<()> {
-        let (files, count) = match self.request(&Request::QuarantineList) {
-            Ok(Response::Quarantine { files, count }) => (files, count),
-            Ok(Response::Error { message }) => {
-                writeln!(self.out, "The daemon refused: {message}")?;
-                return Ok(());
-            }
-            Ok(other) => {
-                writeln!(self.out, "unexpected answer from the daemon: {other:?}")?;
-                return Ok(());
-            }
-            Err(why) => return self.daemon_down(&why),
+        let listed = self.list(&Request::QuarantineList, |r| match r {
+            Response::Quarantine { files, count } => Ok((files, count)),
+            other => Err(other),
+        })?;
+        let Some((files, count)) = listed else {
+            return Ok(());
         };
         if files.is_empty() {
             writeln!(self.out, "The quarantine is empty.")?;
@@ -556,13 +553,93 @@ impl<W: Write> Console<'_, '_, W> {
                 name: file.name.clone(),
             }
         };
-        match self.request(&request) {
+        let answer = self.request(&request);
+        self.show_done(answer)
+    }
+
+    /// Asks the daemon for a list; `None` (with the reason printed) when it refused, answered
+    /// something else, or is down.
+    fn list<T>(
+        &mut self,
+        request: &Request,
+        expected: impl FnOnce(Response) -> Result<T, Response>,
+    ) -> std::io::Result<Option<T>> {
+        match self.request(request).map(expected) {
+            Ok(Ok(list)) => return Ok(Some(list)),
+            Ok(Err(Response::Error { message })) => {
+                writeln!(self.out, "The daemon refused: {message}")?;
+            }
+            Ok(Err(other)) => {
+                writeln!(self.out, "unexpected answer from the daemon: {other:?}")?;
+            }
+            Err(why) => self.daemon_down(&why)?,
+        }
+        Ok(None)
+    }
+
+    /// Prints the daemon's answer to a request that changes something.
+    fn show_done(&mut self, answer: Result<Response, String>) -> std::io::Result<()> {
+        match answer {
             Ok(Response::Done { message }) => writeln!(self.out, "{message}")?,
             Ok(Response::Error { message }) => writeln!(self.out, "The daemon refused: {message}")?,
             Ok(other) => writeln!(self.out, "unexpected answer from the daemon: {other:?}")?,
             Err(why) => return self.daemon_down(&why),
         }
         Ok(())
+    }
+
+    /// Sources the daemon refuses for a while after repeated failed logins, negotiations or
+    /// grace timeouts: lists them and lifts one ban or all, as `sftpgw bans` does.
+    fn bans(&mut self) -> std::io::Result<()> {
+        let listed = self.list(&Request::BansList, |r| match r {
+            Response::Bans { bans } => Ok(bans),
+            other => Err(other),
+        })?;
+        let Some(bans) = listed else {
+            return Ok(());
+        };
+        if bans.is_empty() {
+            writeln!(self.out, "No source on the LAN is banned.")?;
+            return Ok(());
+        }
+        writeln!(self.out, "Banned sources (longest remaining first):")?;
+        for (i, b) in bans.iter().enumerate() {
+            let line = format!(
+                "{:>3}) {}  {} left  ({} ban(s) within a day)",
+                i + 1,
+                b.source,
+                human_duration(b.remaining_secs),
+                b.count
+            );
+            writeln!(self.out, "{}", clip(&line, COLUMNS_COUNT))?;
+        }
+        let answer = match self.ask("Lift which? (a number, a for all, empty: none) ")? {
+            Answer::Text(t) => t,
+            Answer::Back => return Ok(()),
+            Answer::Eof => return Err(eof()),
+        };
+        let source = match answer.trim() {
+            "" => return Ok(()),
+            "a" | "all" => None,
+            n => match n
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| bans.get(i.wrapping_sub(1)))
+            {
+                // An IPv6 /64 is lifted through any address in it: its first one.
+                Some(b) => Some(b.source.split('/').next().unwrap_or_default().to_owned()),
+                None => {
+                    writeln!(
+                        self.out,
+                        "no such ban: type a number from 1 to {}",
+                        bans.len()
+                    )?;
+                    return Ok(());
+                }
+            },
+        };
+        let answer = self.request(&Request::BansClear { source });
+        self.show_done(answer)
     }
 
     fn network_report(&self) -> String {
