@@ -33,7 +33,7 @@ mod values;
 use values::{
     AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Limit, Listen, MaxFileSize, Net,
     NonEmpty, PartSize, PasswordHash, Percent, Prefix, QuotaBytes, RetainedFiles, SessionsLimit,
-    StartupsSpec, Ttl, UserName,
+    StartupsSpec, Ttl, TtlOrOff, UserName,
 };
 
 pub use example::EXAMPLE;
@@ -80,6 +80,8 @@ pub struct SftpConfig {
     pub algorithms: Algorithms,
     /// How long a connection may take to log in (`sftp.login_grace`).
     pub login_grace: Duration,
+    /// A session without requests for this long is ended (`sftp.idle_timeout`; `None`: off).
+    pub idle_timeout: Option<Duration>,
     /// Connection limits and per-source penalties (`sftp.max_*`, `ban*`, `allow`).
     pub defender: DefenderConfig,
     /// New names may hold control characters and bidi overrides (`sftp.allow_control_characters`).
@@ -88,6 +90,10 @@ pub struct SftpConfig {
 
 /// `sftp.login_grace` unless set (OpenSSH's is 120 s; a LAN client logs in within seconds).
 pub const LOGIN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+
+/// `sftp.idle_timeout` unless set: SFTPGo's default. WinSCP and FileZilla reconnect by
+/// themselves; a forgotten client no longer holds one of `max_sessions` forever.
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15 * 60);
 
 /// `sftp.algorithms`: the SSH algorithms the server offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,6 +446,7 @@ struct RawSftp {
     host_key: FilePath,
     algorithms: Option<Algorithms>,
     login_grace: Option<Ttl>,
+    idle_timeout: Option<TtlOrOff>,
     allow_control_characters: Option<bool>,
     max_startups: Option<StartupsSpec>,
     max_startups_per_source: Option<Limit>,
@@ -572,6 +579,11 @@ impl RawConfig {
                     .login_grace
                     .as_ref()
                     .map_or(LOGIN_GRACE_DEFAULT, |t| t.0),
+                idle_timeout: self
+                    .sftp
+                    .idle_timeout
+                    .as_ref()
+                    .map_or(Some(IDLE_TIMEOUT_DEFAULT), |t| t.0),
                 listen: self.sftp.listen.0,
                 host_key: source.resolve(self.sftp.host_key.0),
                 algorithms: self.sftp.algorithms.unwrap_or_default(),

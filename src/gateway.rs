@@ -173,10 +173,13 @@ pub async fn run(
         host_keys: crate::sftp::load_host_keys(&config.sftp.host_key, config.sftp.algorithms)
             .await?,
         login_grace: config.sftp.login_grace,
-        names: if config.sftp.allow_control_characters {
-            crate::sftp::NamePolicy::AllowAll
-        } else {
-            crate::sftp::NamePolicy::RefuseHostile
+        session: crate::sftp::SessionPolicy {
+            names: if config.sftp.allow_control_characters {
+                crate::sftp::NamePolicy::AllowAll
+            } else {
+                crate::sftp::NamePolicy::RefuseHostile
+            },
+            idle_timeout: config.sftp.idle_timeout,
         },
         defender: Arc::clone(&defender),
     };

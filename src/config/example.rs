@@ -26,6 +26,10 @@ allow_control_characters = false
 # "A hostile LAN"). A source is an IPv4 address or an IPv6 /64.
 # A connection must log in within login_grace. Default "30s".
 login_grace = "30s"
+# A logged-in session from which no request arrives for this long is ended (keepalives find
+# dead peers sooner; this frees the slot of a client left open and forgotten). "off" never
+# ends one. Default "15m".
+idle_timeout = "15m"
 # Connections not logged in yet, "start:rate:full" as OpenSSH's MaxStartups: from `start` on
 # a new one is dropped with probability rate %, rising to all at `full`. Default "32:30:200".
 max_startups = "32:30:200"

@@ -975,3 +975,38 @@ fn delivered_retention_defaults_to_ten_thousand_files_and_thirty_days_and_is_bou
         assert_invalid(&text, line_of(&text, "delivered_retention ="), key, message);
     }
 }
+
+#[test]
+fn idle_timeout_defaults_to_15_minutes_and_can_be_set_or_turned_off() {
+    assert_eq!(
+        parse(&base()).expect("base").sftp.idle_timeout,
+        Some(IDLE_TIMEOUT_DEFAULT)
+    );
+    let with = |value: &str| {
+        replace(
+            &base(),
+            "host_key = \"/data/host_key\"",
+            &format!("host_key = \"/data/host_key\"\nidle_timeout = {value}"),
+        )
+    };
+    let set = parse(&with("\"2m\"")).expect("2m");
+    assert_eq!(set.sftp.idle_timeout, Some(Duration::from_secs(120)));
+    assert_eq!(
+        parse(&with("\"off\"")).expect("off").sftp.idle_timeout,
+        None
+    );
+    let text = with("\"soon\"");
+    assert_invalid(
+        &text,
+        line_of(&text, "idle_timeout"),
+        "sftp.idle_timeout",
+        "\"soon\"",
+    );
+    let text = with("\"0s\"");
+    assert_invalid(
+        &text,
+        line_of(&text, "idle_timeout"),
+        "sftp.idle_timeout",
+        "longer than zero",
+    );
+}

@@ -89,6 +89,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub(super) struct Ttl(pub(super) Duration);
 parsed_from_str!(Ttl, "a duration like \"24h\"", parse_duration);
 
+/// A duration, or `"off"` for none.
+pub(super) struct TtlOrOff(pub(super) Option<Duration>);
+parsed_from_str!(
+    TtlOrOff,
+    "a duration like \"15m\", or \"off\"",
+    |text: &str| {
+        if text.trim() == "off" {
+            Ok(None)
+        } else {
+            parse_duration(text).map(Some)
+        }
+    }
+);
+
 pub(super) struct Percent(pub(super) u8);
 parsed_from_str!(Percent, "a percentage like \"90%\"", |text| {
     let bad = || format!("{text:?} is not a whole percentage from \"0%\" to \"100%\"");

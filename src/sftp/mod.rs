@@ -18,6 +18,17 @@ pub enum NamePolicy {
     RefuseHostile,
     AllowAll,
 }
+
+/// What every SFTP session of a server accepts and tolerates (`[sftp]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionPolicy {
+    /// Which new names it accepts.
+    pub names: NamePolicy,
+    /// A session from which no request arrives for this long is ended, so that a forgotten
+    /// client does not hold a session slot forever (`sftp.idle_timeout`; `None`: never).
+    /// Dead peers are found sooner by SSH keepalives.
+    pub idle_timeout: Option<std::time::Duration>,
+}
 mod handles;
 pub mod keys;
 mod lane;

@@ -68,8 +68,8 @@ pub struct SshSetup {
     pub login_grace: Duration,
     /// Connection limits and per-source penalties, shared with the control socket.
     pub defender: Arc<Defender>,
-    /// Which new names sessions accept.
-    pub names: super::NamePolicy,
+    /// What sessions accept and tolerate.
+    pub session: super::SessionPolicy,
 }
 
 impl SshSetup {
@@ -80,7 +80,7 @@ impl SshSetup {
             host_keys: vec![host_key],
             login_grace: crate::config::LOGIN_GRACE_DEFAULT,
             defender: Defender::new(DefenderConfig::default()),
-            names: super::NamePolicy::default(),
+            session: super::SessionPolicy::default(),
         }
     }
 }
@@ -163,7 +163,7 @@ pub async fn serve(
     spool: Arc<Spool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (algorithms, login_grace, names) = (setup.algorithms, setup.login_grace, setup.names);
+    let (algorithms, login_grace, policy) = (setup.algorithms, setup.login_grace, setup.session);
     let defender = Arc::clone(&setup.defender);
     let config = Arc::new(ssh_config(setup, &users));
     // One budget for the request data of every session of this server.
@@ -191,7 +191,7 @@ pub async fn serve(
                     };
                     let connection = Connection {
                         peer,
-                        names,
+                        policy,
                         defender: Arc::clone(&defender),
                         startup: Some(startup),
                         permit: None,
@@ -350,8 +350,8 @@ fn log_connection_error(peer: SocketAddr, algorithms: Algorithms, err: &russh::E
 /// One SSH connection: its login state and its session channels.
 struct Connection {
     peer: SocketAddr,
-    /// Which new names sessions accept.
-    names: super::NamePolicy,
+    /// What sessions accept and tolerate.
+    policy: super::SessionPolicy,
     defender: Arc<Defender>,
     /// Counts this connection as not logged in yet (released at login or at the end).
     startup: Option<Startup>,
@@ -553,7 +553,7 @@ impl Handler for Connection {
         };
         let (peer, spool, alive) = (self.peer, Arc::clone(&self.spool), self.alive.clone());
         let ingest = self.ingest.clone();
-        let names = self.names;
+        let policy = self.policy;
         // As OpenSSH's sshd ends a subsystem: exit-status, EOF, CLOSE. scp (SFTP mode) and
         // `ssh -s` exit with the status, and report failure (-1) when there is none.
         let handle = session.handle();
@@ -568,7 +568,8 @@ impl Handler for Connection {
             let _live = crate::telemetry::SessionGuard::enter();
             tracing::info!(%peer, user, "sftp session started");
             let stream = channel.into_stream();
-            let end = session::run(stream, spool, &user, names, &ingest, closed, channel_end).await;
+            let end =
+                session::run(stream, spool, &user, policy, &ingest, closed, channel_end).await;
             if end.is_client_error() {
                 tracing::warn!(%peer, user, ?end, "sftp session ended by a protocol error");
             } else {

@@ -87,6 +87,8 @@ pub enum SessionEnd {
     ReadFailed(io::Error),
     /// Writing replies failed (the client went away).
     WriteFailed(io::Error),
+    /// No request arrived for the session policy's idle timeout.
+    Idle(Duration),
 }
 
 impl SessionEnd {
@@ -125,7 +127,7 @@ pub async fn run<S, E, F>(
     stream: S,
     spool: Arc<Spool>,
     user: &str,
-    names: super::NamePolicy,
+    policy: super::SessionPolicy,
     ingest: &IngestBudget,
     closed: impl Future<Output = ()> + Send + 'static,
     channel_end: E,
@@ -142,6 +144,7 @@ where
         input,
         request_budget,
         ingest.session(),
+        policy.idle_timeout,
         request_tx,
     ));
     let (reply_tx, reply_rx) = mpsc::channel(SFTP_REPLIES_QUEUED_COUNT_MAX);
@@ -165,7 +168,7 @@ where
     let ctx = Ctx {
         spool,
         user: Arc::from(user),
-        names,
+        names: policy.names,
         handles: Arc::new(Mutex::new(Handles::default())),
         replies: reply_tx,
         executing: Arc::new(Semaphore::new(SFTP_REQUESTS_EXECUTING_COUNT_MAX)),
@@ -357,10 +360,18 @@ async fn read_requests<R: AsyncRead + Unpin>(
     mut input: R,
     budget: Arc<Semaphore>,
     ingest: SessionIngest,
+    idle: Option<Duration>,
     requests: mpsc::Sender<Arrival>,
 ) -> SessionEnd {
     loop {
-        let len = match read_length(&mut input).await {
+        let next = match idle {
+            Some(idle) => match tokio::time::timeout(idle, read_length(&mut input)).await {
+                Ok(next) => next,
+                Err(_) => return SessionEnd::Idle(idle),
+            },
+            None => read_length(&mut input).await,
+        };
+        let len = match next {
             Ok(Some(len)) => len,
             Ok(None) => return SessionEnd::ClientClosed,
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,

@@ -64,12 +64,28 @@ fn start_sharing(
     buffer_bytes: usize,
     ingest: &IngestBudget,
 ) -> (Client, JoinHandle<SessionEnd>) {
+    start_with(
+        spool,
+        buffer_bytes,
+        ingest,
+        crate::sftp::SessionPolicy::default(),
+    )
+}
+
+/// A session under `policy`.
+fn start_with(
+    spool: &Arc<Spool>,
+    buffer_bytes: usize,
+    ingest: &IngestBudget,
+    policy: crate::sftp::SessionPolicy,
+) -> (Client, JoinHandle<SessionEnd>) {
     let (client, server) = tokio::io::duplex(buffer_bytes);
     let closed = std::future::pending();
     let (spool, ingest) = (Arc::clone(spool), ingest.clone());
     let session = tokio::spawn(async move {
-        let names = crate::sftp::NamePolicy::default();
-        session::run(server, spool, "alice", names, &ingest, closed, |_| async {}).await
+        session::run(server, spool, "alice", policy, &ingest, closed, |_| async {
+        })
+        .await
     });
     (
         Client {
@@ -1189,4 +1205,33 @@ async fn directory_handles_count_against_the_session_cap_and_hold_no_listing() {
     // Each holds its directory's path and a cursor (the last name sent), not a copy of the
     // listing: its size does not depend on the directory's.
     assert!(std::mem::size_of::<crate::sftp::handles::Listing>() <= 64);
+}
+
+#[tokio::test]
+async fn a_session_without_requests_for_the_idle_timeout_ends_and_a_busy_one_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let policy = crate::sftp::SessionPolicy {
+        idle_timeout: Some(Duration::from_millis(600)),
+        ..Default::default()
+    };
+    let ingest = IngestBudget::default();
+    let (mut busy, busy_session) = start_with(&spool, 1024 * 1024, &ingest, policy);
+    let (mut idle, idle_session) = start_with(&spool, 1024 * 1024, &ingest, policy);
+    busy.init().await;
+    idle.init().await;
+    // The busy client asks something every 200 ms for 1.8 s: three idle timeouts.
+    for i in 0..9 {
+        busy.put(&format!("/busy-{i}.txt"), b"still here").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let end = tokio::time::timeout(Duration::from_secs(5), idle_session)
+        .await
+        .expect("the idle session ended")
+        .expect("session task");
+    assert!(matches!(end, SessionEnd::Idle(_)), "{end:?}");
+    assert_eq!(end.exit_status(), 1);
+    assert!(idle.recv().await.is_none(), "the server closed the stream");
+    assert!(!busy_session.is_finished(), "the busy session goes on");
+    assert_eq!(busy.get("/busy-8.txt").await, b"still here");
 }
