@@ -102,16 +102,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
         overwrite: sftpgw::config::OverwriteMode::Replace,
     };
-    let spool = Spool::open(SpoolOptions {
-        dir: tmp.path().join("spool"),
-        partial_ttl: Duration::from_secs(3600),
-        reserve_bytes: 0,
-        hash_bytes_max: u64::MAX,
-        high_watermark_percent: 100,
-        low_watermark_percent: 100,
-        max_file_size: u64::MAX,
-        delivered_retention: Default::default(),
-    })?;
+    let spool = Spool::open(SpoolOptions::unlimited(tmp.path().join("spool")))?;
     write_sealed(&spool, size).await?;
 
     let rss_idle = status_kib("self", "VmRSS:")?;

@@ -169,16 +169,7 @@ async fn a_close_and_new_records_on_a_disk_filled_to_the_last_byte_still_succeed
         return;
     };
     let dir = mount_dir.path().join("spool");
-    let options = || SpoolOptions {
-        dir: dir.clone(),
-        partial_ttl: Duration::from_secs(3600),
-        reserve_bytes: 0,
-        hash_bytes_max: u64::MAX,
-        high_watermark_percent: 100,
-        low_watermark_percent: 100,
-        max_file_size: u64::MAX,
-        delivered_retention: Default::default(),
-    };
+    let options = || SpoolOptions::unlimited(dir.clone());
     let spool = Spool::open(options()).expect("spool");
     let path = VPath::resolve("/written.bin").expect("path");
     let h = spool
@@ -235,16 +226,7 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
         return;
     };
     let dir = mount_dir.path().join("spool");
-    let options = || SpoolOptions {
-        dir: dir.clone(),
-        partial_ttl: Duration::from_secs(3600),
-        reserve_bytes: 0,
-        hash_bytes_max: u64::MAX,
-        high_watermark_percent: 100,
-        low_watermark_percent: 100,
-        max_file_size: u64::MAX,
-        delivered_retention: Default::default(),
-    };
+    let options = || SpoolOptions::unlimited(dir.clone());
     let spool = Spool::open(options()).expect("spool");
     spool.set_journal_compaction_threshold(u64::MAX);
     let mut acknowledged = Vec::new();

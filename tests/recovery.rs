@@ -10,17 +10,7 @@ use bytes::Bytes;
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
 
 fn open(dir: &Path) -> Arc<Spool> {
-    Spool::open(SpoolOptions {
-        dir: dir.to_owned(),
-        partial_ttl: Duration::from_secs(3600),
-        reserve_bytes: 0,
-        hash_bytes_max: u64::MAX,
-        high_watermark_percent: 100,
-        low_watermark_percent: 100,
-        max_file_size: u64::MAX,
-        delivered_retention: Default::default(),
-    })
-    .expect("open spool")
+    Spool::open(SpoolOptions::unlimited(dir.to_owned())).expect("open spool")
 }
 
 fn vp(s: &str) -> VPath {

@@ -29,17 +29,7 @@ struct Gateway {
 
 async fn start() -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spool = Spool::open(SpoolOptions {
-        dir: dir.path().join("spool"),
-        partial_ttl: Duration::from_secs(3600),
-        reserve_bytes: 0,
-        hash_bytes_max: u64::MAX,
-        high_watermark_percent: 100,
-        low_watermark_percent: 100,
-        max_file_size: u64::MAX,
-        delivered_retention: Default::default(),
-    })
-    .expect("spool");
+    let spool = Spool::open(SpoolOptions::unlimited(dir.path().join("spool"))).expect("spool");
     let client = generate_ed25519("test client");
     let key = dir.path().join("client_ed25519");
     write_private_key(&key, &client).expect("client key");

@@ -64,6 +64,24 @@ pub struct SpoolOptions {
     pub delivered_retention: DeliveredRetention,
 }
 
+impl SpoolOptions {
+    /// A spool in `dir` that refuses nothing for space or size (no reserve, no watermark gate,
+    /// every file hashed, partial files kept an hour, default retention): for tests, tools
+    /// and fuzzing, where the limits are not what is tested.
+    pub fn unlimited(dir: PathBuf) -> SpoolOptions {
+        SpoolOptions {
+            dir,
+            partial_ttl: Duration::from_secs(3600),
+            reserve_bytes: 0,
+            hash_bytes_max: u64::MAX,
+            high_watermark_percent: 100,
+            low_watermark_percent: 100,
+            max_file_size: u64::MAX,
+            delivered_retention: DeliveredRetention::default(),
+        }
+    }
+}
+
 /// Whether uploads are refused after a fill of `used_percent`, given whether they were
 /// refused before: refusal starts at the high watermark and lasts until the fill is below the
 /// low one, so that a spool near its limit does not flap between accepting and refusing.
