@@ -3,7 +3,10 @@
 //! and what must hold of the result. `FUZZ_CASES` sets the cases per target (CI: the default,
 //! a short smoke; `bench/fuzz.sh`: 10^6 each). A failing input is shrunk and written by
 //! proptest to `proptest-regressions/fuzz.txt`, which is committed: every crash found stays a
-//! regression test that runs first.
+//! regression test that runs first. The SFTP session state machine, which runs a whole
+//! session per case, is in [`session`].
+
+mod session;
 
 use bytes::Bytes;
 use proptest::prelude::*;
