@@ -5,7 +5,8 @@
 //! itself again inside a network namespace of its own (`unshare --user --map-root-user
 //! --net`, which needs no root where user namespaces are allowed; only `lo` in it, up),
 //! where the gateway listens on `[::]` and is reached from 127.0.0.1 (the bad host) and from
-//! ::1 (the good one) without a port open on any real interface.
+//! ::1 (the good one) without a port open on any real interface. The stalled-body and quota
+//! tests need one source only and run on 127.0.0.1 directly.
 
 mod common;
 
@@ -199,4 +200,150 @@ async fn five_wrong_passwords_ban_the_host_even_for_the_right_password_and_no_ot
         password_login(port, "127.0.0.1", "carol", "right horse battery").await,
         Ok(true)
     );
+}
+
+/// One logged-in connection of alice's (key auth) with `channels` SFTP sessions, each of which
+/// sent INIT, got its VERSION, then announced a WRITE of the largest size and sent 9 bytes of
+/// it. The returned handles and channels keep them open.
+async fn stalled_sessions(
+    h: &Harness,
+    channels: usize,
+) -> (client::Handle<AnyHostKey>, Vec<russh::Channel<client::Msg>>) {
+    let config = Arc::new(client::Config::default());
+    let mut handle = client::connect(config, ("127.0.0.1", h.sftp_port), AnyHostKey)
+        .await
+        .expect("connect");
+    let key = russh::keys::load_secret_key(&h.key_path, None).expect("client key");
+    let key = russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None);
+    let auth = handle
+        .authenticate_publickey("alice", key)
+        .await
+        .expect("auth");
+    assert!(auth.success(), "alice logs in with her key");
+    let mut open = Vec::new();
+    for _ in 0..channels {
+        let mut channel = handle
+            .channel_open_session()
+            .await
+            .expect("session channel");
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .expect("subsystem");
+        // INIT, version 3.
+        channel
+            .data(&[0u8, 0, 0, 5, 1, 0, 0, 0, 3][..])
+            .await
+            .expect("init");
+        loop {
+            match channel.wait().await.expect("the version reply") {
+                russh::ChannelMsg::Data { .. } => break,
+                _ => continue,
+            }
+        }
+        // A WRITE packet's length for the largest packet, its type, its id, and no more.
+        let mut stall = (sftpgw::limits::SFTP_PACKET_BYTES_MAX)
+            .to_be_bytes()
+            .to_vec();
+        stall.extend_from_slice(&[6, 0, 0, 0, 7, 0, 0, 0, 4]);
+        channel.data(&stall[..]).await.expect("a packet's start");
+        open.push(channel);
+    }
+    (handle, open)
+}
+
+/// 64 sessions that announce the largest WRITE and stall hold 64 pieces of the ingest budget,
+/// not 64 announced lengths (which would be all of it): an upload from another session of the
+/// same host still runs at once. Before the fix it could not start until they timed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_sessions_stalled_in_a_packet_do_not_stop_another_upload() {
+    let mut h = Harness::new(Options {
+        sftp_extra: Some("max_sessions_per_source = 64".into()),
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(stalled_sessions(&h, 4).await);
+    }
+    let local = h.dir.path().join("through.bin");
+    let bytes = common::data(32 << 20, 9);
+    std::fs::write(&local, &bytes).expect("local file");
+    let started = std::time::Instant::now();
+    h.sftp_ok("alice", &format!("put {} /through.bin\n", local.display()));
+    let took = started.elapsed();
+    // Well inside the 30 s after which a stalled body ends its session.
+    assert!(took < Duration::from_secs(20), "the put took {took:?}");
+    let s = h.status().await;
+    assert_eq!(
+        s.sftp_sessions, 64,
+        "the stalled sessions are still there: {s:#?}"
+    );
+    let sealed = s
+        .files
+        .iter()
+        .find(|f| f.path == "/through.bin")
+        .expect("listed");
+    assert_eq!(sealed.size, bytes.len() as u64);
+    drop(held);
+}
+
+/// Per-user quotas through the real binary and OpenSSH's sftp: over `quota_files` an upload is
+/// refused at OPEN, over `quota_bytes` in the middle of its WRITEs; another user is untouched;
+/// once the drain delivers the files, room comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_over_quota_is_refused_and_others_are_not() {
+    let mut h = Harness::new(Options::default()).await;
+    let public = std::fs::read_to_string(h.key_path.with_extension("pub")).expect("public key");
+    let mut config = std::fs::read_to_string(&h.config_path).expect("config");
+    for (name, quota) in [
+        ("carol", "quota_files = 2"),
+        ("dave", "quota_bytes = \"100KiB\""),
+    ] {
+        config.push_str(&format!(
+            "\n[[users]]\nname = \"{name}\"\nauthorized_keys = [\"{}\"]\n{quota}\n",
+            public.trim()
+        ));
+    }
+    std::fs::write(&h.config_path, config).expect("config");
+    h.start_daemon();
+    h.drain_cli(&["pause"]);
+    let local = h.dir.path().join("60k.bin");
+    std::fs::write(&local, common::data(60 << 10, 4)).expect("local");
+    let put = |user: &str, name: &str| h.sftp(user, &format!("put {} /{name}\n", local.display()));
+    assert!(put("carol", "a.bin").status.success());
+    assert!(put("carol", "b.bin").status.success());
+    let third = put("carol", "c.bin");
+    assert!(
+        !third.status.success(),
+        "a third file is over carol's quota_files"
+    );
+    assert!(
+        String::from_utf8_lossy(&third.stderr).contains("Failure"),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+    assert!(put("dave", "a.bin").status.success(), "60 KiB of 100");
+    let second = put("dave", "b.bin");
+    assert!(
+        !second.status.success(),
+        "120 KiB is over dave's quota_bytes"
+    );
+    assert!(put("alice", "a.bin").status.success(), "alice has no quota");
+    assert!(put("alice", "b.bin").status.success());
+    assert!(put("alice", "c.bin").status.success());
+    let log = h.log();
+    assert!(
+        log.contains("quota exceeded"),
+        "the refusals are logged:\n{log}"
+    );
+    // Delivered files no longer count: room comes back.
+    h.drain_cli(&["resume"]);
+    h.wait_drained(Duration::from_secs(60)).await;
+    assert!(
+        put("carol", "c.bin").status.success(),
+        "room after delivery"
+    );
+    assert!(put("dave", "b.bin").status.success(), "room after delivery");
 }
