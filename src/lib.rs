@@ -16,6 +16,7 @@ pub mod journal;
 pub mod limits;
 pub mod logfmt;
 pub mod names;
+pub mod report;
 pub mod s3server;
 pub mod sftp;
 pub mod spool;

@@ -85,6 +85,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every file delivered to S3, one line each, from the delivery log on the spool (works
+    /// with the daemon stopped too): time, user, path, bucket, key, size, SHA-256, ETag,
+    /// version id, sealed time, box.
+    Report {
+        /// Deliveries at or after this date (2026-12-06, midnight UTC) or time (RFC 3339).
+        #[arg(long, value_parser = sftpgw::report::parse_time)]
+        since: Option<String>,
+        /// Deliveries before this date or time.
+        #[arg(long, value_parser = sftpgw::report::parse_time)]
+        until: Option<String>,
+        /// Only this user's files.
+        #[arg(long)]
+        user: Option<String>,
+        /// `csv` (with a header line) or `json` (one object per line).
+        #[arg(long, default_value = "csv")]
+        format: ReportFormat,
+    },
     /// Queue failed files again (all of them, or one user's below PATH).
     Retry {
         #[arg(long)]
@@ -140,6 +157,12 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Csv,
+    Json,
 }
 
 /// A file state on the command line.
@@ -331,6 +354,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&required_config(config_path, "files"))?;
             files(&config.control.socket, &states, after, limit, json)
+        }
+        Command::Report {
+            since,
+            until,
+            user,
+            format,
+        } => {
+            let config = Config::load(&required_config(config_path, "report"))?;
+            let filter = sftpgw::report::Filter { since, until, user };
+            let format = match format {
+                ReportFormat::Csv => sftpgw::report::Format::Csv,
+                ReportFormat::Json => sftpgw::report::Format::Json,
+            };
+            let mut out = std::io::stdout().lock();
+            match sftpgw::report::write(&config.spool.dir, &filter, format, &mut out) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.map(|_| ()).with_context(|| {
+                    format!("reading the delivery log in {}", config.spool.dir.display())
+                }),
+            }
         }
         Command::Retry { user, path } => {
             let config = Config::load(&required_config(config_path, "retry"))?;

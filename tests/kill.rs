@@ -193,6 +193,23 @@ async fn killed_at_random_moments_every_acknowledged_file_arrives_exactly_once()
         h.spool_files()
     );
 
+    // The delivery log holds every delivered file, each once, however the kills fell.
+    let report = h.cli("report", &["--format", "json"]);
+    let mut logged: Vec<String> = report
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<sftpgw::spool::deliveries::Delivery>(l)
+                .expect("a delivery")
+                .path
+        })
+        .collect();
+    logged.sort();
+    let mut expected: Vec<String> = workload.keys().map(|p| format!("/{p}")).collect();
+    expected.sort();
+    // A file put again after a kill lost it is a second delivery of its path.
+    logged.dedup();
+    assert_eq!(logged, expected, "seed {seed}: the delivery log");
+
     let sent = h.s3.stats().upload_bytes();
     {
         use sftpgw::s3server::ServerOp::*;

@@ -583,3 +583,72 @@ async fn files_lists_every_waiting_file_page_by_page_and_resumes_after_an_id() {
         "{status}"
     );
 }
+
+/// `sftpgw report` lists every delivered file from the delivery log, with what the bucket
+/// says of the object (its ETag, size, key) and the file's SHA-256; filters by user and time;
+/// and reads the log with the daemon stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn report_lists_each_delivery_as_the_bucket_has_it_with_the_daemon_up_or_down() {
+    use sha2::Digest as _;
+    let mut h = Harness::new(Options::default()).await;
+    h.start_daemon();
+    let small = common::data(10_000, 1);
+    let big = common::data(11 << 20, 2);
+    put(&h, "alice", "a.txt", &small);
+    put(&h, "alice", "big.bin", &big);
+    put(&h, "bob", "b,c.txt", &small);
+    h.wait_drained(Duration::from_secs(60)).await;
+
+    let json = h.cli("report", &["--format", "json"]);
+    let all: Vec<sftpgw::spool::deliveries::Delivery> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(all.len(), 3, "{json}");
+    let host = nix::unistd::gethostname()
+        .expect("hostname")
+        .to_string_lossy()
+        .into_owned();
+    for d in &all {
+        let key = format!("{}{}{}", common::PREFIX, d.user, d.path);
+        assert_eq!(d.key, key);
+        assert_eq!(d.bucket, common::BUCKET);
+        assert_eq!(d.box_name, host);
+        let head = h
+            .s3_client()
+            .head_object()
+            .bucket(common::BUCKET)
+            .key(&key)
+            .send()
+            .await
+            .expect("the object is in the bucket");
+        assert_eq!(
+            d.etag.as_deref(),
+            head.e_tag().map(|e| e.trim_matches('"')),
+            "{d:?}"
+        );
+        assert_eq!(Some(d.size), head.content_length().map(|n| n as u64));
+        let content = if d.path == "/big.bin" { &big } else { &small };
+        if let Some(sha) = &d.sha256 {
+            assert_eq!(*sha, hex::encode(sha2::Sha256::digest(content)));
+        }
+        assert!(d.sealed_at <= d.delivered_at, "{d:?}");
+    }
+    let small_sha = all.iter().find(|d| d.path == "/a.txt").expect("a.txt");
+    assert!(
+        small_sha.sha256.is_some(),
+        "a small file's SHA-256 is known"
+    );
+
+    let bob = h.cli("report", &["--user", "bob"]);
+    let lines: Vec<&str> = bob.lines().collect();
+    assert_eq!(lines.len(), 2, "the header and bob's file: {bob}");
+    assert_eq!(lines[0], sftpgw::report::CSV_HEADER);
+    assert!(lines[1].contains(",bob,\"/b,c.txt\","), "{}", lines[1]);
+    let future = h.cli("report", &["--since", "2999-01-01"]);
+    assert_eq!(future.trim(), sftpgw::report::CSV_HEADER);
+
+    h.stop_daemon();
+    let offline = h.cli("report", &["--format", "json"]);
+    assert_eq!(offline, json, "the same report with the daemon stopped");
+}

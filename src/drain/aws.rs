@@ -271,6 +271,10 @@ fn missing(operation: &'static str, what: &str) -> S3Error {
 }
 
 impl ObjectStore for AwsStore {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
     async fn put_object(
         &self,
         key: &str,
@@ -432,7 +436,12 @@ impl ObjectStore for AwsStore {
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
-        Ok(Some(ObjectHead { size, metadata }))
+        Ok(Some(ObjectHead {
+            size,
+            metadata,
+            etag: out.e_tag.map(|e| e.trim_matches('"').to_owned()),
+            version_id: out.version_id,
+        }))
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, S3Error> {

@@ -253,6 +253,10 @@ impl<S: ObjectStore> FaultStore<S> {
 }
 
 impl<S: ObjectStore> ObjectStore for FaultStore<S> {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+
     async fn put_object(
         &self,
         key: &str,

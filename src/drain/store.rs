@@ -67,6 +67,10 @@ pub const META_TOKEN: &str = "sftpgw-token";
 pub struct ObjectHead {
     pub size: u64,
     pub metadata: ObjectMetadata,
+    /// As the store answered it, quotes removed.
+    pub etag: Option<String>,
+    /// Where the bucket has versioning.
+    pub version_id: Option<String>,
 }
 
 /// A finished part, as Complete needs it.
@@ -161,6 +165,9 @@ impl From<FileRange> for Body {
 /// The S3 operations the drain needs. Keys are full object keys (prefix included).
 /// Bodies are cheap to clone (a file range or shared bytes), so every request is retryable.
 pub trait ObjectStore: Send + Sync + 'static {
+    /// The bucket every key is in (for delivery records).
+    fn bucket(&self) -> &str;
+
     fn put_object(
         &self,
         key: &str,

@@ -43,11 +43,13 @@ use tokio::task::JoinSet;
 
 use super::shaper::{Admission, Shaper};
 use super::store::{
-    Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore, OpenFile,
-    S3Error, S3ErrorKind,
+    Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectHead, ObjectMetadata,
+    ObjectStore, OpenFile, S3Error, S3ErrorKind,
 };
 use crate::spool::catalog::{FileRecord, UploadProgress};
-use crate::spool::{CreatedUpload, FileId, FileState, NotCurrent, Spool};
+use crate::spool::{
+    CreatedUpload, DeliveredObject, DeliveryError, FileId, FileState, NotCurrent, Spool,
+};
 
 /// How the drain behaves.
 #[derive(Debug, Clone)]
@@ -1179,7 +1181,7 @@ impl<S: ObjectStore> Ctx<S> {
                     == Some(hex::encode(sha).as_str())
         });
         if same_bytes {
-            self.record_delivered(file.id, key).await?;
+            self.record_delivered(file.id, key, &head).await?;
             tracing::info!(
                 id = file.id,
                 key,
@@ -1209,10 +1211,10 @@ impl<S: ObjectStore> Ctx<S> {
     ) -> Result<(), Stop> {
         let id = file.id;
         let head = self.retry(id, key, || self.store.head_object(key)).await?;
-        let verified = head.as_ref().is_some_and(|h| {
+        let verified = head.as_ref().filter(|h| {
             h.size == file.size && h.metadata.get(META_TOKEN).map(String::as_str) == Some(token)
         });
-        if !verified {
+        let Some(verified) = verified else {
             return Err(Stop::Permanent(S3Error::new(
                 S3ErrorKind::Permanent,
                 "HeadObject",
@@ -1221,15 +1223,46 @@ impl<S: ObjectStore> Ctx<S> {
                     file.size
                 ),
             )));
-        }
-        self.record_delivered(id, key).await?;
+        };
+        self.record_delivered(id, key, verified).await?;
         tracing::debug!(id, key, size = file.size, "verified");
         Ok(())
     }
 
-    /// Journals `Delivered` (the spool copy is then freed) and counts it.
-    async fn record_delivered(&self, id: FileId, key: &str) -> Result<(), Stop> {
-        self.spool.record_delivered(id, self.current(key)).await?;
+    /// Logs and journals `Delivered` (the spool copy is then freed) and counts it. The object
+    /// is in S3 and verified, so a delivery log that cannot be written (a full or failing
+    /// spool disk) is waited out, retried on the drain's backoff, never a failure.
+    async fn record_delivered(&self, id: FileId, key: &str, head: &ObjectHead) -> Result<(), Stop> {
+        let object = DeliveredObject {
+            bucket: self.store.bucket().to_owned(),
+            key: key.to_owned(),
+            etag: head.etag.clone(),
+            version_id: head.version_id.clone(),
+        };
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .spool
+                .record_delivered(id, object.clone(), self.current(key))
+                .await
+            {
+                Ok(()) => break,
+                Err(DeliveryError::NotCurrent(_)) => return Err(Stop::Cancelled),
+                Err(DeliveryError::Log(e)) => {
+                    tracing::warn!(id, key, attempt, error = %e,
+                        "delivered, but the delivery log cannot be written; retrying");
+                    if attempt == 0 {
+                        crate::telemetry::record_error(
+                            crate::telemetry::ErrorKind::SpoolWrite,
+                            None,
+                            &format!("delivery log: {e}"),
+                        );
+                    }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
         self.stats.files_delivered.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

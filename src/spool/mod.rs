@@ -4,6 +4,7 @@
 //! and acknowledges a CLOSE only once the data, the rename and the journal record are durable.
 
 pub mod catalog;
+pub mod deliveries;
 mod engine;
 mod handles;
 pub mod identity;
@@ -15,7 +16,7 @@ mod dir_sync;
 mod pool;
 mod store;
 mod uploads;
-pub use uploads::{CreatedUpload, NotCurrent};
+pub use uploads::{CreatedUpload, DeliveredObject, DeliveryError, NotCurrent};
 mod uring;
 pub mod vpath;
 

@@ -131,6 +131,10 @@ pub struct Spool {
     refusing: AtomicBool,
     /// Damaged-journal copies and the quarantine's size, for the alarms (`recovery`).
     recovery: RecoveryState,
+    /// One line per delivered file, written before the journal records it (`deliveries.rs`).
+    pub(super) deliveries: Arc<super::deliveries::DeliveryLog>,
+    /// The host name, recorded with every delivery.
+    pub(super) box_name: String,
 }
 
 /// Seconds since the epoch, for records and listings.
@@ -231,6 +235,11 @@ impl Spool {
         }
         let pool_dir = opts.dir.join("pool");
         let pool = FilePool::start(&pool_dir).map_err(|e| SpoolOpenError::Io(pool_dir, e))?;
+        let deliveries = super::deliveries::DeliveryLog::open(&opts.dir)
+            .map_err(|e| SpoolOpenError::Io(opts.dir.join("deliveries"), e))?;
+        let box_name = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "sftpgw".to_owned());
         let spool = Spool {
             _dir_lock: dir_lock,
             engine,
@@ -250,6 +259,8 @@ impl Spool {
             work: Notify::new(),
             refusing: AtomicBool::new(false),
             recovery: RecoveryState::default(),
+            deliveries: Arc::new(deliveries),
+            box_name,
             opts,
         };
         let restored = spool

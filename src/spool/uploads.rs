@@ -9,7 +9,10 @@
 //! with [`NotCurrent`] when the file was removed, renamed, superseded, failed or delivered
 //! meanwhile, or (for part and reset steps) when its recorded upload is no longer `upload_id`.
 
+use std::sync::Arc;
+
 use super::catalog::{FileRecord, Record, UploadProgress};
+use super::deliveries::{Delivery, rfc3339};
 use super::{FileId, FsError, FsErrorKind, Spool, now_unix};
 
 /// A step refused because the file is no longer what the upload was for.
@@ -20,6 +23,31 @@ pub struct NotCurrent(String);
 impl From<FsError> for NotCurrent {
     fn from(e: FsError) -> Self {
         NotCurrent(e.message)
+    }
+}
+
+/// Where a delivered file is in S3 and as what (from the HEAD that verified it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredObject {
+    pub bucket: String,
+    pub key: String,
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+}
+
+/// Why a delivery was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    NotCurrent(#[from] NotCurrent),
+    /// The delivery log could not be written (the journal was not touched).
+    #[error("cannot write the delivery log: {0}")]
+    Log(std::io::Error),
+}
+
+impl From<FsError> for DeliveryError {
+    fn from(e: FsError) -> Self {
+        DeliveryError::NotCurrent(e.into())
     }
 }
 
@@ -159,17 +187,44 @@ impl Spool {
         Ok(())
     }
 
-    /// Journals the file as delivered (verified in S3); its spool copy is freed.
+    /// Writes the file's line to the delivery log (flushed to disk), then journals it as
+    /// delivered (verified in S3: `object` says where and as what); its spool copy is freed.
+    /// A crash between the two writes the line again on the next attempt: no delivery is
+    /// missing from the log (see `deliveries.rs`). A log that cannot be written stops the
+    /// delivery, which is retried like a store error.
     pub async fn record_delivered(
         &self,
         id: FileId,
+        object: DeliveredObject,
         is_current: impl Fn(&FileRecord) -> bool,
-    ) -> Result<(), NotCurrent> {
-        let record = Record::Delivered {
-            id,
-            at_unix: now_unix(),
+    ) -> Result<(), DeliveryError> {
+        let at_unix = now_unix();
+        let file = {
+            let catalog = self.lock();
+            current(catalog.file(id), &is_current)?.clone()
         };
-        self.commit_if_current(id, record, is_current).await
+        let line = Delivery {
+            delivered_at: rfc3339(at_unix),
+            user: file.user.clone(),
+            path: file.path.display(),
+            bucket: object.bucket,
+            key: object.key,
+            size: file.size,
+            sha256: file.sha256.map(hex::encode),
+            etag: object.etag,
+            version_id: object.version_id,
+            sealed_at: rfc3339(file.mtime_unix),
+            box_name: self.box_name.clone(),
+            id,
+        };
+        let log = Arc::clone(&self.deliveries);
+        tokio::task::spawn_blocking(move || log.append(&line))
+            .await
+            .map_err(|e| DeliveryError::Log(std::io::Error::other(e)))?
+            .map_err(DeliveryError::Log)?;
+        let record = Record::Delivered { id, at_unix };
+        self.commit_if_current(id, record, is_current).await?;
+        Ok(())
     }
 
     /// Journals a permanent failure (the cause cut to a bounded length); the file is kept.

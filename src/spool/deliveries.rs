@@ -1,0 +1,318 @@
+//! The delivery log: one JSON line per file delivered to S3, kept on the spool after the
+//! catalog has forgotten the file (`[spool] delivered_retention`), for `sftpgw report` and for
+//! whoever audits the box.
+//!
+//! Files `deliveries/deliveries-NNNNNNNN.jsonl` in the spool directory, appended in order; a file
+//! is closed at [`LOG_FILE_BYTES_MAX`] and a new one started, and beyond [`LOG_FILES_COUNT_MAX`]
+//! files the oldest is removed, so the log is bounded (64 MiB) and holds the latest few hundred
+//! thousand deliveries.
+//!
+//! A line is written and flushed to disk (fdatasync) *before* the journal records the file as
+//! delivered: a crash in between leaves a line for a file the journal still has as uploading,
+//! whose upload then finds its object in S3 and writes the line again. So no delivery is ever
+//! missing from the log, and a file may appear twice (same id, same key): readers keep the
+//! last line of an id ([`read`] does).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// A log file is closed at this size and a new one started.
+pub const LOG_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Log files kept; the oldest goes when one more is started.
+pub const LOG_FILES_COUNT_MAX: usize = 16;
+
+const DIR_NAME: &str = "deliveries";
+const FILE_PREFIX: &str = "deliveries-";
+const FILE_SUFFIX: &str = ".jsonl";
+
+/// One delivered file, as the log, `sftpgw report` and receipts show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// When HEAD found the object in S3 (RFC 3339, UTC).
+    pub delivered_at: String,
+    pub user: String,
+    /// As the user sees it, `/dir/name`.
+    pub path: String,
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    /// Hex SHA-256 of the whole file, when the box knew it.
+    pub sha256: Option<String>,
+    /// The object's ETag as S3 answered it (quotes removed).
+    pub etag: Option<String>,
+    /// The object's version id, when the bucket has versioning.
+    pub version_id: Option<String>,
+    /// When the file was sealed (its last write; RFC 3339, UTC).
+    pub sealed_at: String,
+    /// The box that delivered it (its host name).
+    #[serde(rename = "box")]
+    pub box_name: String,
+    /// The spool's id of the file (two lines with one id are one delivery written twice).
+    pub id: u64,
+}
+
+/// A unix time as RFC 3339 UTC, to the second.
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| unix.to_string(), |t| format!("{t:.0}"))
+}
+
+/// The log of one spool directory, open for appending.
+pub struct DeliveryLog {
+    dir: PathBuf,
+    file_bytes_max: u64,
+    files_count_max: usize,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    file: File,
+    number: u64,
+    bytes: u64,
+}
+
+impl DeliveryLog {
+    /// Opens (creating it if needed) the log under `spool_dir`, with the default bounds.
+    pub fn open(spool_dir: &Path) -> io::Result<DeliveryLog> {
+        Self::open_bounded(spool_dir, LOG_FILE_BYTES_MAX, LOG_FILES_COUNT_MAX)
+    }
+
+    /// [`DeliveryLog::open`] with other bounds (tests).
+    pub fn open_bounded(
+        spool_dir: &Path,
+        file_bytes_max: u64,
+        files_count_max: usize,
+    ) -> io::Result<DeliveryLog> {
+        let dir = spool_dir.join(DIR_NAME);
+        fs::create_dir_all(&dir)?;
+        let number = log_files(&dir)?.last().map_or(1, |(n, _)| *n);
+        let current = open_file(&dir, number)?;
+        Ok(DeliveryLog {
+            dir,
+            file_bytes_max: file_bytes_max.max(1),
+            files_count_max: files_count_max.max(1),
+            current: Mutex::new(current),
+        })
+    }
+
+    /// Appends one line and flushes it to disk. Blocking (a write and an fdatasync): call it
+    /// from a blocking thread.
+    pub fn append(&self, delivery: &Delivery) -> io::Result<()> {
+        let mut line = serde_json::to_vec(delivery).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.bytes > 0 && current.bytes + line.len() as u64 > self.file_bytes_max {
+            *current = open_file(&self.dir, current.number + 1)?;
+            self.remove_oldest_beyond_bound()?;
+        }
+        current.file.write_all(&line)?;
+        current.file.sync_data()?;
+        current.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    fn remove_oldest_beyond_bound(&self) -> io::Result<()> {
+        let files = log_files(&self.dir)?;
+        let extra = files.len().saturating_sub(self.files_count_max);
+        for (_, path) in files.iter().take(extra) {
+            fs::remove_file(path)?;
+        }
+        Ok(())
+    }
+}
+
+fn file_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{FILE_PREFIX}{number:08}{FILE_SUFFIX}"))
+}
+
+/// Opens log file `number` for appending. A line cut by a crash is ended first, so that the
+/// next line starts on a line of its own (readers skip the cut one).
+fn open_file(dir: &Path, number: u64) -> io::Result<Current> {
+    let path = file_path(dir, number);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(&path)?;
+    let mut bytes = file.metadata()?.len();
+    if bytes > 0 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(bytes - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+            bytes += 1;
+        }
+    }
+    Ok(Current {
+        file,
+        number,
+        bytes,
+    })
+}
+
+/// The log files of `dir`, oldest first.
+fn log_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let number = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(FILE_PREFIX))
+            .and_then(|n| n.strip_suffix(FILE_SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(number) = number {
+            files.push((number, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every delivery in the log under `spool_dir` that `keep` accepts, oldest first, each id once
+/// (its last line). Lines that do not parse (a line cut by a crash) are skipped. Reads the log
+/// files only: works while the daemon runs or not.
+pub fn read(spool_dir: &Path, keep: impl Fn(&Delivery) -> bool) -> io::Result<Vec<Delivery>> {
+    let dir = spool_dir.join(DIR_NAME);
+    let files = match log_files(&dir) {
+        Ok(files) => files,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out: Vec<Delivery> = Vec::new();
+    let mut at: HashMap<u64, usize> = HashMap::new();
+    for (_, path) in files {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // Removed by a rotation since it was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in BufReader::new(file).lines() {
+            let Ok(d) = serde_json::from_str::<Delivery>(&line?) else {
+                continue;
+            };
+            if !keep(&d) {
+                continue;
+            }
+            match at.get(&d.id) {
+                Some(&i) => out[i] = d,
+                None => {
+                    at.insert(d.id, out.len());
+                    out.push(d);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: u64, user: &str) -> Delivery {
+        Delivery {
+            delivered_at: rfc3339(1_765_000_000 + id),
+            user: user.into(),
+            path: format!("/f{id}.bin"),
+            bucket: "uploads".into(),
+            key: format!("site/{user}/f{id}.bin"),
+            size: id * 10,
+            sha256: Some("ab".repeat(32)),
+            etag: Some("0cc175b9c0f1b6a831c399e269772661".into()),
+            version_id: None,
+            sealed_at: rfc3339(1_765_000_000),
+            box_name: "box-1".into(),
+            id,
+        }
+    }
+
+    #[test]
+    fn deliveries_come_back_in_order_each_id_once_across_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = DeliveryLog::open(dir.path()).expect("open");
+        for id in 1..=3 {
+            log.append(&delivery(id, "alice")).expect("append");
+        }
+        drop(log);
+        // Written again after a crash between the line and the journal: one delivery.
+        let log = DeliveryLog::open(dir.path()).expect("reopen");
+        let mut again = delivery(2, "alice");
+        again.delivered_at = rfc3339(1_765_000_100);
+        log.append(&again).expect("append");
+        log.append(&delivery(4, "bob")).expect("append");
+        let all = read(dir.path(), |_| true).expect("read");
+        let ids: Vec<u64> = all.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        assert_eq!(all[1], again, "the last line of an id wins");
+        let bob = read(dir.path(), |d| d.user == "bob").expect("read");
+        assert_eq!(bob, vec![delivery(4, "bob")]);
+    }
+
+    #[test]
+    fn the_log_is_bounded_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let line = serde_json::to_vec(&delivery(1000, "alice"))
+            .expect("json")
+            .len() as u64
+            + 1;
+        // Three lines a file, at most four files.
+        let log = DeliveryLog::open_bounded(dir.path(), 3 * line, 4).expect("open");
+        for id in 1000..1100 {
+            log.append(&delivery(id, "alice")).expect("append");
+        }
+        let files = log_files(&dir.path().join(DIR_NAME)).expect("files");
+        assert_eq!(files.len(), 4, "{files:?}");
+        let total: u64 = files
+            .iter()
+            .map(|(_, p)| fs::metadata(p).expect("meta").len())
+            .sum();
+        assert!(total <= 4 * 3 * line, "{total} bytes");
+        let kept: Vec<u64> = read(dir.path(), |_| true)
+            .expect("read")
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(kept.last(), Some(&1099), "the newest is kept");
+        assert!(kept.windows(2).all(|w| w[0] + 1 == w[1]), "{kept:?}");
+    }
+
+    #[test]
+    fn a_line_cut_by_a_crash_is_skipped_and_the_next_starts_on_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = DeliveryLog::open(dir.path()).expect("open");
+        log.append(&delivery(1, "alice")).expect("append");
+        drop(log);
+        let path = file_path(&dir.path().join(DIR_NAME), 1);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"delivered_at\":\"2026-").expect("cut line");
+        drop(f);
+        let log = DeliveryLog::open(dir.path()).expect("reopen");
+        log.append(&delivery(2, "alice")).expect("append");
+        let ids: Vec<u64> = read(dir.path(), |_| true)
+            .expect("read")
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_to_the_second() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_765_054_800), "2025-12-06T21:00:00Z");
+    }
+}
