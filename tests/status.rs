@@ -628,6 +628,14 @@ async fn report_lists_each_delivery_as_the_bucket_has_it_with_the_daemon_up_or_d
             "{d:?}"
         );
         assert_eq!(Some(d.size), head.content_length().map(|n| n as u64));
+        // Every object says who uploaded it and from which box; a file sealed before its
+        // upload started also when it was sealed.
+        let meta = head.metadata().expect("user metadata");
+        assert_eq!(meta.get("uploader"), Some(&d.user), "{meta:?}");
+        assert_eq!(meta.get("box"), Some(&host), "{meta:?}");
+        if d.path != "/big.bin" {
+            assert_eq!(meta.get("sealed-at"), Some(&d.sealed_at), "{meta:?}");
+        }
         let content = if d.path == "/big.bin" { &big } else { &small };
         if let Some(sha) = &d.sha256 {
             assert_eq!(*sha, hex::encode(sha2::Sha256::digest(content)));

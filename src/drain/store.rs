@@ -61,6 +61,12 @@ pub type ObjectMetadata = BTreeMap<String, String>;
 pub const META_SHA256: &str = "sha256";
 /// Metadata key holding our upload token, which settles an ambiguous Complete by HEAD.
 pub const META_TOKEN: &str = "sftpgw-token";
+/// Metadata key holding the SFTP user who uploaded the file.
+pub const META_UPLOADER: &str = "uploader";
+/// Metadata key holding when the file was sealed (RFC 3339 UTC), where known at upload start.
+pub const META_SEALED_AT: &str = "sealed-at";
+/// Metadata key holding the name of the box that delivered the object.
+pub const META_BOX: &str = "box";
 
 /// What HEAD tells about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]

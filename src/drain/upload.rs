@@ -43,8 +43,8 @@ use tokio::task::JoinSet;
 
 use super::shaper::{Admission, Shaper};
 use super::store::{
-    Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectHead, ObjectMetadata,
-    ObjectStore, OpenFile, S3Error, S3ErrorKind,
+    Body, CompletedPart, FileRange, META_BOX, META_SEALED_AT, META_SHA256, META_TOKEN,
+    META_UPLOADER, ObjectHead, ObjectMetadata, ObjectStore, OpenFile, S3Error, S3ErrorKind,
 };
 use crate::spool::catalog::{FileRecord, UploadProgress};
 use crate::spool::{
@@ -708,13 +708,27 @@ impl<S: ObjectStore> Ctx<S> {
         }
     }
 
-    /// The object's metadata: our upload token, and the SHA-256 where it is known before the
-    /// upload starts (not for an early upload).
-    fn metadata(sha256: Option<&[u8; 32]>, token: &str) -> ObjectMetadata {
+    /// The object's metadata: our upload token, the uploader and the box; the SHA-256 and
+    /// the seal time where they are known before the upload starts (not for an early upload
+    /// of a file still arriving: S3 fixes metadata at the start).
+    fn metadata(
+        &self,
+        file: &FileRecord,
+        sha256: Option<&[u8; 32]>,
+        token: &str,
+    ) -> ObjectMetadata {
         let mut m = ObjectMetadata::new();
         if let Some(sha256) = sha256 {
             m.insert(META_SHA256.to_owned(), hex::encode(sha256));
         }
+        if matches!(file.state, FileState::Sealed | FileState::Uploading) {
+            m.insert(
+                META_SEALED_AT.to_owned(),
+                crate::spool::deliveries::rfc3339(file.mtime_unix),
+            );
+        }
+        m.insert(META_UPLOADER.to_owned(), file.user.clone());
+        m.insert(META_BOX.to_owned(), self.spool.box_name().to_owned());
         m.insert(META_TOKEN.to_owned(), token.to_owned());
         m
     }
@@ -741,7 +755,7 @@ impl<S: ObjectStore> Ctx<S> {
     async fn deliver_single(&self, file: &FileRecord, key: &str) -> Result<(), Stop> {
         let sha = self.file_sha256(file).await?;
         let token = new_token();
-        let meta = Self::metadata(Some(&sha), &token);
+        let meta = self.metadata(file, Some(&sha), &token);
         let permit = self.part_permit(file.size).await?;
         // The wait for a slot and the shaper's admission can be long (a paused drain): a file
         // renamed or removed meanwhile must not be put under its old key, where no abort
@@ -781,7 +795,7 @@ impl<S: ObjectStore> Ctx<S> {
     ) -> Result<UploadProgress, Stop> {
         let id = file.id;
         let token = new_token();
-        let meta = Self::metadata(sha256, &token);
+        let meta = self.metadata(file, sha256, &token);
         // Recorded before the upload exists, so that a crash before its id is journalled
         // leaves the next start a trace of exactly what to look for (see
         // `abort_unrecorded_uploads`).

@@ -693,6 +693,11 @@ impl Spool {
         (out, None)
     }
 
+    /// The box's host name, recorded with every delivery.
+    pub fn box_name(&self) -> &str {
+        &self.box_name
+    }
+
     /// Copies of every file record, oldest first: O(all files), for tests and tools only.
     pub fn files(&self) -> Vec<FileRecord> {
         let mut v: Vec<FileRecord> = self.lock().files().cloned().collect();
