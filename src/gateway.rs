@@ -403,6 +403,10 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                     after,
                     limit,
                 } => files_page(&spool, &drain, &config, (state, after, limit)),
+                // The control socket streams events itself; a handler never sees it.
+                Request::Events => Response::Error {
+                    message: "events are streamed by the control socket".into(),
+                },
                 Request::BansList => Response::Bans {
                     bans: defender.bans(std::time::Instant::now()),
                 },

@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod drain;
+pub mod events;
 #[cfg(test)]
 mod fuzz;
 pub mod gateway;

@@ -102,6 +102,13 @@ enum Command {
         #[arg(long, default_value = "csv")]
         format: ReportFormat,
     },
+    /// Follow the daemon's lifecycle events as JSON lines (sealed, upload_started, delivered,
+    /// failed, conflict, partial, expired, retried, quarantined) until interrupted.
+    Events {
+        /// Keep following (the only mode: events are not stored).
+        #[arg(long)]
+        follow: bool,
+    },
     /// Queue failed files again (all of them, or one user's below PATH).
     Retry {
         #[arg(long)]
@@ -290,17 +297,21 @@ fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Names from the LAN are escaped in every line, so no colours: their escape sequences
     // could not be told from a name's.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::prelude::*;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(sftpgw::logfmt::EscapingStderr)
         .with_ansi(false);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder
-            .event_format(sftpgw::logfmt::Journald::default())
-            .init();
+    let fmt = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.event_format(sftpgw::logfmt::Journald::default())
+            .boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    // The log level filters the log only: `sftpgw events` sees lifecycle events at any level.
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(sftpgw::events::layer())
+        .init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -374,6 +385,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     format!("reading the delivery log in {}", config.spool.dir.display())
                 }),
             }
+        }
+        Command::Events { follow } => {
+            if !follow {
+                bail!("events are not stored: `sftpgw events --follow` shows them as they happen");
+            }
+            let config = Config::load(&required_config(config_path, "events"))?;
+            runtime()?.block_on(async {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let started = || eprintln!("following the daemon's events (Ctrl-C ends)");
+                let result = control::follow_events(&config.control.socket, started, |line| {
+                    writeln!(out, "{line}")?;
+                    out.flush()
+                })
+                .await;
+                match result {
+                    Err(ControlError::Io(_, e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        Ok(())
+                    }
+                    r => r.map_err(anyhow::Error::from),
+                }
+            })
         }
         Command::Retry { user, path } => {
             let config = Config::load(&required_config(config_path, "retry"))?;

@@ -660,3 +660,61 @@ async fn report_lists_each_delivery_as_the_bucket_has_it_with_the_daemon_up_or_d
     let offline = h.cli("report", &["--format", "json"]);
     assert_eq!(offline, json, "the same report with the daemon stopped");
 }
+
+/// `sftpgw events --follow` streams each file's lifecycle as JSON lines, whatever the log
+/// level: sealed, then delivered, with the user, path and key.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_follow_streams_sealed_then_delivered_whatever_the_log_level() {
+    use std::io::BufRead;
+    let mut h = Harness::new(Options::default()).await;
+    h.start_daemon_with_env(&[("SFTPGW_LOG", std::ffi::OsStr::new("error"))]);
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+        .args(["events", "--follow", "--config"])
+        .arg(&h.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sftpgw events");
+    let mut stderr = std::io::BufReader::new(follower.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    stderr
+        .read_line(&mut said)
+        .expect("the follower says it follows");
+    assert!(said.contains("following"), "{said}");
+    let stdout = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    put(&h, "alice", "watched.txt", b"watch me");
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|e| e["event"] == "delivered") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no delivered event; seen {seen:?}"));
+        seen.push(serde_json::from_str(&line).expect("a JSON object per line"));
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let sealed = seen
+        .iter()
+        .position(|e| e["event"] == "sealed" && e["path"] == "/watched.txt")
+        .unwrap_or_else(|| panic!("no sealed event: {seen:?}"));
+    let delivered = seen
+        .iter()
+        .position(|e| e["event"] == "delivered")
+        .expect("delivered");
+    assert!(sealed < delivered, "{seen:?}");
+    let d = &seen[delivered];
+    assert_eq!(d["user"], "alice");
+    assert_eq!(d["path"], "/watched.txt");
+    assert_eq!(d["key"], format!("{}alice/watched.txt", common::PREFIX));
+    assert!(d["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
+}

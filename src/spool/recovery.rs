@@ -355,7 +355,7 @@ impl Spool {
         fsync_dir(self.sealed_dir())?;
         self.count_quarantined(1);
         let identity = identity::read(&target, name.parse().unwrap_or(0));
-        tracing::error!(file = %target.display(), reason,
+        tracing::error!(event = "quarantined", file = %target.display(), reason,
             user = identity.as_ref().map(|i| i.user.as_str()), path = identity.as_ref().map(|i| i.path.display()),
             "a sealed file the journal does not explain was quarantined (never deleted): \
              `sftpgw quarantine list`");

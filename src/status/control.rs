@@ -64,6 +64,9 @@ pub enum Request {
         after: Option<u64>,
         limit: Option<usize>,
     },
+    /// `sftpgw events --follow`: after an `Events` reply, one JSON object per line for each
+    /// lifecycle event, until the client goes.
+    Events,
     /// `sftpgw bans list`.
     BansList,
     /// `sftpgw bans clear [ADDRESS]`: one source's ban (any address of an IPv6 /64), or all.
@@ -93,6 +96,8 @@ pub enum Response {
         next: Option<u64>,
         count: u64,
     },
+    /// Lifecycle events follow, one JSON object per line.
+    Events,
     /// Sources banned now, longest remaining first.
     Bans {
         bans: Vec<crate::sftp::defender::Ban>,
@@ -203,6 +208,10 @@ pub async fn serve(control: ControlListener, handler: Handler) {
                 let response = if allowed {
                     match read_request(&mut reader).await {
                         Ok(Some(line)) => match serde_json::from_slice::<Request>(&line) {
+                            Ok(Request::Events) => {
+                                stream_events(&mut write).await;
+                                break;
+                            }
                             Ok(req) => handler(req).await,
                             Err(e) => Response::Error {
                                 message: format!("bad request: {e}"),
@@ -235,6 +244,33 @@ pub async fn serve(control: ControlListener, handler: Handler) {
 }
 
 const TOO_LONG: &str = "request too long";
+
+/// Answers `Events`, then writes each lifecycle event as a line until the peer goes. A peer
+/// that falls behind by more than the broadcast holds gets a `lagged` line with the number of
+/// events it missed; the daemon never waits for it.
+async fn stream_events(write: &mut (impl tokio::io::AsyncWrite + Unpin)) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut events = crate::events::subscribe();
+    let Ok(mut head) = serde_json::to_string(&Response::Events) else {
+        return;
+    };
+    head.push('\n');
+    if write.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    loop {
+        let line = match events.recv().await {
+            Ok(event) => format!("{event}\n"),
+            Err(RecvError::Lagged(missed)) => {
+                format!("{{\"event\":\"lagged\",\"missed\":{missed}}}\n")
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if write.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// The next request line (without its newline), `None` at the end, or an error if it is longer
 /// than [`REQUEST_BYTES_MAX`]: never more than that is read into memory.
@@ -279,6 +315,42 @@ pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlErro
         .await
         .map_err(|e| ControlError::Io(path.to_owned(), e))?;
     serde_json::from_str(&line).map_err(|e| ControlError::Protocol(path.to_owned(), e.to_string()))
+}
+
+/// `sftpgw events --follow`: asks the daemon for its events, calls `started` once the daemon
+/// follows (every event from then on comes), then `each` with every line (one JSON object)
+/// until the daemon goes or `each` fails.
+pub async fn follow_events(
+    path: &Path,
+    started: impl FnOnce(),
+    mut each: impl FnMut(&str) -> std::io::Result<()>,
+) -> Result<(), ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| ControlError::Connect(path.to_owned(), e))?;
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(&Request::Events)
+        .map_err(|e| ControlError::Protocol(path.to_owned(), e.to_string()))?;
+    text.push('\n');
+    let io = |e| ControlError::Io(path.to_owned(), e);
+    write.write_all(text.as_bytes()).await.map_err(io)?;
+    let mut lines = BufReader::new(read).lines();
+    match lines.next_line().await.map_err(io)? {
+        Some(head) if serde_json::from_str::<Response>(&head).ok() == Some(Response::Events) => {
+            started();
+        }
+        Some(other) => {
+            return Err(ControlError::Protocol(
+                path.to_owned(),
+                format!("not an events stream (a daemon older than `sftpgw events`?): {other}"),
+            ));
+        }
+        None => return Ok(()),
+    }
+    while let Some(line) = lines.next_line().await.map_err(io)? {
+        each(&line).map_err(io)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
