@@ -91,7 +91,10 @@ impl DeliveryLog {
         files_count_max: usize,
     ) -> io::Result<DeliveryLog> {
         let dir = spool_dir.join(DIR_NAME);
-        fs::create_dir_all(&dir)?;
+        if !dir.exists() {
+            fs::create_dir_all(&dir)?;
+            File::open(spool_dir)?.sync_all()?;
+        }
         let number = log_files(&dir)?.last().map_or(1, |(n, _)| *n);
         let current = open_file(&dir, number)?;
         Ok(DeliveryLog {
@@ -139,11 +142,17 @@ fn file_path(dir: &Path, number: u64) -> PathBuf {
 /// next line starts on a line of its own (readers skip the cut one).
 fn open_file(dir: &Path, number: u64) -> io::Result<Current> {
     let path = file_path(dir, number);
+    let created = !path.exists();
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
         .read(true)
         .open(&path)?;
+    if created {
+        // The new name must be durable too: a flushed line is no use in a file that a power
+        // cut takes out of its directory.
+        File::open(dir)?.sync_all()?;
+    }
     let mut bytes = file.metadata()?.len();
     if bytes > 0 {
         use std::io::{Read, Seek, SeekFrom};
