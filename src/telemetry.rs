@@ -93,6 +93,13 @@ impl Drop for SessionGuard {
     }
 }
 
+/// The box's host name (what the console, the banner and delivery records call the box).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "sftpgw".to_owned())
+}
+
 pub fn sftp_sessions_live() -> u64 {
     SFTP_SESSIONS_LIVE.load(Ordering::Relaxed)
 }

@@ -100,12 +100,7 @@ const MENU: &str = concat!(
 );
 const PROMPT: &str = "choice> ";
 
-/// The box's host name.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "sftpgw".to_owned())
-}
+pub use crate::telemetry::hostname;
 
 /// Runs the menu on stdin/stdout until the operator logs out or input ends.
 pub fn run(opts: &ConsoleOptions) -> std::io::Result<()> {

@@ -237,9 +237,7 @@ impl Spool {
         let pool = FilePool::start(&pool_dir).map_err(|e| SpoolOpenError::Io(pool_dir, e))?;
         let deliveries = super::deliveries::DeliveryLog::open(&opts.dir)
             .map_err(|e| SpoolOpenError::Io(opts.dir.join("deliveries"), e))?;
-        let box_name = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "sftpgw".to_owned());
+        let box_name = crate::telemetry::hostname();
         let spool = Spool {
             _dir_lock: dir_lock,
             engine,
