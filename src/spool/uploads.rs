@@ -199,23 +199,24 @@ impl Spool {
         is_current: impl Fn(&FileRecord) -> bool,
     ) -> Result<(), DeliveryError> {
         let at_unix = now_unix();
-        let file = {
+        // Only what the line needs, not the record (whose upload may list thousands of parts).
+        let line = {
             let catalog = self.lock();
-            current(catalog.file(id), &is_current)?.clone()
-        };
-        let line = Delivery {
-            delivered_at: rfc3339(at_unix),
-            user: file.user.clone(),
-            path: file.path.display(),
-            bucket: object.bucket,
-            key: object.key,
-            size: file.size,
-            sha256: file.sha256.map(hex::encode),
-            etag: object.etag,
-            version_id: object.version_id,
-            sealed_at: rfc3339(file.mtime_unix),
-            box_name: self.box_name.clone(),
-            id,
+            let file = current(catalog.file(id), &is_current)?;
+            Delivery {
+                delivered_at: rfc3339(at_unix),
+                user: file.user.clone(),
+                path: file.path.display(),
+                bucket: object.bucket,
+                key: object.key,
+                size: file.size,
+                sha256: file.sha256.map(hex::encode),
+                etag: object.etag,
+                version_id: object.version_id,
+                sealed_at: rfc3339(file.mtime_unix),
+                box_name: self.box_name.clone(),
+                id,
+            }
         };
         let log = Arc::clone(&self.deliveries);
         tokio::task::spawn_blocking(move || log.append(&line))
