@@ -1277,3 +1277,36 @@ async fn bodies_are_sent_unsigned_with_a_plain_content_length_even_over_http() {
         assert!(!head.contains("transfer-encoding"), "{head}");
     }
 }
+
+/// The embedded server runs on a runtime of its own: the demo's gateway shares a process with
+/// it, and its MD5 and copying must not take the gateway's workers (nor wait for them).
+#[test]
+fn the_server_answers_while_the_runtime_that_started_it_does_not_run() {
+    use std::io::{Read as _, Write as _};
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = caller
+        .block_on(S3Server::start(S3ServerConfig::loopback(
+            dir.path().join("s3"),
+        )))
+        .expect("s3");
+    // `caller` is idle from here until the shutdown: nothing of the server may need it.
+    let mut socket = std::net::TcpStream::connect(server.addr()).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    socket
+        .write_all(b"GET /uploads HTTP/1.1\r\nHost: s3\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut reply = Vec::new();
+    let read = socket.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        read.is_ok() && reply.starts_with("HTTP/1.1 403"),
+        "an unsigned request is refused at once ({read:?}): {reply}"
+    );
+    caller.block_on(server.shutdown());
+}
