@@ -873,6 +873,34 @@ async fn an_expired_partial_file_aborts_its_early_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_upload_starts_when_its_first_part_is_written_not_at_a_periodic_wake() {
+    let rig = Rig::new(2).await;
+    // A delivery wakes the drain; its next periodic wake is a second later.
+    rig.put("before.bin", b"x").await;
+    rig.wait_state("before.bin", FileState::Delivered).await;
+    let bytes = content((PART + 10) as usize, 17);
+    let h = rig.open("w.bin", true).await;
+    let written = Instant::now();
+    rig.append(&h, &bytes, 0, PART as usize).await;
+    while rig.store.calls(Op::CreateMultipartUpload) == 0 {
+        assert!(
+            written.elapsed() < Duration::from_secs(30),
+            "no early upload"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waited = written.elapsed();
+    assert!(
+        waited < Duration::from_millis(500),
+        "the early upload began {waited:?} after its first part was written"
+    );
+    rig.append(&h, &bytes, PART as usize, bytes.len()).await;
+    h.close().await.expect("close");
+    rig.wait_state("w.bin", FileState::Delivered).await;
+    assert!(rig.object("w.bin").await == bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temporary_names_are_not_drained_early() {
     let rig = Rig::new(2).await;
     let bytes = content((2 * PART + 10) as usize, 15);

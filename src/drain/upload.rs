@@ -276,6 +276,13 @@ impl<S: ObjectStore> Drain<S> {
         let mut next_failed_scan = Instant::now();
         // Files already sealed before this start were settled long ago.
         queue.settled_before = self.ctx.spool.next_file_id();
+        if self.ctx.cfg.early {
+            // Without it an early upload began at the next periodic wake, up to a second
+            // after its first part was written (bench/results/round10/e2e-timeline.txt).
+            self.ctx
+                .spool
+                .wake_drain_when_written(self.ctx.cfg.part_size);
+        }
         loop {
             for (key, upload_id) in self.ctx.spool.take_aborts() {
                 *queue.fenced_keys.entry(key.clone()).or_default() += 1;
@@ -944,6 +951,7 @@ impl<S: ObjectStore> Ctx<S> {
         if parts.len() as u64 != parts_count {
             return Err(Stop::Restart);
         }
+        tracing::debug!(id, parts = parts.len(), "completing the upload");
         let completed = self
             .retry(id, key, || {
                 self.store
@@ -1058,16 +1066,6 @@ impl<S: ObjectStore> Ctx<S> {
                     }
                 },
             };
-            if receiving.is_none() {
-                match self.spool.open_receiving(id) {
-                    Ok(f) => receiving = Some(OpenFile(Arc::new(f))),
-                    // Sealed (renamed) or removed meanwhile: the next round sees which.
-                    Err(_) => {
-                        tokio::time::sleep(EARLY_POLL).await;
-                        continue;
-                    }
-                }
-            }
             let part_size = upload.part_size;
             let frontier = self.spool.live_frontier(id).unwrap_or(0);
             let ready = (1..=frontier / part_size)
@@ -1076,33 +1074,52 @@ impl<S: ObjectStore> Ctx<S> {
             if let Some(number) = ready
                 && u64::from(number) <= crate::limits::PARTS_COUNT_MAX
             {
-                let Ok(permit) = self.part_permit(part_size).await else {
-                    break Ok(None);
-                };
-                sending.insert(number);
-                let (ctx, key, upload_id, open) = (
-                    self.clone(),
-                    key.to_owned(),
-                    upload.upload_id.clone(),
-                    receiving.clone(),
-                );
-                tasks.spawn(async move {
-                    let offset = u64::from(number - 1) * part_size;
-                    let r = ctx
-                        .upload_one_part(
-                            id,
-                            &key,
-                            &upload_id,
-                            number,
-                            offset,
-                            part_size,
-                            open.as_ref(),
-                        )
-                        .await;
-                    drop(permit);
-                    (number, r)
-                });
-                continue;
+                if tasks.is_empty() {
+                    // A slot may be long in coming (the drain paused, the WAN budget spent):
+                    // meanwhile the file is not held open, so that its blocks are freed at
+                    // once if it is removed (a file refused on a full disk, say).
+                    receiving = None;
+                }
+                // Waits a poll at most, then reaps finished parts and looks at the file again
+                // (sealed, removed or renamed ends the wait).
+                match tokio::time::timeout(EARLY_POLL, self.part_permit(part_size)).await {
+                    Ok(Ok(permit)) => {
+                        if receiving.is_none() {
+                            match self.spool.open_receiving(id) {
+                                Ok(f) => receiving = Some(OpenFile(Arc::new(f))),
+                                // Sealed (renamed) or removed meanwhile: the next round sees
+                                // which.
+                                Err(_) => continue,
+                            }
+                        }
+                        sending.insert(number);
+                        let (ctx, key, upload_id, open) = (
+                            self.clone(),
+                            key.to_owned(),
+                            upload.upload_id.clone(),
+                            receiving.clone(),
+                        );
+                        tasks.spawn(async move {
+                            let offset = u64::from(number - 1) * part_size;
+                            let r = ctx
+                                .upload_one_part(
+                                    id,
+                                    &key,
+                                    &upload_id,
+                                    number,
+                                    offset,
+                                    part_size,
+                                    open.as_ref(),
+                                )
+                                .await;
+                            drop(permit);
+                            (number, r)
+                        });
+                        continue;
+                    }
+                    Ok(Err(_)) => break Ok(None),
+                    Err(_) => {}
+                }
             }
             tokio::select! {
                 Some(done) = tasks.join_next() => {
@@ -1169,6 +1186,7 @@ impl<S: ObjectStore> Ctx<S> {
             .await?;
         self.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
         self.stats.parts_sent.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(id, number, early = receiving.is_some(), "part sent");
         Ok(())
     }
 

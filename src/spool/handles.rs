@@ -360,7 +360,8 @@ impl WriteHandle {
         // Writes of one handle are awaited one after another, so an append here extends the
         // written prefix; a write beyond it (a gap) does not, and the frontier stays put.
         if offset <= self.live.frontier.load(Ordering::Acquire) {
-            self.live.frontier.fetch_max(end, Ordering::Release);
+            let before = self.live.frontier.fetch_max(end, Ordering::Release);
+            self.spool.frontier_moved(before, end);
         }
         Ok(())
     }

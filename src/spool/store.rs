@@ -126,6 +126,9 @@ pub struct Spool {
     aborts: Mutex<Vec<(String, String)>>,
     /// Wakes the drain when there is new work.
     work: Notify,
+    /// A file being received whose append frontier reaches this many bytes wakes the drain
+    /// (its first early part is ready); `u64::MAX`, never, until the drain sets it.
+    early_wake_bytes: AtomicU64,
     /// New uploads are refused: the spool reached its high watermark and has not yet gone
     /// below its low one.
     refusing: AtomicBool,
@@ -255,6 +258,7 @@ impl Spool {
             live: Mutex::new(HashMap::new()),
             aborts: Mutex::new(aborts),
             work: Notify::new(),
+            early_wake_bytes: AtomicU64::new(u64::MAX),
             refusing: AtomicBool::new(false),
             recovery: RecoveryState::default(),
             deliveries: Arc::new(deliveries),
@@ -579,6 +583,20 @@ impl Spool {
     /// The drain's wake-up signal.
     pub fn work(&self) -> &Notify {
         &self.work
+    }
+
+    /// Wakes the drain as soon as the append frontier of a file being received reaches
+    /// `bytes` (the early drain's first part), instead of at its next periodic wake.
+    pub fn wake_drain_when_written(&self, bytes: u64) {
+        self.early_wake_bytes.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// A receiving file's append frontier moved from `before` to `after`.
+    pub(super) fn frontier_moved(&self, before: u64, after: u64) {
+        let at = self.early_wake_bytes.load(Ordering::Relaxed);
+        if before < at && after >= at {
+            self.work.notify_one();
+        }
     }
 
     /// Uploads the drain must abort, taken once.
