@@ -101,6 +101,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         failed_retry: sftpgw::config::FAILED_RETRY_DEFAULT,
         failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
         overwrite: sftpgw::config::OverwriteMode::Replace,
+        manifest_interval: None,
     };
     let spool = Spool::open(SpoolOptions::unlimited(tmp.path().join("spool")))?;
     write_sealed(&spool, size).await?;

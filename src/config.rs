@@ -146,6 +146,8 @@ impl SpoolConfig {
 /// `spool.engine`; the spool owns the type (config depends on spool, never the reverse).
 pub use crate::spool::EngineChoice;
 
+/// Default `s3.manifest_interval`: a manifest of the deliveries every 5 minutes.
+pub const MANIFEST_INTERVAL_DEFAULT: Duration = Duration::from_secs(5 * 60);
 /// Default `s3.failed_retry`: the first automatic retry of a failed file.
 pub const FAILED_RETRY_DEFAULT: Duration = Duration::from_secs(15 * 60);
 /// Default `s3.failed_retry_max`: the longest wait between automatic retries.
@@ -173,6 +175,9 @@ pub struct S3Config {
     pub failed_retry_max: Duration,
     /// `s3.overwrite`: what happens when the key already holds an object.
     pub overwrite: OverwriteMode,
+    /// `s3.manifest_interval`: how often the delivery log is copied to
+    /// `<prefix>_manifests/` in the bucket; `None`: never.
+    pub manifest_interval: Option<Duration>,
 }
 
 /// `s3.overwrite`.
@@ -537,6 +542,7 @@ struct RawS3 {
     failed_retry: Option<Ttl>,
     failed_retry_max: Option<Ttl>,
     overwrite: Option<OverwriteMode>,
+    manifest_interval: Option<TtlOrOff>,
 }
 
 #[derive(Deserialize, Default)]
@@ -716,6 +722,9 @@ fn validate_s3(raw: Spanned<RawS3>, source: &Source<'_>) -> Result<S3Config, Con
             .failed_retry_max
             .map_or(FAILED_RETRY_MAX_DEFAULT, |d| d.0),
         overwrite: raw.overwrite.unwrap_or_default(),
+        manifest_interval: raw
+            .manifest_interval
+            .map_or(Some(MANIFEST_INTERVAL_DEFAULT), |t| t.0),
     })
 }
 

@@ -57,6 +57,9 @@ concurrency = 4
 # "when_required" sends checksum headers only where S3 requires them (works with every
 # S3-compatible store); "always" lets the AWS SDK add its default CRC checksums.
 checksums = "when_required"
+# How often the deliveries since the last time go to the bucket as a manifest,
+# site-a/_manifests/<date>/<box>-<n>.jsonl (one JSON line per delivered file); "off": never.
+manifest_interval = "5m"
 
 [control]
 # Unix socket of the running daemon, read by `sftpgw status`.

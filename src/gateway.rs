@@ -131,6 +131,15 @@ pub async fn run(
         Some(shaper.clone()),
     );
     let drain_task = tokio::spawn(drain.clone().run());
+    let manifests_task = config.s3.manifest_interval.map(|interval| {
+        tokio::spawn(crate::drain::manifests::run(
+            store.clone(),
+            config.spool.dir.clone(),
+            config.s3.prefix.clone(),
+            spool.box_name().to_owned(),
+            interval,
+        ))
+    });
     let monitor_task = tokio::spawn(monitor_loop(
         monitor.clone(),
         drain.stats().clone(),
@@ -244,6 +253,12 @@ pub async fn run(
             task: t.abort_handle(),
         });
     }
+    if let Some(t) = &manifests_task {
+        watched.push(Watched {
+            name: "manifests",
+            task: t.abort_handle(),
+        });
+    }
     let _ = monitor.watched.set(watched.clone());
     let health_task = tokio::spawn(crate::health::supervise(
         config.control.socket.clone(),
@@ -262,6 +277,7 @@ pub async fn run(
     ]
     .into_iter()
     .chain(metrics_task)
+    .chain(manifests_task)
     {
         t.abort();
     }

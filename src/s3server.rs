@@ -226,6 +226,7 @@ pub fn test_s3_config(server: &S3Server) -> S3Config {
         failed_retry: crate::config::FAILED_RETRY_DEFAULT,
         failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
         overwrite: crate::config::OverwriteMode::Replace,
+        manifest_interval: None,
     }
 }
 

@@ -718,3 +718,135 @@ async fn events_follow_streams_sealed_then_delivered_whatever_the_log_level() {
     assert_eq!(d["key"], format!("{}alice/watched.txt", common::PREFIX));
     assert!(d["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
 }
+
+/// Objects under `prefix` in the test bucket, by key: (key, body).
+async fn objects_under(h: &Harness, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let listed = h
+        .s3_client()
+        .list_objects_v2()
+        .bucket(common::BUCKET)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("list");
+    let mut out = Vec::new();
+    for o in listed.contents() {
+        let key = o.key().expect("key").to_owned();
+        let body = h.get_object(&key).await.expect("listed object");
+        out.push((key, body));
+    }
+    out.sort();
+    out
+}
+
+/// The delivery log on the spool, its files concatenated.
+fn delivery_log_bytes(h: &Harness) -> Vec<u8> {
+    let dir = h.spool_dir.join("deliveries");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("deliveries dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| std::fs::read(p).expect("log file"))
+        .collect()
+}
+
+/// The box copies its delivery log to `<prefix>_manifests/<date>/<box>-<n>.jsonl`: the
+/// manifests hold the log byte for byte (and so what `sftpgw report` prints), a restart goes on
+/// with the next number and never writes a manifest again.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_in_the_bucket_hold_the_delivery_log_byte_for_byte_and_are_never_rewritten() {
+    let mut h = Harness::new(Options {
+        manifest_interval: "1s",
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    let small = common::data(10_000, 1);
+    put(&h, "alice", "a.txt", &small);
+    put(&h, "bob", "b.txt", &small);
+    h.wait_drained(Duration::from_secs(60)).await;
+    let folder = format!("{}_manifests/", common::PREFIX);
+    let log = delivery_log_bytes(&h);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let manifests = objects_under(&h, &folder).await;
+        let joined: Vec<u8> = manifests.iter().flat_map(|(_, b)| b.clone()).collect();
+        if joined == log {
+            break manifests;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "manifests {:?} never held the log:\n{}",
+            manifests.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            String::from_utf8_lossy(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let host = sftpgw::telemetry::hostname();
+    let report = h.cli("report", &["--format", "json"]);
+    let reported: Vec<serde_json::Value> = report
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let mut in_manifests: Vec<serde_json::Value> = Vec::new();
+    for (key, body) in &first {
+        let text = String::from_utf8(body.clone()).expect("utf-8");
+        let date = key
+            .strip_prefix(&folder)
+            .and_then(|k| k.split('/').next())
+            .expect("a date folder");
+        assert!(
+            key.strip_prefix(&format!("{folder}{date}/{host}-"))
+                .is_some()
+                && key.ends_with(".jsonl"),
+            "{key}"
+        );
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            assert!(
+                v["delivered_at"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(date)),
+                "{line}"
+            );
+            in_manifests.push(v);
+        }
+    }
+    assert_eq!(
+        in_manifests, reported,
+        "the manifests say what the report says"
+    );
+
+    // After a restart one more delivery goes into a new manifest; the old ones are untouched.
+    h.stop_daemon();
+    h.start_daemon();
+    put(&h, "alice", "c.txt", &small);
+    h.wait_drained(Duration::from_secs(60)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let manifests = objects_under(&h, &folder).await;
+        if manifests.len() > first.len() {
+            break manifests;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new manifest");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        after.len(),
+        first.len() + 1,
+        "{:?}",
+        after.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    for m in &first {
+        assert!(after.contains(m), "{} was rewritten", m.0);
+    }
+    let joined: Vec<u8> = after.iter().flat_map(|(_, b)| b.clone()).collect();
+    assert!(
+        joined == delivery_log_bytes(&h),
+        "all three deliveries, once each"
+    );
+}

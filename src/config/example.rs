@@ -118,6 +118,11 @@ failed_retry_max = "6h"
 # (another box's, a person's) is never replaced; such a file goes to the "conflict" state
 # (status shows it; `sftpgw retry` tries again). The store must support conditional writes.
 overwrite = "replace"
+# Every manifest_interval the deliveries since the last manifest (the lines of the delivery log
+# that `sftpgw report` reads) are written to the bucket as a new object,
+# <prefix>_manifests/<YYYY-MM-DD>/<box name>-<n>.jsonl, one JSON line per delivered file; no
+# manifest is ever rewritten. Default "5m"; "off" writes none.
+manifest_interval = "5m"
 
 [shaping]
 # WAN bandwidth of the drain (upload bodies to S3; SFTP uploads on the LAN are never limited).

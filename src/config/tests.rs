@@ -1010,3 +1010,31 @@ fn idle_timeout_defaults_to_15_minutes_and_can_be_set_or_turned_off() {
         "longer than zero",
     );
 }
+
+#[test]
+fn manifest_interval_defaults_to_5_minutes_and_can_be_set_or_turned_off() {
+    assert_eq!(
+        parse(&base()).expect("base").s3.manifest_interval,
+        Some(MANIFEST_INTERVAL_DEFAULT)
+    );
+    let with = |value: &str| {
+        replace(
+            &base(),
+            "bucket = \"uploads\"",
+            &format!("bucket = \"uploads\"\nmanifest_interval = {value}"),
+        )
+    };
+    let set = parse(&with("\"30s\"")).expect("30s");
+    assert_eq!(set.s3.manifest_interval, Some(Duration::from_secs(30)));
+    assert_eq!(
+        parse(&with("\"off\"")).expect("off").s3.manifest_interval,
+        None
+    );
+    let text = with("\"hourly\"");
+    assert_invalid(
+        &text,
+        line_of(&text, "manifest_interval"),
+        "s3.manifest_interval",
+        "\"hourly\"",
+    );
+}

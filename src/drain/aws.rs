@@ -610,6 +610,7 @@ mod tests {
             failed_retry: crate::config::FAILED_RETRY_DEFAULT,
             failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
             overwrite: crate::config::OverwriteMode::Replace,
+            manifest_interval: None,
         };
         let err = AwsStore::new(&cfg).unwrap_err();
         assert_eq!(err.kind, S3ErrorKind::Permanent);

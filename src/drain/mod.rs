@@ -3,6 +3,7 @@
 pub mod aws;
 pub mod failed_retry;
 pub mod fault;
+pub mod manifests;
 pub mod observer;
 pub mod shaper;
 pub mod store;

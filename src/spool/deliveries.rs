@@ -228,6 +228,101 @@ pub fn read(spool_dir: &Path, keep: impl Fn(&Delivery) -> bool) -> io::Result<Ve
     Ok(out)
 }
 
+/// A place in the log: a log file's number and a byte offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub file: u64,
+    pub offset: u64,
+}
+
+/// What [`read_from`] found.
+#[derive(Debug, Default)]
+pub struct LogChunk {
+    /// Whole lines, as written (each ends with a newline); empty when nothing is new.
+    pub lines: Vec<u8>,
+    /// Where the next read starts.
+    pub next: LogPosition,
+    /// The position asked for was rotated away: lines between it and `lines` are gone.
+    pub skipped: bool,
+}
+
+/// The whole lines of the log under `spool_dir` from `at` on: at most `bytes_max` of them
+/// (but at least one line if any is there), from one log file. Moves to the next file once
+/// `at`'s file is read to its end and a newer one exists (the writer never goes back to a
+/// file). A line still being written is left for the next read.
+pub fn read_from(spool_dir: &Path, at: LogPosition, bytes_max: usize) -> io::Result<LogChunk> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let dir = spool_dir.join(DIR_NAME);
+    let files = match log_files(&dir) {
+        Ok(files) => files,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(LogChunk {
+                next: at,
+                ..LogChunk::default()
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut at = at;
+    let mut skipped = false;
+    for (i, (number, path)) in files.iter().enumerate() {
+        if *number < at.file {
+            continue;
+        }
+        if *number > at.file {
+            // `at`'s file is gone (rotated away) or was finished: start this one.
+            skipped |= !(at.file == 0 && at.offset == 0) && i == 0;
+            at = LogPosition {
+                file: *number,
+                offset: 0,
+            };
+        }
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        file.seek(SeekFrom::Start(at.offset))?;
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() >= bytes_max && buf.contains(&b'\n') {
+                break;
+            }
+        }
+        // Whole lines only, and no more than bytes_max of them unless one line is longer.
+        let within = &buf[..buf.len().min(bytes_max)];
+        let end = within
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .or_else(|| buf.iter().position(|b| *b == b'\n'))
+            .map_or(0, |last| last + 1);
+        if end > 0 {
+            buf.truncate(end);
+            let next = LogPosition {
+                file: at.file,
+                offset: at.offset + end as u64,
+            };
+            return Ok(LogChunk {
+                lines: buf,
+                next,
+                skipped,
+            });
+        }
+        // Nothing new here: go on only if a newer file exists.
+    }
+    Ok(LogChunk {
+        lines: Vec::new(),
+        next: at,
+        skipped,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +342,103 @@ mod tests {
             box_name: "box-1".into(),
             id,
         }
+    }
+
+    /// A log of 100 deliveries (ids 1000..1100), three lines a file, at most `files_max` files;
+    /// and the length of one line.
+    fn log_of_100_lines(files_max: usize) -> (tempfile::TempDir, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let line = serde_json::to_vec(&delivery(1000, "alice"))
+            .expect("json")
+            .len() as u64
+            + 1;
+        let log = DeliveryLog::open_bounded(dir.path(), 3 * line, files_max).expect("open");
+        for id in 1000..1100 {
+            log.append(&delivery(id, "alice")).expect("append");
+        }
+        (dir, line)
+    }
+
+    /// Reads the whole log through `read_from` in chunks of `bytes_max`.
+    fn read_all_from(dir: &Path, mut at: LogPosition, bytes_max: usize) -> (Vec<u8>, bool) {
+        let (mut out, mut skipped) = (Vec::new(), false);
+        loop {
+            let chunk = read_from(dir, at, bytes_max).expect("read_from");
+            skipped |= chunk.skipped;
+            if chunk.lines.is_empty() {
+                assert_eq!(chunk.next, at, "nothing read, nothing moved");
+                return (out, skipped);
+            }
+            assert!(chunk.lines.ends_with(b"\n"), "whole lines only");
+            out.extend_from_slice(&chunk.lines);
+            at = chunk.next;
+        }
+    }
+
+    #[test]
+    fn read_from_returns_every_line_once_in_chunks_across_files() {
+        // 34 files.
+        let (dir, line) = log_of_100_lines(100);
+        let line = usize::try_from(line).expect("small");
+        let mut whole = Vec::new();
+        for (_, path) in log_files(&dir.path().join(DIR_NAME)).expect("files") {
+            whole.extend(fs::read(path).expect("read"));
+        }
+        for bytes_max in [1, line - 1, line, 2 * line + 5, 1 << 20] {
+            let (got, skipped) = read_all_from(dir.path(), LogPosition::default(), bytes_max);
+            assert!(
+                got == whole,
+                "chunks of {bytes_max} bytes: the log byte for byte"
+            );
+            assert!(!skipped);
+        }
+        // A line still being written (no newline yet) is left for later.
+        let (_, end) = {
+            let mut at = LogPosition::default();
+            loop {
+                let c = read_from(dir.path(), at, 1 << 20).expect("read");
+                if c.lines.is_empty() {
+                    break ((), at);
+                }
+                at = c.next;
+            }
+        };
+        let last = log_files(&dir.path().join(DIR_NAME))
+            .expect("files")
+            .pop()
+            .expect("a file");
+        OpenOptions::new()
+            .append(true)
+            .open(&last.1)
+            .expect("open")
+            .write_all(b"{\"cut")
+            .expect("write");
+        assert!(
+            read_from(dir.path(), end, 1 << 20)
+                .expect("read")
+                .lines
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn read_from_a_position_rotated_away_says_so_and_goes_on_from_the_oldest_file() {
+        let (dir, line) = log_of_100_lines(4);
+        let files = log_files(&dir.path().join(DIR_NAME)).expect("files");
+        let (got, skipped) = read_all_from(
+            dir.path(),
+            LogPosition {
+                file: 1,
+                offset: line,
+            },
+            1 << 20,
+        );
+        assert!(skipped, "file 1 is gone");
+        let mut newest = Vec::new();
+        for (_, path) in files {
+            newest.extend(fs::read(path).expect("read"));
+        }
+        assert!(got == newest, "the four files kept, whole");
     }
 
     #[test]
@@ -273,16 +465,7 @@ mod tests {
 
     #[test]
     fn the_log_is_bounded_and_keeps_the_newest_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let line = serde_json::to_vec(&delivery(1000, "alice"))
-            .expect("json")
-            .len() as u64
-            + 1;
-        // Three lines a file, at most four files.
-        let log = DeliveryLog::open_bounded(dir.path(), 3 * line, 4).expect("open");
-        for id in 1000..1100 {
-            log.append(&delivery(id, "alice")).expect("append");
-        }
+        let (dir, line) = log_of_100_lines(4);
         let files = log_files(&dir.path().join(DIR_NAME)).expect("files");
         assert_eq!(files.len(), 4, "{files:?}");
         let total: u64 = files

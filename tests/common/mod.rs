@@ -36,6 +36,8 @@ pub struct Options {
     pub listen_host: &'static str,
     /// More `[[users]]` tables, appended to the configuration.
     pub users_extra: Option<String>,
+    /// `[s3] manifest_interval` (default "off": a test that wants manifests asks for them).
+    pub manifest_interval: &'static str,
 }
 
 /// A client key the harness generates with `ssh-keygen -q -N "" -C test KEYGEN_ARGS -f FILE`
@@ -61,6 +63,7 @@ impl Default for Options {
             extra_keys: Vec::new(),
             listen_host: "127.0.0.1",
             users_extra: None,
+            manifest_interval: "off",
         }
     }
 }
@@ -153,6 +156,7 @@ access_key_id = "{ACCESS_KEY}"
 secret_access_key = "{SECRET_KEY}"
 part_size = "{part}"
 concurrency = {conc}
+manifest_interval = "{manifest}"
 [control]
 socket = "{sock}"
 [[users]]
@@ -168,6 +172,7 @@ authorized_keys = [{authorized}]
             ep = s3.endpoint(),
             part = opts.part_size,
             conc = opts.concurrency,
+            manifest = opts.manifest_interval,
             sock = socket.display(),
             bucket = opts.bucket,
             sftp_extra = opts.sftp_extra.as_deref().unwrap_or_default(),
