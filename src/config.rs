@@ -33,7 +33,7 @@ mod values;
 use values::{
     AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Limit, Listen, MaxFileSize, Net,
     NonEmpty, PartSize, PasswordHash, Percent, Prefix, QuotaBytes, RetainedFiles, SessionsLimit,
-    StartupsSpec, Ttl, TtlOrOff, UserName,
+    StartupsSpec, Ttl, TtlOrOff, UserName, WebhookUrl,
 };
 
 pub use example::EXAMPLE;
@@ -68,6 +68,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// `[shaping]`: the drain's WAN rate, schedule and budgets.
     pub shaping: ShapingConfig,
+    /// `[events] webhook`: where lifecycle events are POSTed, if anywhere.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
     pub users: Vec<User>,
 }
 
@@ -434,6 +436,7 @@ struct RawConfig {
     #[serde(default)]
     control: RawControl,
     metrics: Option<RawMetrics>,
+    events: Option<RawEvents>,
     #[serde(default)]
     users: Vec<Spanned<RawUser>>,
 }
@@ -442,6 +445,13 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Listen,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    webhook: Option<WebhookUrl>,
+    webhook_ca: Option<FilePath>,
 }
 
 #[derive(Deserialize)]
@@ -599,6 +609,12 @@ impl RawConfig {
             control: ControlConfig { socket },
             metrics: self.metrics.map(|m| MetricsConfig { listen: m.listen.0 }),
             shaping,
+            webhook: self.events.and_then(|e| {
+                Some(crate::webhook::WebhookConfig {
+                    url: e.webhook?.0,
+                    ca_file: e.webhook_ca.map(|p| source.resolve(p.0)),
+                })
+            }),
             users,
         })
     }

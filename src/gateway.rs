@@ -131,6 +131,10 @@ pub async fn run(
         Some(shaper.clone()),
     );
     let drain_task = tokio::spawn(drain.clone().run());
+    let webhook_task = config
+        .webhook
+        .clone()
+        .map(|w| tokio::spawn(crate::webhook::run(w)));
     let manifests_task = config.s3.manifest_interval.map(|interval| {
         tokio::spawn(crate::drain::manifests::run(
             store.clone(),
@@ -253,6 +257,12 @@ pub async fn run(
             task: t.abort_handle(),
         });
     }
+    if let Some(t) = &webhook_task {
+        watched.push(Watched {
+            name: "webhook",
+            task: t.abort_handle(),
+        });
+    }
     if let Some(t) = &manifests_task {
         watched.push(Watched {
             name: "manifests",
@@ -278,6 +288,7 @@ pub async fn run(
     .into_iter()
     .chain(metrics_task)
     .chain(manifests_task)
+    .chain(webhook_task)
     {
         t.abort();
     }

@@ -156,6 +156,14 @@ socket = "/data/spool/control.sock"
 # serve none. Keep it on loopback or a management network: it is plain HTTP without login.
 listen = "127.0.0.1:9100"
 
+[events]
+# Lifecycle events (sealed, delivered, failed, ...; as `sftpgw events --follow` prints them)
+# POSTed to this https:// URL as JSON lines, retried until the receiver takes them (a queue of
+# 10 000; ingest and drain never wait for it). Omit the section for none.
+webhook = "https://hooks.example.com/sftpgw"
+# More CA certificates (PEM) to check the receiver's certificate with, beside the system's.
+# webhook_ca = "/etc/sftpgw/hooks-ca.pem"
+
 # One [[users]] entry per SFTP account; at least one must be able to log in.
 [[users]]
 # Login name and the user's directory in the bucket: letters, digits, '.', '_', '-'. Required.

@@ -1038,3 +1038,37 @@ fn manifest_interval_defaults_to_5_minutes_and_can_be_set_or_turned_off() {
         "\"hourly\"",
     );
 }
+
+#[test]
+fn events_webhook_must_be_an_https_url_and_its_ca_file_is_optional() {
+    assert_eq!(parse(&base()).expect("base").webhook, None);
+    let with = |keys: &str| format!("{}\n[events]\n{keys}\n", base());
+    let w = parse(&with(
+        "webhook = \"https://hooks.example.com:8443/in?site=a\"",
+    ))
+    .expect("https")
+    .webhook
+    .expect("a webhook");
+    assert_eq!(w.url.as_str(), "https://hooks.example.com:8443/in?site=a");
+    assert_eq!(w.ca_file, None);
+    let w = parse(&with(
+        "webhook = \"https://10.0.0.5/in\"\nwebhook_ca = \"/etc/sftpgw/ca.pem\"",
+    ))
+    .expect("with a CA")
+    .webhook
+    .expect("a webhook");
+    assert_eq!(w.ca_file.as_deref(), Some(Path::new("/etc/sftpgw/ca.pem")));
+    for bad in [
+        "\"http://hooks.example.com/in\"",
+        "\"hooks.example.com\"",
+        "\"https://\"",
+    ] {
+        let text = with(&format!("webhook = {bad}"));
+        assert_invalid(
+            &text,
+            line_of(&text, "webhook"),
+            "events.webhook",
+            "https://",
+        );
+    }
+}

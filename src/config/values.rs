@@ -126,6 +126,17 @@ parsed_from_str!(Endpoint, "a URL like \"http://10.0.2.2:9000\"", |text| {
     }
 });
 
+pub(super) struct WebhookUrl(pub(super) url::Url);
+parsed_from_str!(WebhookUrl, "an https:// URL", |text| {
+    match url::Url::parse(text) {
+        Ok(u) if u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(u),
+        Ok(_) => Err(format!("{text:?} is not an https:// URL with a host")),
+        Err(e) => Err(format!(
+            "{text:?} is not a URL like \"https://host/path\": {e}"
+        )),
+    }
+});
+
 pub(super) struct Bucket(pub(super) String);
 parsed_from_str!(Bucket, "a bucket name", |text| {
     if text.is_empty() || text.contains(['/', ' ']) {

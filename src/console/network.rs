@@ -9,16 +9,14 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Each step of the endpoint check (DNS, TCP connect, TLS + HTTP answer) gives up after this.
 pub const ENDPOINT_STEP_TIMEOUT_SECS: u64 = 5;
 /// Longest HTTP status line read from the endpoint.
-const STATUS_LINE_BYTES_MAX: usize = 512;
 /// Addresses shown per interface at most (a box has one or two).
 const ADDRESSES_COUNT_MAX: usize = 16;
 
@@ -228,26 +226,7 @@ async fn https_status_line(
     host: &str,
     authority: &str,
 ) -> std::io::Result<String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        return Err(std::io::Error::other(
-            "no CA certificates on this box to check the server's TLS certificate",
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| std::io::Error::other(format!("TLS server name {host}: {e}")))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .map_err(|e| std::io::Error::other(format!("TLS: {e}")))?;
+    let tls = crate::https::connect(stream, host, None).await?;
     status_line(tls, authority).await
 }
 
@@ -261,26 +240,7 @@ async fn status_line<S: AsyncRead + AsyncWrite + Unpin>(
     );
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 256];
-    while !buf.contains(&b'\n') && buf.len() < STATUS_LINE_BYTES_MAX {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let line = line.lines().next().unwrap_or("").trim().to_owned();
-    if line.starts_with("HTTP/") {
-        Ok(line)
-    } else if line.is_empty() {
-        Err(std::io::Error::other(
-            "the connection closed without an answer",
-        ))
-    } else {
-        Err(std::io::Error::other(format!("not HTTP: {line:.60}")))
-    }
+    crate::https::status_line(&mut stream).await
 }
 
 /// The whole network report as text (80 columns). `endpoint` is the S3 endpoint URL, if the
@@ -341,6 +301,7 @@ pub async fn report(endpoint: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt as _;
 
     #[test]
     fn default_route_is_read_from_proc_net_route() {

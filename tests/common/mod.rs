@@ -36,6 +36,8 @@ pub struct Options {
     pub listen_host: &'static str,
     /// More `[[users]]` tables, appended to the configuration.
     pub users_extra: Option<String>,
+    /// Keys of an `[events]` section, if any.
+    pub events: Option<String>,
     /// `[s3] manifest_interval` (default "off": a test that wants manifests asks for them).
     pub manifest_interval: &'static str,
 }
@@ -64,6 +66,7 @@ impl Default for Options {
             listen_host: "127.0.0.1",
             users_extra: None,
             manifest_interval: "off",
+            events: None,
         }
     }
 }
@@ -184,6 +187,10 @@ authorized_keys = [{authorized}]
         );
         let config = match &opts.shaping {
             Some(keys) => format!("{config}\n[shaping]\n{keys}\n"),
+            None => config,
+        };
+        let config = match &opts.events {
+            Some(keys) => format!("{config}\n[events]\n{keys}\n"),
             None => config,
         };
         let config_path = dir.path().join("sftpgw.toml");
