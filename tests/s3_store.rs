@@ -1310,3 +1310,67 @@ fn the_server_answers_while_the_runtime_that_started_it_does_not_run() {
     );
     caller.block_on(server.shutdown());
 }
+
+/// A box whose manifest cursor is lost finds its numbers taken by its own older manifests:
+/// it never overwrites one, keeps the numbers it passed when it gives up for this interval,
+/// and at the next interval writes the log under the first free number.
+#[tokio::test]
+async fn manifests_skip_numbers_taken_by_other_objects_and_keep_going_after_a_lost_cursor() {
+    use sftpgw::drain::manifests::{Cursor, load_cursor, manifest_key, ship_one};
+    use sftpgw::spool::deliveries::{Delivery, DeliveryLog};
+    let f = fixture().await;
+    let spool = f.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let log = DeliveryLog::open(&spool).unwrap();
+    let delivery = Delivery {
+        delivered_at: "2026-12-07T10:00:00Z".into(),
+        user: "alice".into(),
+        path: "/a.bin".into(),
+        bucket: "uploads".into(),
+        key: "alice/a.bin".into(),
+        size: 3,
+        sha256: None,
+        etag: None,
+        version_id: None,
+        sealed_at: "2026-12-07T09:59:59Z".into(),
+        box_name: "box".into(),
+        id: 1,
+    };
+    log.append(&delivery).unwrap();
+    let line = format!("{}\n", serde_json::to_string(&delivery).unwrap());
+    // Numbers 0..20 hold older manifests (other contents; number 0 of the same size).
+    let older = |n: u64| match n {
+        0 => format!("{}\n", "x".repeat(line.len() - 1)),
+        n => format!("older {n}\n"),
+    };
+    for n in 0..20 {
+        let key = manifest_key("", "2026-12-07", "box", n);
+        f.store
+            .put_object(&key, Bytes::from(older(n)).into(), &ObjectMetadata::new())
+            .await
+            .unwrap();
+    }
+    let mut cursor = Cursor::default();
+    let first = ship_one(&f.store, &spool, "", "box", &mut cursor).await;
+    assert!(first.is_err(), "gives up for this interval: {first:?}");
+    assert_eq!(load_cursor(&spool).next, 17, "the numbers passed are kept");
+    assert_eq!(cursor.next, 17);
+    assert_eq!(
+        ship_one(&f.store, &spool, "", "box", &mut cursor).await,
+        Ok(true)
+    );
+    assert_eq!(
+        get(&f.store, &manifest_key("", "2026-12-07", "box", 20)).await,
+        line.as_bytes()
+    );
+    for n in 0..20 {
+        let kept = get(&f.store, &manifest_key("", "2026-12-07", "box", n)).await;
+        assert_eq!(kept, older(n).as_bytes(), "manifest {n} untouched");
+    }
+    assert_eq!(
+        ship_one(&f.store, &spool, "", "box", &mut cursor).await,
+        Ok(false),
+        "nothing new"
+    );
+    assert_eq!(load_cursor(&spool).next, 21);
+}

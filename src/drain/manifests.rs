@@ -8,9 +8,9 @@
 //! - Where the log has been copied up to (its file and offset) and the next `n` are kept in
 //!   `<spool>/deliveries/manifests.cursor`, saved (renamed into place and fsynced) after each
 //!   manifest is in the bucket. A crash in between sends the same batch again under the same
-//!   key: HEAD finds it with the same size and the cursor moves on. An object of another size
-//!   under that key (another box of the same name, a spool formatted again) is left alone and
-//!   the next `n` is taken.
+//!   key: HEAD finds it with the same size and ETag (the MD5 of a single PUT) and the cursor
+//!   moves on. Any other object under that key (another box of the same name, a spool
+//!   formatted again) is left alone and the next `n` is taken.
 //! - A manifest goes out every `[s3] manifest_interval` (and the log's backlog in batches of
 //!   at most [`BATCH_BYTES_MAX`]); S3 errors wait for the next interval. The log is bounded
 //!   (64 MiB): a box kept off the WAN long enough for the log to rotate past the cursor says so
@@ -30,7 +30,7 @@ use crate::spool::deliveries::{self, Delivery, LogPosition};
 /// The folder under the key prefix that holds the manifests.
 pub const MANIFESTS_FOLDER: &str = "_manifests/";
 /// The largest manifest, in bytes of log lines (a single longer line still goes alone).
-pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Keys taken by other objects skipped at most in one go, before trying again later.
 const TAKEN_KEYS_SKIPPED_MAX: u32 = 16;
 const CURSOR_FILE: &str = "manifests.cursor";
@@ -172,16 +172,32 @@ pub async fn ship_one<S: ObjectStore>(
         let mut metadata = ObjectMetadata::new();
         metadata.insert(META_BOX.to_owned(), box_name.to_owned());
         let size = batch.body.len() as u64;
+        // What S3 gives a single PUT as its ETag (where the bucket does not encrypt with KMS).
+        let md5 = {
+            use md5::Digest as _;
+            hex::encode(md5::Md5::digest(&batch.body))
+        };
         let body = Bytes::from(batch.body);
         let mut skipped = 0;
         loop {
             let key = manifest_key(prefix, date, box_name, next);
             match store.head_object(&key).await.map_err(|e| e.to_string())? {
-                // Sent before a crash kept the cursor from moving: done.
-                Some(head) if head.size == size => break,
+                // Sent before a crash kept the cursor from moving: done. (A store whose
+                // ETags are not MD5s makes this a new number: a manifest twice, none lost.)
+                Some(head) if head.size == size && head.etag.as_deref() == Some(md5.as_str()) => {
+                    break;
+                }
                 Some(_) => {
                     skipped += 1;
                     if skipped > TAKEN_KEYS_SKIPPED_MAX {
+                        // Keep the numbers passed, so that the next interval goes on from
+                        // there (a lost cursor may find hundreds of its own manifests).
+                        let passed = Cursor {
+                            at: cursor.at,
+                            next: next + 1,
+                        };
+                        save_cursor_blocking(spool_dir, passed).await?;
+                        *cursor = passed;
                         return Err(format!(
                             "{skipped} manifest keys in a row hold other objects"
                         ));
@@ -213,13 +229,17 @@ pub async fn ship_one<S: ObjectStore>(
         at: batch.next,
         next,
     };
-    let dir = spool_dir.to_owned();
-    tokio::task::spawn_blocking(move || save_cursor(&dir, &saved))
-        .await
-        .map_err(|e| format!("saving the manifest cursor: {e}"))?
-        .map_err(|e| format!("saving the manifest cursor: {e}"))?;
+    save_cursor_blocking(spool_dir, saved).await?;
     *cursor = saved;
     Ok(true)
+}
+
+async fn save_cursor_blocking(spool_dir: &Path, cursor: Cursor) -> Result<(), String> {
+    let dir = spool_dir.to_owned();
+    tokio::task::spawn_blocking(move || save_cursor(&dir, &cursor))
+        .await
+        .map_err(|e| format!("saving the manifest cursor: {e}"))?
+        .map_err(|e| format!("saving the manifest cursor: {e}"))
 }
 
 #[cfg(test)]
