@@ -1147,6 +1147,51 @@ fn a_create_whose_response_was_lost_leaves_no_upload_open() {
     );
 }
 
+/// A CreateMultipartUpload of an early upload loses its response (the store made the
+/// upload), the run dies before the retry is recorded, and right after the restart the file is
+/// removed, taking its upload intent with it before the start's reconciliation read it: the
+/// removal itself asks the drain to look for the key's strays.
+#[test]
+fn a_file_removed_before_its_lost_create_was_found_leaves_no_upload_open() {
+    replay(
+        &[
+            Op::Put {
+                slot: 1,
+                size: 5_242_882,
+                order: Order::RewriteHead,
+            },
+            Op::Fault {
+                op: S3Op::CreateMultipartUpload,
+                fault: Fault::ResponseLost,
+                count: 1,
+            },
+            Op::Put {
+                slot: 3,
+                size: 26_132,
+                order: Order::Appends,
+            },
+            Op::Rename { slot: 3 },
+            Op::Fault {
+                op: S3Op::ListMultipartUploads,
+                fault: Fault::ServerError,
+                count: 1,
+            },
+            Op::Slow {
+                bytes_per_sec: None,
+            },
+            Op::Put {
+                slot: 2,
+                size: 5_419_518,
+                order: Order::Appends,
+            },
+            Op::Rename { slot: 0 },
+            Op::Crash { flips: vec![] },
+            Op::Remove { slot: 2 },
+        ],
+        3,
+    );
+}
+
 /// The first version's CompleteMultipartUpload is still being processed by the server when
 /// the run dies (the second put, of another user, only makes the server slower); the next
 /// run PUTs the newer version at once, and then the old Complete lands over it.

@@ -284,6 +284,14 @@ impl<S: ObjectStore> Drain<S> {
                 .wake_drain_when_written(self.ctx.cfg.part_size);
         }
         loop {
+            for key in self.ctx.spool.take_stray_searches() {
+                *queue.fenced_keys.entry(key.clone()).or_default() += 1;
+                let ctx = self.ctx.clone();
+                tasks.spawn(async move {
+                    ctx.abort_strays(&key).await;
+                    Done::Unfenced(key)
+                });
+            }
             for (key, upload_id) in self.ctx.spool.take_aborts() {
                 *queue.fenced_keys.entry(key.clone()).or_default() += 1;
                 let ctx = self.ctx.clone();

@@ -313,6 +313,10 @@ pub struct Effects {
     pub free_spool: Vec<FileId>,
     /// Multipart uploads that must be aborted: (key, upload id).
     pub abort_uploads: Vec<(String, String)>,
+    /// Keys whose open uploads the journal does not know must be looked for and aborted: a
+    /// file removed with an unresolved upload intent (a CreateMultipartUpload whose answer was
+    /// lost, or a crash before its id was journalled) takes the intent with it.
+    pub stray_searches: Vec<String>,
 }
 
 impl Catalog {
@@ -839,6 +843,12 @@ impl Catalog {
         if let Some(upload) = file.upload {
             effects.abort_uploads.push((upload.key, upload.upload_id));
         }
+        effects.stray_searches.extend(
+            file.upload_intents
+                .into_iter()
+                .map(|i| i.key)
+                .filter(|k| !k.is_empty()),
+        );
     }
 
     fn drop_hidden_versions(

@@ -124,6 +124,9 @@ pub struct Spool {
     live: Mutex<HashMap<FileId, Arc<Live>>>,
     /// Multipart uploads the drain must abort (key, upload id).
     aborts: Mutex<Vec<(String, String)>>,
+    /// Keys whose unknown open uploads the drain must look for and abort (see
+    /// `Effects::stray_searches`).
+    stray_searches: Mutex<Vec<String>>,
     /// Wakes the drain when there is new work.
     work: Notify,
     /// A file being received whose append frontier reaches this many bytes wakes the drain
@@ -214,6 +217,7 @@ impl Spool {
         let records_count = records.len();
         let mut catalog = Catalog::with_retention(opts.delivered_retention);
         let mut aborts = Vec::new();
+        let mut stray_searches = Vec::new();
         // Versions the journal dropped (removed, superseded): their unlink may not have reached
         // the disk before a crash. They go now, before recovery could take them for files the
         // journal lost and deliver them again.
@@ -221,6 +225,7 @@ impl Spool {
         for record in &records {
             let effects = catalog.apply(record);
             aborts.extend(effects.abort_uploads);
+            stray_searches.extend(effects.stray_searches);
             freed.extend(effects.free_spool);
         }
         catalog.end_replay();
@@ -257,6 +262,7 @@ impl Spool {
             journal,
             live: Mutex::new(HashMap::new()),
             aborts: Mutex::new(aborts),
+            stray_searches: Mutex::new(stray_searches),
             work: Notify::new(),
             early_wake_bytes: AtomicU64::new(u64::MAX),
             refusing: AtomicBool::new(false),
@@ -376,6 +382,7 @@ impl Spool {
                 let e = catalog.apply(r);
                 effects.free_spool.extend(e.free_spool);
                 effects.abort_uploads.extend(e.abort_uploads);
+                effects.stray_searches.extend(e.stray_searches);
             }
             let ticket = self.journal.submit_encoded(frames, durable);
             if !effects.free_spool.is_empty() {
@@ -527,6 +534,13 @@ impl Spool {
                 .extend(effects.abort_uploads);
             self.work.notify_one();
         }
+        if !effects.stray_searches.is_empty() {
+            self.stray_searches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(effects.stray_searches);
+            self.work.notify_one();
+        }
     }
 
     pub(super) fn recovery_state(&self) -> &RecoveryState {
@@ -602,6 +616,19 @@ impl Spool {
     /// Uploads the drain must abort, taken once.
     pub fn take_aborts(&self) -> Vec<(String, String)> {
         std::mem::take(&mut *self.aborts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Keys whose open uploads unknown to the journal the drain must abort, taken once.
+    pub fn take_stray_searches(&self) -> Vec<String> {
+        let mut keys = std::mem::take(
+            &mut *self
+                .stray_searches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// A copy of one file's record.

@@ -349,3 +349,32 @@ fn delivered_files_leave_the_catalog_beyond_the_retention_count_and_age() {
     assert_eq!(delivered_in_snapshot, 1);
     assert!(c.index.check(&c.files).is_ok());
 }
+
+#[test]
+fn a_file_removed_with_an_unresolved_upload_intent_asks_for_a_stray_search() {
+    let mut c = Catalog::default();
+    c.apply(&Record::Opened {
+        id: 1,
+        user: "u".into(),
+        path: vp("a"),
+        at_unix: 0,
+    });
+    c.apply(&Record::Sealed {
+        id: 1,
+        size: 8,
+        sha256: None,
+        at_unix: 0,
+    });
+    // CreateMultipartUpload was sent; its answer never came (or the box crashed first).
+    c.apply(&Record::UploadIntent {
+        id: 1,
+        key: "k".into(),
+        at_unix: 1,
+    });
+    let effects = c.apply(&Record::Removed { id: 1 });
+    assert_eq!(effects.stray_searches, vec!["k".to_owned()]);
+    assert!(
+        effects.abort_uploads.is_empty(),
+        "no upload id was ever known"
+    );
+}
