@@ -102,6 +102,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
         overwrite: sftpgw::config::OverwriteMode::Replace,
         manifest_interval: None,
+        full_object_checksum: true,
     };
     let spool = Spool::open(SpoolOptions::unlimited(tmp.path().join("spool")))?;
     write_sealed(&spool, size).await?;

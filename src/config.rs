@@ -177,6 +177,9 @@ pub struct S3Config {
     pub failed_retry_max: Duration,
     /// `s3.overwrite`: what happens when the key already holds an object.
     pub overwrite: OverwriteMode,
+    /// `s3.full_object_checksum`: single PUTs carry `x-amz-checksum-sha256` of the whole file
+    /// (S3 checks it on arrival and keeps it with the object).
+    pub full_object_checksum: bool,
     /// `s3.manifest_interval`: how often the delivery log is copied to
     /// `<prefix>_manifests/` in the bucket; `None`: never.
     pub manifest_interval: Option<Duration>,
@@ -216,6 +219,7 @@ impl fmt::Debug for S3Config {
             .field("concurrency", &self.concurrency)
             .field("checksums", &self.checksums)
             .field("early_drain", &self.early_drain)
+            .field("full_object_checksum", &self.full_object_checksum)
             .finish()
     }
 }
@@ -552,6 +556,7 @@ struct RawS3 {
     failed_retry: Option<Ttl>,
     failed_retry_max: Option<Ttl>,
     overwrite: Option<OverwriteMode>,
+    full_object_checksum: Option<bool>,
     manifest_interval: Option<TtlOrOff>,
 }
 
@@ -738,6 +743,7 @@ fn validate_s3(raw: Spanned<RawS3>, source: &Source<'_>) -> Result<S3Config, Con
             .failed_retry_max
             .map_or(FAILED_RETRY_MAX_DEFAULT, |d| d.0),
         overwrite: raw.overwrite.unwrap_or_default(),
+        full_object_checksum: raw.full_object_checksum.unwrap_or(true),
         manifest_interval: raw
             .manifest_interval
             .map_or(Some(MANIFEST_INTERVAL_DEFAULT), |t| t.0),

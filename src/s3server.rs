@@ -227,6 +227,7 @@ pub fn test_s3_config(server: &S3Server) -> S3Config {
         failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
         overwrite: crate::config::OverwriteMode::Replace,
         manifest_interval: None,
+        full_object_checksum: true,
     }
 }
 

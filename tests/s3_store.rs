@@ -32,7 +32,12 @@ async fn fixture() -> Fixture {
     let server = S3Server::start(S3ServerConfig::loopback(dir.path().join("s3")))
         .await
         .unwrap();
-    let cfg = test_s3_config(&server);
+    // The tests' metadata names a made-up SHA-256 (see `metadata`): not sent as a checksum
+    // here; `single_puts_carry_the_full_object_sha256_which_the_store_checks` turns it on.
+    let cfg = S3Config {
+        full_object_checksum: false,
+        ..test_s3_config(&server)
+    };
     let store = AwsStore::new(&cfg).unwrap();
     Fixture {
         server,
@@ -722,7 +727,11 @@ async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
     let dir = tempfile::tempdir().unwrap();
     let server_cfg = S3ServerConfig::loopback(dir.path().join("s3"));
     let server = S3Server::start(server_cfg.clone()).await.unwrap();
-    let store = AwsStore::new(&test_s3_config(&server)).unwrap();
+    let store = AwsStore::new(&S3Config {
+        full_object_checksum: false,
+        ..test_s3_config(&server)
+    })
+    .unwrap();
     store
         .put_object("done", pattern(10, 0).into(), &metadata("t1"))
         .await
@@ -739,7 +748,11 @@ async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
     server.shutdown().await;
 
     let server = S3Server::start(server_cfg).await.unwrap();
-    let store = AwsStore::new(&test_s3_config(&server)).unwrap();
+    let store = AwsStore::new(&S3Config {
+        full_object_checksum: false,
+        ..test_s3_config(&server)
+    })
+    .unwrap();
     assert_eq!(
         store.head_object("done").await.unwrap().unwrap().metadata,
         metadata("t1")
@@ -1373,4 +1386,57 @@ async fn manifests_skip_numbers_taken_by_other_objects_and_keep_going_after_a_lo
         "nothing new"
     );
     assert_eq!(load_cursor(&spool).next, 21);
+}
+
+/// The SHA-256 the server verified and stored with the object, if the client sent one.
+async fn stored_sha256(store: &AwsStore, key: &str) -> Option<String> {
+    store
+        .client()
+        .head_object()
+        .bucket(store.bucket())
+        .key(key)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap()
+        .checksum_sha256
+}
+
+/// `full_object_checksum`: a single PUT whose metadata names the file's SHA-256 carries it as
+/// `x-amz-checksum-sha256`: the store checks the bytes against it (a mismatch is refused,
+/// BadDigest) and keeps it for `head-object --checksum-mode ENABLED`. Off, for
+/// stores that reject the header, nothing is sent.
+#[tokio::test]
+async fn single_puts_carry_the_full_object_sha256_which_the_store_checks() {
+    use sha2::Digest as _;
+    let f = fixture().await;
+    let on = AwsStore::new(&S3Config {
+        full_object_checksum: true,
+        ..f.cfg.clone()
+    })
+    .unwrap();
+    let body = pattern(100_000, 9);
+    let sha = sha2::Sha256::digest(&body);
+    let meta = |hex_sha: String| ObjectMetadata::from([(META_SHA256.to_owned(), hex_sha)]);
+    on.put_object("sha/right", body.clone().into(), &meta(hex::encode(sha)))
+        .await
+        .expect("the right checksum is accepted");
+    assert_eq!(
+        stored_sha256(&on, "sha/right").await.as_deref(),
+        Some(base64_simd::STANDARD.encode_to_string(sha).as_str())
+    );
+    let mut wrong = sha;
+    wrong[0] ^= 1;
+    let refused = on
+        .put_object("sha/wrong", body.clone().into(), &meta(hex::encode(wrong)))
+        .await
+        .expect_err("bytes that do not match their SHA-256 are refused");
+    assert!(refused.to_string().contains("BadDigest"), "{refused}");
+    // (S3 then stores nothing; s3s-fs has already renamed the object into place: see
+    // src/s3server/gateway.rs.)
+    let off = &f.store;
+    off.put_object("sha/off", body.into(), &meta(hex::encode(wrong)))
+        .await
+        .expect("no checksum sent, nothing to check");
+    assert_eq!(stored_sha256(off, "sha/off").await, None);
 }

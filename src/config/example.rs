@@ -107,6 +107,13 @@ checksums = "when_required"
 # false to have every object carry its SHA-256. Names ending .filepart, .part, .partial or
 # .tmp (temporary names renamed after CLOSE) never drain early.
 early_drain = true
+# Single PUTs (files up to part_size, whose SHA-256 the box takes while they arrive) carry
+# x-amz-checksum-sha256: S3 checks the bytes against the hash taken at ingest, refuses them
+# if they differ (the file then fails, the spool copy kept), and keeps the checksum with the
+# object for `aws s3api head-object --checksum-mode ENABLED`. Default true; false for stores
+# that reject the header. (Multipart objects carry the SHA-256 in x-amz-meta-sha256 where
+# it is known; see early_drain.)
+full_object_checksum = true
 # A file that failed with a permanent S3 error (AccessDenied, NoSuchBucket: fixed later by
 # someone far away) is retried by itself failed_retry after it failed, then after twice
 # that, up to failed_retry_max between attempts; `sftpgw retry` retries at once.

@@ -1072,3 +1072,25 @@ fn events_webhook_must_be_an_https_url_and_its_ca_file_is_optional() {
         );
     }
 }
+
+#[test]
+fn full_object_checksum_is_on_unless_turned_off() {
+    assert!(parse(&base()).expect("base").s3.full_object_checksum);
+    let text = replace(
+        &base(),
+        "bucket = \"uploads\"",
+        "bucket = \"uploads\"\nfull_object_checksum = false",
+    );
+    assert!(!parse(&text).expect("false").s3.full_object_checksum);
+    let text = replace(
+        &base(),
+        "bucket = \"uploads\"",
+        "bucket = \"uploads\"\nfull_object_checksum = \"yes\"",
+    );
+    assert_invalid(
+        &text,
+        line_of(&text, "full_object_checksum"),
+        "s3.full_object_checksum",
+        "",
+    );
+}

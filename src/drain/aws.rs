@@ -93,6 +93,9 @@ pub struct AwsStore {
     pacer: Option<Arc<Shaper>>,
     /// `If-None-Match: *` on PutObject and CompleteMultipartUpload (`overwrite = "never"`).
     if_none_match: Option<String>,
+    /// `s3.full_object_checksum`: PutObject carries `x-amz-checksum-sha256` where the
+    /// object's metadata names its SHA-256.
+    full_object_checksum: bool,
 }
 
 impl AwsStore {
@@ -164,6 +167,7 @@ impl AwsStore {
             pacer: None,
             if_none_match: (cfg.overwrite == crate::config::OverwriteMode::Never)
                 .then(|| "*".to_owned()),
+            full_object_checksum: cfg.full_object_checksum,
         })
     }
 
@@ -288,6 +292,11 @@ impl ObjectStore for AwsStore {
             .bucket(&self.bucket)
             .key(key)
             .set_if_none_match(self.if_none_match.clone())
+            .set_checksum_sha256(
+                self.full_object_checksum
+                    .then(|| sha256_checksum(metadata))
+                    .flatten(),
+            )
             .set_metadata(sdk_metadata(metadata))
             .body(stream)
             .customize()
@@ -545,6 +554,12 @@ fn classify_service_error(operation: &str, code: Option<&str>, status: u16) -> S
     }
 }
 
+/// `x-amz-checksum-sha256` (base64) of the object whose metadata names its hex SHA-256.
+fn sha256_checksum(metadata: &ObjectMetadata) -> Option<String> {
+    let raw = hex::decode(metadata.get(crate::drain::store::META_SHA256)?).ok()?;
+    (raw.len() == 32).then(|| aws_smithy_types::base64::encode(&raw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,6 +626,7 @@ mod tests {
             failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
             overwrite: crate::config::OverwriteMode::Replace,
             manifest_interval: None,
+            full_object_checksum: true,
         };
         let err = AwsStore::new(&cfg).unwrap_err();
         assert_eq!(err.kind, S3ErrorKind::Permanent);

@@ -9,6 +9,10 @@
 //! - Complete assembles the object itself ([`super::assemble`]) when it knows every part's MD5,
 //!   instead of s3s-fs's second MD5 pass over the whole object;
 //! - request counters, received body bytes and the upload throttle of [`S3Stats`].
+//!
+//! Left as s3s-fs does it: a PutObject whose body does not match its `x-amz-checksum-*` is
+//! answered `BadDigest` after the object was written (S3 stores nothing); no client of ours
+//! relies on it (the drain fails such a file and tries again later).
 
 use std::collections::HashMap;
 use std::future::Future as _;
