@@ -78,8 +78,11 @@ async fn get(store: &AwsStore, key: &str) -> Bytes {
         .into_bytes()
 }
 
-/// The CRC32 the server verified and stored with the object, if the client sent one.
-async fn stored_crc32(store: &AwsStore, key: &str) -> Option<String> {
+/// HEAD with the checksums the server verified and stored with the object.
+async fn head_with_checksums(
+    store: &AwsStore,
+    key: &str,
+) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
     store
         .client()
         .head_object()
@@ -89,7 +92,11 @@ async fn stored_crc32(store: &AwsStore, key: &str) -> Option<String> {
         .send()
         .await
         .unwrap()
-        .checksum_crc32
+}
+
+/// The CRC32 the server verified and stored with the object, if the client sent one.
+async fn stored_crc32(store: &AwsStore, key: &str) -> Option<String> {
+    head_with_checksums(store, key).await.checksum_crc32
 }
 
 /// Uploads `parts` and returns the completed-part list (not completed yet).
@@ -1390,16 +1397,7 @@ async fn manifests_skip_numbers_taken_by_other_objects_and_keep_going_after_a_lo
 
 /// The SHA-256 the server verified and stored with the object, if the client sent one.
 async fn stored_sha256(store: &AwsStore, key: &str) -> Option<String> {
-    store
-        .client()
-        .head_object()
-        .bucket(store.bucket())
-        .key(key)
-        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-        .send()
-        .await
-        .unwrap()
-        .checksum_sha256
+    head_with_checksums(store, key).await.checksum_sha256
 }
 
 /// `full_object_checksum`: a single PUT whose metadata names the file's SHA-256 carries it as
