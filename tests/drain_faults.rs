@@ -890,8 +890,10 @@ async fn an_early_upload_starts_when_its_first_part_is_written_not_at_a_periodic
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let waited = written.elapsed();
+    // Milliseconds when the write wakes the drain; about 0.9 s when only the periodic wake
+    // does (measured). The bound leaves room for a loaded CI machine.
     assert!(
-        waited < Duration::from_millis(500),
+        waited < Duration::from_millis(700),
         "the early upload began {waited:?} after its first part was written"
     );
     rig.append(&h, &bytes, PART as usize, bytes.len()).await;

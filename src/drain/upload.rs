@@ -1096,8 +1096,12 @@ impl<S: ObjectStore> Ctx<S> {
                             match self.spool.open_receiving(id) {
                                 Ok(f) => receiving = Some(OpenFile(Arc::new(f))),
                                 // Sealed (renamed) or removed meanwhile: the next round sees
-                                // which.
-                                Err(_) => continue,
+                                // which. (Out of file descriptors: not in a tight loop.)
+                                Err(_) => {
+                                    drop(permit);
+                                    tokio::time::sleep(EARLY_POLL).await;
+                                    continue;
+                                }
                             }
                         }
                         sending.insert(number);
