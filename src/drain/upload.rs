@@ -1082,12 +1082,6 @@ impl<S: ObjectStore> Ctx<S> {
             if let Some(number) = ready
                 && u64::from(number) <= crate::limits::PARTS_COUNT_MAX
             {
-                if tasks.is_empty() {
-                    // A slot may be long in coming (the drain paused, the WAN budget spent):
-                    // meanwhile the file is not held open, so that its blocks are freed at
-                    // once if it is removed (a file refused on a full disk, say).
-                    receiving = None;
-                }
                 // Waits a poll at most, then reaps finished parts and looks at the file again
                 // (sealed, removed or renamed ends the wait).
                 match tokio::time::timeout(EARLY_POLL, self.part_permit(part_size)).await {
@@ -1130,7 +1124,14 @@ impl<S: ObjectStore> Ctx<S> {
                         continue;
                     }
                     Ok(Err(_)) => break Ok(None),
-                    Err(_) => {}
+                    Err(_) => {
+                        if tasks.is_empty() {
+                            // The slot is long in coming (the drain paused, the WAN budget
+                            // spent): meanwhile the file is not held open, so that its blocks
+                            // are freed at once if it is removed (refused on a full disk, say).
+                            receiving = None;
+                        }
+                    }
                 }
             }
             tokio::select! {

@@ -125,7 +125,9 @@ pub struct Spool {
     /// Multipart uploads the drain must abort (key, upload id).
     aborts: Mutex<Vec<(String, String)>>,
     /// Keys whose unknown open uploads the drain must look for and abort (see
-    /// `Effects::stray_searches`).
+    /// `Effects::stray_searches`). Bounded by the removals of files with an unresolved intent
+    /// since the drain last took them (it takes all at each wake; at start, those the journal
+    /// replays), each with at most `UPLOAD_INTENTS_PER_FILE_COUNT_MAX` keys.
     stray_searches: Mutex<Vec<String>>,
     /// Wakes the drain when there is new work.
     work: Notify,
