@@ -17,9 +17,12 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+mod index;
+use index::PathIndex;
 
 /// A log file is closed at this size and a new one started.
 pub const LOG_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
@@ -70,6 +73,8 @@ pub struct DeliveryLog {
     file_bytes_max: u64,
     files_count_max: usize,
     current: Mutex<Current>,
+    /// Where each (user, path)'s latest line is, for receipts.
+    index: Arc<PathIndex>,
 }
 
 struct Current {
@@ -95,14 +100,28 @@ impl DeliveryLog {
             fs::create_dir_all(&dir)?;
             File::open(spool_dir)?.sync_all()?;
         }
-        let number = log_files(&dir)?.last().map_or(1, |(n, _)| *n);
+        let files = log_files(&dir)?;
+        let number = files.last().map_or(1, |(n, _)| *n);
         let current = open_file(&dir, number)?;
+        let index = Arc::new(PathIndex::new(dir.clone(), number));
+        let (builder, bytes) = (Arc::clone(&index), current.bytes);
+        std::thread::Builder::new()
+            .name("delivery-index".into())
+            .spawn(move || builder.build(&files, number, bytes))?;
         Ok(DeliveryLog {
             dir,
-            file_bytes_max: file_bytes_max.max(1),
+            file_bytes_max: file_bytes_max.clamp(1, index::FILE_BYTES_INDEXED_MAX),
             files_count_max: files_count_max.max(1),
             current: Mutex::new(current),
+            index,
         })
+    }
+
+    /// The latest delivery of `path` (`/dir/name`) by `user` that the log still holds: a
+    /// receipt. O(log files + lines of the current file), whatever else the log holds; waits
+    /// for the index just after the spool opened. Blocking (reads a line or so of the log).
+    pub fn latest(&self, user: &str, path: &str) -> io::Result<Option<Delivery>> {
+        self.index.latest(user, path)
     }
 
     /// Appends one line and flushes it to disk. Blocking (a write and an fdatasync): call it
@@ -118,9 +137,12 @@ impl DeliveryLog {
             *current = open_file(&self.dir, current.number + 1)?;
             self.remove_oldest_beyond_bound()?;
         }
+        let offset = current.bytes;
         current.file.write_all(&line)?;
         current.file.sync_data()?;
         current.bytes += line.len() as u64;
+        self.index
+            .appended(current.number, offset, &delivery.user, &delivery.path);
         Ok(())
     }
 
@@ -129,6 +151,9 @@ impl DeliveryLog {
         let extra = files.len().saturating_sub(self.files_count_max);
         for (_, path) in files.iter().take(extra) {
             fs::remove_file(path)?;
+        }
+        if let Some((oldest_kept, _)) = files.get(extra) {
+            self.index.removed_below(*oldest_kept);
         }
         Ok(())
     }
@@ -500,6 +525,84 @@ mod tests {
             .map(|d| d.id)
             .collect();
         assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn the_latest_line_of_a_users_path_is_found_across_rotation_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let line = serde_json::to_vec(&delivery(1000, "alice"))
+            .expect("json")
+            .len() as u64
+            + 1;
+        let log = DeliveryLog::open_bounded(dir.path(), 3 * line, 4).expect("open");
+        let at = |id: u64, user: &str, path: &str| {
+            let mut d = delivery(id, user);
+            d.path = path.into();
+            d
+        };
+        log.append(&at(1, "alice", "/a.bin")).expect("append");
+        log.append(&at(2, "bob", "/a.bin")).expect("append");
+        for id in 3..8 {
+            log.append(&at(id, "alice", &format!("/other{id}")))
+                .expect("append");
+        }
+        // Delivered again (overwritten and uploaded anew), in a later file.
+        log.append(&at(8, "alice", "/a.bin")).expect("append");
+        let latest = |log: &DeliveryLog, user: &str, path: &str| {
+            log.latest(user, path).expect("latest").map(|d| d.id)
+        };
+        assert_eq!(latest(&log, "alice", "/a.bin"), Some(8), "the newest line");
+        assert_eq!(latest(&log, "bob", "/a.bin"), Some(2), "each user's own");
+        assert_eq!(latest(&log, "alice", "/other5"), Some(5));
+        assert_eq!(latest(&log, "alice", "/nothing"), None);
+        assert_eq!(latest(&log, "carol", "/a.bin"), None);
+        drop(log);
+        // Rebuilt from the files on open; a line appended after is found too.
+        let log = DeliveryLog::open_bounded(dir.path(), 3 * line, 4).expect("reopen");
+        assert_eq!(latest(&log, "alice", "/a.bin"), Some(8));
+        assert_eq!(latest(&log, "bob", "/a.bin"), Some(2));
+        log.append(&at(9, "bob", "/a.bin")).expect("append");
+        assert_eq!(latest(&log, "bob", "/a.bin"), Some(9));
+        // Enough lines to rotate every old file away: their receipts go with them, and the
+        // index forgets their lines.
+        for id in 10..30 {
+            log.append(&at(id, "carol", &format!("/c{id}")))
+                .expect("append");
+        }
+        assert_eq!(latest(&log, "alice", "/a.bin"), None, "rotated away");
+        assert_eq!(latest(&log, "carol", "/c29"), Some(29));
+        assert!(log.index.entries_count() <= 4 * 3, "bounded like the log");
+    }
+
+    #[test]
+    fn a_log_of_a_hundred_thousand_lines_is_indexed_on_open_and_each_path_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_dir = dir.path().join(DIR_NAME);
+        fs::create_dir_all(&log_dir).expect("mkdir");
+        // Written as the log would hold them (16 files), without 10^5 fsyncs.
+        let lines_count = 100_000u64;
+        let per_file = lines_count / LOG_FILES_COUNT_MAX as u64;
+        for file in 0..LOG_FILES_COUNT_MAX as u64 {
+            let mut out = Vec::new();
+            for id in file * per_file..(file + 1) * per_file {
+                let mut d = delivery(id, if id % 2 == 0 { "alice" } else { "bob" });
+                d.path = format!("/dir{}/file{id}.bin", id % 100);
+                out.extend(serde_json::to_vec(&d).expect("json"));
+                out.push(b'\n');
+            }
+            assert!((out.len() as u64) < LOG_FILE_BYTES_MAX);
+            fs::write(file_path(&log_dir, file + 1), out).expect("write");
+        }
+        let log = DeliveryLog::open(dir.path()).expect("open");
+        for id in [0, 1, 4_999, 50_000, 77_777, 99_999] {
+            let user = if id % 2 == 0 { "alice" } else { "bob" };
+            let path = format!("/dir{}/file{id}.bin", id % 100);
+            let found = log.latest(user, &path).expect("latest");
+            assert_eq!(found.map(|d| d.id), Some(id), "{user}:{path}");
+            let other = if id % 2 == 0 { "bob" } else { "alice" };
+            assert_eq!(log.latest(other, &path).expect("latest"), None);
+        }
+        assert_eq!(log.index.entries_count(), 100_000);
     }
 
     #[test]
