@@ -33,7 +33,7 @@ mod values;
 use values::{
     AuthorizedKey, Bucket, Concurrency, Endpoint, FilePath, Limit, Listen, MaxFileSize, Net,
     NonEmpty, PartSize, PasswordHash, Percent, Prefix, QuotaBytes, RetainedFiles, SessionsLimit,
-    StartupsSpec, Ttl, TtlOrOff, UserName, WebhookUrl,
+    StartupsSpec, Ttl, TtlOrOff, UserName, VirtualDirName, WebhookUrl,
 };
 
 pub use example::EXAMPLE;
@@ -88,7 +88,13 @@ pub struct SftpConfig {
     pub defender: DefenderConfig,
     /// New names may hold control characters and bidi overrides (`sftp.allow_control_characters`).
     pub allow_control_characters: bool,
+    /// The read-only directory of receipts and queue in every user's `/` (`sftp.virtual_dir`;
+    /// `None`: "off").
+    pub virtual_dir: Option<String>,
 }
+
+/// `sftp.virtual_dir` unless set.
+pub const VIRTUAL_DIR_DEFAULT: &str = ".sftpgw";
 
 /// `sftp.login_grace` unless set (OpenSSH's is 120 s; a LAN client logs in within seconds).
 pub const LOGIN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
@@ -467,6 +473,7 @@ struct RawSftp {
     login_grace: Option<Ttl>,
     idle_timeout: Option<TtlOrOff>,
     allow_control_characters: Option<bool>,
+    virtual_dir: Option<VirtualDirName>,
     max_startups: Option<StartupsSpec>,
     max_startups_per_source: Option<Limit>,
     max_sessions: Option<SessionsLimit>,
@@ -595,6 +602,10 @@ impl RawConfig {
             sftp: SftpConfig {
                 defender: self.sftp.defender(),
                 allow_control_characters: self.sftp.allow_control_characters.unwrap_or(false),
+                virtual_dir: match self.sftp.virtual_dir {
+                    Some(VirtualDirName(name)) => name,
+                    None => Some(VIRTUAL_DIR_DEFAULT.to_owned()),
+                },
                 login_grace: self
                     .sftp
                     .login_grace

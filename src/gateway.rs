@@ -3,7 +3,7 @@
 //! both come here.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub struct Monitor {
     watched: OnceLock<Vec<Watched>>,
     /// The SSH port's limits and bans, for status.
     defender: Arc<crate::sftp::defender::Defender>,
+    /// The drain meter's rate at the last sample, for the ETAs of `.sftpgw/queue.txt`.
+    drain_rate: Arc<AtomicU64>,
 }
 
 impl Monitor {
@@ -45,6 +47,8 @@ impl Monitor {
         let mut r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
         r.0.sample(now, telemetry::bytes_received());
         r.1.sample(now, bytes_sent);
+        self.drain_rate
+            .store(r.1.bytes_per_sec(), Ordering::Relaxed);
     }
 
     /// The S3 observer: reachability and the clock skew, whose
@@ -110,6 +114,7 @@ pub async fn run(
         defender: Arc::clone(&defender),
         started,
         rates: Mutex::new((RateMeter::default(), RateMeter::default())),
+        drain_rate: Arc::default(),
         observer: store.observer().clone(),
         shaper: shaper.clone(),
         watched: OnceLock::new(),
@@ -193,6 +198,9 @@ pub async fn run(
                 crate::sftp::NamePolicy::RefuseHostile
             },
             idle_timeout: config.sftp.idle_timeout,
+            virtual_dir: config.sftp.virtual_dir.as_deref().map(|name| {
+                crate::sftp::receipts::VirtualDir::new(name, Arc::clone(&monitor.drain_rate))
+            }),
         },
         defender: Arc::clone(&defender),
     };

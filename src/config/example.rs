@@ -22,6 +22,12 @@ algorithms = "modern"
 # are refused (SSH_FX_BAD_MESSAGE with a message) unless this is true; names are escaped
 # wherever they are shown (logs, status, console) either way. Default false.
 allow_control_characters = false
+# A read-only directory in every user's "/" that shows what the box did with their files:
+# receipts/<path>.json once <path> is in S3 (bucket, key, size, sha256, ETag, version, times,
+# box), and queue.txt with the files not delivered yet (state, bytes sent, ETA). Writes in it
+# are refused, and so is a user file or directory of this name. "off" hides it.
+# Default ".sftpgw".
+virtual_dir = ".sftpgw"
 # What one host on the LAN may hold and what its failures cost it (docs/OPERATIONS.md,
 # "A hostile LAN"). A source is an IPv4 address or an IPv6 /64.
 # A connection must log in within login_grace. Default "30s".

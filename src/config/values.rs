@@ -178,6 +178,22 @@ parsed_from_str!(UserName, "a user name", |text| {
     }
 });
 
+/// `sftp.virtual_dir`: one name in every user's `/`, or "off" (`None`).
+pub(super) struct VirtualDirName(pub(super) Option<String>);
+parsed_from_str!(VirtualDirName, "a directory name or \"off\"", |text| {
+    if text == "off" {
+        Ok(None)
+    } else if text.is_empty() || text == "." || text == ".." {
+        Err("must be a directory name like \".sftpgw\", or \"off\"".to_owned())
+    } else if text.len() > 255 || text.contains('/') || text.chars().any(char::is_control) {
+        Err(format!(
+            "{text:?} must be one name (no '/', no control characters, at most 255 bytes)"
+        ))
+    } else {
+        Ok(Some(text.to_owned()))
+    }
+});
+
 pub(super) struct AuthorizedKey(pub(super) String);
 parsed_from_str!(AuthorizedKey, "an OpenSSH public key line", |text| {
     let line = text.trim();

@@ -29,6 +29,8 @@ pub(super) struct Handles {
     next_id: u64,
     /// Set when the session ends; later inserts are refused.
     closed: bool,
+    /// Bytes held by the open [`OpenHandle::Memory`] handles.
+    memory_bytes: usize,
 }
 
 pub(super) enum OpenHandle {
@@ -43,15 +45,36 @@ pub(super) enum OpenHandle {
         path: VPath,
     },
     Dir(Listing),
+    /// A file of the virtual directory (`receipts`), its bytes taken at OPEN.
+    Memory {
+        data: Bytes,
+        mtime_unix: u64,
+    },
 }
+
+/// Bytes the virtual files a session holds open may take in all (a `queue.txt` is at most a
+/// few hundred KiB, a receipt under 1 KiB).
+pub(super) const SFTP_MEMORY_HANDLES_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// A directory being listed: READDIR reads it page by page from the catalog, after the last
 /// name it handed out (entries made or removed meanwhile may or may not show, as with
 /// POSIX readdir), so no listing is ever copied whole.
 pub(super) struct Listing {
-    pub dir: VPath,
-    /// The last name handed out; `None` before the first READDIR.
+    pub view: ListingView,
+    /// The last name (of the user's) handed out; `None` before the first READDIR.
     pub after: Option<String>,
+}
+
+/// What a listing lists.
+#[derive(Clone)]
+pub(super) enum ListingView {
+    /// A directory of the user's; `virtual_first`: the virtual directory's entry comes first
+    /// (a listing of `/` before its first READDIR).
+    Spool { dir: VPath, virtual_first: bool },
+    /// The virtual directory itself; `done` once its entries were handed out.
+    Top { done: bool },
+    /// `receipts/` of this directory of the user's.
+    Receipts(VPath),
 }
 
 impl Handles {
@@ -70,11 +93,23 @@ impl Handles {
         self.opening -= 1;
     }
 
-    /// Turns a reserved slot into a named handle.
+    /// True if a virtual file of `bytes` fits the session's [`SFTP_MEMORY_HANDLES_BYTES_MAX`].
+    pub(super) fn memory_fits(&self, bytes: usize) -> bool {
+        self.memory_bytes + bytes <= SFTP_MEMORY_HANDLES_BYTES_MAX
+    }
+
+    /// Turns a reserved slot into a named handle (`None` once the session is ending, or for a
+    /// virtual file beyond [`Handles::memory_fits`]).
     pub(super) fn insert(&mut self, handle: OpenHandle) -> Option<String> {
         self.release();
         if self.closed {
             return None;
+        }
+        if let OpenHandle::Memory { data, .. } = &handle {
+            if !self.memory_fits(data.len()) {
+                return None;
+            }
+            self.memory_bytes += data.len();
         }
         let name = format!("{:x}", self.next_id);
         self.next_id += 1;
@@ -89,9 +124,13 @@ impl Handles {
     /// Removes a write handle whose CLOSE goes to its worker now, remembering it as closing.
     pub(super) fn remove_closing(&mut self, name: &str) -> Option<OpenHandle> {
         let removed = self.open.remove(name);
-        if let Some(OpenHandle::Write { path, finished, .. }) = &removed {
-            self.closing.retain(|(_, f)| !lane::is_finished(f));
-            self.closing.push((path.clone(), finished.clone()));
+        match &removed {
+            Some(OpenHandle::Write { path, finished, .. }) => {
+                self.closing.retain(|(_, f)| !lane::is_finished(f));
+                self.closing.push((path.clone(), finished.clone()));
+            }
+            Some(OpenHandle::Memory { data, .. }) => self.memory_bytes -= data.len(),
+            _ => {}
         }
         removed
     }
@@ -122,6 +161,7 @@ impl Handles {
     pub(super) fn close(&mut self) {
         self.closed = true;
         self.open.clear();
+        self.memory_bytes = 0;
     }
 }
 

@@ -20,7 +20,7 @@ pub enum NamePolicy {
 }
 
 /// What every SFTP session of a server accepts and tolerates (`[sftp]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SessionPolicy {
     /// Which new names it accepts.
     pub names: NamePolicy,
@@ -28,12 +28,15 @@ pub struct SessionPolicy {
     /// client does not hold a session slot forever (`sftp.idle_timeout`; `None`: never).
     /// Dead peers are found sooner by SSH keepalives.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The read-only directory of receipts and queue in `/` (`sftp.virtual_dir`; `None`: off).
+    pub virtual_dir: Option<receipts::VirtualDir>,
 }
 mod handles;
 pub mod keys;
 mod lane;
 pub mod namespace;
 pub(crate) mod ops;
+pub mod receipts;
 pub mod server;
 pub mod session;
 #[cfg(test)]

@@ -11,11 +11,12 @@ use russh_sftp::protocol::{
     Read, StatusCode,
 };
 
-use super::handles::{Listing, OpenHandle, invalid_handle};
+use super::handles::{Listing, ListingView, OpenHandle, invalid_handle};
+use super::receipts;
 use super::session::Ctx;
 use super::{SFTP_NAME_REPLY_BYTES_MAX, wire};
 use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
-use crate::spool::{EntryKind, FsError, FsErrorKind, OpenMode, VPath};
+use crate::spool::{Entry, EntryKind, FsError, FsErrorKind, OpenMode, VPath};
 
 pub const LIMITS: &str = "limits@openssh.com";
 pub const FSYNC: &str = "fsync@openssh.com";
@@ -47,33 +48,39 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
         Packet::Read(read) => read_file(ctx, read).await,
         Packet::Fstat(fstat) => fstat_readable(ctx, id, &fstat.handle),
         Packet::FSetStat(set) => match ctx.handles().get_mut(&set.handle) {
-            Some(OpenHandle::Read { .. } | OpenHandle::Dir(_)) => Ok(ok(id)),
+            Some(OpenHandle::Read { .. } | OpenHandle::Dir(_) | OpenHandle::Memory { .. }) => {
+                Ok(ok(id))
+            }
             _ => Err(invalid_handle()),
         },
-        Packet::Stat(stat) => stat_path(ctx, id, &stat.path),
-        Packet::Lstat(stat) => stat_path(ctx, id, &stat.path),
+        Packet::Stat(stat) => stat_path(ctx, id, &stat.path).await,
+        Packet::Lstat(stat) => stat_path(ctx, id, &stat.path).await,
         Packet::SetStat(set) => {
             // Accepted and ignored (OpenSSH `put -p` sends it), but only for names that exist.
             let path = VPath::resolve(&set.path)?;
+            receipts::refuse_change(ctx, &path)?;
             let entry = ctx.spool.stat(&ctx.user, &path)?;
             check_setstat(&set.attrs, entry.size)?;
             Ok(ok(id))
         }
         Packet::OpenDir(open) => open_dir(ctx, id, &open.path),
-        Packet::ReadDir(read) => read_dir(ctx, id, &read.handle),
+        Packet::ReadDir(read) => read_dir(ctx, id, &read.handle).await,
         Packet::Remove(remove) => {
             let path = VPath::resolve(&remove.filename)?;
+            receipts::refuse_change(ctx, &path)?;
             ctx.spool.remove(&ctx.user, &path).await?;
             Ok(ok(id))
         }
         Packet::MkDir(mkdir) => {
             let path = VPath::resolve(&mkdir.path)?;
+            receipts::refuse_change(ctx, &path)?;
             check_new_name(ctx, &path)?;
             ctx.spool.mkdir(&ctx.user, &path).await?;
             Ok(ok(id))
         }
         Packet::RmDir(rmdir) => {
             let path = VPath::resolve(&rmdir.path)?;
+            receipts::refuse_change(ctx, &path)?;
             ctx.spool.rmdir(&ctx.user, &path).await?;
             Ok(ok(id))
         }
@@ -136,6 +143,12 @@ fn ok(id: u32) -> Bytes {
 async fn open_file(ctx: &Ctx, open: Open) -> Result<Bytes, FsError> {
     let path = VPath::resolve(&open.filename)?;
     let flags = open.pflags;
+    if let Some(place) = receipts::place(ctx, &path) {
+        if flags.contains(OpenFlags::WRITE) {
+            receipts::refuse_change(ctx, &path)?;
+        }
+        return open_virtual(ctx, open.id, &path, place).await;
+    }
     if !ctx.handles().reserve() {
         return Err(too_many_handles());
     }
@@ -176,6 +189,30 @@ async fn open_file(ctx: &Ctx, open: Open) -> Result<Bytes, FsError> {
     })))
 }
 
+/// OPEN for reading of a file of the virtual directory: its bytes as they are now.
+async fn open_virtual(
+    ctx: &Ctx,
+    id: u32,
+    path: &VPath,
+    place: receipts::Place,
+) -> Result<Bytes, FsError> {
+    let (data, mtime_unix) = receipts::open_read(ctx, path, place).await?;
+    let mut handles = ctx.handles();
+    if !handles.memory_fits(data.len()) {
+        return Err(FsError::new(
+            FsErrorKind::Failure,
+            "too many receipts and queue files open in this session: close some",
+        ));
+    }
+    if !handles.reserve() {
+        return Err(too_many_handles());
+    }
+    let name = handles
+        .insert(OpenHandle::Memory { data, mtime_unix })
+        .ok_or_else(|| FsError::new(FsErrorKind::Failure, "session is ending"))?;
+    Ok(wire::encode(Packet::Handle(Handle { id, handle: name })))
+}
+
 async fn open_for_write(
     ctx: &Ctx,
     path: &VPath,
@@ -206,6 +243,18 @@ fn too_many_handles() -> FsError {
 async fn read_file(ctx: &Ctx, read: Read) -> Result<Bytes, FsError> {
     let handle = match ctx.handles().get_mut(&read.handle) {
         Some(OpenHandle::Read { handle, .. }) => Arc::clone(handle),
+        Some(OpenHandle::Memory { data, .. }) => {
+            let len = read.len.min(SFTP_IO_BYTES_MAX) as usize;
+            let start = usize::try_from(read.offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let end = start.saturating_add(len).min(data.len());
+            return Ok(if start == end {
+                wire::encode(wire::status(read.id, StatusCode::Eof, "End of file"))
+            } else {
+                wire::encode_data(read.id, &data.slice(start..end))
+            });
+        }
         Some(OpenHandle::Write { .. }) => {
             return Err(FsError::new(
                 FsErrorKind::PermissionDenied,
@@ -235,6 +284,10 @@ async fn read_file(ctx: &Ctx, read: Read) -> Result<Bytes, FsError> {
 fn fstat_readable(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
     let (size, path) = match ctx.handles().get_mut(name) {
         Some(OpenHandle::Read { handle, path }) => (handle.size(), path.clone()),
+        Some(OpenHandle::Memory { data, mtime_unix }) => {
+            let attrs = wire::file_attrs(data.len() as u64, *mtime_unix);
+            return Ok(wire::encode(Packet::Attrs(Attrs { id, attrs })));
+        }
         // Write handles are answered by their worker; a directory handle has no FSTAT here.
         _ => return Err(invalid_handle()),
     };
@@ -247,9 +300,12 @@ fn fstat_readable(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
     Ok(wire::encode(Packet::Attrs(Attrs { id, attrs })))
 }
 
-fn stat_path(ctx: &Ctx, id: u32, raw: &str) -> Result<Bytes, FsError> {
+async fn stat_path(ctx: &Ctx, id: u32, raw: &str) -> Result<Bytes, FsError> {
     let path = VPath::resolve(raw)?;
-    let entry = ctx.spool.stat(&ctx.user, &path)?;
+    let entry = match receipts::place(ctx, &path) {
+        Some(place) => receipts::stat(ctx, &path, place).await?,
+        None => ctx.spool.stat(&ctx.user, &path)?,
+    };
     Ok(wire::encode(Packet::Attrs(Attrs {
         id,
         attrs: wire::attrs_of(&entry),
@@ -269,65 +325,88 @@ pub(super) fn check_setstat(attrs: &FileAttributes, size: u64) -> Result<(), FsE
 
 fn open_dir(ctx: &Ctx, id: u32, raw: &str) -> Result<Bytes, FsError> {
     let path = VPath::resolve(raw)?;
+    let view = match receipts::place(ctx, &path) {
+        Some(place) => match receipts::open_dir(ctx, &path, place)? {
+            receipts::View::Top => ListingView::Top { done: false },
+            receipts::View::Receipts(dir) => ListingView::Receipts(dir),
+        },
+        None => {
+            // Only checks that the directory is there; READDIR reads it a page at a time.
+            ctx.spool.list_dir_page(&ctx.user, &path, None, 0)?;
+            ListingView::Spool {
+                virtual_first: path.is_root() && ctx.virtual_dir.is_some(),
+                dir: path,
+            }
+        }
+    };
     if !ctx.handles().reserve() {
         return Err(too_many_handles());
     }
-    // Only checks that the directory is there; READDIR reads it a page at a time.
-    if let Err(err) = ctx.spool.list_dir_page(&ctx.user, &path, None, 0) {
-        ctx.handles().release();
-        return Err(err);
-    }
     let name = ctx
         .handles()
-        .insert(OpenHandle::Dir(Listing {
-            dir: path,
-            after: None,
-        }))
+        .insert(OpenHandle::Dir(Listing { view, after: None }))
         .ok_or_else(|| FsError::new(FsErrorKind::Failure, "session is ending"))?;
     Ok(wire::encode(Packet::Handle(Handle { id, handle: name })))
 }
 
-fn read_dir(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
+async fn read_dir(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
     let now = wire::now_unix();
-    let (dir, after) = {
+    let (view, after) = {
         let mut handles = ctx.handles();
         let Some(OpenHandle::Dir(listing)) = handles.get_mut(name) else {
             return Err(invalid_handle());
         };
-        (listing.dir.clone(), listing.after.clone())
+        (listing.view.clone(), listing.after.clone())
     };
     // READDIRs of one handle run one at a time (the session's path lane), so the cursor
     // read above is still the handle's when it is written below. A directory removed
-    // meanwhile has simply ended.
-    let page = ctx
-        .spool
-        .list_dir_page(
-            &ctx.user,
-            &dir,
-            after.as_deref(),
-            READDIR_PAGE_ENTRIES_COUNT,
-        )
-        .unwrap_or_default();
+    // meanwhile has simply ended. Each entry comes with the user's name to go on after
+    // (`None` for the virtual directory's own entries).
+    let page: Vec<(Entry, Option<String>)> = match &view {
+        ListingView::Spool { dir, virtual_first } => {
+            let top = virtual_first.then(|| receipts::top_entry(ctx)).flatten();
+            let page = ctx
+                .spool
+                .list_dir_page(&ctx.user, dir, after.as_deref(), READDIR_PAGE_ENTRIES_COUNT)
+                .unwrap_or_default();
+            top.map(|e| (e, None))
+                .into_iter()
+                .chain(page.into_iter().map(|e| {
+                    let key = e.name.clone();
+                    (e, Some(key))
+                }))
+                .collect()
+        }
+        ListingView::Top { done: false } => receipts::top_entries(ctx)
+            .await?
+            .into_iter()
+            .map(|e| (e, None))
+            .collect(),
+        ListingView::Top { done: true } => Vec::new(),
+        ListingView::Receipts(dir) => receipts::receipts_page(ctx, dir, after)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(e, key)| (e, Some(key)))
+            .collect(),
+    };
     let mut files = Vec::new();
+    let mut last_key = None;
     // Fill the reply up to the budget the dispatcher reserved for it.
     let mut bytes = 9; // length, type, id
-    for entry in &page {
-        let longname = wire::longname(entry, &ctx.user, now);
+    for (entry, key) in page {
+        let longname = wire::longname(&entry, &ctx.user, now);
         let entry_bytes = entry.name.len() + longname.len() + NAME_ENTRY_OVERHEAD_BYTES;
         if bytes + entry_bytes > SFTP_NAME_REPLY_BYTES_MAX as usize && !files.is_empty() {
             break;
         }
         bytes += entry_bytes;
+        last_key = key.or(last_key);
         files.push(File {
             filename: entry.name.clone(),
             longname,
-            attrs: wire::attrs_of(entry),
+            attrs: wire::attrs_of(&entry),
         });
-    }
-    if let Some(last) = files.last()
-        && let Some(OpenHandle::Dir(listing)) = ctx.handles().get_mut(name)
-    {
-        listing.after = Some(last.filename.clone());
     }
     if files.is_empty() {
         return Ok(wire::encode(wire::status(
@@ -336,12 +415,24 @@ fn read_dir(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
             "End of directory",
         )));
     }
+    if let Some(OpenHandle::Dir(listing)) = ctx.handles().get_mut(name) {
+        match &mut listing.view {
+            ListingView::Spool { virtual_first, .. } => *virtual_first = false,
+            ListingView::Top { done } => *done = true,
+            ListingView::Receipts(_) => {}
+        }
+        if last_key.is_some() {
+            listing.after = last_key;
+        }
+    }
     Ok(wire::encode(Packet::Name(Name { id, files })))
 }
 
 async fn rename_path(ctx: &Ctx, from: &str, to: &str, overwrite: bool) -> Result<(), FsError> {
     let from = VPath::resolve(from)?;
     let to = VPath::resolve(to)?;
+    receipts::refuse_change(ctx, &from)?;
+    receipts::refuse_change(ctx, &to)?;
     check_new_name(ctx, &to)?;
     ctx.spool.rename(&ctx.user, &from, &to, overwrite).await
 }

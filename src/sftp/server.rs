@@ -163,7 +163,8 @@ pub async fn serve(
     spool: Arc<Spool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (algorithms, login_grace, policy) = (setup.algorithms, setup.login_grace, setup.session);
+    let (algorithms, login_grace, policy) =
+        (setup.algorithms, setup.login_grace, setup.session.clone());
     let defender = Arc::clone(&setup.defender);
     let config = Arc::new(ssh_config(setup, &users));
     // One budget for the request data of every session of this server.
@@ -191,7 +192,7 @@ pub async fn serve(
                     };
                     let connection = Connection {
                         peer,
-                        policy,
+                        policy: policy.clone(),
                         defender: Arc::clone(&defender),
                         startup: Some(startup),
                         permit: None,
@@ -553,7 +554,7 @@ impl Handler for Connection {
         };
         let (peer, spool, alive) = (self.peer, Arc::clone(&self.spool), self.alive.clone());
         let ingest = self.ingest.clone();
-        let policy = self.policy;
+        let policy = self.policy.clone();
         // As OpenSSH's sshd ends a subsystem: exit-status, EOF, CLOSE. scp (SFTP mode) and
         // `ssh -s` exit with the status, and report failure (-1) when there is none.
         let handle = session.handle();

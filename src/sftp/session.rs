@@ -169,6 +169,7 @@ where
         spool,
         user: Arc::from(user),
         names: policy.names,
+        virtual_dir: policy.virtual_dir,
         handles: Arc::new(Mutex::new(Handles::default())),
         replies: reply_tx,
         executing: Arc::new(Semaphore::new(SFTP_REQUESTS_EXECUTING_COUNT_MAX)),
@@ -248,6 +249,7 @@ pub(super) struct Ctx {
     pub spool: Arc<Spool>,
     pub user: Arc<str>,
     pub names: super::NamePolicy,
+    pub virtual_dir: Option<super::receipts::VirtualDir>,
     handles: Arc<Mutex<Handles>>,
     replies: mpsc::Sender<Reply>,
     pub executing: Arc<Semaphore>,
@@ -593,7 +595,9 @@ impl Dispatcher {
                             self.fail(op, invalid_handle());
                         }
                     }
-                    Some(OpenHandle::Read { .. } | OpenHandle::Dir(_)) => {
+                    Some(
+                        OpenHandle::Read { .. } | OpenHandle::Dir(_) | OpenHandle::Memory { .. },
+                    ) => {
                         self.ctx.reply_soon(wire::encode(wire::ok(id)), budget);
                     }
                     None => self
@@ -685,7 +689,7 @@ impl Dispatcher {
     async fn queue_on_write_handle(&mut self, name: &str, op: WriteOp) {
         let queue = match self.ctx.handles().get_mut(name) {
             Some(OpenHandle::Write { queue, .. }) => Ok(queue.clone()),
-            Some(OpenHandle::Read { .. }) => Err(FsError::new(
+            Some(OpenHandle::Read { .. } | OpenHandle::Memory { .. }) => Err(FsError::new(
                 FsErrorKind::PermissionDenied,
                 "the handle was opened for reading",
             )),

@@ -20,6 +20,7 @@ use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES
 use crate::spool::{FileState, Spool, SpoolOptions, VPath};
 
 mod ordering;
+mod receipts;
 
 /// Long enough for a debug build on a busy machine; a deadlock shows up as this timeout.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1216,7 +1217,7 @@ async fn a_session_without_requests_for_the_idle_timeout_ends_and_a_busy_one_sta
         ..Default::default()
     };
     let ingest = IngestBudget::default();
-    let (mut busy, busy_session) = start_with(&spool, 1024 * 1024, &ingest, policy);
+    let (mut busy, busy_session) = start_with(&spool, 1024 * 1024, &ingest, policy.clone());
     let (mut idle, idle_session) = start_with(&spool, 1024 * 1024, &ingest, policy);
     busy.init().await;
     idle.init().await;

@@ -222,6 +222,19 @@ impl FileRecord {
     pub fn has_spool_copy(&self) -> bool {
         self.state != FileState::Delivered
     }
+
+    /// Bytes of the file in S3 already: its upload's finished parts.
+    pub fn bytes_sent(&self) -> u64 {
+        self.upload.as_ref().map_or(0, |u| {
+            u.parts
+                .keys()
+                .map(|n| {
+                    let start = u64::from(n.saturating_sub(1)) * u.part_size;
+                    u.part_size.min(self.size.saturating_sub(start))
+                })
+                .sum()
+        })
+    }
 }
 
 /// What a name in a namespace points at.

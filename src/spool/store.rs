@@ -789,6 +789,44 @@ impl Spool {
         Ok(self.entry_of(&catalog, path.name().to_owned(), node))
     }
 
+    /// The receipts of `paths` (files of `user`): each one's latest delivery in the delivery
+    /// log, or `None` where the log holds none or a newer version of the name is still on its
+    /// way (the catalog has the name as a file not delivered yet). The log outlives the
+    /// catalog's delivered files. Reads the log on a blocking thread: O(paths · log files).
+    pub async fn receipts(
+        &self,
+        user: &str,
+        paths: Vec<VPath>,
+    ) -> Result<Vec<Option<super::deliveries::Delivery>>, FsError> {
+        let pending: Vec<bool> = {
+            let catalog = self.lock();
+            paths
+                .iter()
+                .map(|path| match catalog.lookup(user, path) {
+                    Some(Node::File(id)) => catalog
+                        .file(id)
+                        .is_some_and(|f| f.state != FileState::Delivered),
+                    _ => false,
+                })
+                .collect()
+        };
+        let log = Arc::clone(&self.deliveries);
+        let user = user.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .zip(pending)
+                .map(|(path, pending)| match pending {
+                    true => Ok(None),
+                    false => log.latest(&user, &path.display()),
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| FsError::new(FsErrorKind::Failure, format!("delivery log: {e}")))?;
+        found.map_err(|e| FsError::new(FsErrorKind::Failure, format!("delivery log: {e}")))
+    }
+
     /// The entries directly below `path`, sorted by name.
     pub fn list_dir(&self, user: &str, path: &VPath) -> Result<Vec<Entry>, FsError> {
         self.list_dir_page(user, path, None, usize::MAX)

@@ -349,15 +349,7 @@ impl FileStatus {
         } else {
             1
         };
-        let bytes_done = f.upload.as_ref().map_or(0, |u| {
-            u.parts
-                .keys()
-                .map(|n| {
-                    let start = u64::from(n.saturating_sub(1)) * u.part_size;
-                    u.part_size.min(f.size.saturating_sub(start))
-                })
-                .sum()
-        });
+        let bytes_done = f.bytes_sent();
         FileStatus {
             user: f.user.clone(),
             path: f.path.display(),
