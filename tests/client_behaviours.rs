@@ -544,3 +544,69 @@ async fn paramiko_put_is_byte_exact_and_get_reads_a_pending_file_back() {
         "the object is not the file"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paramiko_script_polls_for_its_receipt_and_reads_where_the_file_is_in_s3() {
+    use sha2::Digest as _;
+    let Some((h, client)) = start(Options::default()).await else {
+        return;
+    };
+    // Below a part: one PUT, and the SHA-256 taken at ingest (a larger file drained early
+    // has none; tests/receipts.rs reads one).
+    let len = (3 << 20) + 99;
+    let bytes = data(len, 77);
+    let file = local(&h, "report.bin", &bytes);
+    let out = client
+        .run(&h, "alice", &["receipt", &file, "/report.bin"])
+        .await;
+    assert_ok(&out, "put, then poll for the receipt", &h);
+    let receipt = &out["receipt"];
+    // The receipt says where the file is, and the bucket agrees.
+    let head = h
+        .s3_client()
+        .head_object()
+        .bucket(common::BUCKET)
+        .key(key("alice", "report.bin"))
+        .send()
+        .await
+        .expect("the object named by the receipt is in the bucket");
+    assert_eq!(receipt["bucket"], common::BUCKET, "{out}");
+    assert_eq!(receipt["key"], key("alice", "report.bin"), "{out}");
+    assert_eq!(receipt["size"], len, "{out}");
+    assert_eq!(
+        receipt["etag"].as_str(),
+        head.e_tag().map(|e| e.trim_matches('"')),
+        "{out}"
+    );
+    assert_eq!(
+        receipt["sha256"].as_str(),
+        Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str()),
+        "{out}"
+    );
+    assert_eq!(receipt["user"], "alice");
+    assert_eq!(receipt["path"], "/report.bin");
+    assert_eq!(out["stat_size"], out["receipt_bytes"], "{out}");
+    // It is the delivery log's line, as `sftpgw report` prints it.
+    let report: Value =
+        serde_json::from_str(h.cli("report", &["--format", "json"]).trim()).expect("one line");
+    assert_eq!(&report, receipt);
+    assert_eq!(out["top"], serde_json::json!(["queue.txt", "receipts"]));
+    assert_eq!(out["receipts"], serde_json::json!(["report.bin.json"]));
+    assert!(
+        out["root"]
+            .as_array()
+            .is_some_and(|r| r.contains(&".sftpgw".into())),
+        "{out}"
+    );
+    assert!(
+        out["queue"]
+            .as_str()
+            .is_some_and(|q| q.contains("state\tsent_bytes") && !q.contains("/report.bin")),
+        "{out}"
+    );
+    // Every change is refused with EACCES (SSH_FX_PERMISSION_DENIED).
+    for (name, refusal) in out["refusals"].as_object().expect("refusals") {
+        assert_eq!(refusal["errno"], 13, "{name}: {refusal}");
+    }
+    assert_eq!(out["refusals"].as_object().map(|r| r.len()), Some(5));
+}

@@ -25,8 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use crate::sftp::{IngestBudget, SessionEnd, SessionPolicy};
 use crate::spool::{FileState, Spool, SpoolOptions};
 
-/// Paths a script uses: ordinary ones, a directory, escapes, a hostile name, the empty path.
-const PATHS: [&str; 9] = [
+/// Paths a script uses: ordinary ones, a directory, escapes, a hostile name, the empty path,
+/// the read-only virtual directory's.
+const PATHS: [&str; 12] = [
     "/a.bin",
     "/b.bin",
     "/d",
@@ -36,6 +37,9 @@ const PATHS: [&str; 9] = [
     "/line\nbreak",
     "/d/..",
     "relative.bin",
+    "/.sftpgw/queue.txt",
+    "/.sftpgw/receipts/a.bin.json",
+    "/.sftpgw/receipts",
 ];
 
 /// Extended request names: the two we implement, one we do not.
@@ -334,7 +338,13 @@ async fn run_script(spool: &Arc<Spool>, init: bool, steps: &[Step]) -> Result<()
                 server,
                 spool,
                 "fuzz",
-                SessionPolicy::default(),
+                SessionPolicy {
+                    virtual_dir: Some(crate::sftp::receipts::VirtualDir::new(
+                        ".sftpgw",
+                        Arc::default(),
+                    )),
+                    ..SessionPolicy::default()
+                },
                 &ingest,
                 std::future::pending(),
                 |_| async {},

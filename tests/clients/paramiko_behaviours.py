@@ -419,6 +419,56 @@ def cmd_get(args, client, sftp):
         return os_error(e)
 
 
+def cmd_receipt(args, client, sftp):
+    """What an upload script does to know its file is in S3: put, then poll for the receipt
+    (stat until it exists), read it; then a look around the directory, and the refusals."""
+    import time
+
+    sftp.put(args.local, args.remote, confirm=True)
+    receipt = "/.sftpgw/receipts" + args.remote + ".json"
+    deadline = time.time() + args.wait
+    polls = 0
+    while True:
+        polls += 1
+        try:
+            attrs = sftp.stat(receipt)
+            break
+        except IOError as e:
+            if e.errno != errno.ENOENT or time.time() > deadline:
+                return {"status": -1, "polls": polls, "error": str(e)}
+            time.sleep(0.2)
+    with sftp.open(receipt, "rb") as f:
+        text = f.read().decode()
+    with sftp.open("/.sftpgw/queue.txt", "rb") as f:
+        queue = f.read().decode()
+    out = {
+        "status": 0,
+        "polls": polls,
+        "stat_size": attrs.st_size,
+        "receipt": json.loads(text),
+        "receipt_bytes": len(text.encode()),
+        "top": sorted(sftp.listdir("/.sftpgw")),
+        "receipts": sorted(sftp.listdir("/.sftpgw/receipts")),
+        "root": sorted(sftp.listdir("/")),
+        "queue": queue,
+    }
+    refusals = {}
+    for name, attempt in [
+        ("write", lambda: sftp.open(receipt, "wb").close()),
+        ("create", lambda: sftp.open("/.sftpgw/receipts/new.json", "wb").close()),
+        ("mkdir", lambda: sftp.mkdir("/.sftpgw")),
+        ("remove", lambda: sftp.remove(receipt)),
+        ("rename", lambda: sftp.rename(receipt, "/stolen.json")),
+    ]:
+        try:
+            attempt()
+            refusals[name] = {"errno": 0}
+        except (IOError, OSError) as e:
+            refusals[name] = os_error(e)
+    out["refusals"] = refusals
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -473,6 +523,12 @@ def main():
     s.add_argument("remote")
     s.add_argument("local")
     s.set_defaults(run=cmd_get)
+
+    s = sub.add_parser("receipt")
+    s.add_argument("local")
+    s.add_argument("remote")
+    s.add_argument("--wait", type=float, default=20.0, help="seconds to poll for the receipt")
+    s.set_defaults(run=cmd_receipt)
 
     args = p.parse_args()
     client, sftp = connect(args)
