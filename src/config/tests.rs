@@ -187,9 +187,34 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.s3.concurrency, 4);
     assert_eq!(config.s3.checksums, ChecksumMode::WhenRequired);
     assert!(config.s3.early_drain);
+    assert_eq!(config.sftp.virtual_dir.as_deref(), Some(".sftpgw"));
     assert_eq!(config.control.socket, Path::new("/data/spool/control.sock"));
     assert_eq!(config.users[0].authorized_keys, vec![KEY.to_owned()]);
     assert_eq!(config.users[0].password_hash, None);
+}
+
+#[test]
+fn virtual_dir_is_one_name_or_off() {
+    let with = |value: &str| {
+        replace(
+            &base(),
+            "host_key = \"/data/host_key\"",
+            &format!("host_key = \"/data/host_key\"\nvirtual_dir = \"{value}\""),
+        )
+    };
+    let off = parse(&with("off")).expect("off parses");
+    assert_eq!(off.sftp.virtual_dir, None);
+    let named = parse(&with("_box")).expect("a name parses");
+    assert_eq!(named.sftp.virtual_dir.as_deref(), Some("_box"));
+    for bad in ["a/b", "", "..", "x\\ty"] {
+        let text = with(bad);
+        assert_invalid(
+            &text,
+            line_of(&text, "virtual_dir"),
+            "sftp.virtual_dir",
+            "name",
+        );
+    }
 }
 
 #[test]

@@ -433,7 +433,7 @@ pub fn render_queue(spool: &Spool, user: &str, drain_rate: u64, now_unix: u64) -
     let mut out = String::new();
     let rate = match drain_rate {
         0 => "no upload in the last minute".to_owned(),
-        r => format!("draining {}/s", crate::status::render::human_bytes(r)),
+        r => format!("draining {:.1} MiB/s", r as f64 / (1024.0 * 1024.0)),
     };
     let _ = writeln!(
         out,
