@@ -564,11 +564,11 @@ async fn only_uploads_this_box_created_and_did_not_record_are_aborted_at_start()
     let store = Arc::new(AwsStore::new(&test_s3_config(&server)).expect("store"));
     // Another box, or a person, sharing the bucket and even our prefix.
     let other_box = store
-        .create_multipart_upload("p/u/other-box.bin", &Default::default())
+        .create_multipart_upload("p/u/other-box.bin", &Default::default(), false)
         .await
         .expect("create");
     let elsewhere = store
-        .create_multipart_upload("other/x.bin", &Default::default())
+        .create_multipart_upload("other/x.bin", &Default::default(), false)
         .await
         .expect("create");
     // The last run of this box recorded its intent, created the upload and died before it
@@ -601,7 +601,7 @@ async fn only_uploads_this_box_created_and_did_not_record_are_aborted_at_start()
         .await
         .expect("intent");
     let stray = store
-        .create_multipart_upload("p/u/crashed.bin", &Default::default())
+        .create_multipart_upload("p/u/crashed.bin", &Default::default(), false)
         .await
         .expect("create");
     drop(spool);

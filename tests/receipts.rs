@@ -80,6 +80,7 @@ async fn openssh_sftp_reads_each_receipt_as_the_report_and_the_bucket_have_it_ac
             .head_object()
             .bucket(common::BUCKET)
             .key(line["key"].as_str().expect("key"))
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
             .send()
             .await
             .unwrap_or_else(|e| panic!("{path}: object of the receipt: {e}"));
@@ -88,6 +89,27 @@ async fn openssh_sftp_reads_each_receipt_as_the_report_and_the_bucket_have_it_ac
             head.e_tag().map(|e| e.trim_matches('"'))
         );
         assert_eq!(line["size"].as_i64(), head.content_length());
+        // A full-object checksum a cloud team can check with standard tools: the SHA-256 of a
+        // single PUT, the CRC32C of a multipart object (combined from its parts').
+        let b64 = |bytes: &[u8]| base64_simd::STANDARD.encode_to_string(bytes);
+        match path.as_str() {
+            "/a.txt" => {
+                use sha2::Digest as _;
+                assert_eq!(
+                    head.checksum_sha256(),
+                    Some(b64(&sha2::Sha256::digest(&small)).as_str())
+                );
+            }
+            _ => assert_eq!(
+                head.checksum_crc32_c(),
+                Some(b64(&crc32c::crc32c(&big).to_be_bytes()).as_str()),
+                "{path}"
+            ),
+        }
+        assert_eq!(
+            head.checksum_type(),
+            Some(&aws_sdk_s3::types::ChecksumType::FullObject)
+        );
     }
     // The index is rebuilt from the log on start: the receipts are still there.
     h.stop_daemon();

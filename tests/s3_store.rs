@@ -12,7 +12,7 @@ use sftpgw::drain::aws::{AwsStore, AwsTimeouts};
 use sftpgw::drain::fault::{Fault, FaultStore, Op};
 use sftpgw::drain::store::{
     Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore,
-    OpenUpload, S3ErrorKind,
+    OpenUpload, S3ErrorKind, full_object_crc32c,
 };
 use sftpgw::limits::PART_SIZE_BYTES_MIN;
 use sftpgw::s3server::{S3Server, S3ServerConfig, ServerOp, test_s3_config};
@@ -110,11 +110,15 @@ async fn upload_parts(
     for (i, body) in parts.iter().enumerate() {
         let number = u32::try_from(i + 1).unwrap();
         let etag = store
-            .upload_part(key, upload_id, number, body.clone().into())
+            .upload_part(key, upload_id, number, body.clone().into(), false)
             .await
             .unwrap()
             .etag;
-        done.push(CompletedPart { number, etag });
+        done.push(CompletedPart {
+            number,
+            etag,
+            crc32c: None,
+        });
     }
     done
 }
@@ -166,7 +170,7 @@ async fn multipart_upload_of_three_parts_assembles_exact_bytes_and_metadata() {
     let parts = three_parts();
     let id = f
         .store
-        .create_multipart_upload(key, &metadata("tok-mp"))
+        .create_multipart_upload(key, &metadata("tok-mp"), false)
         .await
         .unwrap();
     let done = upload_parts(&f.store, key, &id, &parts).await;
@@ -220,23 +224,23 @@ async fn list_multipart_uploads_shows_open_uploads_under_prefix_only_and_abort_r
     let meta = ObjectMetadata::new();
     let a = f
         .store
-        .create_multipart_upload("site-a/x", &meta)
+        .create_multipart_upload("site-a/x", &meta, false)
         .await
         .unwrap();
     let b = f
         .store
-        .create_multipart_upload("site-a/y/z", &meta)
+        .create_multipart_upload("site-a/y/z", &meta, false)
         .await
         .unwrap();
     let other = f
         .store
-        .create_multipart_upload("site-b/x", &meta)
+        .create_multipart_upload("site-b/x", &meta, false)
         .await
         .unwrap();
     // A completed upload is no longer open.
     let done = f
         .store
-        .create_multipart_upload("site-a/done", &meta)
+        .create_multipart_upload("site-a/done", &meta, false)
         .await
         .unwrap();
     let parts = upload_parts(&f.store, "site-a/done", &done, &[pattern(10, 0)]).await;
@@ -276,7 +280,7 @@ async fn list_multipart_uploads_shows_open_uploads_under_prefix_only_and_abort_r
     );
     let err = f
         .store
-        .upload_part("site-a/x", &a, 1, pattern(10, 0).into())
+        .upload_part("site-a/x", &a, 1, pattern(10, 0).into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -295,7 +299,11 @@ async fn server_pages_list_multipart_uploads_with_markers() {
     let meta = ObjectMetadata::new();
     let mut expected = Vec::new();
     for key in ["p/a", "p/a", "p/b", "p/c"] {
-        let id = f.store.create_multipart_upload(key, &meta).await.unwrap();
+        let id = f
+            .store
+            .create_multipart_upload(key, &meta, false)
+            .await
+            .unwrap();
         expected.push((key.to_owned(), id));
     }
     expected.sort();
@@ -336,7 +344,7 @@ async fn unknown_upload_id_is_no_such_upload_for_part_complete_and_abort() {
     let unknown = "0f8e3c2a-1b2c-4d5e-8f90-a1b2c3d4e5f6";
     let err = f
         .store
-        .upload_part("k", unknown, 1, pattern(10, 0).into())
+        .upload_part("k", unknown, 1, pattern(10, 0).into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -344,6 +352,7 @@ async fn unknown_upload_id_is_no_such_upload_for_part_complete_and_abort() {
     let part = [CompletedPart {
         number: 1,
         etag: "\"x\"".into(),
+        crc32c: None,
     }];
     let err = f
         .store
@@ -360,19 +369,19 @@ async fn unknown_upload_id_is_no_such_upload_for_part_complete_and_abort() {
     // Not even shaped like an id.
     let err = f
         .store
-        .upload_part("k", "garbage", 1, pattern(10, 0).into())
+        .upload_part("k", "garbage", 1, pattern(10, 0).into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
     // A real id used with another key is unknown too, as on S3.
     let id = f
         .store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     let err = f
         .store
-        .upload_part("other", &id, 1, pattern(10, 0).into())
+        .upload_part("other", &id, 1, pattern(10, 0).into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -383,7 +392,7 @@ async fn repeated_complete_is_no_such_upload_and_object_stays() {
     let f = fixture().await;
     let id = f
         .store
-        .create_multipart_upload("k", &metadata("t"))
+        .create_multipart_upload("k", &metadata("t"), false)
         .await
         .unwrap();
     let parts = upload_parts(&f.store, "k", &id, &[pattern(100, 1)]).await;
@@ -406,7 +415,7 @@ async fn rejected_complete_is_permanent_and_keeps_the_upload_open() {
     let key = "k";
     let id = f
         .store
-        .create_multipart_upload(key, &ObjectMetadata::new())
+        .create_multipart_upload(key, &ObjectMetadata::new(), false)
         .await
         .unwrap();
     // Part 1 below the minimum size while not last.
@@ -423,6 +432,7 @@ async fn rejected_complete_is_permanent_and_keeps_the_upload_open() {
     let stale = [CompletedPart {
         number: 1,
         etag: "\"0123\"".into(),
+        crc32c: None,
     }];
     let err = f
         .store
@@ -437,14 +447,17 @@ async fn rejected_complete_is_permanent_and_keeps_the_upload_open() {
         CompletedPart {
             number: 1,
             etag: small[0].etag.clone(),
+            crc32c: None,
         },
         CompletedPart {
             number: 2,
             etag: small[1].etag.clone(),
+            crc32c: None,
         },
         CompletedPart {
             number: 3,
             etag: "\"x\"".into(),
+            crc32c: None,
         },
     ];
     let err = f
@@ -501,7 +514,7 @@ async fn unknown_access_key_is_permanent() {
     };
     let err = AwsStore::new(&cfg)
         .unwrap()
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
@@ -579,7 +592,7 @@ async fn missing_bucket_is_permanent_and_not_created() {
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
     assert!(err.message.contains("NoSuchBucket"), "{err}");
     let err = store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
@@ -604,7 +617,7 @@ async fn stats_count_requests_and_uploaded_body_bytes() {
     let parts = three_parts();
     let id = f
         .store
-        .create_multipart_upload("b", &ObjectMetadata::new())
+        .create_multipart_upload("b", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     let done = upload_parts(&f.store, "b", &id, &parts).await;
@@ -614,7 +627,7 @@ async fn stats_count_requests_and_uploaded_body_bytes() {
         .unwrap();
     let aborted = f
         .store
-        .create_multipart_upload("c", &ObjectMetadata::new())
+        .create_multipart_upload("c", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     f.store.abort_multipart_upload("c", &aborted).await.unwrap();
@@ -684,7 +697,7 @@ async fn sdk_default_checksums_are_accepted_by_the_embedded_server() {
     );
     let parts = three_parts();
     let id = store
-        .create_multipart_upload("b", &metadata("t"))
+        .create_multipart_upload("b", &metadata("t"), false)
         .await
         .unwrap();
     let done = upload_parts(&store, "b", &id, &parts).await;
@@ -744,11 +757,11 @@ async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
         .await
         .unwrap();
     let id = store
-        .create_multipart_upload("open", &metadata("t2"))
+        .create_multipart_upload("open", &metadata("t2"), false)
         .await
         .unwrap();
     let part = store
-        .upload_part("open", &id, 1, pattern(10, 1).into())
+        .upload_part("open", &id, 1, pattern(10, 1).into(), false)
         .await
         .unwrap()
         .etag;
@@ -778,6 +791,7 @@ async fn open_uploads_and_objects_survive_a_server_restart_on_the_same_root() {
             &[CompletedPart {
                 number: 1,
                 etag: part,
+                crc32c: None,
             }],
         )
         .await
@@ -801,12 +815,12 @@ async fn fault_fixture() -> (Fixture, FaultStore<AwsStore>) {
 async fn fault_server_error_is_transient_and_never_reaches_the_store() {
     let (f, store) = fault_fixture().await;
     let id = store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     store.fail_next(Op::UploadPart, Fault::ServerError);
     let err = store
-        .upload_part("k", &id, 1, pattern(10, 0).into())
+        .upload_part("k", &id, 1, pattern(10, 0).into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
@@ -814,7 +828,7 @@ async fn fault_server_error_is_transient_and_never_reaches_the_store() {
     assert_eq!(f.server.stats().requests(ServerOp::UploadPart), 0);
     // The retry goes through.
     store
-        .upload_part("k", &id, 1, pattern(10, 0).into())
+        .upload_part("k", &id, 1, pattern(10, 0).into(), false)
         .await
         .unwrap();
     assert_eq!(f.server.stats().requests(ServerOp::UploadPart), 1);
@@ -826,29 +840,29 @@ async fn fault_server_error_is_transient_and_never_reaches_the_store() {
 async fn fault_connection_reset_mid_part_is_transient_and_stores_nothing() {
     let (f, store) = fault_fixture().await;
     let id = store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     store.inject(Op::UploadPart, 2, Fault::ConnectionReset);
     let parts = three_parts();
     let etag1 = store
-        .upload_part("k", &id, 1, parts[0].clone().into())
+        .upload_part("k", &id, 1, parts[0].clone().into(), false)
         .await
         .unwrap()
         .etag;
     let err = store
-        .upload_part("k", &id, 2, parts[1].clone().into())
+        .upload_part("k", &id, 2, parts[1].clone().into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
     assert_eq!(f.server.stats().upload_bytes(), parts[0].len() as u64);
     let etag2 = store
-        .upload_part("k", &id, 2, parts[1].clone().into())
+        .upload_part("k", &id, 2, parts[1].clone().into(), false)
         .await
         .unwrap()
         .etag;
     let etag3 = store
-        .upload_part("k", &id, 3, parts[2].clone().into())
+        .upload_part("k", &id, 3, parts[2].clone().into(), false)
         .await
         .unwrap()
         .etag;
@@ -856,14 +870,17 @@ async fn fault_connection_reset_mid_part_is_transient_and_stores_nothing() {
         CompletedPart {
             number: 1,
             etag: etag1,
+            crc32c: None,
         },
         CompletedPart {
             number: 2,
             etag: etag2,
+            crc32c: None,
         },
         CompletedPart {
             number: 3,
             etag: etag3,
+            crc32c: None,
         },
     ];
     store
@@ -876,19 +893,19 @@ async fn fault_connection_reset_mid_part_is_transient_and_stores_nothing() {
 async fn fault_no_such_upload_on_part_really_ends_the_upload() {
     let (f, store) = fault_fixture().await;
     let id = store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     store.fail_next(Op::UploadPart, Fault::NoSuchUpload);
     let err = store
-        .upload_part("k", &id, 1, pattern(10, 0).into())
+        .upload_part("k", &id, 1, pattern(10, 0).into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
     assert!(store.list_multipart_uploads("").await.unwrap().is_empty());
     let err = f
         .store
-        .upload_part("k", &id, 1, pattern(10, 0).into())
+        .upload_part("k", &id, 1, pattern(10, 0).into(), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::NoSuchUpload, "{err}");
@@ -898,7 +915,7 @@ async fn fault_no_such_upload_on_part_really_ends_the_upload() {
 async fn fault_no_such_upload_on_complete_really_ends_the_upload() {
     let (f, store) = fault_fixture().await;
     let id = store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     let done = upload_parts(&store, "k", &id, &[pattern(10, 0)]).await;
@@ -916,7 +933,7 @@ async fn fault_no_such_upload_on_complete_really_ends_the_upload() {
 async fn fault_lost_complete_response_is_transient_but_the_object_exists() {
     let (f, store) = fault_fixture().await;
     let id = store
-        .create_multipart_upload("k", &metadata("tok-lost"))
+        .create_multipart_upload("k", &metadata("tok-lost"), false)
         .await
         .unwrap();
     let done = upload_parts(&store, "k", &id, &[pattern(10, 0)]).await;
@@ -976,29 +993,35 @@ async fn fault_rule_can_target_one_part_of_one_key() {
         None
     });
     let meta = ObjectMetadata::new();
-    let a = store.create_multipart_upload("a", &meta).await.unwrap();
-    let b = store.create_multipart_upload("b", &meta).await.unwrap();
+    let a = store
+        .create_multipart_upload("a", &meta, false)
+        .await
+        .unwrap();
+    let b = store
+        .create_multipart_upload("b", &meta, false)
+        .await
+        .unwrap();
     assert!(
         store
-            .upload_part("a", &a, 2, pattern(10, 0).into())
+            .upload_part("a", &a, 2, pattern(10, 0).into(), false)
             .await
             .is_ok()
     );
     assert!(
         store
-            .upload_part("b", &b, 1, pattern(10, 0).into())
+            .upload_part("b", &b, 1, pattern(10, 0).into(), false)
             .await
             .is_ok()
     );
     assert!(
         store
-            .upload_part("b", &b, 2, pattern(10, 0).into())
+            .upload_part("b", &b, 2, pattern(10, 0).into(), false)
             .await
             .is_err()
     );
     assert!(
         store
-            .upload_part("b", &b, 2, pattern(10, 0).into())
+            .upload_part("b", &b, 2, pattern(10, 0).into(), false)
             .await
             .is_ok()
     );
@@ -1034,14 +1057,14 @@ async fn file_range_bodies_arrive_byte_exact_and_report_their_crc32c() {
     let (_dir, path) = spool_like_file("sealed", &file);
     let id = f
         .store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     let mut done = Vec::new();
     for (number, offset, len) in [(1, skip, min), (2, skip + min, last)] {
         let part = f
             .store
-            .upload_part("k", &id, number, range(&path, offset, len))
+            .upload_part("k", &id, number, range(&path, offset, len), false)
             .await
             .unwrap();
         assert_eq!(
@@ -1052,6 +1075,7 @@ async fn file_range_bodies_arrive_byte_exact_and_report_their_crc32c() {
         done.push(CompletedPart {
             number,
             etag: part.etag,
+            crc32c: None,
         });
     }
     f.store
@@ -1099,13 +1123,13 @@ async fn an_unreadable_file_body_is_a_permanent_error_naming_the_file() {
     let (dir, path) = spool_like_file("short", &pattern(1000, 7));
     let id = f
         .store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     let missing = dir.path().join("missing");
     let err = f
         .store
-        .upload_part("k", &id, 1, range(&missing, 0, 10))
+        .upload_part("k", &id, 1, range(&missing, 0, 10), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
@@ -1178,11 +1202,11 @@ async fn a_file_body_cut_mid_stream_is_read_again_from_the_file_on_retry() {
     let skip = 1000;
     let (_dir, path) = spool_like_file("sealed", &pattern(skip + min, 1));
     let id = store
-        .create_multipart_upload("k", &ObjectMetadata::new())
+        .create_multipart_upload("k", &ObjectMetadata::new(), false)
         .await
         .unwrap();
     let err = store
-        .upload_part("k", &id, 1, range(&path, skip, min))
+        .upload_part("k", &id, 1, range(&path, skip, min), false)
         .await
         .unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
@@ -1192,7 +1216,7 @@ async fn a_file_body_cut_mid_stream_is_read_again_from_the_file_on_retry() {
     let file = pattern(skip + min, 2);
     std::fs::write(&path, &file).unwrap();
     let part = store
-        .upload_part("k", &id, 1, range(&path, skip, min))
+        .upload_part("k", &id, 1, range(&path, skip, min), false)
         .await
         .unwrap();
     assert_eq!(part.crc32c, crc32c::crc32c(&file[skip..]));
@@ -1203,6 +1227,7 @@ async fn a_file_body_cut_mid_stream_is_read_again_from_the_file_on_retry() {
             &[CompletedPart {
                 number: 1,
                 etag: part.etag,
+                crc32c: None,
             }],
         )
         .await
@@ -1279,7 +1304,7 @@ async fn bodies_are_sent_unsigned_with_a_plain_content_length_even_over_http() {
         .await
         .unwrap();
     store
-        .upload_part("c", "upload", 1, range(&path, 7, 200_000))
+        .upload_part("c", "upload", 1, range(&path, 7, 200_000), false)
         .await
         .unwrap();
     let heads = heads.lock().unwrap();
@@ -1437,4 +1462,106 @@ async fn single_puts_carry_the_full_object_sha256_which_the_store_checks() {
         .await
         .expect("no checksum sent, nothing to check");
     assert_eq!(stored_sha256(off, "sha/off").await, None);
+}
+
+/// `full_object_checksum` on a multipart upload: created for a full-object CRC32C, each part
+/// sent with its CRC32C (a file range's read ahead of the body), Complete with the object's,
+/// combined from the parts' without reading the file again. The store checks the parts and the
+/// whole (a wrong one is refused, BadDigest, and the upload stays open) and keeps the object's
+/// for `head-object --checksum-mode ENABLED`.
+#[tokio::test]
+async fn multipart_uploads_carry_a_full_object_crc32c_checked_part_by_part_and_whole() {
+    let f = fixture().await;
+    let on = AwsStore::new(&S3Config {
+        full_object_checksum: true,
+        ..f.cfg.clone()
+    })
+    .unwrap();
+    assert!(on.full_object_checksums() && !f.store.full_object_checksums());
+    let parts = three_parts();
+    let whole: Vec<u8> = parts.concat();
+    let (_tmp, path) = spool_like_file("part2", &parts[1]);
+    let id = on
+        .create_multipart_upload("crc/obj", &metadata("t"), true)
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    for (i, bytes) in parts.iter().enumerate() {
+        let number = u32::try_from(i + 1).unwrap();
+        let body = match number {
+            2 => range(&path, 0, bytes.len()),
+            _ => bytes.clone().into(),
+        };
+        let sent = on
+            .upload_part("crc/obj", &id, number, body, true)
+            .await
+            .expect("a part with its CRC32C");
+        assert_eq!(sent.crc32c, crc32c::crc32c(bytes));
+        done.push(CompletedPart {
+            number,
+            etag: sent.etag,
+            crc32c: Some((sent.crc32c, bytes.len() as u64)),
+        });
+    }
+    assert_eq!(full_object_crc32c(&done), Some(crc32c::crc32c(&whole)));
+    let mut wrong = done.clone();
+    wrong[2].crc32c = wrong[2].crc32c.map(|(crc, len)| (crc ^ 1, len));
+    let refused = on
+        .complete_multipart_upload("crc/obj", &id, &wrong)
+        .await
+        .expect_err("an object checksum the bytes do not have is refused");
+    assert!(refused.to_string().contains("BadDigest"), "{refused}");
+    on.complete_multipart_upload("crc/obj", &id, &done)
+        .await
+        .expect("the upload stayed open; the right checksum completes it");
+    let head = head_with_checksums(&on, "crc/obj").await;
+    assert_eq!(
+        head.checksum_crc32_c.as_deref(),
+        Some(base64_simd::STANDARD.encode_to_string(crc32c::crc32c(&whole).to_be_bytes()))
+            .as_deref()
+    );
+    assert_eq!(
+        head.checksum_type,
+        Some(aws_sdk_s3::types::ChecksumType::FullObject)
+    );
+    assert!(get(&on, "crc/obj").await == whole);
+
+    // A part whose bytes do not match its header is refused.
+    let id = on
+        .create_multipart_upload("crc/bad-part", &metadata("t"), true)
+        .await
+        .unwrap();
+    let refused = on
+        .client()
+        .upload_part()
+        .bucket(on.bucket())
+        .key("crc/bad-part")
+        .upload_id(&id)
+        .part_number(1)
+        .checksum_crc32_c("AAAAAA==")
+        .body(pattern(1000, 1).into())
+        .send()
+        .await
+        .expect_err("a part that is not its CRC32C is refused");
+    assert!(
+        format!("{}", aws_sdk_s3::error::DisplayErrorContext(&refused)).contains("BadDigest"),
+        "{refused:?}"
+    );
+    // Without the setting nothing is sent, and the object has no checksum.
+    let id = f
+        .store
+        .create_multipart_upload("crc/off", &metadata("t"), false)
+        .await
+        .unwrap();
+    let done = upload_parts(&f.store, "crc/off", &id, &parts).await;
+    f.store
+        .complete_multipart_upload("crc/off", &id, &done)
+        .await
+        .unwrap();
+    assert_eq!(
+        head_with_checksums(&f.store, "crc/off")
+            .await
+            .checksum_crc32_c,
+        None
+    );
 }

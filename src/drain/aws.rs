@@ -33,7 +33,9 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as SdkCompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart as SdkCompletedPart,
+};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
@@ -310,10 +312,15 @@ impl ObjectStore for AwsStore {
         Ok(())
     }
 
+    fn full_object_checksums(&self) -> bool {
+        self.full_object_checksum
+    }
+
     async fn create_multipart_upload(
         &self,
         key: &str,
         metadata: &ObjectMetadata,
+        crc32c: bool,
     ) -> Result<String, S3Error> {
         const OP: &str = "CreateMultipartUpload";
         let out = self
@@ -321,6 +328,8 @@ impl ObjectStore for AwsStore {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .set_checksum_algorithm(crc32c.then_some(ChecksumAlgorithm::Crc32C))
+            .set_checksum_type(crc32c.then_some(ChecksumType::FullObject))
             .set_metadata(sdk_metadata(metadata))
             .customize()
             .config_override(self.attempt_timeout(self.timeouts.control_attempt))
@@ -338,8 +347,22 @@ impl ObjectStore for AwsStore {
         upload_id: &str,
         part_number: u32,
         body: Body,
+        crc32c: bool,
     ) -> Result<UploadedPart, S3Error> {
         const OP: &str = "UploadPart";
+        let checksum = match (&body, crc32c) {
+            (_, false) => None,
+            (Body::Bytes(bytes), true) => Some(crc32c::crc32c(bytes)),
+            (Body::File(range), true) => {
+                Some(file_body::range_crc32c(range).await.map_err(|e| {
+                    S3Error::new(
+                        S3ErrorKind::Permanent,
+                        OP,
+                        format!("reading the part from the spool: {e}"),
+                    )
+                })?)
+            }
+        };
         let (stream, report) = sdk_body(body, self.pacer.as_ref());
         let out = self
             .client
@@ -348,6 +371,7 @@ impl ObjectStore for AwsStore {
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number_i32(OP, part_number)?)
+            .set_checksum_crc32_c(checksum.map(crc32c_checksum))
             .body(stream)
             .customize()
             .config_override(self.attempt_timeout(self.timeouts.body_attempt))
@@ -371,12 +395,14 @@ impl ObjectStore for AwsStore {
         parts: &[CompletedPart],
     ) -> Result<(), S3Error> {
         const OP: &str = "CompleteMultipartUpload";
+        let whole = crate::drain::store::full_object_crc32c(parts);
         let parts = parts
             .iter()
             .map(|p| {
                 Ok(SdkCompletedPart::builder()
                     .part_number(part_number_i32(OP, p.number)?)
                     .e_tag(&p.etag)
+                    .set_checksum_crc32_c(p.crc32c.map(|(crc, _)| crc32c_checksum(crc)))
                     .build())
             })
             .collect::<Result<Vec<_>, S3Error>>()?;
@@ -386,6 +412,8 @@ impl ObjectStore for AwsStore {
             .key(key)
             .upload_id(upload_id)
             .set_if_none_match(self.if_none_match.clone())
+            .set_checksum_crc32_c(whole.map(crc32c_checksum))
+            .set_checksum_type(whole.map(|_| ChecksumType::FullObject))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -552,6 +580,11 @@ fn classify_service_error(operation: &str, code: Option<&str>, status: u16) -> S
         _ if status >= 500 || status == 429 || status == 408 => S3ErrorKind::Transient,
         _ => S3ErrorKind::Permanent,
     }
+}
+
+/// `x-amz-checksum-crc32c`: the big-endian CRC32C in base64.
+fn crc32c_checksum(crc: u32) -> String {
+    aws_smithy_types::base64::encode(crc.to_be_bytes())
 }
 
 /// `x-amz-checksum-sha256` (base64) of the object whose metadata names its hex SHA-256.

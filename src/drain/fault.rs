@@ -270,13 +270,18 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         .await
     }
 
+    fn full_object_checksums(&self) -> bool {
+        self.inner.full_object_checksums()
+    }
+
     async fn create_multipart_upload(
         &self,
         key: &str,
         metadata: &ObjectMetadata,
+        crc32c: bool,
     ) -> Result<String, S3Error> {
         self.run(Op::CreateMultipartUpload, key, None, None, None, || {
-            self.inner.create_multipart_upload(key, metadata)
+            self.inner.create_multipart_upload(key, metadata, crc32c)
         })
         .await
     }
@@ -287,6 +292,7 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         upload_id: &str,
         part_number: u32,
         body: Body,
+        crc32c: bool,
     ) -> Result<UploadedPart, S3Error> {
         let sent = body.clone();
         self.run(
@@ -295,7 +301,10 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
             Some(upload_id),
             Some(part_number),
             Some(&body),
-            || self.inner.upload_part(key, upload_id, part_number, sent),
+            || {
+                self.inner
+                    .upload_part(key, upload_id, part_number, sent, crc32c)
+            },
         )
         .await
     }

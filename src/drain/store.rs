@@ -85,6 +85,22 @@ pub struct CompletedPart {
     /// 1-based part number.
     pub number: u32,
     pub etag: String,
+    /// The part's CRC32C and length, for an upload created with a full-object CRC32C: the
+    /// object's is combined from them (no pass over the file), and Complete sends both.
+    /// `None` for an upload created without one.
+    pub crc32c: Option<(u32, u64)>,
+}
+
+/// The full-object CRC32C of an object made of `parts` (in part order), if every part has
+/// its CRC32C.
+pub fn full_object_crc32c(parts: &[CompletedPart]) -> Option<u32> {
+    parts.iter().try_fold(None::<u32>, |whole, part| {
+        let (crc, len) = part.crc32c?;
+        Some(Some(match whole {
+            None => crc,
+            Some(whole) => crc32c::crc32c_combine(whole, crc, usize::try_from(len).ok()?),
+        }))
+    })?
 }
 
 /// What UploadPart returns.
@@ -181,20 +197,30 @@ pub trait ObjectStore: Send + Sync + 'static {
         metadata: &ObjectMetadata,
     ) -> impl Future<Output = Result<(), S3Error>> + Send;
 
-    /// Returns the upload id.
+    /// Whether new multipart uploads should carry a full-object CRC32C
+    /// (`s3.full_object_checksum`).
+    fn full_object_checksums(&self) -> bool;
+
+    /// Returns the upload id. With `crc32c`, the upload is created for a full-object CRC32C
+    /// (`x-amz-checksum-algorithm: CRC32C`, `x-amz-checksum-type: FULL_OBJECT`): its parts are
+    /// then sent with `crc32c` too, and Complete gets their [`CompletedPart::crc32c`].
     fn create_multipart_upload(
         &self,
         key: &str,
         metadata: &ObjectMetadata,
+        crc32c: bool,
     ) -> impl Future<Output = Result<String, S3Error>> + Send;
 
-    /// Returns the part's ETag and the CRC32C of the body as the store read it.
+    /// Returns the part's ETag and the CRC32C of the body as the store read it. With
+    /// `crc32c`, the request carries the part's CRC32C (`x-amz-checksum-crc32c`, read from the
+    /// body before it is sent), which the store checks.
     fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: u32,
         body: Body,
+        crc32c: bool,
     ) -> impl Future<Output = Result<UploadedPart, S3Error>> + Send;
 
     fn complete_multipart_upload(

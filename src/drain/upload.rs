@@ -809,7 +809,14 @@ impl<S: ObjectStore> Ctx<S> {
         sha256: Option<&[u8; 32]>,
     ) -> Result<UploadProgress, Stop> {
         let id = file.id;
-        let token = new_token();
+        // Whether the object gets a full-object CRC32C is fixed here and kept in the token, so
+        // that the parts and the Complete of this upload agree with its creation whatever the
+        // configuration says by then (or an older version created it).
+        let crc32c = self.store.full_object_checksums();
+        let token = match crc32c {
+            true => format!("{FULL_OBJECT_CRC32C_TOKEN_PREFIX}{}", new_token()),
+            false => new_token(),
+        };
         let meta = self.metadata(file, sha256, &token);
         // Recorded before the upload exists, so that a crash before its id is journalled
         // leaves the next start a trace of exactly what to look for (see
@@ -826,7 +833,7 @@ impl<S: ObjectStore> Ctx<S> {
         let upload_id = self
             .retry(id, key, || {
                 attempts.fetch_add(1, Ordering::Relaxed);
-                self.store.create_multipart_upload(key, &meta)
+                self.store.create_multipart_upload(key, &meta, crc32c)
             })
             .await?;
         lock(&self.created_uploads).insert(upload_id.clone());
@@ -924,9 +931,10 @@ impl<S: ObjectStore> Ctx<S> {
                 break;
             }
             let (ctx, key, upload_id) = (self.clone(), key.to_owned(), upload.upload_id.clone());
+            let crc32c = has_full_object_crc32c(&upload.token);
             tasks.spawn(async move {
                 let r = ctx
-                    .upload_one_part(id, &key, &upload_id, number, offset, len, None)
+                    .upload_one_part(id, &key, (&upload_id, crc32c), number, offset, len, None)
                     .await;
                 drop(permit);
                 r
@@ -942,6 +950,7 @@ impl<S: ObjectStore> Ctx<S> {
         if !self.still_current(id, key) {
             return Err(Stop::Cancelled);
         }
+        let crc32c = has_full_object_crc32c(&upload.token);
         let parts: Vec<CompletedPart> = self
             .spool
             .file(id)
@@ -951,9 +960,13 @@ impl<S: ObjectStore> Ctx<S> {
             .parts
             .into_iter()
             .filter(|(number, _)| u64::from(*number) <= parts_count)
-            .map(|(number, r)| CompletedPart {
-                number,
-                etag: r.etag,
+            .map(|(number, r)| {
+                let len = part_size.min(file.size - u64::from(number - 1) * part_size);
+                CompletedPart {
+                    number,
+                    etag: r.etag,
+                    crc32c: crc32c.then_some((r.crc32c, len)),
+                }
             })
             .collect();
         if parts.len() as u64 != parts_count {
@@ -1105,13 +1118,14 @@ impl<S: ObjectStore> Ctx<S> {
                             upload.upload_id.clone(),
                             receiving.clone(),
                         );
+                        let crc32c = has_full_object_crc32c(&upload.token);
                         tasks.spawn(async move {
                             let offset = u64::from(number - 1) * part_size;
                             let r = ctx
                                 .upload_one_part(
                                     id,
                                     &key,
-                                    &upload_id,
+                                    (&upload_id, crc32c),
                                     number,
                                     offset,
                                     part_size,
@@ -1178,20 +1192,23 @@ impl<S: ObjectStore> Ctx<S> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Sends part `number` of `upload` (its id, and whether it has a full-object CRC32C).
     async fn upload_one_part(
         &self,
         id: FileId,
         key: &str,
-        upload_id: &str,
+        upload: (&str, bool),
         number: u32,
         offset: u64,
         len: u64,
         receiving: Option<&OpenFile>,
     ) -> Result<(), Stop> {
+        let (upload_id, crc32c) = upload;
         let body = self.spool_range(id, offset, len, receiving);
         let uploaded = self
             .retry(id, key, || {
-                self.store.upload_part(key, upload_id, number, body.clone())
+                self.store
+                    .upload_part(key, upload_id, number, body.clone(), crc32c)
             })
             .await?;
         self.spool
@@ -1338,6 +1355,14 @@ fn is_renamed_after_close(path: &str) -> bool {
             head.len() > 1 && tail.len() == 6 && tail.chars().all(|c| c.is_ascii_alphanumeric())
         });
     is_temporary_name(name) || rsync
+}
+
+/// Tokens of multipart uploads created for a full-object CRC32C start with this.
+const FULL_OBJECT_CRC32C_TOKEN_PREFIX: &str = "crc32c-";
+
+/// True for the token of an upload created for a full-object CRC32C.
+fn has_full_object_crc32c(token: &str) -> bool {
+    token.starts_with(FULL_OBJECT_CRC32C_TOKEN_PREFIX)
 }
 
 fn new_token() -> String {

@@ -209,13 +209,38 @@ async fn complete_by_assembly(
     let etag = tokio::task::spawn_blocking(move || assemble::assemble(&assembly))
         .await
         .map_err(|e| s3_error!(InternalError, "assembly task failed: {e}"))?
-        .map_err(S3Error::internal_error)?;
+        .map_err(|e| match e {
+            assemble::AssemblyError::BadDigest { .. } => {
+                s3_error!(BadDigest, "checksum_crc32c mismatch: {e}")
+            }
+            assemble::AssemblyError::Io(e) => S3Error::internal_error(e),
+        })?;
     Ok(S3Response::new(CompleteMultipartUploadOutput {
         bucket: Some(input.bucket),
         key: Some(input.key),
         e_tag: Some(s3s::dto::ETag::Strong(etag)),
         ..Default::default()
     }))
+}
+
+/// The CRC32C of a whole file, read through a small buffer.
+fn file_crc32c(path: &Path) -> std::io::Result<u32> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut crc = 0;
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(crc),
+            n => crc = crc32c::crc32c_append(crc, &buf[..n]),
+        }
+    }
+}
+
+/// The CRC32C of an `x-amz-checksum-crc32c` value (base64 of the big-endian bytes).
+fn decode_crc32c(b64: &str) -> Option<u32> {
+    let bytes = aws_smithy_types::base64::decode(b64).ok()?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
 
 async fn is_file(path: &Path) -> bool {
@@ -371,7 +396,11 @@ impl GatewayFs {
     /// ([`super::assemble`]): only when every part's MD5 is known (this server answered its
     /// UploadPart since it started), the key is a plain path and no `If-Match` is asked (s3s-fs
     /// handles the rest). Call after [`GatewayFs::validate_complete`].
-    fn assembly(&self, input: &CompleteMultipartUploadInput) -> Option<Assembly> {
+    fn assembly(
+        &self,
+        input: &CompleteMultipartUploadInput,
+        crc32c: Option<u32>,
+    ) -> Option<Assembly> {
         if input.if_match.is_some() {
             return None;
         }
@@ -397,6 +426,7 @@ impl GatewayFs {
             upload_attributes: self.layout.upload_attributes(bucket, key, upload_id),
             object_attributes: self.layout.object_attributes(bucket, key),
             internal_info: self.layout.internal_info(bucket, key),
+            crc32c,
         })
     }
 
@@ -464,7 +494,34 @@ impl S3 for GatewayFs {
             .await?;
         let slot = (input.upload_id.clone(), input.part_number);
         req.input.body = MeteredBody::wrap(req.input.body.take(), &self.stats);
+        let claimed = match req.input.checksum_crc32c.as_deref().map(decode_crc32c) {
+            Some(Some(crc)) => Some(crc),
+            Some(None) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "x-amz-checksum-crc32c is not a CRC32C"
+                ));
+            }
+            None => None,
+        };
         let resp = self.fs.upload_part(req).await?;
+        // s3s-fs takes the part whatever checksum came with it; S3 refuses one whose bytes do
+        // not match and keeps nothing.
+        if let Some(claimed) = claimed {
+            let path = self.layout.part(&slot.0, slot.1);
+            let computed = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || file_crc32c(&path)
+            })
+            .await
+            .map_err(|e| s3_error!(InternalError, "checksum task failed: {e}"))?
+            .map_err(S3Error::internal_error)?;
+            if computed != claimed {
+                let _ = tokio::fs::remove_file(&path).await;
+                self.etags().remove(&slot);
+                return Err(s3_error!(BadDigest, "checksum_crc32c mismatch"));
+            }
+        }
         if let Some(etag) = &resp.output.e_tag {
             self.etags().insert(slot, etag.value().to_owned());
         }
@@ -515,8 +572,19 @@ impl S3 for GatewayFs {
         // forgets the upload id before it assembles the object, so a Complete cancelled in
         // between (hyper drops the handler when the connection closes) would lose both. The
         // task holds the upload's lock to its end, for the same reason.
+        let crc32c = match req.input.checksum_crc32c.as_deref().map(decode_crc32c) {
+            Some(Some(crc)) => Some(crc),
+            Some(None) => {
+                self.settled(&upload_id, guard);
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "x-amz-checksum-crc32c is not a CRC32C"
+                ));
+            }
+            None => None,
+        };
         let fs = Arc::clone(&self.fs);
-        let assembly = self.assembly(&req.input);
+        let assembly = self.assembly(&req.input, crc32c);
         let done = tokio::spawn(async move {
             let resp = match assembly {
                 Some(a) => complete_by_assembly(req.input, a).await,
@@ -609,7 +677,16 @@ impl S3 for GatewayFs {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.stats.count(ServerOp::HeadObject);
-        self.fs.head_object(req).await
+        let mut resp = self.fs.head_object(req).await?;
+        // Every checksum this server keeps is of the whole object (single PUTs, and Completes
+        // with a full-object CRC32C).
+        let out = &mut resp.output;
+        if out.checksum_crc32c.is_some() || out.checksum_sha256.is_some() {
+            out.checksum_type = Some(s3s::dto::ChecksumType::from_static(
+                s3s::dto::ChecksumType::FULL_OBJECT,
+            ));
+        }
+        Ok(resp)
     }
 
     async fn get_object(

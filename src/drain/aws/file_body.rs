@@ -155,6 +155,37 @@ fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
+/// Read buffer of [`range_crc32c`].
+const CRC_PASS_BUFFER_BYTES: usize = 256 * 1024;
+
+/// The CRC32C of a file range, read through a small buffer on a blocking thread: the part
+/// checksum an UploadPart of an upload with a full-object CRC32C sends ahead of its body. The
+/// body is read again as it is sent (and its CRC32C summed again): were the two to differ, the
+/// store would refuse the part.
+pub(super) async fn range_crc32c(range: &FileRange) -> io::Result<u32> {
+    let range = range.clone();
+    tokio::task::spawn_blocking(move || {
+        let file = match &range.open {
+            Some(open) => Arc::clone(&open.0),
+            None => Arc::new(File::open(&range.path)?),
+        };
+        let mut buf =
+            vec![0u8; CRC_PASS_BUFFER_BYTES.min(usize::try_from(range.len).unwrap_or(usize::MAX))];
+        let (mut crc, mut at) = (0u32, 0u64);
+        while at < range.len {
+            let n = usize::try_from(range.len - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            file.read_exact_at(&mut buf[..n], range.offset + at)?;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            at += n as u64;
+        }
+        Ok(crc)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 /// What one read gives back.
 struct ReadDone {
     file: Arc<File>,
