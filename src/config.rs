@@ -183,8 +183,9 @@ pub struct S3Config {
     pub failed_retry_max: Duration,
     /// `s3.overwrite`: what happens when the key already holds an object.
     pub overwrite: OverwriteMode,
-    /// `s3.full_object_checksum`: single PUTs carry `x-amz-checksum-sha256` of the whole file
-    /// (S3 checks it on arrival and keeps it with the object).
+    /// `s3.full_object_checksum`: single PUTs carry `x-amz-checksum-sha256` of the whole file,
+    /// multipart uploads a full-object CRC32C (S3 checks it on arrival and keeps it with the
+    /// object).
     pub full_object_checksum: bool,
     /// `s3.manifest_interval`: how often the delivery log is copied to
     /// `<prefix>_manifests/` in the bucket; `None`: never.

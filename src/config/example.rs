@@ -116,9 +116,12 @@ early_drain = true
 # Single PUTs (files up to part_size, whose SHA-256 the box takes while they arrive) carry
 # x-amz-checksum-sha256: S3 checks the bytes against the hash taken at ingest, refuses them
 # if they differ (the file then fails, the spool copy kept), and keeps the checksum with the
-# object for `aws s3api head-object --checksum-mode ENABLED`. Default true; false for stores
-# that reject the header. (Multipart objects carry the SHA-256 in x-amz-meta-sha256 where
-# it is known; see early_drain.)
+# object for `aws s3api head-object --checksum-mode ENABLED`. Multipart uploads are created
+# for a full-object CRC32C (ChecksumType FULL_OBJECT): each part carries its CRC32C, which S3
+# checks, and Complete the object's, combined from the parts' (no second pass over the file);
+# S3 keeps it with the object. Default true; false for stores that reject these headers.
+# (Multipart objects carry the SHA-256 in x-amz-meta-sha256 where it is known; see
+# early_drain.)
 full_object_checksum = true
 # A file that failed with a permanent S3 error (AccessDenied, NoSuchBucket: fixed later by
 # someone far away) is retried by itself failed_retry after it failed, then after twice
