@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::future::Future as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
@@ -51,15 +52,23 @@ struct MeteredBody {
     inner: StreamingBlob,
     stats: Arc<S3Stats>,
     held: Option<(Bytes, Pin<Box<Sleep>>)>,
+    /// The CRC32C of the bytes passed so far, where asked for (an UploadPart with
+    /// `x-amz-checksum-crc32c`): summed on the way, so the part is not read back.
+    crc32c: Option<Arc<AtomicU32>>,
 }
 
 impl MeteredBody {
-    fn wrap(body: Option<StreamingBlob>, stats: &Arc<S3Stats>) -> Option<StreamingBlob> {
+    fn wrap(
+        body: Option<StreamingBlob>,
+        stats: &Arc<S3Stats>,
+        crc32c: Option<Arc<AtomicU32>>,
+    ) -> Option<StreamingBlob> {
         body.map(|inner| {
             StreamingBlob::new(MeteredBody {
                 inner,
                 stats: Arc::clone(stats),
                 held: None,
+                crc32c,
             })
         })
     }
@@ -74,7 +83,13 @@ impl Stream for MeteredBody {
             ready!(sleep.as_mut().poll(cx));
             return Poll::Ready(this.held.take().map(|(bytes, _)| Ok(bytes)));
         }
-        match ready!(Pin::new(&mut this.inner).poll_next(cx)) {
+        let next = ready!(Pin::new(&mut this.inner).poll_next(cx));
+        if let (Some(Ok(bytes)), Some(crc)) = (&next, &this.crc32c) {
+            // One stream, polled by one task at a time: the load and the store do not race.
+            let sum = crc32c::crc32c_append(crc.load(Ordering::Relaxed), bytes);
+            crc.store(sum, Ordering::Relaxed);
+        }
+        match next {
             Some(Ok(bytes)) => match this.stats.admit(bytes.len()) {
                 None => Poll::Ready(Some(Ok(bytes))),
                 Some(deadline) => {
@@ -221,20 +236,6 @@ async fn complete_by_assembly(
         e_tag: Some(s3s::dto::ETag::Strong(etag)),
         ..Default::default()
     }))
-}
-
-/// The CRC32C of a whole file, read through a small buffer.
-fn file_crc32c(path: &Path) -> std::io::Result<u32> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut crc = 0;
-    loop {
-        match file.read(&mut buf)? {
-            0 => return Ok(crc),
-            n => crc = crc32c::crc32c_append(crc, &buf[..n]),
-        }
-    }
 }
 
 /// The CRC32C of an `x-amz-checksum-crc32c` value (base64 of the big-endian bytes).
@@ -471,7 +472,7 @@ impl S3 for GatewayFs {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.stats.count(ServerOp::PutObject);
         self.check_bucket(&req.input.bucket).await?;
-        req.input.body = MeteredBody::wrap(req.input.body.take(), &self.stats);
+        req.input.body = MeteredBody::wrap(req.input.body.take(), &self.stats, None);
         self.fs.put_object(req).await
     }
 
@@ -493,8 +494,7 @@ impl S3 for GatewayFs {
         self.check_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let slot = (input.upload_id.clone(), input.part_number);
-        req.input.body = MeteredBody::wrap(req.input.body.take(), &self.stats);
-        let claimed = match req.input.checksum_crc32c.as_deref().map(decode_crc32c) {
+        let claimed = match input.checksum_crc32c.as_deref().map(decode_crc32c) {
             Some(Some(crc)) => Some(crc),
             Some(None) => {
                 return Err(s3_error!(
@@ -504,23 +504,17 @@ impl S3 for GatewayFs {
             }
             None => None,
         };
+        let summed = claimed.map(|_| Arc::new(AtomicU32::new(0)));
+        req.input.body = MeteredBody::wrap(req.input.body.take(), &self.stats, summed.clone());
         let resp = self.fs.upload_part(req).await?;
         // s3s-fs takes the part whatever checksum came with it; S3 refuses one whose bytes do
         // not match and keeps nothing.
-        if let Some(claimed) = claimed {
-            let path = self.layout.part(&slot.0, slot.1);
-            let computed = tokio::task::spawn_blocking({
-                let path = path.clone();
-                move || file_crc32c(&path)
-            })
-            .await
-            .map_err(|e| s3_error!(InternalError, "checksum task failed: {e}"))?
-            .map_err(S3Error::internal_error)?;
-            if computed != claimed {
-                let _ = tokio::fs::remove_file(&path).await;
-                self.etags().remove(&slot);
-                return Err(s3_error!(BadDigest, "checksum_crc32c mismatch"));
-            }
+        if let (Some(claimed), Some(summed)) = (claimed, summed)
+            && summed.load(Ordering::Relaxed) != claimed
+        {
+            let _ = tokio::fs::remove_file(self.layout.part(&slot.0, slot.1)).await;
+            self.etags().remove(&slot);
+            return Err(s3_error!(BadDigest, "checksum_crc32c mismatch"));
         }
         if let Some(etag) = &resp.output.e_tag {
             self.etags().insert(slot, etag.value().to_owned());
