@@ -37,6 +37,9 @@ use values::{
 };
 
 pub use example::EXAMPLE;
+// Types the SFTP front end owns, read here: `sftp` never reads `config` (docs/ARCHITECTURE.md).
+pub use crate::sftp::namespace::User;
+pub use crate::sftp::{Algorithms, LOGIN_GRACE_DEFAULT};
 pub use shaping::{DAY_MINUTES, Days, RATE_BYTES_PER_SEC_MIN, Rate, ShapingConfig, Window};
 pub use values::parse_duration;
 
@@ -96,27 +99,9 @@ pub struct SftpConfig {
 /// `sftp.virtual_dir` unless set.
 pub const VIRTUAL_DIR_DEFAULT: &str = ".sftpgw";
 
-/// `sftp.login_grace` unless set (OpenSSH's is 120 s; a LAN client logs in within seconds).
-pub const LOGIN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
-
 /// `sftp.idle_timeout` unless set: SFTPGo's default. WinSCP and FileZilla reconnect by
 /// themselves; a forgotten client no longer holds one of `max_sessions` forever.
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15 * 60);
-
-/// `sftp.algorithms`: the SSH algorithms the server offers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithms {
-    /// Current algorithms only (ed25519 host key, curve25519/ML-KEM and large DH groups,
-    /// AEAD and CTR ciphers, ETM MACs); ssh-audit finds nothing to warn about.
-    #[default]
-    Modern,
-    /// Also what older SSH libraries need (JSch 0.1.x, old .NET and embedded clients):
-    /// ECDSA P-256 and RSA host keys (ssh-rsa signatures included), ecdh-sha2-nistp* and
-    /// diffie-hellman-group14-sha256 key exchange, non-ETM HMAC-SHA2, and ssh-rsa (SHA-1)
-    /// signatures from RSA user keys.
-    Compatible,
-}
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -250,17 +235,6 @@ pub struct MetricsConfig {
 pub struct ControlConfig {
     /// Unix socket of the running daemon, read by `sftpgw status`.
     pub socket: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: String,
-    /// OpenSSH `authorized_keys` lines.
-    pub authorized_keys: Vec<String>,
-    /// PHC string, `$argon2id$...`.
-    pub password_hash: Option<String>,
-    /// What this user may hold in the spool, not yet delivered (`quota_bytes`, `quota_files`).
-    pub quota: crate::spool::Quota,
 }
 
 /// Why a configuration was refused. The `Display` form is `file:line: key: message`.

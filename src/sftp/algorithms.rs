@@ -15,9 +15,24 @@ use std::path::{Path, PathBuf};
 
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKey};
 use russh::{AlgorithmKind, Preferred, cipher, kex, mac};
+use serde::{Deserialize, Serialize};
 
 use super::keys::{self, HostKeyError, KeyKind};
-use crate::config::Algorithms;
+
+/// `sftp.algorithms`: the SSH algorithms the server offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithms {
+    /// Current algorithms only (ed25519 host key, curve25519/ML-KEM and large DH groups,
+    /// AEAD and CTR ciphers, ETM MACs); ssh-audit finds nothing to warn about.
+    #[default]
+    Modern,
+    /// Also what older SSH libraries need (JSch 0.1.x, old .NET and embedded clients):
+    /// ECDSA P-256 and RSA host keys (ssh-rsa signatures included), ecdh-sha2-nistp* and
+    /// diffie-hellman-group14-sha256 key exchange, non-ETM HMAC-SHA2, and ssh-rsa (SHA-1)
+    /// signatures from RSA user keys.
+    Compatible,
+}
 
 /// Key exchange in both profiles, then the extension markers russh needs.
 const KEX_MODERN: &[kex::Name] = &[

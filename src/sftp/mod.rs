@@ -6,6 +6,7 @@
 //! the SFTP layer's own (the ones shared with other layers live in [`crate::limits`]).
 
 mod algorithms;
+pub use algorithms::Algorithms;
 mod budget;
 pub mod defender;
 
@@ -18,6 +19,9 @@ pub enum NamePolicy {
     RefuseHostile,
     AllowAll,
 }
+
+/// `sftp.login_grace` unless set (OpenSSH's is 120 s; a LAN client logs in within seconds).
+pub const LOGIN_GRACE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every SFTP session of a server accepts and tolerates (`[sftp]`).
 #[derive(Debug, Clone, Default)]

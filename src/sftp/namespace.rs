@@ -13,7 +13,17 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use russh::keys::PublicKey;
 use russh::keys::ssh_key::authorized_keys::Entry;
 
-use crate::config::User;
+/// A user of the configuration (`[[users]]`), as parsed and checked by `config`.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    /// OpenSSH `authorized_keys` lines.
+    pub authorized_keys: Vec<String>,
+    /// PHC string, `$argon2id$...`.
+    pub password_hash: Option<String>,
+    /// What this user may hold in the spool, not yet delivered (`quota_bytes`, `quota_files`).
+    pub quota: crate::spool::Quota,
+}
 
 /// A user entry of the configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 pub use super::keys::{generate_ed25519, write_private_key};
 
+use super::Algorithms;
 use super::algorithms;
 use super::budget::IngestBudget;
 use super::defender::{Defender, DefenderConfig, Penalty, SessionPermit, Startup};
@@ -45,7 +46,6 @@ use super::{
     SSH_CHANNELS_PER_CONNECTION_COUNT_MAX, SSH_KEEPALIVE_COUNT_MAX, SSH_KEEPALIVE_INTERVAL_SECONDS,
     SSH_PACKET_BYTES_MAX, SSH_WINDOW_BYTES, session,
 };
-use crate::config::Algorithms;
 use crate::spool::Spool;
 
 /// Pause after an accept error such as EMFILE, so a full descriptor table does not spin.
@@ -78,7 +78,7 @@ impl SshSetup {
         SshSetup {
             algorithms: Algorithms::Modern,
             host_keys: vec![host_key],
-            login_grace: crate::config::LOGIN_GRACE_DEFAULT,
+            login_grace: super::LOGIN_GRACE_DEFAULT,
             defender: Defender::new(DefenderConfig::default()),
             session: super::SessionPolicy::default(),
         }
