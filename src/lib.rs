@@ -1,8 +1,10 @@
 //! sftpgw: an on-premises SFTP-to-S3 transfer gateway.
 //!
-//! Module dependencies are one-way (see `docs/ARCHITECTURE.md`):
-//! `sftp → spool → journal`; `drain → spool, journal`; `status` reads snapshots;
-//! `main.rs` wires everything. `config`, `limits` and `telemetry` are leaves every module may use.
+//! Module dependencies are one-way (see `docs/ARCHITECTURE.md`; `tests/architecture.rs` checks
+//! those of `journal`, `spool` and `sftp`): `sftp → spool → journal`; `drain → spool, journal`;
+//! `status` reads snapshots; `main.rs` wires everything. `limits` and `telemetry` are leaves
+//! every module may use; `config` parses into the types of the modules it configures (`spool`,
+//! `sftp`), which never read it.
 
 pub mod config;
 pub mod console;
