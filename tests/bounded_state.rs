@@ -5,6 +5,12 @@
 //! - A sealed file starts its upload at once; only names a client renames right after CLOSE
 //!   (WinSCP's `.filepart`) wait for the settle time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

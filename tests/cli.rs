@@ -1,5 +1,11 @@
 //! The command line as an operator uses it: `check-config`, `user passwd`, `demo`, exit codes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -6,6 +6,12 @@
 //! `python3` from PATH (Debian: `apt-get install python3-paramiko`; `.ci/run` installs it).
 //! Without one every test fails under CI (`CI` set) and is skipped otherwise.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::ffi::OsString;

@@ -8,6 +8,12 @@
 //! otherwise. sshfs also needs a usable `/dev/fuse`; without one its test is skipped always.
 //! Every command runs with a deadline ([`CMD_TIMEOUT`]), so no client can hang the suite.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::os::unix::process::CommandExt;

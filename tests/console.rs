@@ -2,6 +2,12 @@
 //! a terminal would: the real binary with its stdin and stdout on pipes, against a real
 //! daemon and the embedded S3 server (tests/common).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -5,6 +5,12 @@
 //! Mounting a tmpfs needs root (CI runs as root); elsewhere the test is skipped with the reason
 //! printed, and under CI (`CI` set) a failed mount fails it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,12 @@
 //! the fault-injecting store: 5xx, a connection reset in the middle of a part, NoSuchUpload, a
 //! Complete whose response is lost, a permanent error, and a crash in the middle of an upload.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,12 @@
 //! End to end with the real OpenSSH `sftp` client against the real `sftpgw` binary and the
 //! embedded S3 server: every object is compared byte for byte through the S3 API.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

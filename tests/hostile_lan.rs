@@ -8,6 +8,12 @@
 //! ::1 (the good one) without a port open on any real interface. The stalled-body and quota
 //! tests need one source only and run on 127.0.0.1 directly.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -5,6 +5,12 @@
 //!
 //! The seed is printed; `SFTPGW_KILL_SEED=<seed>` replays a run.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

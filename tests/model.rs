@@ -46,6 +46,12 @@
 //! The smallest sequences the model found are also replayed as they are, by name, at the end
 //! of this file.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};

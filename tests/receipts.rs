@@ -1,6 +1,12 @@
 //! Receipts and queue in the `.sftpgw` directory, read with the real OpenSSH `sftp` from the
 //! real binary, checked against the bucket and `sftpgw report`; across a restart.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::time::Duration;

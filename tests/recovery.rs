@@ -2,6 +2,12 @@
 //! damaged frames are skipped and alarmed, sealed files the journal lost are sealed again from
 //! the identity they carry, and what cannot be explained is quarantined, never deleted.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

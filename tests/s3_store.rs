@@ -1,6 +1,12 @@
 //! `AwsStore` (the real aws-sdk-s3 client) against the embedded S3 server on loopback, and
 //! `FaultStore` wrapped around that pair.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

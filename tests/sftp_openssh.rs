@@ -1,6 +1,12 @@
 //! The SFTP server driven by the real OpenSSH client (`/usr/bin/sftp`, `/usr/bin/ssh`) against
 //! a real spool, on 127.0.0.1.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::path::PathBuf;
 use std::process::Output;
 use std::sync::Arc;

@@ -1,6 +1,12 @@
 //! Bandwidth shaping of the drain, end to end: the real `sftpgw` binary, the real OpenSSH
 //! `sftp` client on the (never throttled) LAN side, and the embedded S3 server on the WAN side.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::process::Command;

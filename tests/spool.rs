@@ -1,5 +1,11 @@
 //! The spool's durability and namespace semantics, through its public API.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

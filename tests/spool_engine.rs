@@ -1,5 +1,11 @@
 //! `spool.engine` reaches the running daemon: `sftpgw status` names the engine in use.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use common::{Harness, Options};

@@ -2,6 +2,12 @@
 //! Prometheus scrape over loopback, the lifecycle log lines, secrets kept out of logs, and the
 //! clock skew read from the embedded S3 server's `Date` header.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -2,6 +2,12 @@
 //! only while its health check passes. systemd is played by a datagram socket in
 //! `NOTIFY_SOCKET`, with `WATCHDOG_USEC` set as systemd sets it for `WatchdogSec=`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::os::unix::net::UnixDatagram;

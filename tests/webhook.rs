@@ -1,6 +1,12 @@
 //! `[events] webhook` against an HTTPS receiver of the test's own (rustls, a certificate made
 //! with `openssl`), which refuses its first requests.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -131,11 +131,14 @@ impl Users {
 
 /// Hashes a password for the configuration file: argon2id with the crate's default cost and a
 /// random salt, as a PHC string (`$argon2id$v=19$...`).
+#[expect(
+    clippy::expect_used,
+    reason = "only invalid parameters or salt lengths fail, and both are fixed here"
+)]
 pub fn hash_password(password: &str) -> String {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
-        // Only invalid parameters or salt lengths can fail, and both are fixed here.
         .expect("argon2 with default parameters and a generated salt cannot fail")
         .to_string()
 }

@@ -1,5 +1,11 @@
 //! Shared harness for the end-to-end tests: the embedded S3 server in this process, the real
 //! `sftpgw` binary as a separate process, and the real OpenSSH `sftp` client.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics on what it did not expect"
+)]
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
