@@ -22,13 +22,12 @@
 //! `concurrency × part_size` bytes can be sent again after a crash. No part is ever held in
 //! memory whole: bodies are ranges of the sealed spool file that the store streams through a
 //! few small buffers (and reads again from the file for every attempt), summing each part's
-//! CRC32C on the way; the one other pass over spool data, the SHA-256 of a file written out of
-//! order, reads through a bounded buffer too. Memory therefore depends on `concurrency` alone,
+//! CRC32C on the way; the other passes over spool data (the SHA-256 of a file not hashed on
+//! arrival, the CRC32C check of early parts) are one bounded helper, `sealed_pass`. Memory therefore depends on `concurrency` alone,
 //! not on part or file sizes or on how many files wait.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -663,28 +662,62 @@ impl<S: ObjectStore> Ctx<S> {
         if let Some(h) = file.sha256 {
             return Ok(h);
         }
+        let whole = vec![(0, file.size)];
+        let hasher = self
+            .sealed_pass(
+                file,
+                "hashing the spool file",
+                whole,
+                Sha256::new(),
+                |h, _, b| {
+                    h.update(b);
+                },
+            )
+            .await?;
+        Ok(hasher.finalize().into())
+    }
+
+    /// The drain's one kind of read besides request bodies: a pass over `ranges` (offset,
+    /// length) of the sealed file, at most [`FILE_HASH_PASSES_COUNT_MAX`] at once, through one
+    /// [`FILE_HASH_BUFFER_BYTES`] buffer on a blocking thread; `step(acc, range, bytes)` sees
+    /// each range's bytes in order. A read that fails is `what` failing (see `local_error`).
+    async fn sealed_pass<A, F>(
+        &self,
+        file: &FileRecord,
+        what: &str,
+        ranges: Vec<(u64, u64)>,
+        acc: A,
+        step: F,
+    ) -> Result<A, Stop>
+    where
+        A: Send + 'static,
+        F: Fn(&mut A, usize, &[u8]) + Send + 'static,
+    {
         let _permit = self
             .hash_permits
             .acquire()
             .await
             .map_err(|_| Stop::Cancelled)?;
         let path = self.spool.sealed_path(file.id);
-        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
-            let mut f = File::open(path)?;
-            let mut hasher = Sha256::new();
+        let done = tokio::task::spawn_blocking(move || -> std::io::Result<A> {
+            let f = File::open(path)?;
             let mut buf = vec![0u8; FILE_HASH_BUFFER_BYTES];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(hasher.finalize().into());
+            let mut acc = acc;
+            for (i, (start, len)) in ranges.into_iter().enumerate() {
+                let (mut at, end) = (start, start + len);
+                while at < end {
+                    let n = usize::try_from(end - at).map_or(buf.len(), |left| left.min(buf.len()));
+                    f.read_exact_at(&mut buf[..n], at)?;
+                    step(&mut acc, i, &buf[..n]);
+                    at += n as u64;
                 }
-                hasher.update(&buf[..n]);
             }
+            Ok(acc)
         })
         .await;
-        match hashed {
-            Ok(Ok(h)) => Ok(h),
-            Ok(Err(e)) => Err(self.local_error(file.id, "hashing the spool file", &e)),
+        match done {
+            Ok(Ok(acc)) => Ok(acc),
+            Ok(Err(e)) => Err(self.local_error(file.id, what, &e)),
             Err(_) => Err(Stop::Cancelled),
         }
     }
@@ -1008,12 +1041,6 @@ impl<S: ObjectStore> Ctx<S> {
         upload: &UploadProgress,
         parts_count: u64,
     ) -> Result<HashSet<u32>, Stop> {
-        let _permit = self
-            .hash_permits
-            .acquire()
-            .await
-            .map_err(|_| Stop::Cancelled)?;
-        let path = self.spool.sealed_path(file.id);
         let (part_size, size) = (upload.part_size, file.size);
         let sent: Vec<(u32, u32)> = upload
             .parts
@@ -1021,37 +1048,34 @@ impl<S: ObjectStore> Ctx<S> {
             .filter(|(n, _)| u64::from(**n) <= parts_count)
             .map(|(n, r)| (*n, r.crc32c))
             .collect();
-        let checked = tokio::task::spawn_blocking(move || -> std::io::Result<HashSet<u32>> {
-            let f = File::open(path)?;
-            let mut buf = vec![0u8; FILE_HASH_BUFFER_BYTES];
-            let mut valid = HashSet::new();
-            for (number, crc_sent) in sent {
+        let ranges = sent
+            .iter()
+            .map(|(number, _)| {
                 let start = u64::from(number - 1) * part_size;
-                let end = (start + part_size).min(size);
-                let (mut at, mut crc) = (start, 0u32);
-                while at < end {
-                    let n = (end - at).min(buf.len() as u64) as usize;
-                    f.read_exact_at(&mut buf[..n], at)?;
-                    crc = crc32c::crc32c_append(crc, &buf[..n]);
-                    at += n as u64;
-                }
-                if crc == crc_sent {
-                    valid.insert(number);
-                } else {
-                    tracing::info!(
-                        number,
-                        "an early part no longer matches the sealed file; sending it again"
-                    );
-                }
+                (start, part_size.min(size - start))
+            })
+            .collect();
+        let crcs = self
+            .sealed_pass(
+                file,
+                "checking early parts",
+                ranges,
+                vec![0u32; sent.len()],
+                |crcs, i, bytes| crcs[i] = crc32c::crc32c_append(crcs[i], bytes),
+            )
+            .await?;
+        let mut valid = HashSet::new();
+        for ((number, crc_sent), crc) in sent.into_iter().zip(crcs) {
+            if crc == crc_sent {
+                valid.insert(number);
+            } else {
+                tracing::info!(
+                    number,
+                    "an early part no longer matches the sealed file; sending it again"
+                );
             }
-            Ok(valid)
-        })
-        .await;
-        match checked {
-            Ok(Ok(valid)) => Ok(valid),
-            Ok(Err(e)) => Err(self.local_error(file.id, "checking early parts", &e)),
-            Err(_) => Err(Stop::Cancelled),
         }
+        Ok(valid)
     }
 
     /// Uploads the full parts of a file still arriving as its writer's append frontier passes
