@@ -370,6 +370,21 @@ struct QueueLine {
 /// then what is arriving or needs a look. ETAs assume the drain goes on at `drain_rate` and
 /// takes files oldest first, every user's.
 pub fn render_queue(spool: &Spool, user: &str, drain_rate: u64, now_unix: u64) -> String {
+    let listing = queue_of(spool, user, drain_rate);
+    format_queue(&listing, user, drain_rate, now_unix)
+}
+
+/// The lines of a user's queue, and what was left out.
+struct QueueListing {
+    lines: Vec<QueueLine>,
+    /// Files beyond [`QUEUE_LINES_COUNT_MAX`].
+    more: usize,
+    /// The scan stopped at [`QUEUE_FILES_SCANNED_MAX`].
+    cut: bool,
+}
+
+/// The files of `user` not in S3 yet, in the order `queue.txt` lists them, with their ETAs.
+fn queue_of(spool: &Spool, user: &str, drain_rate: u64) -> QueueListing {
     let mut lines: Vec<QueueLine> = Vec::new();
     let mut more = 0usize;
     let mut scanned = 0usize;
@@ -430,6 +445,12 @@ pub fn render_queue(spool: &Spool, user: &str, drain_rate: u64, now_unix: u64) -
             }
         });
     }
+    QueueListing { lines, more, cut }
+}
+
+/// `queue.txt` of `listing`: a header, tab-separated lines, what was left out.
+fn format_queue(listing: &QueueListing, user: &str, drain_rate: u64, now_unix: u64) -> String {
+    let QueueListing { lines, more, cut } = listing;
     let mut out = String::new();
     let rate = match drain_rate {
         0 => "no upload in the last minute".to_owned(),
@@ -445,7 +466,7 @@ pub fn render_queue(spool: &Spool, user: &str, drain_rate: u64, now_unix: u64) -
         "# Delivered files have a receipt in receipts/<path>.json. ETA in seconds, - unknown."
     );
     let _ = writeln!(out, "state\tsent_bytes\tsize_bytes\teta_secs\tpath\tnote");
-    for l in &lines {
+    for l in lines {
         let eta = l.eta_secs.map_or_else(|| "-".to_owned(), |e| e.to_string());
         let _ = writeln!(
             out,
@@ -457,10 +478,10 @@ pub fn render_queue(spool: &Spool, user: &str, drain_rate: u64, now_unix: u64) -
             l.note
         );
     }
-    if more > 0 {
+    if *more > 0 {
         let _ = writeln!(out, "# ... and {more} more files not listed.");
     }
-    if cut {
+    if *cut {
         let _ = writeln!(
             out,
             "# The queue holds more than {QUEUE_FILES_SCANNED_MAX} files; those beyond were not \
