@@ -363,3 +363,29 @@ async fn a_receipts_listing_of_many_files_goes_page_by_page_and_skips_undelivere
     let listed = client.list("/.sftpgw/receipts").await.expect("ls");
     assert_eq!(names(&listed), expected);
 }
+
+#[tokio::test]
+async fn the_queue_lists_at_most_its_bound_and_says_how_many_more_there_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (mut client, _session) = start_virtual(&spool, 0).await;
+    let bound = crate::sftp::receipts::QUEUE_LINES_COUNT_MAX;
+    for i in 0..bound + 5 {
+        client.put(&format!("/q{i:05}.bin"), b"x").await;
+    }
+    let queue = String::from_utf8(client.get("/.sftpgw/queue.txt").await).expect("utf-8");
+    let rows: Vec<&str> = queue
+        .lines()
+        .filter(|l| l.starts_with("sealed\t"))
+        .collect();
+    assert_eq!(rows.len(), bound);
+    assert!(
+        rows[0].ends_with("/q00000.bin\t"),
+        "oldest first: {}",
+        rows[0]
+    );
+    assert!(
+        queue.contains("# ... and 5 more files not listed."),
+        "{queue}"
+    );
+}
