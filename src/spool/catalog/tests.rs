@@ -6,6 +6,23 @@ fn vp(s: &str) -> VPath {
     VPath::resolve(s).expect("path")
 }
 
+/// Applies what a new file's life begins with: user `u` opens `path` as `id`, then seals it
+/// at `size` bytes (no SHA-256, at time 0).
+fn open_and_seal(c: &mut Catalog, id: FileId, path: &str, size: u64) {
+    c.apply(&Record::Opened {
+        id,
+        user: "u".into(),
+        path: vp(path),
+        at_unix: 0,
+    });
+    c.apply(&Record::Sealed {
+        id,
+        size,
+        sha256: None,
+        at_unix: 0,
+    });
+}
+
 fn arb_record() -> impl Strategy<Value = Record> {
     let user = prop_oneof![Just("u".to_owned()), Just("v".to_owned())];
     let path = prop_oneof![
@@ -206,18 +223,7 @@ fn superseding_a_pending_file_keeps_it_uploading_until_the_new_version_seals() {
 #[test]
 fn rename_voids_the_upload_under_the_old_key() {
     let mut c = Catalog::default();
-    c.apply(&Record::Opened {
-        id: 1,
-        user: "u".into(),
-        path: vp("a"),
-        at_unix: 0,
-    });
-    c.apply(&Record::Sealed {
-        id: 1,
-        size: 10,
-        sha256: None,
-        at_unix: 0,
-    });
+    open_and_seal(&mut c, 1, "a", 10);
     c.apply(&Record::UploadStarted {
         id: 1,
         key: "k".into(),
@@ -310,18 +316,7 @@ fn delivered_files_leave_the_catalog_beyond_the_retention_count_and_age() {
         age_secs_max: 100,
     });
     for id in 1..=4u64 {
-        c.apply(&Record::Opened {
-            id,
-            user: "u".into(),
-            path: vp(&format!("f{id}")),
-            at_unix: 0,
-        });
-        c.apply(&Record::Sealed {
-            id,
-            size: 1,
-            sha256: None,
-            at_unix: 0,
-        });
+        open_and_seal(&mut c, id, &format!("f{id}"), 1);
         c.apply(&Record::Delivered {
             id,
             at_unix: 1000 + id,
@@ -353,18 +348,7 @@ fn delivered_files_leave_the_catalog_beyond_the_retention_count_and_age() {
 #[test]
 fn a_file_removed_with_an_unresolved_upload_intent_asks_for_a_stray_search() {
     let mut c = Catalog::default();
-    c.apply(&Record::Opened {
-        id: 1,
-        user: "u".into(),
-        path: vp("a"),
-        at_unix: 0,
-    });
-    c.apply(&Record::Sealed {
-        id: 1,
-        size: 8,
-        sha256: None,
-        at_unix: 0,
-    });
+    open_and_seal(&mut c, 1, "a", 8);
     // CreateMultipartUpload was sent; its answer never came (or the box crashed first).
     c.apply(&Record::UploadIntent {
         id: 1,
