@@ -529,20 +529,21 @@ impl Spool {
                 }
             }
         }
-        if !effects.abort_uploads.is_empty() {
-            self.aborts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(effects.abort_uploads);
-            self.work.notify_one();
+        self.hand_to_drain(&self.aborts, effects.abort_uploads);
+        self.hand_to_drain(&self.stray_searches, effects.stray_searches);
+    }
+
+    /// Queues `items` for the drain (which takes them with `take_aborts` /
+    /// `take_stray_searches`) and wakes it, if there are any.
+    fn hand_to_drain<T>(&self, queue: &Mutex<Vec<T>>, items: Vec<T>) {
+        if items.is_empty() {
+            return;
         }
-        if !effects.stray_searches.is_empty() {
-            self.stray_searches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(effects.stray_searches);
-            self.work.notify_one();
-        }
+        queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(items);
+        self.work.notify_one();
     }
 
     pub(super) fn recovery_state(&self) -> &RecoveryState {
