@@ -43,7 +43,19 @@ pub struct WebhookConfig {
 
 struct Queue {
     events: VecDeque<Arc<str>>,
+    /// Events dropped since the last warning.
     dropped: u64,
+    /// Events ever taken off the front (sent or dropped): the front's sequence number.
+    gone: u64,
+}
+
+impl Queue {
+    /// Takes events off the front up to (not including) sequence number `end`.
+    fn pop_until(&mut self, end: u64) {
+        while self.gone < end && self.events.pop_front().is_some() {
+            self.gone += 1;
+        }
+    }
 }
 
 /// Runs the webhook until the process ends.
@@ -52,6 +64,7 @@ pub async fn run(cfg: WebhookConfig) {
     let queue = Arc::new(Mutex::new(Queue {
         events: VecDeque::new(),
         dropped: 0,
+        gone: 0,
     }));
     let wake = Arc::new(Notify::new());
     let collector = tokio::spawn(collect(rx, Arc::clone(&queue), Arc::clone(&wake)));
@@ -73,7 +86,8 @@ async fn collect(
             Ok(event) => {
                 let mut q = lock(&queue);
                 if q.events.len() == QUEUE_EVENTS_MAX {
-                    q.events.pop_front();
+                    let front = q.gone + 1;
+                    q.pop_until(front);
                     q.dropped += 1;
                 }
                 q.events.push_back(event);
@@ -88,10 +102,10 @@ async fn collect(
 async fn send(cfg: &WebhookConfig, queue: &Mutex<Queue>, wake: &Notify) {
     let mut backoff = BACKOFF_FIRST;
     loop {
-        let (batch, dropped) = {
+        let (batch, first, dropped) = {
             let mut q = lock(queue);
             let batch: Vec<Arc<str>> = q.events.iter().take(BATCH_EVENTS_MAX).cloned().collect();
-            (batch, std::mem::take(&mut q.dropped))
+            (batch, q.gone, std::mem::take(&mut q.dropped))
         };
         if dropped > 0 {
             tracing::warn!(
@@ -111,18 +125,8 @@ async fn send(cfg: &WebhookConfig, queue: &Mutex<Queue>, wake: &Notify) {
         match tokio::time::timeout(REQUEST_TIMEOUT, post(cfg, body.as_bytes())).await {
             Ok(Ok(())) => {
                 // Take the batch off the front; some of it may have been dropped meanwhile
-                // (the queue full), never anything before it.
-                let mut q = lock(queue);
-                let mut from = 0;
-                while let Some(front) = q.events.front() {
-                    match batch[from..].iter().position(|b| Arc::ptr_eq(b, front)) {
-                        Some(p) => {
-                            from += p + 1;
-                            q.events.pop_front();
-                        }
-                        None => break,
-                    }
-                }
+                // (the queue full), never anything after it.
+                lock(queue).pop_until(first + batch.len() as u64);
                 backoff = BACKOFF_FIRST;
             }
             Ok(Err(e)) => {
