@@ -471,7 +471,7 @@ fn format_queue(listing: &QueueListing, user: &str, drain_rate: u64, now_unix: u
         let _ = writeln!(
             out,
             "{}\t{}\t{}\t{eta}\t{}\t{}",
-            state_name(l.state),
+            l.state.name(),
             l.sent,
             l.size,
             l.path,
@@ -505,18 +505,6 @@ fn line_of(f: &FileRecord, size: u64, eta_secs: Option<u64>) -> QueueLine {
         eta_secs,
         path: crate::names::escaped(&f.path.display()).replace('\t', "\\t"),
         note,
-    }
-}
-
-fn state_name(state: FileState) -> &'static str {
-    match state {
-        FileState::Receiving => "receiving",
-        FileState::Partial => "partial",
-        FileState::Sealed => "sealed",
-        FileState::Uploading => "uploading",
-        FileState::Delivered => "delivered",
-        FileState::Failed => "failed",
-        FileState::Conflict => "conflict",
     }
 }
 

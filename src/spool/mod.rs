@@ -86,6 +86,21 @@ pub enum FileState {
     Conflict,
 }
 
+impl FileState {
+    /// The state's name as JSON and the command line spell it (`sealed`, `uploading`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileState::Receiving => "receiving",
+            FileState::Partial => "partial",
+            FileState::Sealed => "sealed",
+            FileState::Uploading => "uploading",
+            FileState::Delivered => "delivered",
+            FileState::Failed => "failed",
+            FileState::Conflict => "conflict",
+        }
+    }
+}
+
 /// The states of files not delivered, in the order status and `sftpgw files` list them:
 /// what moves first (in flight, arriving), then what needs a look, then what waits.
 pub const PENDING_STATES_LISTED: [FileState; 6] = [

@@ -362,3 +362,15 @@ fn a_file_removed_with_an_unresolved_upload_intent_asks_for_a_stray_search() {
         "no upload id was ever known"
     );
 }
+
+#[test]
+fn state_names_are_the_ones_json_uses() {
+    let mut states = crate::spool::PENDING_STATES_LISTED.to_vec();
+    states.push(FileState::Delivered);
+    for state in states {
+        assert_eq!(
+            serde_json::to_value(state).expect("json"),
+            serde_json::Value::from(state.name())
+        );
+    }
+}
