@@ -6,6 +6,18 @@
 //! every module may use; `config` parses into the types of the modules it configures (`spool`,
 //! `sftp`), which never read it.
 
+// Tests may cast and go undocumented; the library may not (see `[lints]` in Cargo.toml).
+#![cfg_attr(
+    test,
+    allow(
+        missing_docs,
+        clippy::as_conversions,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
+
 pub mod config;
 pub mod console;
 pub mod demo;
@@ -20,6 +32,7 @@ pub mod journal;
 pub mod limits;
 pub mod logfmt;
 pub mod names;
+pub mod num;
 pub mod report;
 pub mod s3server;
 pub mod sftp;

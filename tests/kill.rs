@@ -8,7 +8,11 @@
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
-    reason = "a test panics on what it did not expect"
+    clippy::as_conversions,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "a test panics on what it did not expect, and may cast what it made itself"
 )]
 
 mod common;
