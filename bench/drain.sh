@@ -17,25 +17,8 @@ RUNS="${RUNS:-3}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 BYTES=$((SIZE_MIB * MIB))
 
-build_sftpgw
-ensure_awscli
-ensure_rclone
-machine_info
-echo "tools:   $("$AWS" --version 2>&1 | cut -d' ' -f1-2), $(rclone version | head -1)"
+setup_anchored_bench "$SIZE_MIB"
 
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
-make_file "$WORK/src.bin" "$SIZE_MIB"
-
-S3_PORT="$(free_port)"
-start_demo "$WORK/demo" "$(free_port)" "$S3_PORT"
-S3_EP="http://127.0.0.1:$S3_PORT"
-OBJECTS="$WORK/demo/s3/uploads"
-aws_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
-rclone_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
-
-settle() { sync; sleep 1; }
 
 # drain_TOOL RUN: sets RES_W (wall seconds) and RES_C (CPU seconds). No subshell, so that a
 # daemon it starts stays known to the EXIT trap.
@@ -89,15 +72,7 @@ read -r -a TOOLS <<<"${TOOLS:-sftpgw aws rclone}"
 for run in $(seq "$RUNS"); do
     for tool in "${TOOLS[@]}"; do
         [ "$tool" = sftpgw ] || settle
-        l="$(loadavg)"
-        s0="$(cpu_seconds "$DEMO_PID")"
-        "drain_$tool" "$run"
-        w="$RES_W" c="$RES_C"
-        s1="$(cpu_seconds "$DEMO_PID")"
-        WALL[$tool]="${WALL[$tool]:-} $w"
-        CPU[$tool]="${CPU[$tool]:-} $c"
-        SRV[$tool]="${SRV[$tool]:-} $(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b - a }')"
-        log "drain $tool run $run: ${w}s, ${c} CPU-s, load before $l"
+        drain_round "$tool" "$run" drain
     done
 done
 for tool in "${TOOLS[@]}"; do

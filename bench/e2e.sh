@@ -19,24 +19,7 @@ RUNS="${RUNS:-3}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 BYTES=$((SIZE_MIB * MIB))
 
-build_sftpgw
-ensure_awscli
-ensure_rclone
-machine_info
-echo "tools:   $("$AWS" --version 2>&1 | cut -d' ' -f1-2), $(rclone version | head -1), $(ssh -V 2>&1 | cut -d, -f1)"
-
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
-make_file "$WORK/src.bin" "$SIZE_MIB"
-
-DEMO_PORT="$(free_port)"
-S3_PORT="$(free_port)"
-start_demo "$WORK/demo" "$DEMO_PORT" "$S3_PORT"
-S3_EP="http://127.0.0.1:$S3_PORT"
-OBJECTS="$WORK/demo/s3/uploads"
-aws_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
-rclone_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
+setup_anchored_bench "$SIZE_MIB"
 
 SSHD_PORT="$(free_port)"
 start_sshd "$WORK/sshd" "$SSHD_PORT" "$PUB"
@@ -52,7 +35,6 @@ RSERVE_PID=$!
 track_pid "$RSERVE_PID"
 wait_tcp "$RSERVE_PORT"
 
-settle() { sync; sleep 1; }
 
 # wait_object PATH T0: until PATH exists with the full size (s3s-fs renames it into place).
 wait_object() {
@@ -83,30 +65,32 @@ e2e_sftpgw() {
     echo "$visible"
 }
 
-e2e_openssh_aws() {
-    local t0 dst="$WORK/sshd-dst/aws-$1.bin"
+# e2e_via_sshd TOOL RUN: a put to sshd, then TOOL's upload of the file (upload_TOOL PATH RUN);
+# prints the seconds of both.
+e2e_via_sshd() {
+    local t0 dst="$WORK/sshd-dst/$1-$2.bin"
     echo "put $WORK/src.bin $dst" >"$WORK/batch"
     t0=$(now)
     sftp_batch "$SSHD_PORT" root "$KEY" "$WORK/batch"
-    log "e2e openssh_aws run $1: put done after $(elapsed "$t0")s"
-    "$AWS" s3 cp --endpoint-url "$AWS_ENDPOINT" --only-show-errors --no-progress \
-        "$dst" "s3://uploads/aws/e2e-$1.bin" >/dev/null
+    log "e2e openssh_$1 run $2: put done after $(elapsed "$t0")s"
+    "upload_$1" "$dst" "$2"
     elapsed "$t0"
     rm -f "$dst"
 }
 
-e2e_openssh_rclone() {
-    local t0 dst="$WORK/sshd-dst/rclone-$1.bin"
-    echo "put $WORK/src.bin $dst" >"$WORK/batch"
-    t0=$(now)
-    sftp_batch "$SSHD_PORT" root "$KEY" "$WORK/batch"
-    log "e2e openssh_rclone run $1: put done after $(elapsed "$t0")s"
-    rclone copyto --s3-chunk-size 16M --s3-upload-concurrency 4 \
-        "$dst" "bs3:uploads/rclone/e2e-$1.bin" >/dev/null 2>"$WORK/rclone.err" ||
-        die "rclone copyto: $(tail -3 "$WORK/rclone.err")"
-    elapsed "$t0"
-    rm -f "$dst"
+upload_aws() {
+    "$AWS" s3 cp --endpoint-url "$AWS_ENDPOINT" --only-show-errors --no-progress \
+        "$1" "s3://uploads/aws/e2e-$2.bin" >/dev/null
 }
+
+upload_rclone() {
+    rclone copyto --s3-chunk-size 16M --s3-upload-concurrency 4 \
+        "$1" "bs3:uploads/rclone/e2e-$2.bin" >/dev/null 2>"$WORK/rclone.err" ||
+        die "rclone copyto: $(tail -3 "$WORK/rclone.err")"
+}
+
+e2e_openssh_aws() { e2e_via_sshd aws "$1"; }
+e2e_openssh_rclone() { e2e_via_sshd rclone "$1"; }
 
 e2e_rclone_serve() {
     local t0

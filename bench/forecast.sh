@@ -42,16 +42,11 @@ trap finish EXIT
 
 build_sftpgw
 machine_info
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 make_file "$WORK/f16.bin" 16
 make_file "$WORK/small.bin" 1
 
-DEMO_PORT="$(free_port)"
-S3_PORT="$(free_port)"
-start_demo "$WORK/demo" "$DEMO_PORT" "$S3_PORT"
-S3_EP="http://127.0.0.1:$S3_PORT"
+start_demo_s3
 
 # gw_config DIR PORT RATE [BUDGET_LINE]
 gw_config() {

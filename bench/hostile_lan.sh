@@ -28,9 +28,7 @@ USER_ADDR=127.0.0.4
 
 build_sftpgw
 machine_info
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 make_file "$WORK/src.bin" "$SIZE_MIB"
 
 PORT="$(free_port)"
@@ -85,7 +83,6 @@ measure() {
 }
 
 declare -A PUT LOGIN
-settle() { sync; sleep 1; }
 settle
 measure baseline
 

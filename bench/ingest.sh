@@ -14,24 +14,15 @@ RUNS="${RUNS:-3}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 PAR="${PAR:-16}"
 PAR_MIB="${PAR_MIB:-64}"
-CLOSED_PORT=1 # nothing listens on 127.0.0.1:1; checked below
 
 build_sftpgw
 machine_info
-if (: </dev/tcp/127.0.0.1/$CLOSED_PORT) 2>/dev/null; then die "something listens on 127.0.0.1:$CLOSED_PORT"; fi
 
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 make_file "$WORK/src.bin" "$SIZE_MIB"
 make_file "$WORK/src-par.bin" "$PAR_MIB"
 
-GW_PORT="$(free_port)"
-sftpgw_config "$WORK/gw" "$GW_PORT" "http://127.0.0.1:$CLOSED_PORT" bench-key bench-secret "$PUB"
-start_sftpgw "$WORK/gw" "$GW_PORT"
-SSHD_PORT="$(free_port)"
-start_sshd "$WORK/sshd" "$SSHD_PORT" "$PUB"
-mkdir -p "$WORK/sshd-dst"
+start_ingest_servers "$WORK/sshd-dst"
 
 # one_put SERVER RUN: prints seconds of one `put` of src.bin.
 one_put() {
@@ -50,25 +41,18 @@ one_put() {
 
 # par_put SERVER RUN: prints seconds until PAR parallel puts of src-par.bin all finished.
 par_put() {
-    local i t0 pids=() port user dst
+    local i port user dst batches=()
     for i in $(seq "$PAR"); do
         case "$1" in
             sftpgw) dst="/par-$2-$i.bin"; port=$GW_PORT; user=bench ;;
             openssh) dst="$WORK/sshd-dst/par-$2-$i.bin"; port=$SSHD_PORT; user=root ;;
         esac
         echo "put $WORK/src-par.bin $dst" >"$WORK/pbatch.$1.$2.$i"
+        batches+=("$WORK/pbatch.$1.$2.$i")
     done
-    t0=$(now)
-    for i in $(seq "$PAR"); do
-        sftp_batch "$port" "$user" "$KEY" "$WORK/pbatch.$1.$2.$i" &
-        pids+=($!)
-    done
-    for i in "${pids[@]}"; do wait "$i" || die "a parallel put to $1 failed"; done
-    elapsed "$t0"
+    sftp_parallel "$port" "$user" "${batches[@]}"
 }
 
-# Before each run: write back dirty pages of the previous one, so no run pays for another.
-settle() { sync; sleep 1; }
 
 declare -A T
 SERVERS=(sftpgw openssh openssh-f)

@@ -77,14 +77,66 @@ client_key() { # client_key DIR: writes DIR/client_key(.pub) once
     [ -f "$1/client_key" ] || ssh-keygen -q -t ed25519 -N '' -C bench -f "$1/client_key"
 }
 
-# sftp_put PORT USER KEY BATCHFILE: OpenSSH sftp with the benchmark cipher, non-interactive.
+# bench_client_key: the benchmark's client key in $WORK; sets KEY (private key path) and PUB
+# (the public key line, for authorized_keys).
+bench_client_key() {
+    client_key "$WORK"
+    KEY="$WORK/client_key"
+    PUB="$(cat "$WORK/client_key.pub")"
+}
+
+# make_small_sources DIR: 64 distinct local files DIR/f0..f63 of 1-8 KiB, which small-file
+# benchmarks put under many names (cheap to make, nothing compresses them).
+make_small_sources() {
+    local i
+    mkdir -p "$1"
+    for i in $(seq 0 63); do
+        head -c $((1024 + (i * 7919) % 7169)) /dev/urandom >"$1/f$i"
+    done
+}
+
+# Before each timed run: write back dirty pages of the previous one, so no run pays for another.
+settle() { sync; sleep 1; }
+
+# sftp_batch PORT USER KEY BATCHFILE: OpenSSH sftp with the benchmark cipher, non-interactive.
 sftp_batch() {
     sftp -q -b "$4" -i "$3" -P "$1" -c "$CIPHER" \
         -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes \
         -o BatchMode=yes -o LogLevel=ERROR "$2@127.0.0.1" >/dev/null
 }
 
+# sftp_parallel PORT USER BATCHFILE...: one `sftp_batch` session per batch file, all at once
+# with $KEY; prints the seconds from the first start until the last ends; dies if any fails.
+sftp_parallel() {
+    local port="$1" user="$2" t0 pid batch pids=()
+    shift 2
+    t0=$(now)
+    for batch in "$@"; do
+        sftp_batch "$port" "$user" "$KEY" "$batch" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || die "a put to 127.0.0.1:$port failed"; done
+    elapsed "$t0"
+}
+
 # ---- sftpgw -------------------------------------------------------------------------------
+
+# setup_anchored_bench SIZE_MIB: the set-up of a benchmark that races sftpgw against the S3
+# clients it is compared with (aws CLI in bench/.venv, rclone): the release binary, the tools,
+# the machine and tool versions printed, the client key (KEY, PUB), a random $WORK/src.bin of
+# SIZE_MIB, and `sftpgw demo` as the S3 server (start_demo_s3) with both clients pointed at it.
+setup_anchored_bench() {
+    build_sftpgw
+    ensure_awscli
+    ensure_rclone
+    machine_info
+    echo "tools:   $("$AWS" --version 2>&1 | cut -d' ' -f1-2), $(rclone version | head -1), $(ssh -V 2>&1 | cut -d, -f1)"
+    bench_client_key
+    make_file "$WORK/src.bin" "$1"
+    start_demo_s3
+    aws_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
+    rclone_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
+}
 
 # Builds the release binary and copies it into $WORK, so that another build in a shared
 # target directory cannot swap it during the run.
@@ -164,6 +216,44 @@ start_demo() {
         kill -0 "$DEMO_PID" 2>/dev/null || die "sftpgw demo exited: $(tail -5 "$1.log")"
         sleep 0.05
     done
+}
+
+# start_demo_s3: `sftpgw demo` in $WORK/demo as the S3 server of a benchmark; sets DEMO_PORT,
+# S3_PORT, S3_EP (its endpoint URL) and OBJECTS (the directory that holds the bucket's objects).
+start_demo_s3() {
+    DEMO_PORT="$(free_port)"
+    S3_PORT="$(free_port)"
+    start_demo "$WORK/demo" "$DEMO_PORT" "$S3_PORT"
+    S3_EP="http://127.0.0.1:$S3_PORT"
+    OBJECTS="$WORK/demo/s3/uploads"
+}
+
+# start_ingest_servers DSTDIR: the two servers of an ingest benchmark side by side: sftpgw on
+# GW_PORT with a closed S3 endpoint (127.0.0.1:1, so the drain never competes with the puts),
+# and OpenSSH's sshd on SSHD_PORT writing below DSTDIR. Needs PUB (bench_client_key).
+start_ingest_servers() {
+    if (: </dev/tcp/127.0.0.1/1) 2>/dev/null; then die "something listens on 127.0.0.1:1"; fi
+    GW_PORT="$(free_port)"
+    sftpgw_config "$WORK/gw" "$GW_PORT" "http://127.0.0.1:1" bench-key bench-secret "$PUB"
+    start_sftpgw "$WORK/gw" "$GW_PORT"
+    SSHD_PORT="$(free_port)"
+    start_sshd "$WORK/sshd" "$SSHD_PORT" "$PUB"
+    mkdir -p "$1"
+}
+
+# drain_round TOOL RUN LABEL: runs `drain_TOOL RUN` (which sets RES_W and RES_C) and appends
+# its wall time, its CPU time and the S3 server's CPU time during it to the caller's
+# associative arrays WALL, CPU and SRV.
+drain_round() {
+    local l s0 s1
+    l="$(loadavg)"
+    s0="$(cpu_seconds "$DEMO_PID")"
+    "drain_$1" "$2"
+    s1="$(cpu_seconds "$DEMO_PID")"
+    WALL[$1]="${WALL[$1]:-} $RES_W"
+    CPU[$1]="${CPU[$1]:-} $RES_C"
+    SRV[$1]="${SRV[$1]:-} $(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b - a }')"
+    log "$3 $1 run $2: ${RES_W}s, ${RES_C} CPU-s, load before $l"
 }
 
 # file_state CONFIG PATH: the state of one file in `sftpgw status --json --all`.

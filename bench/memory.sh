@@ -18,22 +18,17 @@ has_case() { [[ " $CASES " == *" $1 "* ]]; }
 build_sftpgw
 machine_info
 
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 make_file "$WORK/src.bin" "$FILE_MIB"
 
 # sessions DIR PORT: SESSIONS parallel puts; prints the seconds until all finished.
 sessions() {
-    local i t0 pids=()
-    for i in $(seq "$SESSIONS"); do echo "put $WORK/src.bin /s-$i.bin" >"$1/batch.$i"; done
-    t0=$(now)
+    local i batches=()
     for i in $(seq "$SESSIONS"); do
-        sftp_batch "$2" bench "$KEY" "$1/batch.$i" &
-        pids+=($!)
+        echo "put $WORK/src.bin /s-$i.bin" >"$1/batch.$i"
+        batches+=("$1/batch.$i")
     done
-    for i in "${pids[@]}"; do wait "$i" || die "an sftp session failed"; done
-    elapsed "$t0"
+    sftp_parallel "$2" bench "${batches[@]}"
 }
 
 kib_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }

@@ -13,36 +13,25 @@ command -v perf >/dev/null || die "perf is not installed"
 
 build_sftpgw
 machine_info
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 make_file "$WORK/src.bin" "$PAR_MIB"
 
-GW_PORT="$(free_port)"
-sftpgw_config "$WORK/gw" "$GW_PORT" "http://127.0.0.1:1" bench-key bench-secret "$PUB"
-start_sftpgw "$WORK/gw" "$GW_PORT"
-SSHD_PORT="$(free_port)"
-start_sshd "$WORK/sshd" "$SSHD_PORT" "$PUB"
-mkdir -p "$WORK/dst"
+start_ingest_servers "$WORK/dst"
 
 # profile NAME PORT USER DSTDIR FILTER...: PAR parallel puts under perf; prints the report,
 # the server's symbols selected by the perf report options FILTER.
 profile() {
-    local i pids=() t0 perf_pid
-    for i in $(seq "$PAR"); do echo "put $WORK/src.bin $4/p-$i.bin" >"$WORK/batch.$1.$i"; done
+    local i batches=() perf_pid t
+    for i in $(seq "$PAR"); do
+        echo "put $WORK/src.bin $4/p-$i.bin" >"$WORK/batch.$1.$i"
+        batches+=("$WORK/batch.$1.$i")
+    done
     # (sftpgw's root is "/", so its DSTDIR is "")
     sync; sleep 1
     perf record -a -g -F 499 -o "$WORK/$1.data" -- sleep 3600 2>/dev/null &
     perf_pid=$!
     sleep 0.5
-    t0=$(now)
-    for i in $(seq "$PAR"); do
-        sftp_batch "$2" "$3" "$KEY" "$WORK/batch.$1.$i" &
-        pids+=($!)
-    done
-    for i in "${pids[@]}"; do wait "$i" || die "a put to $1 failed"; done
-    local t
-    t="$(elapsed "$t0")"
+    t="$(sftp_parallel "$2" "$3" "${batches[@]}")"
     kill -INT "$perf_pid"; wait "$perf_pid" || true
     echo
     echo "== $1: $PAR x $PAR_MIB MiB in ${t}s (under perf), load $(loadavg)"

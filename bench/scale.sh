@@ -37,10 +37,7 @@ start_sftpgw "$GW" "$PORT"
 CONF="$GW/sftpgw.toml"
 
 # 64 distinct local files of 1-8 KiB; each is put under many names.
-mkdir -p "$WORK/src"
-for i in $(seq 0 63); do
-    head -c $((1024 + (i * 7919) % 7169)) /dev/urandom >"$WORK/src/f$i"
-done
+make_small_sources "$WORK/src"
 
 # Batches: BATCH puts each, into a directory of their own (b<N>/), the local file cycling.
 batches=$(((FILES + BATCH - 1) / BATCH))

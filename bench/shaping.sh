@@ -39,14 +39,10 @@ machine_info
 total_mib=0
 for r in $RATES; do total_mib=$((total_mib + r * (WINDOW_SECS + WARMUP_SECS + 2))); done
 SIZE_MIB=$((total_mib + 16 * 8 + 64))
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 make_file "$WORK/src.bin" "$SIZE_MIB"
 
-S3_PORT="$(free_port)"
-start_demo "$WORK/demo" "$(free_port)" "$S3_PORT"
-S3_EP="http://127.0.0.1:$S3_PORT"
+start_demo_s3
 
 GW="$WORK/gw"
 PORT="$(free_port)"

@@ -20,15 +20,10 @@ RUNS="${RUNS:-1}"
 build_sftpgw
 ensure_rclone
 machine_info
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 
-S3_PORT="$(free_port)"
-start_demo "$WORK/demo" "$(free_port)" "$S3_PORT"
-S3_EP="http://127.0.0.1:$S3_PORT"
+start_demo_s3
 rclone_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
-OBJECTS="$WORK/demo/s3/uploads"
 
 GW="$WORK/gw"
 PORT="$(free_port)"

@@ -21,25 +21,18 @@ ensure_awscli
 command -v jq >/dev/null || { apt-get update -qq && apt-get install -y -qq jq >&2; }
 machine_info
 echo "tools:   $("$AWS" --version 2>&1 | cut -d' ' -f1-2)"
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 
 # The same COUNT files for both: 64 sources of 1-8 KiB, hard-linked under COUNT names.
-mkdir -p "$WORK/src" "$WORK/tree"
-for i in $(seq 0 63); do
-    head -c $((1024 + (i * 7919) % 7169)) /dev/urandom >"$WORK/src/f$i"
-done
+make_small_sources "$WORK/src"
+mkdir -p "$WORK/tree"
 for n in $(seq 0 $((COUNT - 1))); do ln "$WORK/src/f$((n % 64))" "$WORK/tree/f$n"; done
 
-S3_PORT="$(free_port)"
-start_demo "$WORK/demo" "$(free_port)" "$S3_PORT"
-S3_EP="http://127.0.0.1:$S3_PORT"
+start_demo_s3
 aws_env "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET"
-settle() { sync; sleep 1; }
 
 drain_sftpgw() {
-    local dir="$WORK/gw-$1" port t0 c per
+    local dir="$WORK/gw-$1" port t0 c per batches=()
     port="$(free_port)"
     sftpgw_config "$dir" "$port" "http://127.0.0.1:1" x y "$PUB" 16MiB "$CONCURRENCY"
     start_sftpgw "$dir" "$port"
@@ -47,13 +40,9 @@ drain_sftpgw() {
     for c in $(seq 0 7); do
         seq $((c * per)) $(((c + 1) * per - 1)) | awk -v n="$COUNT" -v t="$WORK/tree" \
             '$1 < n { print "put " t "/f" $1 " /f" $1 }' >"$dir/batch$c"
+        batches+=("$dir/batch$c")
     done
-    local pids=()
-    for c in $(seq 0 7); do
-        sftp_batch "$port" bench "$KEY" "$dir/batch$c" &
-        pids+=($!)
-    done
-    for c in "${pids[@]}"; do wait "$c" || die "a put failed"; done
+    sftp_parallel "$port" bench "${batches[@]}" >/dev/null
     stop_pid "$SFTPGW_PID"
     sftpgw_config "$dir" "$port" "$S3_EP" "$DEMO_ACCESS" "$DEMO_SECRET" "$PUB" 16MiB "$CONCURRENCY"
     settle
@@ -81,14 +70,7 @@ declare -A WALL CPU SRV
 for run in $(seq "$RUNS"); do
     for tool in sftpgw aws; do
         settle
-        l="$(loadavg)"
-        s0="$(cpu_seconds "$DEMO_PID")"
-        "drain_$tool" "$run"
-        s1="$(cpu_seconds "$DEMO_PID")"
-        WALL[$tool]="${WALL[$tool]:-} $RES_W"
-        CPU[$tool]="${CPU[$tool]:-} $RES_C"
-        SRV[$tool]="${SRV[$tool]:-} $(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b - a }')"
-        log "small drain $tool run $run: ${RES_W}s, ${RES_C} CPU-s, load before $l"
+        drain_round "$tool" "$run" "small drain"
     done
 done
 got="$(find "$WORK/demo/s3/uploads/bench/bench" -type f | wc -l)"

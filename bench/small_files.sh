@@ -14,27 +14,15 @@ source "$(dirname "$0")/lib.sh"
 RUNS="${RUNS:-3}"
 COUNT="${COUNT:-10000}"
 CLIENTS="${CLIENTS:-8}"
-CLOSED_PORT=1
 
 build_sftpgw
 machine_info
-if (: </dev/tcp/127.0.0.1/$CLOSED_PORT) 2>/dev/null; then die "something listens on 127.0.0.1:$CLOSED_PORT"; fi
-client_key "$WORK"
-KEY="$WORK/client_key"
-PUB="$(cat "$WORK/client_key.pub")"
+bench_client_key
 
 # 64 distinct sources of 1-8 KiB, each put under many names.
-mkdir -p "$WORK/src"
-for i in $(seq 0 63); do
-    head -c $((1024 + (i * 7919) % 7169)) /dev/urandom >"$WORK/src/f$i"
-done
+make_small_sources "$WORK/src"
 
-GW_PORT="$(free_port)"
-sftpgw_config "$WORK/gw" "$GW_PORT" "http://127.0.0.1:$CLOSED_PORT" bench-key bench-secret "$PUB"
-start_sftpgw "$WORK/gw" "$GW_PORT"
-SSHD_PORT="$(free_port)"
-start_sshd "$WORK/sshd" "$SSHD_PORT" "$PUB"
-mkdir -p "$WORK/sshd-dst"
+start_ingest_servers "$WORK/sshd-dst"
 
 # batch SERVER RUN CLIENT FILES [put flags]: writes a batch file, prints its path.
 batch() {
@@ -54,23 +42,16 @@ batch() {
 
 # run SERVER RUN CLIENTS: prints seconds until CLIENTS sessions putting COUNT files in all end.
 run() {
-    local port user flags="" c pids=() files=$((COUNT / $3)) t0
+    local port user flags="" c batches=() files=$((COUNT / $3))
     case "$1" in
         sftpgw) port=$GW_PORT; user=bench ;;
         openssh) port=$SSHD_PORT; user=root ;;
         openssh-f) port=$SSHD_PORT; user=root; flags="-f" ;;
     esac
-    for c in $(seq "$3"); do batch "$1" "$2" "$c" "$files" "$flags" >/dev/null; done
-    t0=$(now)
-    for c in $(seq "$3"); do
-        sftp_batch "$port" "$user" "$KEY" "$WORK/batch.$1.$2.$c" &
-        pids+=($!)
-    done
-    for c in "${pids[@]}"; do wait "$c" || die "a put to $1 failed"; done
-    elapsed "$t0"
+    for c in $(seq "$3"); do batches+=("$(batch "$1" "$2" "$c" "$files" "$flags")"); done
+    sftp_parallel "$port" "$user" "${batches[@]}"
 }
 
-settle() { sync; sleep 1; }
 declare -A T
 SERVERS=(sftpgw openssh openssh-f)
 for clients in 1 "$CLIENTS"; do
