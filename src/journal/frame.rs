@@ -80,8 +80,10 @@ pub fn decode(bytes: &[u8]) -> Result<(&[u8], usize), FrameError> {
     if len > RECORD_BYTES_MAX {
         return Err(FrameError::Oversized { len });
     }
-    // `len <= RECORD_BYTES_MAX` fits in usize on every target we build for.
-    let end = FRAME_HEADER_BYTES + len as usize;
+    // `len <= RECORD_BYTES_MAX` fits in usize on every target we build for; were it not to,
+    // the frame would be as unreadable as an oversized one.
+    let len_usize = usize::try_from(len).map_err(|_| FrameError::Oversized { len })?;
+    let end = FRAME_HEADER_BYTES + len_usize;
     let payload = bytes
         .get(FRAME_HEADER_BYTES..end)
         .ok_or(FrameError::Short)?;

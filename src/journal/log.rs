@@ -26,6 +26,7 @@ use super::JournalError;
 use super::frame;
 use super::replay::{self, Damage, HeaderError, ReplayEnd};
 use crate::limits::RECORD_BYTES_MAX;
+use crate::num::{u64_from_usize, usize_from_u32};
 
 /// Submissions (batches of records) queued for the writer at most; `submit` blocks beyond.
 pub const SUBMISSIONS_QUEUED_COUNT_MAX: usize = 4096;
@@ -333,7 +334,7 @@ fn encode_frames<R: Serialize>(records: &[R], out: &mut Vec<u8>) -> Result<(), J
         let payload = postcard::to_allocvec(record).map_err(|error| JournalError::Encode {
             message: error.to_string(),
         })?;
-        if payload.len() > RECORD_BYTES_MAX as usize {
+        if payload.len() > usize_from_u32(RECORD_BYTES_MAX) {
             return Err(JournalError::RecordTooLarge {
                 bytes: payload.len(),
             });
@@ -391,7 +392,7 @@ fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<Opened<R>, Journa
             file = write_snapshot(path, &replay::file_header(), &mut Faults::default())?;
             return Ok(Opened {
                 file,
-                len: replay::FILE_HEADER_BYTES as u64,
+                len: u64_from_usize(replay::FILE_HEADER_BYTES),
                 records: Vec::new(),
                 damage: None,
             });
@@ -405,7 +406,7 @@ fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<Opened<R>, Journa
                 "journal ends in a torn or corrupt frame; truncating it"
             );
             if replayed.damage.is_empty() {
-                file.set_len(replayed.valid_len as u64)
+                file.set_len(u64_from_usize(replayed.valid_len))
                     .and_then(|()| file.sync_all())
                     .map_err(|error| {
                         JournalError::io(path, "cannot truncate the torn tail of", error)
@@ -416,7 +417,7 @@ fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<Opened<R>, Journa
     if replayed.damage.is_empty() {
         return Ok(Opened {
             file,
-            len: replayed.valid_len as u64,
+            len: u64_from_usize(replayed.valid_len),
             records: replayed.records,
             damage: None,
         });
@@ -426,7 +427,7 @@ fn open_and_repair<R: DeserializeOwned>(path: &Path) -> Result<Opened<R>, Journa
     let file = write_snapshot(path, &image, &mut Faults::default())?;
     Ok(Opened {
         file,
-        len: image.len() as u64,
+        len: u64_from_usize(image.len()),
         records: replayed.records,
         damage: Some(report),
     })
@@ -663,7 +664,7 @@ impl Writer {
     fn append(&mut self, frames: &[u8], durable: bool) -> Outcome {
         let path = Arc::clone(&self.path);
         if !frames.is_empty() {
-            let end = self.len + frames.len() as u64;
+            let end = self.len + u64_from_usize(frames.len());
             self.reserve(end);
             run_hook(&mut self.faults.before_write)
                 .and_then(|()| self.file.write_all_at(frames, self.len))
@@ -683,7 +684,7 @@ impl Writer {
     fn install(&mut self, file: File, image: &[u8]) -> Outcome {
         install_temp(&self.path)?;
         self.file = file;
-        self.len = image.len() as u64;
+        self.len = u64_from_usize(image.len());
         self.allocated_to = self.len;
         self.size.store(self.len, Ordering::Relaxed);
         self.reserve(self.len);
