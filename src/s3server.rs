@@ -306,12 +306,24 @@ pub enum ServerOp {
 impl ServerOp {
     const COUNT: usize = 9;
 
-    fn index(self) -> usize {
-        self as usize
+    /// The slot of `op` in [`S3Stats`]'s counters: declaration order, spelled out so that no
+    /// `as` turns an enum into a number.
+    const fn index(self) -> usize {
+        match self {
+            Self::PutObject => 0,
+            Self::UploadPart => 1,
+            Self::CreateMultipartUpload => 2,
+            Self::CompleteMultipartUpload => 3,
+            Self::AbortMultipartUpload => 4,
+            Self::HeadObject => 5,
+            Self::GetObject => 6,
+            Self::ListMultipartUploads => 7,
+            Self::ListParts => 8,
+        }
     }
 }
 
-const _: () = assert!(ServerOp::ListParts as usize + 1 == ServerOp::COUNT);
+const _: () = assert!(ServerOp::ListParts.index() + 1 == ServerOp::COUNT);
 
 /// Counters and a throttle, shared between the server and the test that owns it.
 #[derive(Debug, Default)]
@@ -370,5 +382,28 @@ impl S3Stats {
         let done = start + cost;
         *free_at = Some(done);
         Some(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerOp;
+
+    #[test]
+    fn every_operation_counts_in_a_slot_of_its_own() {
+        let ops = [
+            ServerOp::PutObject,
+            ServerOp::UploadPart,
+            ServerOp::CreateMultipartUpload,
+            ServerOp::CompleteMultipartUpload,
+            ServerOp::AbortMultipartUpload,
+            ServerOp::HeadObject,
+            ServerOp::GetObject,
+            ServerOp::ListMultipartUploads,
+            ServerOp::ListParts,
+        ];
+        let mut slots: Vec<usize> = ops.iter().map(|op| op.index()).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..ServerOp::COUNT).collect::<Vec<_>>());
     }
 }
