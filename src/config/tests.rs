@@ -354,9 +354,20 @@ fn wrong_value_types_name_the_key() {
     );
 }
 
+/// Edits [`base`] with each `(from, to)` and expects the value written in `to` refused at its
+/// own line and dotted key, with a message holding `message`.
+#[track_caller]
+fn assert_bad_values_name_line_and_key(cases: &[(&str, &str, &str, &str)]) {
+    for &(from, to, key, message) in cases {
+        let text = replace(&base(), from, to);
+        let field = key.rsplit('.').next().expect("key");
+        assert_invalid(&text, line_of(&text, &format!("{field} =")), key, message);
+    }
+}
+
 #[test]
-fn bad_scalar_values_name_line_and_key() {
-    let cases = [
+fn bad_sftp_values_name_line_and_key() {
+    assert_bad_values_name_line_and_key(&[
         (
             "listen = \"127.0.0.1:2222\"",
             "listen = \"localhost\"",
@@ -369,6 +380,18 @@ fn bad_scalar_values_name_line_and_key() {
             "sftp.host_key",
             "empty",
         ),
+        (
+            "host_key = \"/data/host_key\"",
+            "host_key = \"/data/host_key\"\nalgorithms = \"legacy\"",
+            "sftp.algorithms",
+            "compatible",
+        ),
+    ]);
+}
+
+#[test]
+fn bad_spool_values_name_line_and_key() {
+    assert_bad_values_name_line_and_key(&[
         (
             "dir = \"/data/spool\"",
             "dir = \"/data/spool\"\npartial_ttl = \"soon\"",
@@ -393,6 +416,18 @@ fn bad_scalar_values_name_line_and_key() {
             "spool.high_watermark",
             "0%",
         ),
+        (
+            "dir = \"/data/spool\"",
+            "dir = \"/data/spool\"\nengine = \"uring\"",
+            "spool.engine",
+            "io_uring",
+        ),
+    ]);
+}
+
+#[test]
+fn bad_s3_values_name_line_and_key() {
+    assert_bad_values_name_line_and_key(&[
         (
             "bucket = ",
             "endpoint = \"10.0.2.2:9000\"\nbucket = ",
@@ -435,24 +470,7 @@ fn bad_scalar_values_name_line_and_key() {
             "s3.checksums",
             "when_required",
         ),
-        (
-            "dir = \"/data/spool\"",
-            "dir = \"/data/spool\"\nengine = \"uring\"",
-            "spool.engine",
-            "io_uring",
-        ),
-        (
-            "host_key = \"/data/host_key\"",
-            "host_key = \"/data/host_key\"\nalgorithms = \"legacy\"",
-            "sftp.algorithms",
-            "compatible",
-        ),
-    ];
-    for (from, to, key, message) in cases {
-        let text = replace(&base(), from, to);
-        let field = key.rsplit('.').next().expect("key");
-        assert_invalid(&text, line_of(&text, &format!("{field} =")), key, message);
-    }
+    ]);
 }
 
 #[test]
