@@ -3,6 +3,9 @@
 //! The checksum covers the length field too, so a torn or flipped length is caught like a
 //! torn payload. Decoding checks the length against [`RECORD_BYTES_MAX`] before looking at (or
 //! allocating for) the payload, so a garbage length can never make us allocate gigabytes.
+//!
+//! Pure functions over bytes: no I/O, nothing of the journal but [`RECORD_BYTES_MAX`] from
+//! `limits`. Files, replay and repair belong to `log` and `replay`.
 
 use crate::limits::RECORD_BYTES_MAX;
 
@@ -15,7 +18,10 @@ pub enum FrameError {
     /// Fewer bytes than the header or than the announced payload: a torn write.
     Short,
     /// The length field announces more than [`RECORD_BYTES_MAX`].
-    Oversized { len: u32 },
+    Oversized {
+        /// The length the frame announces, in bytes.
+        len: u32,
+    },
     /// The checksum does not match the length and payload.
     BadChecksum,
 }

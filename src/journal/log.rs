@@ -6,6 +6,9 @@
 //! fsyncs once if any of it asked for durability, and only then resolves the tickets. After
 //! any I/O error the journal is poisoned: a failed fsync may have dropped dirty pages, so
 //! nothing later may be acknowledged as durable.
+//!
+//! The only part of the journal that touches files and threads; it reads frames through
+//! `frame` and `replay` and never looks inside a record (`R` is opaque: postcard encodes it).
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -70,6 +73,7 @@ pub struct Frames(pub(crate) Vec<u8>);
 /// kept a copy of the file as it was before it rewrote the journal without them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DamageReport {
+    /// The damaged ranges, in file order (offsets in the file as it was).
     pub ranges: Vec<Damage>,
     /// The damaged file, byte for byte, for diagnosis.
     pub copy: PathBuf,
@@ -248,12 +252,12 @@ where
 }
 
 impl<R> Journal<R> {
-    /// Bytes in the current journal file (for deciding when to compact).
     /// The damage replay skipped when this journal was opened, if any.
     pub fn damage(&self) -> Option<&DamageReport> {
         self.damage.as_ref()
     }
 
+    /// Bytes in the current journal file (for deciding when to compact).
     pub fn size_bytes(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
     }

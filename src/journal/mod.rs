@@ -34,6 +34,12 @@
 //!
 //! Files: [`frame`] (one frame), [`replay`] (header and decoding an image), `log` (the file and
 //! its writer thread).
+//!
+//! # Dependencies
+//!
+//! A leaf over [`crate::limits`] and [`crate::num`]: the journal owns its file and the frame
+//! format, and knows nothing of what its records mean. It must not use `spool`, `sftp`, `drain`
+//! or `config` (`tests/architecture.rs` checks it); the spool drives it, never the reverse.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -52,30 +58,61 @@ pub use log::{
 /// in it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
+    /// A system call on a journal file (or its snapshot, copy or directory) failed.
     #[error("journal {}: {op}: {error}", path.display())]
     Io {
+        /// The file or directory the call was on.
         path: PathBuf,
+        /// What was being done, as a phrase for the message ("cannot fsync").
         op: &'static str,
+        /// The error of the call, shared by every ticket of the failed group commit.
         error: Arc<io::Error>,
     },
+    /// The file does not start with [`replay::MAGIC`]: it is left untouched.
     #[error("{} is not an sftpgw journal (bad magic); refusing to touch it", path.display())]
-    NotAJournal { path: PathBuf },
+    NotAJournal {
+        /// The file that was opened.
+        path: PathBuf,
+    },
+    /// A journal of a format version other than [`replay::VERSION`]: it is left untouched.
     #[error("journal {}: format version {found} is not supported (this build reads {})", path.display(), replay::VERSION)]
-    UnsupportedVersion { path: PathBuf, found: u32 },
+    UnsupportedVersion {
+        /// The file that was opened.
+        path: PathBuf,
+        /// The version its header holds.
+        found: u32,
+    },
+    /// A record encodes to more than [`crate::limits::RECORD_BYTES_MAX`]; nothing of its
+    /// submission was written.
     #[error(
         "journal record of {bytes} bytes exceeds the limit of {} bytes",
         crate::limits::RECORD_BYTES_MAX
     )]
-    RecordTooLarge { bytes: usize },
+    RecordTooLarge {
+        /// The encoded size of the record.
+        bytes: usize,
+    },
+    /// postcard could not encode a record.
     #[error("cannot encode a journal record: {message}")]
-    Encode { message: String },
+    Encode {
+        /// postcard's error, as text.
+        message: String,
+    },
+    /// An earlier I/O error poisoned the journal: nothing later is acknowledged.
     #[error("journal {} refuses writes after an earlier failure: {first}", path.display())]
     Poisoned {
+        /// The journal file.
         path: PathBuf,
+        /// The error that poisoned it.
         first: Box<JournalError>,
     },
+    /// The journal's writer is gone (the journal is being dropped, or its thread stopped)
+    /// before it answered: the submission is not known to be written.
     #[error("journal {} is closed", path.display())]
-    Closed { path: PathBuf },
+    Closed {
+        /// The journal file.
+        path: PathBuf,
+    },
 }
 
 impl JournalError {

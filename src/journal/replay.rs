@@ -1,7 +1,8 @@
 //! Replay: the file header, and decoding a whole journal image into records.
 //!
 //! Pure functions over bytes, so that tests and fuzzers can drive them without files. Replay
-//! never panics on any input and never drops a record it can still read.
+//! never panics on any input and never drops a record it can still read. It uses [`frame`] and
+//! no I/O: opening, truncating and rewriting the file belong to `log`.
 //!
 //! A bad frame (torn, corrupt or undecodable) is one of two things. If no good frame follows
 //! it, it is a **torn tail**: the last append was cut by a crash and was never acknowledged;
@@ -36,7 +37,10 @@ pub enum HeaderError {
     /// The bytes do not start with [`MAGIC`]: refusing protects a file that is not ours.
     NotAJournal,
     /// A journal of another format version.
-    UnsupportedVersion { found: u32 },
+    UnsupportedVersion {
+        /// The version the header holds.
+        found: u32,
+    },
 }
 
 /// Why replay stopped before the end of the bytes.
@@ -87,6 +91,7 @@ pub struct Replayed<R> {
     /// Where the bytes worth keeping end: after the last good frame (a torn tail after it is
     /// dropped). `0` for [`ReplayEnd::NoHeader`].
     pub valid_len: usize,
+    /// How the bytes ended: cleanly, without a header, or in a torn tail.
     pub end: ReplayEnd,
     /// Damaged ranges before `valid_len`, skipped, in file order.
     pub damage: Vec<Damage>,
