@@ -3,6 +3,11 @@
 //! AWS S3), served over plain HTTP with SigV4 authentication, plus request counters and an upload
 //! throttle for tests ([`S3Stats`]). An unknown access key is `InvalidAccessKeyId`, a wrong secret
 //! `SignatureDoesNotMatch` (both 403), as on S3.
+//!
+//! It stands in for a remote store and knows nothing of the gateway: it must not use the
+//! gateway's modules (`spool`, `sftp`, `drain`, `journal`, `crate::gateway`). The one exception
+//! is [`test_s3_config`], which hands tests a `config::S3Config` that points at it (it uses
+//! `config` and `limits` for that).
 
 mod assemble;
 mod gateway;
@@ -38,7 +43,9 @@ pub struct S3ServerConfig {
     pub root: PathBuf,
     /// Port 0 picks a free port; see [`S3Server::addr`].
     pub listen: SocketAddr,
+    /// The one access key id the server accepts (SigV4).
     pub access_key: String,
+    /// Its secret; never shown by `Debug`.
     pub secret_key: String,
     /// Created if missing.
     pub bucket: String,
@@ -148,6 +155,7 @@ impl S3Server {
         })
     }
 
+    /// The address it listens on, with the port chosen when `listen` asked for port 0.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -157,10 +165,13 @@ impl S3Server {
         format!("http://{}", self.addr)
     }
 
+    /// The bucket created at start.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
 
+    /// Its request counters and upload throttle, live: a test may read and set them while the
+    /// server runs.
     pub fn stats(&self) -> &Arc<S3Stats> {
         &self.stats
     }
@@ -292,14 +303,23 @@ impl s3s::auth::S3Auth for SingleKeyAuth {
 /// S3 operations counted by [`S3Stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServerOp {
+    /// `PutObject`: a whole object in one request.
     PutObject,
+    /// `UploadPart`: one part of a multipart upload.
     UploadPart,
+    /// `CreateMultipartUpload`: the start of a multipart upload.
     CreateMultipartUpload,
+    /// `CompleteMultipartUpload`: the parts assembled into the object.
     CompleteMultipartUpload,
+    /// `AbortMultipartUpload`: an upload and its parts dropped.
     AbortMultipartUpload,
+    /// `HeadObject`: an object's metadata.
     HeadObject,
+    /// `GetObject`: an object's data.
     GetObject,
+    /// `ListMultipartUploads`: the uploads in progress (the drain lists them to abort strays).
     ListMultipartUploads,
+    /// `ListParts`: the parts of one upload.
     ListParts,
 }
 
@@ -354,6 +374,7 @@ impl S3Stats {
             .store(rate.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// The throttle set by [`S3Stats::set_upload_bytes_per_sec`]; `None` when unlimited.
     pub fn upload_bytes_per_sec(&self) -> Option<u64> {
         match self.upload_bytes_per_sec.load(Ordering::Relaxed) {
             0 => None,

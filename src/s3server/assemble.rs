@@ -11,6 +11,10 @@
 //! a temporary file and a rename, never half-written), the upload's attributes file renamed to
 //! the object's, the ETag in the object's `internal.json`; the upload marker and the parts are
 //! removed. Like s3s-fs, nothing is fsynced: the demo's S3 server is not a durable store.
+//!
+//! Plain file work over that layout: no s3s types, no counters, nothing of the crate. Whether
+//! a Complete may be assembled here (every part's MD5 known, the request valid) is decided by
+//! `gateway`, which calls it.
 
 use std::fs;
 use std::io;

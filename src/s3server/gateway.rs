@@ -13,6 +13,9 @@
 //! Left as s3s-fs does it: a PutObject whose body does not match its `x-amz-checksum-*` is
 //! answered `BadDigest` after the object was written (S3 stores nothing); no client of ours
 //! relies on it (the drain fails such a file and tries again later).
+//!
+//! Of the crate it uses only its parent's [`S3Stats`], [`super::assemble`] and `limits`; the
+//! listener, authentication and start-up belong to the parent.
 
 use std::collections::HashMap;
 use std::future::Future as _;
