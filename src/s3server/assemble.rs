@@ -193,6 +193,21 @@ fn save_info(root: &Path, path: &Path, etag: &str, crc32c: Option<u32>) -> io::R
 mod tests {
     use super::*;
 
+    /// An assembly of `parts` into `object` (under `root`), with its upload's files at fixed
+    /// names beside them in `root`.
+    fn assembly(root: &Path, object: &str, parts: Vec<(PathBuf, [u8; 16])>) -> Assembly {
+        Assembly {
+            root: root.to_owned(),
+            object: root.join(object),
+            parts,
+            marker: root.join(".upload-x.json"),
+            upload_attributes: root.join(".upload-attrs.json"),
+            object_attributes: root.join(".object-attrs.json"),
+            internal_info: root.join(".object.internal.json"),
+            crc32c: None,
+        }
+    }
+
     #[test]
     fn the_multipart_etag_is_the_md5_of_the_part_md5s_and_their_count() {
         // Two parts "a" and "b": MD5("a") and MD5("b") as S3 would have answered them.
@@ -218,16 +233,7 @@ mod tests {
                 (p, [n; 16])
             })
             .collect();
-        let a = Assembly {
-            root: root.to_owned(),
-            object: root.join("bucket/dir/key.bin"),
-            parts,
-            marker: root.join(".upload-x.json"),
-            upload_attributes: root.join(".upload-attrs.json"),
-            object_attributes: root.join(".object-attrs.json"),
-            internal_info: root.join(".object.internal.json"),
-            crc32c: None,
-        };
+        let a = assembly(root, "bucket/dir/key.bin", parts);
         fs::write(&a.marker, "null").expect("marker");
         fs::write(&a.upload_attributes, "{\"content_type\":\"x\"}").expect("attrs");
         fs::write(&a.internal_info, "{\"other\":1}").expect("info");
@@ -264,16 +270,7 @@ mod tests {
     fn a_missing_part_leaves_the_upload_as_it_was() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        let a = Assembly {
-            root: root.to_owned(),
-            object: root.join("bucket/key"),
-            parts: vec![(root.join(".part-1"), [0; 16])],
-            marker: root.join(".upload-x.json"),
-            upload_attributes: root.join(".upload-attrs.json"),
-            object_attributes: root.join(".object-attrs.json"),
-            internal_info: root.join(".object.internal.json"),
-            crc32c: None,
-        };
+        let a = assembly(root, "bucket/key", vec![(root.join(".part-1"), [0; 16])]);
         fs::write(&a.marker, "null").expect("marker");
         assert!(assemble(&a).is_err());
         assert!(a.marker.exists() && !a.object.exists());
