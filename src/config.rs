@@ -11,6 +11,14 @@
 //! commented configuration.
 //!
 //! Relative paths in the file are relative to the directory of the file.
+//!
+//! # Dependencies
+//!
+//! `config` owns the file's schema, its defaults and its validation, and only turns text into
+//! values. It parses into the types of the modules it configures (`sftp`, `spool`, `webhook`)
+//! and uses `limits`; those modules never read it (the drain reads the `[s3]` and `[shaping]`
+//! types that `config` owns). It must not use `drain`, `journal`, `status` or `gateway`, nor
+//! start, open or connect anything: the binary hands each module its part of the [`Config`].
 
 use std::fmt;
 use std::io;
@@ -63,9 +71,13 @@ pub const CONTROL_SOCKET_FILE_NAME: &str = "control.sock";
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[sftp]`: the SSH/SFTP server.
     pub sftp: SftpConfig,
+    /// `[spool]`: where uploads wait for the drain.
     pub spool: SpoolConfig,
+    /// `[s3]`: the bucket and how files are delivered to it.
     pub s3: S3Config,
+    /// `[control]`: the socket of the control commands.
     pub control: ControlConfig,
     /// `[metrics]`: Prometheus metrics, off unless configured.
     pub metrics: Option<MetricsConfig>,
@@ -73,11 +85,14 @@ pub struct Config {
     pub shaping: ShapingConfig,
     /// `[events] webhook`: where lifecycle events are POSTed, if anywhere.
     pub webhook: Option<crate::webhook::WebhookConfig>,
+    /// `[[users]]`, in file order: names are unique and at least one can log in.
     pub users: Vec<User>,
 }
 
+/// `[sftp]`, validated.
 #[derive(Debug, Clone)]
 pub struct SftpConfig {
+    /// Address and port the SSH server listens on (`sftp.listen`).
     pub listen: SocketAddr,
     /// Generated (mode 0600) on first start if missing.
     pub host_key: PathBuf,
@@ -103,9 +118,13 @@ pub const VIRTUAL_DIR_DEFAULT: &str = ".sftpgw";
 /// themselves; a forgotten client no longer holds one of `max_sessions` forever.
 pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(15 * 60);
 
+/// `[spool]`, validated.
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
+    /// The spool directory (`spool.dir`): partial and sealed files and the journal.
     pub dir: PathBuf,
+    /// How long an upload that ended without CLOSE is kept for resuming (`spool.partial_ttl`;
+    /// longer than zero).
     pub partial_ttl: Duration,
     /// New uploads are refused while the spool file system is fuller than this (0..=100).
     pub high_watermark_percent: u8,
@@ -146,25 +165,37 @@ pub const FAILED_RETRY_DEFAULT: Duration = Duration::from_secs(15 * 60);
 /// Default `s3.failed_retry_max`: the longest wait between automatic retries.
 pub const FAILED_RETRY_MAX_DEFAULT: Duration = Duration::from_secs(6 * 3600);
 
+/// `[s3]`, validated; the keys are read from `s3.credentials_file` when one is given.
 #[derive(Clone)]
 pub struct S3Config {
     /// `None` for AWS.
     pub endpoint: Option<String>,
+    /// The region requests are signed for (`s3.region`).
     pub region: String,
+    /// The target bucket (`s3.bucket`), a valid S3 bucket name.
     pub bucket: String,
     /// Object key = prefix + user + "/" + path.
     pub prefix: String,
+    /// Path-style URLs (`http://host/bucket/key`) instead of virtual-hosted ones.
     pub path_style: bool,
+    /// The access key id requests are signed with.
     pub access_key_id: String,
+    /// Its secret; never shown by `Debug`.
     pub secret_access_key: String,
+    /// Bytes of each multipart part (`s3.part_size`), from
+    /// [`crate::limits::PART_SIZE_BYTES_MIN`] to [`crate::limits::PART_SIZE_BYTES_MAX`].
     pub part_size: u64,
+    /// Parts uploaded at the same time (`s3.concurrency`), from 1 to
+    /// [`crate::limits::DRAIN_CONCURRENCY_MAX`].
     pub concurrency: usize,
+    /// Which checksum headers requests carry (`s3.checksums`).
     pub checksums: ChecksumMode,
     /// Upload parts of a file that arrives in order while it is still arriving.
     pub early_drain: bool,
     /// A failed file is retried by itself this long after it failed, doubling per attempt up
     /// to `failed_retry_max` (`s3.failed_retry`, `s3.failed_retry_max`).
     pub failed_retry: Duration,
+    /// The longest wait between two automatic retries of a failed file.
     pub failed_retry_max: Duration,
     /// `s3.overwrite`: what happens when the key already holds an object.
     pub overwrite: OverwriteMode,
@@ -216,6 +247,7 @@ impl fmt::Debug for S3Config {
     }
 }
 
+/// `s3.checksums`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChecksumMode {
@@ -225,12 +257,14 @@ pub enum ChecksumMode {
     Always,
 }
 
+/// `[metrics]`, validated.
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
     /// Address of the `GET /metrics` HTTP endpoint, e.g. `127.0.0.1:9100`.
     pub listen: SocketAddr,
 }
 
+/// `[control]`, validated.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     /// Unix socket of the running daemon, read by `sftpgw status`.
@@ -240,21 +274,34 @@ pub struct ControlConfig {
 /// Why a configuration was refused. The `Display` form is `file:line: key: message`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file cannot be read.
     #[error("{}: cannot read: {error}", path.display())]
-    Read { path: PathBuf, error: io::Error },
+    Read {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
     /// The file is not valid TOML.
     #[error("{}:{line}: {message}", path.display())]
     Syntax {
+        /// The configuration file.
         path: PathBuf,
+        /// 1-based line of the error.
         line: usize,
+        /// The TOML parser's message.
         message: String,
     },
     /// Valid TOML, but a key is unknown, missing or has a bad value.
     #[error("{}:{line}: {key}: {message}", path.display())]
     Invalid {
+        /// The configuration file.
         path: PathBuf,
+        /// 1-based line of the key or value at fault.
         line: usize,
+        /// The dotted key, e.g. `s3.part_size` or `users[1].name`.
         key: String,
+        /// What is wrong with it and what would be right.
         message: String,
     },
 }

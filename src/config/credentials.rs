@@ -3,6 +3,9 @@
 //! The INI dialect of `~/.aws/credentials`: `[name]` sections (`[profile name]` as in
 //! `~/.aws/config` is accepted too), `key = value` lines, `#` and `;` comments. Only
 //! `aws_access_key_id` and `aws_secret_access_key` are used; other keys are ignored.
+//!
+//! Reads that one file and nothing else of the crate; its errors are plain messages, which
+//! `config` reports at the `s3.credentials_file` key.
 
 use std::path::Path;
 

@@ -1,4 +1,6 @@
 //! [`EXAMPLE`]: a complete configuration with every key, its default and what it does.
+//!
+//! Text only: a test of `config` parses it, so it cannot drift from the schema.
 
 /// A complete, commented configuration file. It parses as it is (a test checks that); its
 /// credentials and key are placeholders to replace.

@@ -1,7 +1,8 @@
 //! `[shaping]`: the WAN rate of the drain, its weekly schedule, the time zone it is read in,
 //! the fallback while the clock is not trusted, and byte budgets per day and month.
 //!
-//! This module only parses and validates; `drain::shaper` evaluates the schedule.
+//! This module only parses and validates; `drain::shaper` evaluates the schedule. It uses
+//! nothing of the drain: the drain reads these types, never the reverse.
 
 use std::fmt;
 
@@ -21,8 +22,11 @@ pub const DAY_MINUTES: u16 = 24 * 60;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rate {
+    /// No limit.
     Unlimited,
+    /// No new part starts; parts in flight finish.
     Paused,
+    /// At most this many bytes per second, at least [`RATE_BYTES_PER_SEC_MIN`].
     BytesPerSec(u64),
 }
 
@@ -125,11 +129,15 @@ impl Days {
 /// midnight: it starts on one of `days` and ends the next morning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
+    /// The weekdays the window starts on.
     pub days: Days,
     /// As written, for status ("schedule mon-fri 08:00-18:00").
     pub label: String,
+    /// Minutes after local midnight the window opens (0..[`DAY_MINUTES`]).
     pub from_minute: u16,
+    /// Minutes after local midnight it closes, exclusive (at most [`DAY_MINUTES`]).
     pub to_minute: u16,
+    /// The drain's rate while the window holds.
     pub rate: Rate,
 }
 
@@ -159,7 +167,9 @@ pub struct ShapingConfig {
     pub timezone_name: String,
     /// The rate while the clock is not trusted.
     pub clock_unknown_rate: Rate,
+    /// Bytes the drain may send per local day (`shaping.daily_budget`; `None`: no budget).
     pub daily_budget_bytes: Option<u64>,
+    /// Bytes it may send per calendar month (`shaping.monthly_budget`; `None`: no budget).
     pub monthly_budget_bytes: Option<u64>,
 }
 

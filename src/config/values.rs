@@ -1,5 +1,8 @@
 //! Values of the configuration file that validate themselves while being deserialized, so that
 //! toml attaches the value's span (hence its line and key) to every error.
+//!
+//! Each value checks only itself, against `limits` and the bounds `sftp` sets; checks across
+//! keys run in `config` once the whole file is deserialized.
 
 use std::fmt;
 use std::net::SocketAddr;
