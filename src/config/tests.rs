@@ -37,6 +37,18 @@ fn replace(text: &str, from: &str, to: &str) -> String {
     text.replacen(from, to, 1)
 }
 
+/// [`base`] with `line` added to its `section` (`sftp`, `spool` or `s3`), after the section's
+/// first key.
+fn base_with(section: &str, line: &str) -> String {
+    let anchor = match section {
+        "sftp" => "host_key = \"/data/host_key\"",
+        "spool" => "dir = \"/data/spool\"",
+        "s3" => "bucket = \"uploads\"",
+        other => panic!("base() has no section [{other}]"),
+    };
+    replace(&base(), anchor, &format!("{anchor}\n{line}"))
+}
+
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new(ORIGIN))
 }
@@ -72,6 +84,18 @@ fn assert_invalid(text: &str, line: usize, key: &str, message_part: &str) {
         }
         other => panic!("expected an Invalid error at {line} {key}, got {other:?}"),
     }
+}
+
+/// [`assert_invalid`] at the line where the last part of the dotted `key` is first set.
+#[track_caller]
+fn assert_invalid_key(text: &str, key: &str, message_part: &str) {
+    let field = key.rsplit('.').next().expect("key");
+    assert_invalid(
+        text,
+        line_of(text, &format!("{field} =")),
+        key,
+        message_part,
+    );
 }
 
 #[test]
@@ -195,35 +219,20 @@ fn minimal_config_gets_the_documented_defaults() {
 
 #[test]
 fn virtual_dir_is_one_name_or_off() {
-    let with = |value: &str| {
-        replace(
-            &base(),
-            "host_key = \"/data/host_key\"",
-            &format!("host_key = \"/data/host_key\"\nvirtual_dir = \"{value}\""),
-        )
-    };
+    let with = |value: &str| base_with("sftp", &format!("virtual_dir = \"{value}\""));
     let off = parse(&with("off")).expect("off parses");
     assert_eq!(off.sftp.virtual_dir, None);
     let named = parse(&with("_box")).expect("a name parses");
     assert_eq!(named.sftp.virtual_dir.as_deref(), Some("_box"));
     for bad in ["a/b", "", "..", "x\\ty"] {
         let text = with(bad);
-        assert_invalid(
-            &text,
-            line_of(&text, "virtual_dir"),
-            "sftp.virtual_dir",
-            "name",
-        );
+        assert_invalid_key(&text, "sftp.virtual_dir", "name");
     }
 }
 
 #[test]
 fn part_size_below_minimum_names_file_line_and_key() {
-    let text = replace(
-        &base(),
-        "bucket = \"uploads\"",
-        "bucket = \"uploads\"\npart_size = \"4MiB\"",
-    );
+    let text = base_with("s3", "part_size = \"4MiB\"");
     let error = parse(&text).expect_err("4MiB is too small");
     let line = line_of(&text, "part_size");
     assert_eq!(
@@ -295,12 +304,7 @@ fn toml_syntax_error_names_file_and_line() {
 #[test]
 fn unknown_keys_and_sections_are_errors_at_their_line() {
     let text = replace(&base(), "bucket = ", "bucket_name = \"x\"\nbucket = ");
-    assert_invalid(
-        &text,
-        line_of(&text, "bucket_name"),
-        "s3.bucket_name",
-        "unknown field",
-    );
+    assert_invalid_key(&text, "s3.bucket_name", "unknown field");
     let text = format!("{}\n[telemetry]\nlisten = \"0.0.0.0:9100\"\n", base());
     assert_invalid(
         &text,
@@ -313,12 +317,7 @@ fn unknown_keys_and_sections_are_errors_at_their_line() {
         "name = \"alice\"",
         "name = \"alice\"\nshell = \"/bin/sh\"",
     );
-    assert_invalid(
-        &text,
-        line_of(&text, "shell"),
-        "users[0].shell",
-        "unknown field",
-    );
+    assert_invalid_key(&text, "users[0].shell", "unknown field");
 }
 
 #[test]
@@ -344,14 +343,9 @@ fn missing_required_keys_are_named() {
 #[test]
 fn wrong_value_types_name_the_key() {
     let text = replace(&base(), "bucket = \"uploads\"", "bucket = 5");
-    assert_invalid(&text, line_of(&text, "bucket"), "s3.bucket", "invalid type");
+    assert_invalid_key(&text, "s3.bucket", "invalid type");
     let text = replace(&base(), "bucket = ", "path_style = \"yes\"\nbucket = ");
-    assert_invalid(
-        &text,
-        line_of(&text, "path_style"),
-        "s3.path_style",
-        "invalid type",
-    );
+    assert_invalid_key(&text, "s3.path_style", "invalid type");
 }
 
 /// Edits [`base`] with each `(from, to)` and expects the value written in `to` refused at its
@@ -359,9 +353,7 @@ fn wrong_value_types_name_the_key() {
 #[track_caller]
 fn assert_bad_values_name_line_and_key(cases: &[(&str, &str, &str, &str)]) {
     for &(from, to, key, message) in cases {
-        let text = replace(&base(), from, to);
-        let field = key.rsplit('.').next().expect("key");
-        assert_invalid(&text, line_of(&text, &format!("{field} =")), key, message);
+        assert_invalid_key(&replace(&base(), from, to), key, message);
     }
 }
 
@@ -475,23 +467,10 @@ fn bad_s3_values_name_line_and_key() {
 
 #[test]
 fn low_watermark_above_high_is_refused_at_the_low_watermark() {
-    let text = replace(
-        &base(),
-        "dir = \"/data/spool\"",
-        "dir = \"/data/spool\"\nhigh_watermark = \"70%\"\nlow_watermark = \"75%\"",
-    );
-    assert_invalid(
-        &text,
-        line_of(&text, "low_watermark"),
-        "spool.low_watermark",
-        "above the high",
-    );
+    let text = base_with("spool", "high_watermark = \"70%\"\nlow_watermark = \"75%\"");
+    assert_invalid_key(&text, "spool.low_watermark", "above the high");
     // A high watermark below the default low one pulls the low one down with it.
-    let text = replace(
-        &base(),
-        "dir = \"/data/spool\"",
-        "dir = \"/data/spool\"\nhigh_watermark = \"50%\"",
-    );
+    let text = base_with("spool", "high_watermark = \"50%\"");
     let spool = parse(&text).expect("valid").spool;
     assert_eq!(
         (spool.high_watermark_percent, spool.low_watermark_percent),
@@ -882,28 +861,16 @@ fn spool_engine_defaults_to_auto_and_can_be_forced_either_way() {
         ("io_uring", EngineChoice::IoUring),
         ("pwrite", EngineChoice::Pwrite),
     ] {
-        let text = replace(
-            &base(),
-            "dir = \"/data/spool\"",
-            &format!("dir = \"/data/spool\"\nengine = \"{value}\""),
-        );
+        let text = base_with("spool", &format!("engine = \"{value}\""));
         assert_eq!(parse(&text).expect(value).spool.engine, choice);
     }
 }
 
 #[test]
 fn early_drain_can_be_turned_off_and_must_be_a_boolean() {
-    let text = replace(
-        &base(),
-        "bucket = \"uploads\"",
-        "bucket = \"uploads\"\nearly_drain = false",
-    );
+    let text = base_with("s3", "early_drain = false");
     assert!(!parse(&text).expect("parses").s3.early_drain);
-    let text = replace(
-        &base(),
-        "bucket = \"uploads\"",
-        "bucket = \"uploads\"\nearly_drain = \"no\"",
-    );
+    let text = base_with("s3", "early_drain = \"no\"");
     let line = line_of(&text, "early_drain");
     assert_invalid(&text, line, "s3.early_drain", "");
 }
@@ -914,11 +881,7 @@ fn algorithms_default_to_modern_and_accept_compatible() {
         parse(&base()).expect("base").sftp.algorithms,
         Algorithms::Modern
     );
-    let text = replace(
-        &base(),
-        "host_key = \"/data/host_key\"",
-        "host_key = \"/data/host_key\"\nalgorithms = \"compatible\"",
-    );
+    let text = base_with("sftp", "algorithms = \"compatible\"");
     assert_eq!(
         parse(&text).expect("compatible").sftp.algorithms,
         Algorithms::Compatible
@@ -935,25 +898,12 @@ fn max_file_size_defaults_to_half_the_spool_and_is_bounded_by_s3() {
         crate::limits::OBJECT_BYTES_MAX,
         "unknown size"
     );
-    let text = replace(
-        &base(),
-        "dir = \"/data/spool\"",
-        "dir = \"/data/spool\"\nmax_file_size = \"2GiB\"",
-    );
+    let text = base_with("spool", "max_file_size = \"2GiB\"");
     let config = parse(&text).expect("2GiB");
     assert_eq!(config.spool.max_file_size_for(100 << 30), 2 << 30);
     for bad in ["0", "\"6TiB\""] {
-        let text = replace(
-            &base(),
-            "dir = \"/data/spool\"",
-            &format!("dir = \"/data/spool\"\nmax_file_size = {bad}"),
-        );
-        assert_invalid(
-            &text,
-            line_of(&text, "max_file_size ="),
-            "spool.max_file_size",
-            "largest S3 object",
-        );
+        let text = base_with("spool", &format!("max_file_size = {bad}"));
+        assert_invalid_key(&text, "spool.max_file_size", "largest S3 object");
     }
 }
 
@@ -967,10 +917,9 @@ fn delivered_retention_defaults_to_ten_thousand_files_and_thirty_days_and_is_bou
             age_secs_max: 30 * 24 * 3600,
         }
     );
-    let text = replace(
-        &base(),
-        "dir = \"/data/spool\"",
-        "dir = \"/data/spool\"\ndelivered_retention = { files = 500, age = \"7d\" }",
+    let text = base_with(
+        "spool",
+        "delivered_retention = { files = 500, age = \"7d\" }",
     );
     let config = parse(&text).expect("500 files, 7 days");
     assert_eq!(
@@ -980,11 +929,7 @@ fn delivered_retention_defaults_to_ten_thousand_files_and_thirty_days_and_is_bou
             age_secs_max: 7 * 24 * 3600,
         }
     );
-    let text = replace(
-        &base(),
-        "dir = \"/data/spool\"",
-        "dir = \"/data/spool\"\ndelivered_retention = { age = \"1h\" }",
-    );
+    let text = base_with("spool", "delivered_retention = { age = \"1h\" }");
     let config = parse(&text).expect("age only");
     assert_eq!(config.spool.delivered_retention.files_count_max, 10_000);
     assert_eq!(config.spool.delivered_retention.age_secs_max, 3600);
@@ -1010,11 +955,7 @@ fn delivered_retention_defaults_to_ten_thousand_files_and_thirty_days_and_is_bou
             "unknown field",
         ),
     ] {
-        let text = replace(
-            &base(),
-            "dir = \"/data/spool\"",
-            &format!("dir = \"/data/spool\"\ndelivered_retention = {bad}"),
-        );
+        let text = base_with("spool", &format!("delivered_retention = {bad}"));
         assert_invalid(&text, line_of(&text, "delivered_retention ="), key, message);
     }
 }
@@ -1025,13 +966,7 @@ fn idle_timeout_defaults_to_15_minutes_and_can_be_set_or_turned_off() {
         parse(&base()).expect("base").sftp.idle_timeout,
         Some(IDLE_TIMEOUT_DEFAULT)
     );
-    let with = |value: &str| {
-        replace(
-            &base(),
-            "host_key = \"/data/host_key\"",
-            &format!("host_key = \"/data/host_key\"\nidle_timeout = {value}"),
-        )
-    };
+    let with = |value: &str| base_with("sftp", &format!("idle_timeout = {value}"));
     let set = parse(&with("\"2m\"")).expect("2m");
     assert_eq!(set.sftp.idle_timeout, Some(Duration::from_secs(120)));
     assert_eq!(
@@ -1039,19 +974,9 @@ fn idle_timeout_defaults_to_15_minutes_and_can_be_set_or_turned_off() {
         None
     );
     let text = with("\"soon\"");
-    assert_invalid(
-        &text,
-        line_of(&text, "idle_timeout"),
-        "sftp.idle_timeout",
-        "\"soon\"",
-    );
+    assert_invalid_key(&text, "sftp.idle_timeout", "\"soon\"");
     let text = with("\"0s\"");
-    assert_invalid(
-        &text,
-        line_of(&text, "idle_timeout"),
-        "sftp.idle_timeout",
-        "longer than zero",
-    );
+    assert_invalid_key(&text, "sftp.idle_timeout", "longer than zero");
 }
 
 #[test]
@@ -1060,13 +985,7 @@ fn manifest_interval_defaults_to_5_minutes_and_can_be_set_or_turned_off() {
         parse(&base()).expect("base").s3.manifest_interval,
         Some(MANIFEST_INTERVAL_DEFAULT)
     );
-    let with = |value: &str| {
-        replace(
-            &base(),
-            "bucket = \"uploads\"",
-            &format!("bucket = \"uploads\"\nmanifest_interval = {value}"),
-        )
-    };
+    let with = |value: &str| base_with("s3", &format!("manifest_interval = {value}"));
     let set = parse(&with("\"30s\"")).expect("30s");
     assert_eq!(set.s3.manifest_interval, Some(Duration::from_secs(30)));
     assert_eq!(
@@ -1074,12 +993,7 @@ fn manifest_interval_defaults_to_5_minutes_and_can_be_set_or_turned_off() {
         None
     );
     let text = with("\"hourly\"");
-    assert_invalid(
-        &text,
-        line_of(&text, "manifest_interval"),
-        "s3.manifest_interval",
-        "\"hourly\"",
-    );
+    assert_invalid_key(&text, "s3.manifest_interval", "\"hourly\"");
 }
 
 #[test]
@@ -1107,33 +1021,15 @@ fn events_webhook_must_be_an_https_url_and_its_ca_file_is_optional() {
         "\"https://\"",
     ] {
         let text = with(&format!("webhook = {bad}"));
-        assert_invalid(
-            &text,
-            line_of(&text, "webhook"),
-            "events.webhook",
-            "https://",
-        );
+        assert_invalid_key(&text, "events.webhook", "https://");
     }
 }
 
 #[test]
 fn full_object_checksum_is_on_unless_turned_off() {
     assert!(parse(&base()).expect("base").s3.full_object_checksum);
-    let text = replace(
-        &base(),
-        "bucket = \"uploads\"",
-        "bucket = \"uploads\"\nfull_object_checksum = false",
-    );
+    let text = base_with("s3", "full_object_checksum = false");
     assert!(!parse(&text).expect("false").s3.full_object_checksum);
-    let text = replace(
-        &base(),
-        "bucket = \"uploads\"",
-        "bucket = \"uploads\"\nfull_object_checksum = \"yes\"",
-    );
-    assert_invalid(
-        &text,
-        line_of(&text, "full_object_checksum"),
-        "s3.full_object_checksum",
-        "",
-    );
+    let text = base_with("s3", "full_object_checksum = \"yes\"");
+    assert_invalid_key(&text, "s3.full_object_checksum", "");
 }
