@@ -36,6 +36,7 @@ use bytes::Bytes;
 use sftpgw::config::{ChecksumMode, S3Config};
 use sftpgw::drain::aws::AwsStore;
 use sftpgw::drain::upload::{Drain, DrainConfig};
+use sftpgw::num::f64_from_u64;
 use sftpgw::s3server::{S3Server, S3ServerConfig};
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
 
@@ -168,7 +169,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
     drop(server.stdin.take());
     server.wait()?;
 
-    let gib = size as f64 / (1024.0 * MIB as f64);
+    let gib = f64_from_u64(size) / (1024.0 * f64_from_u64(MIB));
     println!(
         "size {} MiB, part {} MiB, concurrency {concurrency}",
         size / MIB,
@@ -177,7 +178,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
     println!(
         "drain: wall {:.2} s ({:.0} MiB/s), cpu {cpu:.2} s ({:.2} s/GiB), peak RSS {} KiB (idle before {} KiB)",
         wall.as_secs_f64(),
-        (size / MIB) as f64 / wall.as_secs_f64(),
+        f64_from_u64(size / MIB) / wall.as_secs_f64(),
         cpu / gib,
         hwm,
         rss_idle
@@ -215,7 +216,7 @@ async fn write_sealed(spool: &Arc<Spool>, size: u64) -> anyhow::Result<()> {
         let chunk: Vec<u8> = (0..len)
             .map(|i| {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(i | 1);
-                (seed >> 56) as u8
+                seed.to_be_bytes()[0]
             })
             .collect();
         h.write_at(offset, Bytes::from(chunk)).await?;
@@ -236,7 +237,7 @@ fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / CLOCK_TICKS_PER_SEC)
+    Ok(f64_from_u64(ticks) / CLOCK_TICKS_PER_SEC)
 }
 
 fn status_kib(pid: &str, field: &str) -> anyhow::Result<u64> {

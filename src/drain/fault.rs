@@ -46,12 +46,21 @@ impl Op {
         }
     }
 
-    fn index(self) -> usize {
-        self as usize
+    /// The operation's slot in the per-operation counters, below [`Op::COUNT`].
+    const fn index(self) -> usize {
+        match self {
+            Op::PutObject => 0,
+            Op::CreateMultipartUpload => 1,
+            Op::UploadPart => 2,
+            Op::CompleteMultipartUpload => 3,
+            Op::AbortMultipartUpload => 4,
+            Op::HeadObject => 5,
+            Op::ListMultipartUploads => 6,
+        }
     }
 }
 
-const _: () = assert!(Op::ListMultipartUploads as usize + 1 == Op::COUNT);
+const _: () = assert!(Op::ListMultipartUploads.index() + 1 == Op::COUNT);
 
 /// What goes wrong with one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::drain::store::{META_BOX, ObjectMetadata, ObjectStore};
+use crate::num::u64_from_usize;
 use crate::spool::deliveries::{self, Delivery, LogPosition};
 
 /// The folder under the key prefix that holds the manifests.
@@ -110,7 +111,7 @@ fn batch_of(lines: &[u8], at: LogPosition) -> Batch {
         body,
         next: LogPosition {
             file: at.file,
-            offset: at.offset + used as u64,
+            offset: at.offset + u64_from_usize(used),
         },
     }
 }
@@ -164,14 +165,14 @@ pub async fn ship_one<S: ObjectStore>(
     }
     let read_at = LogPosition {
         file: chunk.next.file,
-        offset: chunk.next.offset - chunk.lines.len() as u64,
+        offset: chunk.next.offset - u64_from_usize(chunk.lines.len()),
     };
     let batch = batch_of(&chunk.lines, read_at);
     let mut next = cursor.next;
     if let Some(date) = &batch.date {
         let mut metadata = ObjectMetadata::new();
         metadata.insert(META_BOX.to_owned(), box_name.to_owned());
-        let size = batch.body.len() as u64;
+        let size = u64_from_usize(batch.body.len());
         // What S3 gives a single PUT as its ETag (where the bucket does not encrypt with KMS).
         let md5 = {
             use md5::Digest as _;

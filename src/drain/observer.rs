@@ -22,6 +22,8 @@ use aws_smithy_types::date_time::{DateTime, Format};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::num::f64_from_u64;
+
 /// The `Date` header has whole seconds and is truncated: on average it is half a second
 /// behind the moment the server answered. Adding this centres the estimate.
 const DATE_HEADER_RESOLUTION_HALF_SECS: f64 = 0.5;
@@ -121,8 +123,13 @@ impl S3Observer {
 pub fn skew_from_date(date: &str, now: SystemTime) -> Option<f64> {
     let server = DateTime::from_str(date, Format::HttpDate).ok()?;
     let ours = DateTime::from(now);
-    let diff = (server.secs() - ours.secs()) as f64
-        + (f64::from(server.subsec_nanos()) - f64::from(ours.subsec_nanos())) / 1e9;
+    let secs = server.secs() - ours.secs();
+    // Whole seconds as a float by magnitude and sign (a skew is far below 2^53 s).
+    let secs = match f64_from_u64(secs.unsigned_abs()) {
+        magnitude if secs < 0 => -magnitude,
+        magnitude => magnitude,
+    };
+    let diff = secs + (f64::from(server.subsec_nanos()) - f64::from(ours.subsec_nanos())) / 1e9;
     Some(diff + DATE_HEADER_RESOLUTION_HALF_SECS)
 }
 

@@ -43,6 +43,7 @@ use self::clock::{SystemClock, TokioClock, WallClock};
 use self::period::{PeriodKind, roll_period, unix, when};
 use self::state::{Override, PeriodUsage, PersistedState};
 use crate::config::{Rate, ShapingConfig};
+use crate::num::{f64_from_u64, u64_from_f64_saturating, u64_from_usize, usize_from_u64};
 use crate::status::{BudgetStatus, ShapingStatus};
 
 /// How often the schedule, override expiry and budgets are evaluated.
@@ -280,8 +281,7 @@ impl Shaper {
         match (decision.paused, decision.limit) {
             // Paused: parts in flight go on at the last rate (see the module doc).
             (true, _) => {}
-            #[allow(clippy::cast_precision_loss)]
-            (false, Some(limit)) => self.set_limit(limit as f64),
+            (false, Some(limit)) => self.set_limit(f64_from_u64(limit)),
             (false, None) => self.set_limit(f64::INFINITY),
         }
         inner.decision = decision;
@@ -353,7 +353,8 @@ impl Shaper {
         if let Some(o) = inner.persisted.override_ {
             let until = o
                 .until_unix
-                .and_then(|s| Timestamp::from_second(s as i64).ok());
+                .and_then(|s| i64::try_from(s).ok())
+                .and_then(|s| Timestamp::from_second(s).ok());
             let reason = match until {
                 Some(t) => format!("override until {}", when(Some(t), now, zone)),
                 None => "override until `sftpgw drain resume`".to_owned(),
@@ -436,7 +437,8 @@ impl Shaper {
     /// The pacing hook of upload bodies: counts `len` bytes about to go to the network and
     /// returns how long to wait before handing them out.
     pub fn pace(&self, len: usize) -> Duration {
-        self.wan_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.wan_bytes
+            .fetch_add(u64_from_usize(len), Ordering::Relaxed);
         self.limiter.consume_duration(len)
     }
 
@@ -447,8 +449,9 @@ impl Shaper {
         if !limit.is_finite() {
             return max;
         }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let chunk = (limit / PACE_CHUNKS_PER_SEC as f64) as usize;
+        let chunk = usize_from_u64(u64_from_f64_saturating(
+            limit / f64_from_u64(PACE_CHUNKS_PER_SEC),
+        ));
         chunk.clamp(PACE_CHUNK_BYTES_MIN, max.max(PACE_CHUNK_BYTES_MIN))
     }
 
@@ -515,13 +518,7 @@ impl Shaper {
         let d = &inner.decision;
         let rate_bytes_per_sec = match (inner.samples.front(), inner.samples.back()) {
             (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    clippy::cast_precision_loss
-                )]
-                let rate = ((b1 - b0) as f64 / (*t1 - *t0).as_secs_f64()) as u64;
-                rate
+                u64_from_f64_saturating(f64_from_u64(b1 - b0) / (*t1 - *t0).as_secs_f64())
             }
             _ => 0,
         };

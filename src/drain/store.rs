@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::num::u64_from_usize;
+
 /// What kind of failure an S3 call had; the drain's policy keys on this alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum S3ErrorKind {
@@ -162,7 +164,7 @@ impl Body {
     /// Length in bytes, as sent in Content-Length.
     pub fn len(&self) -> u64 {
         match self {
-            Body::Bytes(b) => b.len() as u64,
+            Body::Bytes(b) => u64_from_usize(b.len()),
             Body::File(r) => r.len,
         }
     }

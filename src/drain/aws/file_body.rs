@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use crate::drain::shaper::Shaper;
 use crate::drain::store::FileRange;
+use crate::num::u64_from_usize;
 
 /// One read, and one chunk handed to hyper: 256 KiB measured no cheaper, and two 128 KiB
 /// buffers stay in the L2 cache between the read and the CRC.
@@ -142,7 +143,7 @@ fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match preadv2(
             file,
             &mut slice,
-            offset + done as u64,
+            offset + u64_from_usize(done),
             ReadWriteFlags::NOWAIT,
         ) {
             Ok(0) => break, // End of file: the blocking read reports the short range.
@@ -178,7 +179,7 @@ pub(super) async fn range_crc32c(range: &FileRange) -> io::Result<u32> {
                 .min(buf.len());
             file.read_exact_at(&mut buf[..n], range.offset + at)?;
             crc = crc32c::crc32c_append(crc, &buf[..n]);
-            at += n as u64;
+            at += u64_from_usize(n);
         }
         Ok(crc)
     })
@@ -304,7 +305,7 @@ impl FileRangeBody {
                 Some(f) => f,
                 None => Arc::new(File::open(&path)?),
             };
-            file.read_exact_at(&mut buf[cached..len], offset + cached as u64)?;
+            file.read_exact_at(&mut buf[cached..len], offset + u64_from_usize(cached))?;
             let crc = crc32c::crc32c_append(crc, &buf[..len]);
             Ok(ReadDone {
                 file,
@@ -371,7 +372,7 @@ impl http_body::Body for FileRangeBody {
             Err(e) => return this.fail(e),
         };
         this.file = Some(done.file);
-        this.read += done.len as u64;
+        this.read += u64_from_usize(done.len);
         this.crc = done.crc;
         if this.read == this.range.len {
             this.report.set(Ok(this.crc));
@@ -401,7 +402,10 @@ impl http_body::Body for FileRangeBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let delayed = self.delayed.as_ref().map_or(0, |(_, c)| c.len() as u64);
+        let delayed = self
+            .delayed
+            .as_ref()
+            .map_or(0, |(_, c)| u64_from_usize(c.len()));
         SizeHint::with_exact(self.range.len - self.read + delayed)
     }
 }

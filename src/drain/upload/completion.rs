@@ -8,6 +8,7 @@
 use super::create::has_full_object_crc32c;
 use super::{Ctx, Stop};
 use crate::drain::store::{CompletedPart, META_TOKEN, ObjectStore};
+use crate::num::u64_from_usize;
 use crate::spool::catalog::{FileRecord, UploadProgress};
 
 impl<S: ObjectStore> Ctx<S> {
@@ -25,7 +26,7 @@ impl<S: ObjectStore> Ctx<S> {
             return Err(Stop::Cancelled);
         }
         let parts = self.completed_parts(file, upload, parts_count)?;
-        if parts.len() as u64 != parts_count {
+        if u64_from_usize(parts.len()) != parts_count {
             return Err(Stop::Restart);
         }
         tracing::debug!(id, parts = parts.len(), "completing the upload");

@@ -31,9 +31,12 @@ impl<S: ObjectStore> Ctx<S> {
             };
             match attempt {
                 Ok(()) => {
+                    // A log field: saturating (after 584 million years) is the right meaning.
+                    let duration_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     tracing::info!(event = "delivered", id = file.id, user = %file.user,
                         path = %file.path.display(), key, size = file.size,
-                        duration_ms = started.elapsed().as_millis() as u64,
+                        duration_ms,
                         "delivered: verified in S3, spool copy freed");
                     return;
                 }

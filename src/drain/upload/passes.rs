@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Ctx, Stop};
 use crate::drain::store::ObjectStore;
+use crate::num::u64_from_usize;
 use crate::spool::catalog::{FileRecord, UploadProgress};
 
 /// Read buffer of the SHA-256 pass over a whole file (only for files written out of order).
@@ -74,7 +75,7 @@ impl<S: ObjectStore> Ctx<S> {
                     let n = usize::try_from(end - at).map_or(buf.len(), |left| left.min(buf.len()));
                     f.read_exact_at(&mut buf[..n], at)?;
                     step(&mut acc, i, &buf[..n]);
-                    at += n as u64;
+                    at += u64_from_usize(n);
                 }
             }
             Ok(acc)

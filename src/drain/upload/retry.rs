@@ -33,9 +33,12 @@ impl<S: ObjectStore> Ctx<S> {
         self.spool.file(id).is_some_and(|f| self.current(key)(&f))
     }
 
+    /// The delay before retry `attempt` (from 0): a random time between half and all of
+    /// `backoff_base × 2^attempt`, capped at `backoff_max`, at least a millisecond.
     pub(super) fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.cfg.backoff_base.as_millis() as u64;
-        let cap = self.cfg.backoff_max.as_millis() as u64;
+        // Durations beyond u64::MAX ms (584 million years) saturate: they are caps anyway.
+        let base = u64::try_from(self.cfg.backoff_base.as_millis()).unwrap_or(u64::MAX);
+        let cap = u64::try_from(self.cfg.backoff_max.as_millis()).unwrap_or(u64::MAX);
         let ceiling = base.saturating_mul(1u64 << attempt.min(20)).min(cap).max(1);
         Duration::from_millis(rand::thread_rng().gen_range(ceiling / 2..=ceiling))
     }
