@@ -86,44 +86,13 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         .stdout(Stdio::piped())
         .spawn()?;
     let endpoint = first_line(&mut server)?;
-    let defaults = S3ServerConfig::loopback("");
-    let cfg = S3Config {
-        endpoint: Some(endpoint),
-        region: "us-east-1".to_owned(),
-        bucket: defaults.bucket,
-        prefix: String::new(),
-        path_style: true,
-        access_key_id: defaults.access_key,
-        secret_access_key: defaults.secret_key,
-        part_size,
-        concurrency,
-        checksums: ChecksumMode::WhenRequired,
-        early_drain: false,
-        failed_retry: sftpgw::config::FAILED_RETRY_DEFAULT,
-        failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
-        overwrite: sftpgw::config::OverwriteMode::Replace,
-        manifest_interval: None,
-        full_object_checksum: true,
-    };
+    let cfg = s3_config(endpoint, part_size, concurrency);
     let spool = Spool::open(SpoolOptions::unlimited(tmp.path().join("spool")))?;
     write_sealed(&spool, size).await?;
 
     let rss_idle = status_kib("self", "VmRSS:")?;
     std::fs::write("/proc/self/clear_refs", "5")?;
-    let perf = match std::env::var_os("DRAIN_BENCH_PERF") {
-        Some(out) => {
-            let perf = Command::new("perf")
-                .args(["record", "-g", "-F", "1999", "-p"])
-                .arg(std::process::id().to_string())
-                .arg("-o")
-                .arg(out)
-                .spawn()?;
-            // perf needs a moment to attach.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Some(perf)
-        }
-        None => None,
-    };
+    let perf = start_perf().await?;
     let cpu_before = cpu_secs("self")?;
     let server_cpu_before = cpu_secs(&server.id().to_string())?;
     let started = Instant::now();
@@ -144,15 +113,7 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
         },
     );
     let task = tokio::spawn(drain.run());
-    let path = VPath::resolve("big.bin")?;
-    loop {
-        match spool.stat("u", &path).ok().and_then(|e| e.state) {
-            Some(FileState::Delivered) => break,
-            Some(FileState::Failed) => anyhow::bail!("drain failed: {:?}", spool.files()),
-            // Rarely enough that the polling itself costs nothing measurable.
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    wait_delivered(&spool).await?;
     let wall = started.elapsed();
     let cpu = cpu_secs("self")? - cpu_before;
     let server_pid = server.id().to_string();
@@ -160,11 +121,8 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
     let server_hwm = status_kib(&server_pid, "VmHWM:")?;
     let hwm = status_kib("self", "VmHWM:")?;
     task.abort();
-    if let Some(mut perf) = perf {
-        Command::new("kill")
-            .args(["-INT", &perf.id().to_string()])
-            .status()?;
-        perf.wait()?;
+    if let Some(perf) = perf {
+        stop_perf(perf)?;
     }
     drop(server.stdin.take());
     server.wait()?;
@@ -185,6 +143,70 @@ async fn drain(size: u64, part_size: u64, concurrency: usize) -> anyhow::Result<
     );
     println!("server: cpu {server_cpu:.2} s, peak RSS {server_hwm} KiB");
     Ok(())
+}
+
+/// The store's configuration for the embedded server at `endpoint`, as the gateway would
+/// build it (no early drain, checksums only where required).
+fn s3_config(endpoint: String, part_size: u64, concurrency: usize) -> S3Config {
+    let defaults = S3ServerConfig::loopback("");
+    S3Config {
+        endpoint: Some(endpoint),
+        region: "us-east-1".to_owned(),
+        bucket: defaults.bucket,
+        prefix: String::new(),
+        path_style: true,
+        access_key_id: defaults.access_key,
+        secret_access_key: defaults.secret_key,
+        part_size,
+        concurrency,
+        checksums: ChecksumMode::WhenRequired,
+        early_drain: false,
+        failed_retry: sftpgw::config::FAILED_RETRY_DEFAULT,
+        failed_retry_max: sftpgw::config::FAILED_RETRY_MAX_DEFAULT,
+        overwrite: sftpgw::config::OverwriteMode::Replace,
+        manifest_interval: None,
+        full_object_checksum: true,
+    }
+}
+
+/// `perf record` attached to this process when `DRAIN_BENCH_PERF` names its output file.
+async fn start_perf() -> anyhow::Result<Option<Child>> {
+    Ok(match std::env::var_os("DRAIN_BENCH_PERF") {
+        Some(out) => {
+            let perf = Command::new("perf")
+                .args(["record", "-g", "-F", "1999", "-p"])
+                .arg(std::process::id().to_string())
+                .arg("-o")
+                .arg(out)
+                .spawn()?;
+            // perf needs a moment to attach.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(perf)
+        }
+        None => None,
+    })
+}
+
+/// Stops `perf record` so that it writes its output.
+fn stop_perf(mut perf: Child) -> anyhow::Result<()> {
+    Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status()?;
+    perf.wait()?;
+    Ok(())
+}
+
+/// Polls the spool until the bench file is delivered (or failed).
+async fn wait_delivered(spool: &Spool) -> anyhow::Result<()> {
+    let path = VPath::resolve("big.bin")?;
+    loop {
+        match spool.stat("u", &path).ok().and_then(|e| e.state) {
+            Some(FileState::Delivered) => return Ok(()),
+            Some(FileState::Failed) => anyhow::bail!("drain failed: {:?}", spool.files()),
+            // Rarely enough that the polling itself costs nothing measurable.
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
 
 fn first_line(child: &mut Child) -> anyhow::Result<String> {

@@ -170,61 +170,9 @@ pub async fn ship_one<S: ObjectStore>(
     let batch = batch_of(&chunk.lines, read_at);
     let mut next = cursor.next;
     if let Some(date) = &batch.date {
-        let mut metadata = ObjectMetadata::new();
-        metadata.insert(META_BOX.to_owned(), box_name.to_owned());
-        let size = u64_from_usize(batch.body.len());
-        // What S3 gives a single PUT as its ETag (where the bucket does not encrypt with KMS).
-        let md5 = {
-            use md5::Digest as _;
-            hex::encode(md5::Md5::digest(&batch.body))
-        };
-        let body = Bytes::from(batch.body);
-        let mut skipped = 0;
-        loop {
-            let key = manifest_key(prefix, date, box_name, next);
-            match store.head_object(&key).await.map_err(|e| e.to_string())? {
-                // Sent before a crash kept the cursor from moving: done. (A store whose
-                // ETags are not MD5s makes this a new number: a manifest twice, none lost.)
-                Some(head) if head.size == size && head.etag.as_deref() == Some(md5.as_str()) => {
-                    break;
-                }
-                Some(_) => {
-                    skipped += 1;
-                    if skipped > TAKEN_KEYS_SKIPPED_MAX {
-                        // Keep the numbers passed, so that the next interval goes on from
-                        // there (a lost cursor may find hundreds of its own manifests).
-                        let passed = Cursor {
-                            at: cursor.at,
-                            next: next + 1,
-                        };
-                        save_cursor_blocking(spool_dir, passed).await?;
-                        *cursor = passed;
-                        return Err(format!(
-                            "{skipped} manifest keys in a row hold other objects"
-                        ));
-                    }
-                    tracing::warn!(
-                        key,
-                        "a manifest key holds another object; taking the next number"
-                    );
-                    next += 1;
-                }
-                None => {
-                    store
-                        .put_object(&key, body.clone().into(), &metadata)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    tracing::info!(
-                        event = "manifest",
-                        key,
-                        bytes = size,
-                        "manifest written to the bucket"
-                    );
-                    break;
-                }
-            }
-        }
-        next += 1;
+        let taken =
+            put_manifest(store, spool_dir, prefix, box_name, cursor, date, batch.body).await?;
+        next = taken + 1;
     }
     let saved = Cursor {
         at: batch.next,
@@ -233,6 +181,76 @@ pub async fn ship_one<S: ObjectStore>(
     save_cursor_blocking(spool_dir, saved).await?;
     *cursor = saved;
     Ok(true)
+}
+
+/// Puts one batch of `date` under the cursor's next manifest number, or the first one after
+/// it whose key is free, and returns the number it took. A key that already holds this very
+/// batch (sent before a crash kept the cursor from moving) counts as sent.
+async fn put_manifest<S: ObjectStore>(
+    store: &S,
+    spool_dir: &Path,
+    prefix: &str,
+    box_name: &str,
+    cursor: &mut Cursor,
+    date: &str,
+    body: Vec<u8>,
+) -> Result<u64, String> {
+    let mut next = cursor.next;
+    let mut metadata = ObjectMetadata::new();
+    metadata.insert(META_BOX.to_owned(), box_name.to_owned());
+    let size = u64_from_usize(body.len());
+    // What S3 gives a single PUT as its ETag (where the bucket does not encrypt with KMS).
+    let md5 = {
+        use md5::Digest as _;
+        hex::encode(md5::Md5::digest(&body))
+    };
+    let body = Bytes::from(body);
+    let mut skipped = 0;
+    loop {
+        let key = manifest_key(prefix, date, box_name, next);
+        match store.head_object(&key).await.map_err(|e| e.to_string())? {
+            // Sent before a crash kept the cursor from moving: done. (A store whose
+            // ETags are not MD5s makes this a new number: a manifest twice, none lost.)
+            Some(head) if head.size == size && head.etag.as_deref() == Some(md5.as_str()) => {
+                break;
+            }
+            Some(_) => {
+                skipped += 1;
+                if skipped > TAKEN_KEYS_SKIPPED_MAX {
+                    // Keep the numbers passed, so that the next interval goes on from
+                    // there (a lost cursor may find hundreds of its own manifests).
+                    let passed = Cursor {
+                        at: cursor.at,
+                        next: next + 1,
+                    };
+                    save_cursor_blocking(spool_dir, passed).await?;
+                    *cursor = passed;
+                    return Err(format!(
+                        "{skipped} manifest keys in a row hold other objects"
+                    ));
+                }
+                tracing::warn!(
+                    key,
+                    "a manifest key holds another object; taking the next number"
+                );
+                next += 1;
+            }
+            None => {
+                store
+                    .put_object(&key, body.clone().into(), &metadata)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    event = "manifest",
+                    key,
+                    bytes = size,
+                    "manifest written to the bucket"
+                );
+                break;
+            }
+        }
+    }
+    Ok(next)
 }
 
 async fn save_cursor_blocking(spool_dir: &Path, cursor: Cursor) -> Result<(), String> {
