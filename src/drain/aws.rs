@@ -19,6 +19,10 @@
 //! LAN or loopback, WAN stores are HTTPS, and `checksums = "always"` adds a CRC the store checks
 //! for those who want one. The embedded server (s3s) accepts UNSIGNED-PAYLOAD with a
 //! Content-Length, as S3 does.
+//!
+//! Owns the SDK client and the mapping of SDK errors; it decides nothing about retries (that is
+//! `upload`'s policy, keyed on the kinds found here). May use `store`, `observer`, `shaper`
+//! (to pace bodies), `config` and `limits`; must not touch the spool or the journal.
 
 mod file_body;
 
@@ -67,9 +71,13 @@ const LIST_PAGES_COUNT_MAX: usize = 10_000;
 /// Timeouts of [`AwsStore`]; [`Default`] is what the gateway uses. Tests shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AwsTimeouts {
+    /// TCP (and TLS) connect.
     pub connect: Duration,
+    /// One attempt of a call without a body: HEAD, Create, Abort, List.
     pub control_attempt: Duration,
+    /// One Complete attempt (S3 may take minutes to assemble a large object).
     pub complete_attempt: Duration,
+    /// One PutObject or UploadPart attempt: a backstop, the body is paced.
     pub body_attempt: Duration,
 }
 
@@ -101,10 +109,13 @@ pub struct AwsStore {
 }
 
 impl AwsStore {
+    /// A store for `cfg` with the gateway's timeouts; an invalid configuration (no bucket, a
+    /// bad endpoint) is a `Permanent` error of operation "Configure".
     pub fn new(cfg: &S3Config) -> Result<AwsStore, S3Error> {
         Self::with_timeouts(cfg, AwsTimeouts::default())
     }
 
+    /// [`AwsStore::new`] with other timeouts (tests shorten them).
     pub fn with_timeouts(cfg: &S3Config, timeouts: AwsTimeouts) -> Result<AwsStore, S3Error> {
         let invalid = |message: String| S3Error::new(S3ErrorKind::Permanent, "Configure", message);
         if cfg.bucket.is_empty() {
@@ -205,6 +216,7 @@ impl AwsStore {
         &self.client
     }
 
+    /// The bucket every key is in.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

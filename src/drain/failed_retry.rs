@@ -6,6 +6,9 @@
 //! Each failed file is retried `first` after it was seen failed, then after twice that, and so
 //! on up to `max` between attempts. The schedule lives in memory: after a restart it starts
 //! again from `first`.
+//!
+//! Owns only the schedule of retries; the drain loop asks it which files are due and queues
+//! them again through the spool. Uses nothing of the crate but spool's `FileId`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -26,6 +29,8 @@ pub struct FailedRetries {
 }
 
 impl FailedRetries {
+    /// A schedule that retries a failed file `first` after it failed, then doubling up to
+    /// `max` (raised to `first` if below it).
     pub fn new(first: Duration, max: Duration) -> FailedRetries {
         FailedRetries {
             first,

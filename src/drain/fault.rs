@@ -9,6 +9,9 @@
 //! store.inject(Op::UploadPart, 2, Fault::ConnectionReset); // the 2nd UploadPart call
 //! store.add_rule(|c| (c.op == Op::CompleteMultipartUpload).then_some(Fault::ResponseLost));
 //! ```
+//!
+//! A test tool: it owns its fault plan and nothing else. May use `store` only (it wraps any
+//! [`ObjectStore`]); must not touch the spool, the journal or the drain loop.
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -21,12 +24,19 @@ use super::store::{
 /// The operations of [`ObjectStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// [`ObjectStore::put_object`].
     PutObject,
+    /// [`ObjectStore::create_multipart_upload`].
     CreateMultipartUpload,
+    /// [`ObjectStore::upload_part`].
     UploadPart,
+    /// [`ObjectStore::complete_multipart_upload`].
     CompleteMultipartUpload,
+    /// [`ObjectStore::abort_multipart_upload`].
     AbortMultipartUpload,
+    /// [`ObjectStore::head_object`].
     HeadObject,
+    /// [`ObjectStore::list_multipart_uploads`].
     ListMultipartUploads,
 }
 
@@ -111,12 +121,15 @@ impl Fault {
 /// One call as a rule sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
+    /// The operation called.
     pub op: Op,
     /// 1-based number of this call among the calls of `op` on this store, faulted ones included.
     pub nth: u64,
     /// The object key; for ListMultipartUploads, the prefix.
     pub key: &'a str,
+    /// The multipart upload it is about (UploadPart, Complete, Abort).
     pub upload_id: Option<&'a str>,
+    /// The part number of an UploadPart.
     pub part_number: Option<u32>,
     /// The body of PutObject and UploadPart: a rule can see which range of which file a
     /// request would send.
@@ -139,6 +152,7 @@ pub struct FaultStore<S: ObjectStore> {
 }
 
 impl<S: ObjectStore> FaultStore<S> {
+    /// Wraps `inner` with an empty plan: every call goes through until a rule is added.
     pub fn new(inner: S) -> Self {
         Self {
             inner,
@@ -146,6 +160,7 @@ impl<S: ObjectStore> FaultStore<S> {
         }
     }
 
+    /// The wrapped store (to look at it, or to call it without faults).
     pub fn inner(&self) -> &S {
         &self.inner
     }

@@ -15,6 +15,10 @@
 //!   at most [`BATCH_BYTES_MAX`]); S3 errors wait for the next interval. The log is bounded
 //!   (64 MiB): a box kept off the WAN long enough for the log to rotate past the cursor says so
 //!   in its log, and the lines in between are missing from the bucket (not from S3's objects).
+//!
+//! Owns the manifest cursor and the manifest keys. May use `store` (HEAD, PUT), the spool's
+//! delivery log (`spool::deliveries`, read only) and `num`; must not touch the catalog, the
+//! journal or the drain loop.
 
 use std::io;
 use std::path::{Path, PathBuf};

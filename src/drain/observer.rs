@@ -9,6 +9,9 @@
 //!
 //! The skew is published on a [`tokio::sync::watch`] channel ([`S3Observer::subscribe_skew`]):
 //! whoever needs it (the shaper) waits for changes there.
+//!
+//! Owns the reachability and skew last seen. May use the SDK's interceptor API and `num`; must
+//! not touch the spool, the journal or the drain loop (it only observes).
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -66,6 +69,7 @@ impl Default for S3Observer {
 }
 
 impl S3Observer {
+    /// An observer that has seen no response yet (reachability unknown, no skew).
     pub fn new() -> Arc<S3Observer> {
         Arc::new(Self::default())
     }
@@ -75,6 +79,7 @@ impl S3Observer {
         ObserveResponses(self.clone())
     }
 
+    /// What the last response (or failed attempt) said about reaching the store.
     pub fn reachability(&self) -> S3Reachability {
         self.reachability
             .lock()

@@ -21,6 +21,11 @@
 //! chunks and aws-sdk-s3's stalled-stream protection (below 1 B/s for 20 s fails the body)
 //! never fires. A pause never changes the limiter: parts in flight when a pause begins finish
 //! at the last rate in force (unlimited if there was none); only new parts wait.
+//!
+//! Owns the limiter, the admission of parts, and the override and budget state. May use
+//! `config` (its settings), `num`, and the spool directory for its state file; it must not
+//! touch the catalog, the journal or the drain loop. It still builds `status`'s
+//! `ShapingStatus` for the status screen: the one use of `status` left in the drain.
 
 pub mod clock;
 mod period;
@@ -144,6 +149,8 @@ impl Shaper {
         Self::with_clock(ShapingConfig::default(), None, Arc::new(SystemClock))
     }
 
+    /// A shaper for `config` on `clock`; it loads and saves its override and budget counters
+    /// at `state_path` (`None`: persists nothing). The rate applies at once.
     pub fn with_clock(
         config: ShapingConfig,
         state_path: Option<PathBuf>,

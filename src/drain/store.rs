@@ -4,6 +4,9 @@
 //! wrapper [`crate::drain::fault::FaultStore`] wraps any store for tests. Drain logic is written
 //! once, generic over this trait. Errors are classified here, once, so that no retry policy ever
 //! matches strings.
+//!
+//! Owns the trait, its request and answer types and the error kinds. Uses nothing of the
+//! crate but `num`: every other part of the drain depends on it, not the reverse.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -35,6 +38,7 @@ pub enum S3ErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{operation}: {message}")]
 pub struct S3Error {
+    /// What the drain does about it (retry, fail, restart, settle).
     pub kind: S3ErrorKind,
     /// The S3 operation, e.g. "UploadPart".
     pub operation: &'static str,
@@ -43,6 +47,7 @@ pub struct S3Error {
 }
 
 impl S3Error {
+    /// An error of `kind` from `operation`, with the message for humans.
     pub fn new(kind: S3ErrorKind, operation: &'static str, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -51,6 +56,7 @@ impl S3Error {
         }
     }
 
+    /// Whether the drain retries it (with backoff, forever): a transient error.
     pub fn is_retryable(&self) -> bool {
         self.kind == S3ErrorKind::Transient
     }
@@ -73,7 +79,9 @@ pub const META_BOX: &str = "box";
 /// What HEAD tells about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectHead {
+    /// Content-Length of the object, in bytes.
     pub size: u64,
+    /// Its user metadata (`x-amz-meta-*`), names lower-case without the prefix.
     pub metadata: ObjectMetadata,
     /// As the store answered it, quotes removed.
     pub etag: Option<String>,
@@ -86,6 +94,7 @@ pub struct ObjectHead {
 pub struct CompletedPart {
     /// 1-based part number.
     pub number: u32,
+    /// The ETag UploadPart answered, quotes removed.
     pub etag: String,
     /// The part's CRC32C and length, for an upload created with a full-object CRC32C: the
     /// object's is combined from them (no pass over the file), and Complete sends both.
@@ -108,6 +117,7 @@ pub fn full_object_crc32c(parts: &[CompletedPart]) -> Option<u32> {
 /// What UploadPart returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadedPart {
+    /// The ETag the store answered, quotes removed.
     pub etag: String,
     /// CRC32C of the bytes the store read from the body and sent: summed while streaming a
     /// file range, so that the drain need not read the part a second time for it.
@@ -117,7 +127,9 @@ pub struct UploadedPart {
 /// An open multipart upload as ListMultipartUploads reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenUpload {
+    /// The full object key it was created for.
     pub key: String,
+    /// Its id, as CreateMultipartUpload returned it.
     pub upload_id: String,
 }
 
@@ -129,7 +141,9 @@ pub struct OpenUpload {
 /// (tests, tools).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
+    /// Bytes in memory, sent as they are.
     Bytes(Bytes),
+    /// A range of a spool file, streamed from the file on every attempt.
     File(FileRange),
 }
 
@@ -141,9 +155,13 @@ pub enum Body {
 /// sealed, and a part being sent must not lose its file then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRange {
+    /// The spool file (sealed, or receiving for the early drain).
     pub path: PathBuf,
+    /// First byte of the range in the file.
     pub offset: u64,
+    /// Bytes in the range.
     pub len: u64,
+    /// The file already open, read instead of `path` (see above).
     pub open: Option<OpenFile>,
 }
 
@@ -169,6 +187,7 @@ impl Body {
         }
     }
 
+    /// Whether the body has no bytes (an empty file's PUT).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -192,6 +211,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// The bucket every key is in (for delivery records).
     fn bucket(&self) -> &str;
 
+    /// Writes the whole object in one request (files below one part), with `metadata`.
     fn put_object(
         &self,
         key: &str,
@@ -225,6 +245,8 @@ pub trait ObjectStore: Send + Sync + 'static {
         crc32c: bool,
     ) -> impl Future<Output = Result<UploadedPart, S3Error>> + Send;
 
+    /// Makes the object of `parts` (in part order), closing the upload. `NoSuchUpload` may
+    /// mean it was completed already (an earlier answer lost): the drain settles that by HEAD.
     fn complete_multipart_upload(
         &self,
         key: &str,
@@ -232,6 +254,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         parts: &[CompletedPart],
     ) -> impl Future<Output = Result<(), S3Error>> + Send;
 
+    /// Drops an open upload and its parts; `NoSuchUpload` if it is gone already.
     fn abort_multipart_upload(
         &self,
         key: &str,

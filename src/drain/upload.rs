@@ -69,11 +69,14 @@ use queue::Queue;
 pub struct DrainConfig {
     /// Object key = prefix + user + "/" + path.
     pub prefix: String,
+    /// Bytes per part of a new multipart upload (raised for a file that would need more
+    /// than 10 000 parts, see [`part_size_for`]); files below it go in one PUT.
     pub part_size: u64,
     /// Parts (or small-file PUTs) in flight at most.
     pub concurrency: usize,
     /// First retry delay; doubles per attempt up to `backoff_max`.
     pub backoff_base: Duration,
+    /// Longest retry delay.
     pub backoff_max: Duration,
     /// How long a freshly sealed file waits before its upload starts.
     pub settle: Duration,
@@ -82,6 +85,7 @@ pub struct DrainConfig {
     /// A failed file is retried by itself this long after it failed, then after twice
     /// that, up to `failed_retry_max` between attempts (see `failed_retry`).
     pub failed_retry_first: Duration,
+    /// Longest delay between automatic retries of a failed file.
     pub failed_retry_max: Duration,
 }
 
@@ -105,6 +109,7 @@ struct Ended {
 }
 
 impl DrainConfig {
+    /// The object key of `path` uploaded by `user`: prefix + user + "/" + path.
     pub fn object_key(&self, user: &str, path: &crate::spool::VPath) -> String {
         format!("{}{}/{}", self.prefix, user, path.as_str())
     }
@@ -113,8 +118,11 @@ impl DrainConfig {
 /// Counters for status and tests.
 #[derive(Debug, Default)]
 pub struct DrainStats {
+    /// Bytes of parts and single PUTs the store accepted (a part sent again counts again).
     pub bytes_sent: AtomicU64,
+    /// Parts the store accepted and the journal recorded.
     pub parts_sent: AtomicU64,
+    /// Files verified in S3 and journalled `Delivered`.
     pub files_delivered: AtomicU64,
     /// Files currently retrying a transient error, with that error.
     pub retrying: Mutex<HashMap<FileId, String>>,
@@ -184,6 +192,7 @@ pub struct Drain<S: ObjectStore> {
 }
 
 impl<S: ObjectStore> Drain<S> {
+    /// A drain whose parts start as soon as a `concurrency` slot is free (no shaper).
     pub fn new(store: Arc<S>, spool: Arc<Spool>, cfg: DrainConfig) -> Arc<Self> {
         Self::with_shaper(store, spool, cfg, None)
     }
@@ -210,10 +219,12 @@ impl<S: ObjectStore> Drain<S> {
         })
     }
 
+    /// The drain's counters (status and tests read them).
     pub fn stats(&self) -> &Arc<DrainStats> {
         &self.ctx.stats
     }
 
+    /// The configuration the drain runs with.
     pub fn config(&self) -> &DrainConfig {
         &self.ctx.cfg
     }

@@ -20,6 +20,10 @@
 //! The SDK gets a retryable body: every attempt (and every clone the SDK asks for) starts again
 //! from the file. What the last body to reach the end read, or the read error that stopped a
 //! body, is left in the request's [`BodyReport`].
+//!
+//! Owns the reading of spool ranges for request bodies. May use `store`'s [`FileRange`], the
+//! shaper (pacing), `limits` and `num`; it reads spool files only through the ranges it is
+//! given and never looks at the catalog or the journal.
 
 use std::fs::File;
 use std::future::Future;

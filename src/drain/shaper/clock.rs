@@ -1,6 +1,8 @@
 //! Where the shaper gets its time: the wall clock and whether the kernel trusts it (a trait, so
 //! that tests set both), and a Tokio-timed clock for the `async-speed-limit` limiter (so that
 //! the limiter runs on the runtime's timer, and tests can pause time).
+//!
+//! Owns time for the shaper; uses nothing of the crate.
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -11,6 +13,7 @@ use jiff::Timestamp;
 
 /// The wall clock, as the shaper sees it.
 pub trait WallClock: Send + Sync {
+    /// The current wall time (which may be wrong: see `kernel_synced`).
     fn now(&self) -> Timestamp;
     /// Whether the kernel says the clock is synchronised (NTP).
     fn kernel_synced(&self) -> bool;
@@ -44,6 +47,7 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
+    /// A clock stopped at `now`, synchronised or not.
     pub fn new(now: Timestamp, synced: bool) -> Self {
         Self {
             now: Mutex::new(now),
@@ -51,6 +55,7 @@ impl ManualClock {
         }
     }
 
+    /// Moves the clock to `now` (backwards too).
     pub fn set(&self, now: Timestamp) {
         *self
             .now
@@ -58,6 +63,7 @@ impl ManualClock {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
     }
 
+    /// Sets whether the kernel would call the clock synchronised.
     pub fn set_synced(&self, synced: bool) {
         self.synced.store(synced, Ordering::Relaxed);
     }

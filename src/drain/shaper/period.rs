@@ -1,5 +1,7 @@
 //! Budget periods (a local day, a calendar month) and how times are shown to people, in the
 //! schedule's zone.
+//!
+//! Pure calendar arithmetic over jiff; uses nothing of the crate but its parent's types.
 
 use jiff::{Timestamp, ZonedDateTime};
 

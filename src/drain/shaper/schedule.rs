@@ -1,6 +1,8 @@
 //! The weekly schedule, evaluated: which rate applies at a moment, by which window, and when
 //! that changes next. Pure functions of the configuration and a zoned time, so that tests can
 //! try any moment in any zone.
+//!
+//! Owns no state; may use `config`'s schedule types only.
 
 use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
@@ -15,6 +17,7 @@ const NEXT_CHANGE_SEARCH_DAYS: i64 = 8;
 /// What the schedule says at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scheduled {
+    /// The rate in force.
     pub rate: Rate,
     /// Index of the window in force, `None` for the default rate.
     pub window: Option<usize>,

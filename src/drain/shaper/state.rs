@@ -5,6 +5,9 @@
 //! the old or the new state, never a torn one. An unreadable file is logged and ignored: the
 //! shaper then starts without override and with empty budgets, which is the configured
 //! behaviour.
+//!
+//! Owns the state file's format and its atomic write; may use `config`'s `Rate` and nothing
+//! else of the crate (the shaper decides what the state means).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ const STATE_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// A runtime override (`sftpgw drain pause|rate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Override {
+    /// The rate it sets (`Paused` for `sftpgw drain pause`).
     pub rate: Rate,
     /// Wall time (Unix seconds) when it ends; `None`: until `sftpgw drain resume`.
     pub until_unix: Option<u64>,
@@ -31,15 +35,20 @@ pub struct Override {
 pub struct PeriodUsage {
     /// The period, in the schedule's zone: "2026-11-27" for a day, "2026-11" for a month.
     pub period: String,
+    /// Upload body bytes handed to the network in the period (every attempt counts).
     pub used_bytes: u64,
 }
 
+/// What the shaper keeps across restarts, in [`STATE_FILE_NAME`] (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
+    /// The runtime override in force, if any.
     #[serde(default, rename = "override")]
     pub override_: Option<Override>,
+    /// Bytes sent in the current day, for the daily budget.
     #[serde(default)]
     pub daily: Option<PeriodUsage>,
+    /// Bytes sent in the current month, for the monthly budget.
     #[serde(default)]
     pub monthly: Option<PeriodUsage>,
 }

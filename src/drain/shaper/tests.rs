@@ -1,4 +1,7 @@
 //! The shaper with a hand-set wall clock: admission, override, budgets, clock trust, pacing.
+//!
+//! Tests only: they may use anything of the shaper, and nothing outside the drain but
+//! `config`.
 
 use std::time::Duration;
 
