@@ -431,6 +431,16 @@ mod tests {
         (dir, path)
     }
 
+    /// The whole of `file`, written at `path`, as a range.
+    fn whole(path: std::path::PathBuf, file: &[u8]) -> FileRange {
+        FileRange {
+            path,
+            offset: 0,
+            len: file.len() as u64,
+            open: None,
+        }
+    }
+
     fn bytes(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 131 + i / 977) as u8).collect()
     }
@@ -498,12 +508,7 @@ mod tests {
         };
         let clock = ManualClock::new(jiff::Timestamp::now(), true);
         let shaper = Shaper::with_clock(config, None, Arc::new(clock));
-        let range = FileRange {
-            path,
-            offset: 0,
-            len: file.len() as u64,
-            open: None,
-        };
+        let range = whole(path, &file);
         let mut body = FileRangeBody::new(range, Arc::default());
         body.pacer = Some(shaper.clone());
         let waker = futures::task::noop_waker();
@@ -525,12 +530,7 @@ mod tests {
         let file = bytes(3 * BODY_CHUNK_BYTES + 7);
         let (_dir, path) = file_with(&file);
         let shaper = Shaper::unlimited();
-        let range = FileRange {
-            path,
-            offset: 0,
-            len: file.len() as u64,
-            open: None,
-        };
+        let range = whole(path, &file);
         let first = byte_stream(range, Arc::default(), Some(shaper.clone())).into_inner();
         // What the SDK does for a retry: a fresh body from the same request.
         let retry = first.try_clone().expect("a retryable body");
@@ -551,12 +551,7 @@ mod tests {
     async fn a_body_holds_two_buffers_and_waits_for_hyper_to_give_one_back() {
         let file = bytes(5 * BODY_CHUNK_BYTES);
         let (_dir, path) = file_with(&file);
-        let range = FileRange {
-            path,
-            offset: 0,
-            len: file.len() as u64,
-            open: None,
-        };
+        let range = whole(path, &file);
         let mut body = FileRangeBody::new(range, Arc::default());
         let wakes = Arc::new(CountingWaker::default());
         let waker = futures::task::waker(wakes.clone());
