@@ -653,27 +653,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn endpoint_without_scheme_is_rejected() {
+    #[tokio::test]
+    async fn endpoint_without_scheme_is_rejected() {
+        // A configuration valid but for its endpoint: the embedded server's.
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            crate::s3server::S3Server::start(crate::s3server::S3ServerConfig::loopback(dir.path()))
+                .await
+                .unwrap();
         let cfg = S3Config {
             endpoint: Some("127.0.0.1:9000".to_owned()),
-            region: "us-east-1".to_owned(),
-            bucket: "b".to_owned(),
-            prefix: String::new(),
-            path_style: true,
-            access_key_id: "a".to_owned(),
-            secret_access_key: "s".to_owned(),
-            part_size: crate::limits::PART_SIZE_BYTES_MIN,
-            concurrency: 1,
-            checksums: ChecksumMode::WhenRequired,
-            early_drain: true,
-            failed_retry: crate::config::FAILED_RETRY_DEFAULT,
-            failed_retry_max: crate::config::FAILED_RETRY_MAX_DEFAULT,
-            overwrite: crate::config::OverwriteMode::Replace,
-            manifest_interval: None,
-            full_object_checksum: true,
+            ..crate::s3server::test_s3_config(&server)
         };
         let err = AwsStore::new(&cfg).unwrap_err();
         assert_eq!(err.kind, S3ErrorKind::Permanent);
+        server.shutdown().await;
     }
 }
