@@ -56,11 +56,7 @@ impl<S: ObjectStore> Ctx<S> {
                     tracing::error!(event = "conflict", id = file.id, user = %file.user,
                         path = %file.path.display(), key, cause = %why,
                         "not uploaded: the key holds another object; kept on the spool until `sftpgw retry`");
-                    crate::telemetry::record_error(
-                        crate::telemetry::ErrorKind::S3Permanent,
-                        Some(format!("{}:{}", file.user, file.path.display())),
-                        &why,
-                    );
+                    record_given_up(&file, &why);
                     let _ = self
                         .spool
                         .record_conflict(file.id, &why, self.current(key))
@@ -72,11 +68,7 @@ impl<S: ObjectStore> Ctx<S> {
                     tracing::error!(event = "failed", id = file.id, user = %file.user,
                         path = %file.path.display(), key, cause = %e,
                         "upload failed permanently; kept on the spool and retried by itself on a long backoff, or at once with `sftpgw retry`");
-                    crate::telemetry::record_error(
-                        crate::telemetry::ErrorKind::S3Permanent,
-                        Some(format!("{}:{}", file.user, file.path.display())),
-                        &e.to_string(),
-                    );
+                    record_given_up(&file, &e.to_string());
                     let _ = self
                         .spool
                         .record_failed(file.id, &e.to_string(), self.current(key))
@@ -226,4 +218,14 @@ impl<S: ObjectStore> Ctx<S> {
         }
         Ok(())
     }
+}
+
+/// Counts a file the drain gives up on (failed, or a conflict at its key) among the errors
+/// telemetry reports, under its user and path.
+fn record_given_up(file: &FileRecord, cause: &str) {
+    crate::telemetry::record_error(
+        crate::telemetry::ErrorKind::S3Permanent,
+        Some(format!("{}:{}", file.user, file.path.display())),
+        cause,
+    );
 }
