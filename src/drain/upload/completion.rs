@@ -3,7 +3,8 @@
 //! earlier answer was lost (`NoSuchUpload`), settled by HEAD with our upload token. What
 //! follows a Complete is `settling`'s.
 //!
-//! May use the store and the spool's journal of the upload.
+//! May use the store and the spool's journal of the upload; it sends no part and never
+//! records a delivery itself (`settling` does, after HEAD).
 
 use super::create::has_full_object_crc32c;
 use super::{Ctx, Stop};

@@ -3,7 +3,7 @@
 //! journalled after it.
 //!
 //! May use the store and the spool's journal; strays a lost create answer left are handed to
-//! `aborts`.
+//! `aborts`. It sends no part and completes nothing.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -2,7 +2,8 @@
 //! missing parts are sent (at most `concurrency` in flight) before its completion; and what
 //! the end of a delivery means for the file (delivered, conflict, failed, or start again).
 //!
-//! May use the store, the spool's journal of the upload, and telemetry.
+//! May use the store, the spool's journal of the upload, and telemetry; it reads no spool
+//! bytes itself (bodies are `parts`' ranges, whole-file passes are `passes`').
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

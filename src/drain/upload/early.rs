@@ -3,7 +3,8 @@
 //! checks those parts against the sealed bytes before the Complete).
 //!
 //! May use the spool's live view of files being received; parts go through `parts` and the
-//! delivery after the seal through `deliver`.
+//! delivery after the seal through `deliver`. It never completes an upload: nothing is
+//! completed before the seal.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;

@@ -2,7 +2,8 @@
 //! one part sent and journalled, and request bodies that are ranges of spool files (streamed
 //! by the store, never held in memory whole).
 //!
-//! May use the store, the shaper and the spool's files and journal.
+//! May use the store, the shaper and the spool's files and journal; which parts to send, and
+//! what a part's stop means for the upload, are its callers' to decide.
 
 use std::sync::atomic::Ordering;
 
