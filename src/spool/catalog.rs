@@ -3,7 +3,8 @@
 //!
 //! Live operations and journal replay go through the same [`Catalog::apply`], so the state after
 //! a restart is the state before it by construction. `apply` is total: a record about an unknown
-//! file (for instance after compaction raced a removal) is ignored, never a panic.
+//! file (for instance after compaction raced a removal) is ignored, never a panic; a record that
+//! does not fit its file's state is refused with an [`InvalidTransition`], counted and logged.
 
 pub(super) mod index;
 
@@ -295,6 +296,62 @@ pub struct Catalog {
     pub max_id: FileId,
     index: Index,
     retention: DeliveredRetention,
+    /// Records that did not fit their file's state (see [`Catalog::apply`]).
+    invalid_transitions: u64,
+    /// Record kinds whose invalid transition was logged already: at most one entry per kind.
+    invalid_kinds_logged: Vec<&'static str>,
+}
+
+/// A record that does not fit the file it is about: a bug in whoever wrote it, or a journal
+/// damaged in the middle. [`Catalog::apply`] ignores it and says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {record} record for file {id} met {met}")]
+pub struct InvalidTransition {
+    /// The record's kind, as the enum spells it (`Delivered`, `PartDone`, ...).
+    pub record: &'static str,
+    /// The file the record is about.
+    pub id: FileId,
+    /// What the record met instead of a state it fits.
+    pub met: Met,
+}
+
+impl InvalidTransition {
+    fn new(record: &'static str, id: FileId, met: Met) -> InvalidTransition {
+        InvalidTransition { record, id, met }
+    }
+}
+
+/// What an invalid record met: why it did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Met {
+    /// The file in this state (a seal of a sealed file, a delivery of a failed one, an
+    /// `Opened` of an id already known).
+    State(FileState),
+    /// A version no name reaches (a rename of it).
+    Hidden,
+    /// A directory at the file's name (an `Opened` or a rename onto it).
+    Directory,
+    /// A file without a recorded upload (a part done for it).
+    NoUpload,
+}
+
+impl std::fmt::Display for Met {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Met::State(state) => write!(f, "it {}", state.name()),
+            Met::Hidden => f.write_str("it hidden"),
+            Met::Directory => f.write_str("a directory at its name"),
+            Met::NoUpload => f.write_str("it without an upload"),
+        }
+    }
+}
+
+/// What a `Sealed` or `SealedAppended` record says of the sealed file.
+struct Seal {
+    size: u64,
+    sha256: Option<[u8; 32]>,
+    appended_only: bool,
+    at_unix: u64,
 }
 
 /// The file a record is about, if any.
@@ -507,19 +564,50 @@ impl Catalog {
 
     /// Applies one record and returns what the caller must clean up. Delivered files beyond
     /// the retention's count leave the catalog here (deterministically, so replay agrees).
-    pub fn apply(&mut self, record: &Record) -> Effects {
+    ///
+    /// A record that does not fit the state of its file changes nothing and is returned as an
+    /// [`InvalidTransition`]: counted ([`Catalog::invalid_transitions`]) and logged once per
+    /// record kind. Records that may meet a file in another state by design are not errors
+    /// and stay silent: any record about a file the catalog no longer knows (removed,
+    /// superseded, forgotten by retention), an upload intent already noted or beyond
+    /// [`UPLOAD_INTENTS_PER_FILE_COUNT_MAX`], and `Retried` of a file no longer failed (a
+    /// retry raced the drain's own).
+    pub fn apply(&mut self, record: &Record) -> Result<Effects, InvalidTransition> {
         if let Some(id) = record_file(record) {
             self.index.touch(id);
         }
-        let effects = self.apply_to_state(record);
+        let mut effects = Effects::default();
+        let applied = self.apply_to_state(record, &mut effects);
         self.index.refile(&self.files);
+        if let Err(invalid) = applied {
+            self.count_invalid(&invalid);
+            return Err(invalid);
+        }
         while self.index.count(FileState::Delivered) > self.retention.files_count_max {
             let Some((_, oldest)) = self.index.delivered().next() else {
                 break;
             };
             self.forget_delivered(oldest);
         }
-        effects
+        Ok(effects)
+    }
+
+    /// Records that did not fit the state of their file since the catalog was made (journal
+    /// replay included): each one is a bug, or a journal damaged in the middle.
+    pub fn invalid_transitions(&self) -> u64 {
+        self.invalid_transitions
+    }
+
+    /// Counts `invalid` and logs it if it is the first of its record kind: a replay of a bad
+    /// journal must not flood the log.
+    fn count_invalid(&mut self, invalid: &InvalidTransition) {
+        self.invalid_transitions += 1;
+        if !self.invalid_kinds_logged.contains(&invalid.record) {
+            self.invalid_kinds_logged.push(invalid.record);
+            tracing::error!(record = invalid.record, id = invalid.id, met = %invalid.met,
+                "journal record does not fit its file's state; ignored (further ones of this \
+                 kind are only counted)");
+        }
     }
 
     /// Forgets delivered files older than the retention's age (by `now_unix`); returns how
@@ -552,135 +640,51 @@ impl Catalog {
         self.index.refile(&self.files);
     }
 
-    fn apply_to_state(&mut self, record: &Record) -> Effects {
-        let mut effects = Effects::default();
+    /// The change `record` makes, one helper per record kind. An error leaves the catalog
+    /// and `effects` untouched: every check comes before the first change.
+    fn apply_to_state(
+        &mut self,
+        record: &Record,
+        effects: &mut Effects,
+    ) -> Result<(), InvalidTransition> {
         match record {
             // The bytes are for recovery; the `Sealed` record after it changes the state.
             Record::InlineData { .. } => {}
-            Record::Mkdir { user, path } => {
-                self.names
-                    .entry((user.clone(), path.clone()))
-                    .or_insert(Node::Dir);
-            }
-            Record::Rmdir { user, path } => {
-                let key = (user.clone(), path.clone());
-                if self.names.get(&key) == Some(&Node::Dir) {
-                    self.names.remove(&key);
-                }
-            }
+            Record::Mkdir { user, path } => self.mkdir(user, path),
+            Record::Rmdir { user, path } => self.rmdir(user, path),
             Record::Opened {
                 id,
                 user,
                 path,
                 at_unix,
-            } => {
-                self.max_id = self.max_id.max(*id);
-                if self.files.contains_key(id)
-                    || self.names.get(&(user.clone(), path.clone())) == Some(&Node::Dir)
-                {
-                    // Ids never repeat, and a file never replaces a directory.
-                    return effects;
-                }
-                let key = (user.clone(), path.clone());
-                if let Some(Node::File(old)) = self.names.get(&key).copied()
-                    && let Some(old_file) = self.files.get_mut(&old)
-                {
-                    self.index.touch(old);
-                    match old_file.state {
-                        // A partial or receiving version is simply replaced.
-                        FileState::Receiving | FileState::Partial => {
-                            self.drop_file(old, &mut effects);
-                        }
-                        // A delivered version is only a listing: replaced too.
-                        FileState::Delivered => {
-                            self.files.remove(&old);
-                        }
-                        // A pending version keeps uploading until the new one is sealed.
-                        _ => old_file.hidden = true,
-                    }
-                }
-                self.names.insert(key, Node::File(*id));
-                self.files.insert(
-                    *id,
-                    FileRecord {
-                        id: *id,
-                        user: user.clone(),
-                        path: path.clone(),
-                        state: FileState::Receiving,
-                        size: 0,
-                        sha256: None,
-                        appended_only: false,
-                        mtime_unix: *at_unix,
-                        upload: None,
-                        last_error: None,
-                        delivered_unix: None,
-                        hidden: false,
-                        upload_intents: Vec::new(),
-                    },
-                );
-            }
+            } => return self.open_file(*id, user, path, *at_unix, effects),
             Record::Sealed {
                 id,
                 size,
                 sha256,
                 at_unix,
-            } => self.seal(
-                *id,
-                *size,
-                *sha256,
-                sha256.is_some(),
-                *at_unix,
-                &mut effects,
-            ),
-            Record::SealedAppended { id, size, at_unix } => {
-                self.seal(*id, *size, None, true, *at_unix, &mut effects)
-            }
-            Record::Renamed { id, path } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
+            } => {
+                let seal = Seal {
+                    size: *size,
+                    sha256: *sha256,
+                    appended_only: sha256.is_some(),
+                    at_unix: *at_unix,
                 };
-                if file.hidden
-                    || self.names.get(&(file.user.clone(), path.clone())) == Some(&Node::Dir)
-                {
-                    // Not reachable by name, or onto a directory: not a valid rename.
-                    return effects;
-                }
-                let user = file.user.clone();
-                let settled = !matches!(file.state, FileState::Receiving | FileState::Partial);
-                let old_key = (user.clone(), file.path.clone());
-                file.path = path.clone();
-                if file.state == FileState::Uploading {
-                    file.state = FileState::Sealed;
-                }
-                if let Some(upload) = file.upload.take() {
-                    effects.abort_uploads.push((upload.key, upload.upload_id));
-                }
-                if self.names.get(&old_key) == Some(&Node::File(*id)) {
-                    self.names.remove(&old_key);
-                }
-                let new_key = (user.clone(), path.clone());
-                if let Some(Node::File(old)) = self.names.insert(new_key, Node::File(*id))
-                    && old != *id
-                {
-                    self.drop_file(old, &mut effects);
-                }
-                if settled {
-                    // Like a seal at the new name: older pending versions there are superseded.
-                    self.drop_hidden_versions(&user, path, *id, &mut effects);
-                }
+                return self.seal("Sealed", *id, seal, effects);
             }
-            Record::Removed { id } => self.drop_file(*id, &mut effects),
+            Record::SealedAppended { id, size, at_unix } => {
+                let seal = Seal {
+                    size: *size,
+                    sha256: None,
+                    appended_only: true,
+                    at_unix: *at_unix,
+                };
+                return self.seal("SealedAppended", *id, seal, effects);
+            }
+            Record::Renamed { id, path } => return self.rename_file(*id, path, effects),
+            Record::Removed { id } => self.drop_file(*id, effects),
             Record::UploadIntent { id, key, at_unix } => {
-                if let Some(file) = self.files.get_mut(id)
-                    && file.state != FileState::Delivered
-                    && !file.upload_intents.iter().any(|i| &i.key == key)
-                    && file.upload_intents.len() < UPLOAD_INTENTS_PER_FILE_COUNT_MAX
-                {
-                    file.upload_intents.push(UploadIntent {
-                        key: key.clone(),
-                        at_unix: *at_unix,
-                    });
-                }
+                return self.note_upload_intent(*id, key, *at_unix);
             }
             Record::UploadStarted {
                 id,
@@ -689,141 +693,341 @@ impl Catalog {
                 part_size,
                 token,
             } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                file.upload_intents.clear();
-                let early = match file.state {
-                    FileState::Sealed | FileState::Uploading => {
-                        file.state = FileState::Uploading;
-                        false
-                    }
-                    // Early drain: the state stays; `Sealed` turns it into `Uploading`.
-                    FileState::Receiving | FileState::Partial => true,
-                    FileState::Delivered | FileState::Failed | FileState::Conflict => {
-                        return effects;
-                    }
-                };
-                if let Some(old) = file.upload.take() {
-                    effects.abort_uploads.push((old.key, old.upload_id));
-                }
-                file.upload = Some(UploadProgress {
+                let upload = UploadProgress {
                     key: key.clone(),
                     upload_id: upload_id.clone(),
                     part_size: *part_size,
                     token: token.clone(),
                     parts: BTreeMap::new(),
-                    early,
-                });
+                    early: false,
+                };
+                return self.start_upload(*id, upload, effects);
             }
             Record::PartDone {
                 id,
                 number,
                 etag,
                 crc32c,
-            } => {
-                if let Some(upload) = self.files.get_mut(id).and_then(|f| f.upload.as_mut()) {
-                    upload.parts.insert(
-                        *number,
-                        PartReceipt {
-                            etag: etag.clone(),
-                            crc32c: *crc32c,
-                        },
-                    );
-                }
-            }
-            Record::UploadReset { id } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                if let Some(upload) = file.upload.take() {
-                    effects.abort_uploads.push((upload.key, upload.upload_id));
-                }
-                if file.state == FileState::Uploading {
-                    file.state = FileState::Sealed;
-                }
-            }
-            Record::Delivered { id, at_unix } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
-                    return effects;
-                }
-                file.state = FileState::Delivered;
-                file.upload = None;
-                file.upload_intents.clear();
-                file.last_error = None;
-                file.delivered_unix = Some(*at_unix);
-                effects.free_spool.push(*id);
-                if file.hidden {
-                    self.files.remove(id);
-                }
-            }
+            } => return self.part_done(*id, *number, etag, *crc32c),
+            Record::UploadReset { id } => self.reset_upload(*id, effects),
+            Record::Delivered { id, at_unix } => return self.deliver(*id, *at_unix, effects),
             Record::Failed { id, error } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
-                    return effects;
-                }
-                file.state = FileState::Failed;
-                file.last_error = Some(error.clone());
+                return self.settle_unsent("Failed", *id, FileState::Failed, error, effects);
             }
             Record::Conflict { id, error } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
-                    return effects;
-                }
-                file.state = FileState::Conflict;
-                file.last_error = Some(error.clone());
-                if let Some(u) = file.upload.take() {
-                    effects.abort_uploads.push((u.key, u.upload_id));
-                }
+                return self.settle_unsent("Conflict", *id, FileState::Conflict, error, effects);
             }
-            Record::Hidden { id } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                file.hidden = true;
-                let key = (file.user.clone(), file.path.clone());
-                if self.names.get(&key) == Some(&Node::File(*id)) {
-                    self.names.remove(&key);
-                }
-            }
-            Record::Retried { id } => {
-                let Some(file) = self.files.get_mut(id) else {
-                    return effects;
-                };
-                if matches!(file.state, FileState::Failed | FileState::Conflict) {
-                    file.last_error = None;
-                    file.state = if file.upload.is_some() {
-                        FileState::Uploading
-                    } else {
-                        FileState::Sealed
-                    };
-                }
-            }
+            Record::Hidden { id } => self.hide(*id),
+            Record::Retried { id } => self.retry(*id),
         }
-        effects
+        Ok(())
     }
 
-    fn seal(
+    /// `Mkdir`: a directory at `path`, unless the name is taken.
+    fn mkdir(&mut self, user: &str, path: &VPath) {
+        self.names
+            .entry((user.to_owned(), path.clone()))
+            .or_insert(Node::Dir);
+    }
+
+    /// `Rmdir`: the directory at `path` leaves the namespace (a file there stays).
+    fn rmdir(&mut self, user: &str, path: &VPath) {
+        let key = (user.to_owned(), path.clone());
+        if self.names.get(&key) == Some(&Node::Dir) {
+            self.names.remove(&key);
+        }
+    }
+
+    /// `Opened`: a new version at `path`, replacing or hiding the version there.
+    fn open_file(
         &mut self,
         id: FileId,
-        size: u64,
-        sha256: Option<[u8; 32]>,
-        appended_only: bool,
+        user: &str,
+        path: &VPath,
         at_unix: u64,
         effects: &mut Effects,
-    ) {
+    ) -> Result<(), InvalidTransition> {
+        self.max_id = self.max_id.max(id);
+        let key = (user.to_owned(), path.clone());
+        // Ids never repeat, and a file never replaces a directory.
+        if let Some(file) = self.files.get(&id) {
+            return Err(InvalidTransition::new("Opened", id, Met::State(file.state)));
+        }
+        if self.names.get(&key) == Some(&Node::Dir) {
+            return Err(InvalidTransition::new("Opened", id, Met::Directory));
+        }
+        if let Some(Node::File(old)) = self.names.get(&key).copied()
+            && let Some(old_file) = self.files.get_mut(&old)
+        {
+            self.index.touch(old);
+            match old_file.state {
+                // A partial or receiving version is simply replaced.
+                FileState::Receiving | FileState::Partial => self.drop_file(old, effects),
+                // A delivered version is only a listing: replaced too.
+                FileState::Delivered => {
+                    self.files.remove(&old);
+                }
+                // A pending version keeps uploading until the new one is sealed.
+                _ => old_file.hidden = true,
+            }
+        }
+        self.names.insert(key, Node::File(id));
+        self.files.insert(
+            id,
+            FileRecord {
+                id,
+                user: user.to_owned(),
+                path: path.clone(),
+                state: FileState::Receiving,
+                size: 0,
+                sha256: None,
+                appended_only: false,
+                mtime_unix: at_unix,
+                upload: None,
+                last_error: None,
+                delivered_unix: None,
+                hidden: false,
+                upload_intents: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// `Renamed`: the file moves to `path`; its upload is void.
+    fn rename_file(
+        &mut self,
+        id: FileId,
+        path: &VPath,
+        effects: &mut Effects,
+    ) -> Result<(), InvalidTransition> {
+        let Some(file) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        // Not reachable by name, or onto a directory: not a valid rename.
+        if file.hidden {
+            return Err(InvalidTransition::new("Renamed", id, Met::Hidden));
+        }
+        if self.names.get(&(file.user.clone(), path.clone())) == Some(&Node::Dir) {
+            return Err(InvalidTransition::new("Renamed", id, Met::Directory));
+        }
+        let user = file.user.clone();
+        let settled = !matches!(file.state, FileState::Receiving | FileState::Partial);
+        let old_key = (user.clone(), file.path.clone());
+        file.path = path.clone();
+        if file.state == FileState::Uploading {
+            file.state = FileState::Sealed;
+        }
+        if let Some(upload) = file.upload.take() {
+            effects.abort_uploads.push((upload.key, upload.upload_id));
+        }
+        if self.names.get(&old_key) == Some(&Node::File(id)) {
+            self.names.remove(&old_key);
+        }
+        let new_key = (user.clone(), path.clone());
+        if let Some(Node::File(old)) = self.names.insert(new_key, Node::File(id))
+            && old != id
+        {
+            self.drop_file(old, effects);
+        }
+        if settled {
+            // Like a seal at the new name: older pending versions there are superseded.
+            self.drop_hidden_versions(&user, path, id, effects);
+        }
+        Ok(())
+    }
+
+    /// `UploadIntent`: noted once per key, up to [`UPLOAD_INTENTS_PER_FILE_COUNT_MAX`].
+    fn note_upload_intent(
+        &mut self,
+        id: FileId,
+        key: &str,
+        at_unix: u64,
+    ) -> Result<(), InvalidTransition> {
+        let Some(file) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        if file.state == FileState::Delivered {
+            return Err(InvalidTransition::new(
+                "UploadIntent",
+                id,
+                Met::State(file.state),
+            ));
+        }
+        if !file.upload_intents.iter().any(|i| i.key == key)
+            && file.upload_intents.len() < UPLOAD_INTENTS_PER_FILE_COUNT_MAX
+        {
+            file.upload_intents.push(UploadIntent {
+                key: key.to_owned(),
+                at_unix,
+            });
+        }
+        Ok(())
+    }
+
+    /// `UploadStarted`: `upload` becomes the file's, early if the file is not sealed yet.
+    fn start_upload(
+        &mut self,
+        id: FileId,
+        mut upload: UploadProgress,
+        effects: &mut Effects,
+    ) -> Result<(), InvalidTransition> {
+        let Some(file) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        upload.early = match file.state {
+            FileState::Sealed | FileState::Uploading => false,
+            // Early drain: the state stays; `Sealed` turns it into `Uploading`.
+            FileState::Receiving | FileState::Partial => true,
+            FileState::Delivered | FileState::Failed | FileState::Conflict => {
+                return Err(InvalidTransition::new(
+                    "UploadStarted",
+                    id,
+                    Met::State(file.state),
+                ));
+            }
+        };
+        if !upload.early {
+            file.state = FileState::Uploading;
+        }
+        file.upload_intents.clear();
+        if let Some(old) = file.upload.replace(upload) {
+            effects.abort_uploads.push((old.key, old.upload_id));
+        }
+        Ok(())
+    }
+
+    /// `PartDone`: the part counts for the file's upload.
+    fn part_done(
+        &mut self,
+        id: FileId,
+        number: u32,
+        etag: &str,
+        crc32c: u32,
+    ) -> Result<(), InvalidTransition> {
+        let Some(file) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(upload) = file.upload.as_mut() else {
+            return Err(InvalidTransition::new("PartDone", id, Met::NoUpload));
+        };
+        let receipt = PartReceipt {
+            etag: etag.to_owned(),
+            crc32c,
+        };
+        upload.parts.insert(number, receipt);
+        Ok(())
+    }
+
+    /// `UploadReset`: the upload is void; an uploading file is sealed again.
+    fn reset_upload(&mut self, id: FileId, effects: &mut Effects) {
         let Some(file) = self.files.get_mut(&id) else {
             return;
         };
-        if !matches!(file.state, FileState::Receiving | FileState::Partial) {
+        if let Some(upload) = file.upload.take() {
+            effects.abort_uploads.push((upload.key, upload.upload_id));
+        }
+        if file.state == FileState::Uploading {
+            file.state = FileState::Sealed;
+        }
+    }
+
+    /// `Delivered`: verified in S3; the spool copy is freed, a hidden version forgotten.
+    fn deliver(
+        &mut self,
+        id: FileId,
+        at_unix: u64,
+        effects: &mut Effects,
+    ) -> Result<(), InvalidTransition> {
+        let Some(file) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
+            return Err(InvalidTransition::new(
+                "Delivered",
+                id,
+                Met::State(file.state),
+            ));
+        }
+        file.state = FileState::Delivered;
+        file.upload = None;
+        file.upload_intents.clear();
+        file.last_error = None;
+        file.delivered_unix = Some(at_unix);
+        effects.free_spool.push(id);
+        if file.hidden {
+            self.files.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// `Failed` or `Conflict` (`state`): the file stays in the spool with its cause; a
+    /// conflict's upload is aborted, a failure's kept to resume on retry.
+    fn settle_unsent(
+        &mut self,
+        record: &'static str,
+        id: FileId,
+        state: FileState,
+        error: &str,
+        effects: &mut Effects,
+    ) -> Result<(), InvalidTransition> {
+        let Some(file) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        if !matches!(file.state, FileState::Sealed | FileState::Uploading) {
+            return Err(InvalidTransition::new(record, id, Met::State(file.state)));
+        }
+        file.state = state;
+        file.last_error = Some(error.to_owned());
+        if state == FileState::Conflict
+            && let Some(u) = file.upload.take()
+        {
+            effects.abort_uploads.push((u.key, u.upload_id));
+        }
+        Ok(())
+    }
+
+    /// `Hidden`: the file keeps its state but leaves its name.
+    fn hide(&mut self, id: FileId) {
+        let Some(file) = self.files.get_mut(&id) else {
             return;
+        };
+        file.hidden = true;
+        let key = (file.user.clone(), file.path.clone());
+        if self.names.get(&key) == Some(&Node::File(id)) {
+            self.names.remove(&key);
+        }
+    }
+
+    /// `Retried`: a failed or conflicting file is queued again. Any other state is left as
+    /// it is, silently: `sftpgw retry` picks its files before it journals, and the drain's
+    /// own retry of a failed file may come in between.
+    fn retry(&mut self, id: FileId) {
+        let Some(file) = self.files.get_mut(&id) else {
+            return;
+        };
+        if matches!(file.state, FileState::Failed | FileState::Conflict) {
+            file.last_error = None;
+            file.state = if file.upload.is_some() {
+                FileState::Uploading
+            } else {
+                FileState::Sealed
+            };
+        }
+    }
+
+    /// `Sealed` or `SealedAppended` (`record`): CLOSE of a receiving or partial file.
+    fn seal(
+        &mut self,
+        record: &'static str,
+        id: FileId,
+        seal: Seal,
+        effects: &mut Effects,
+    ) -> Result<(), InvalidTransition> {
+        let Some(file) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        if !matches!(file.state, FileState::Receiving | FileState::Partial) {
+            return Err(InvalidTransition::new(record, id, Met::State(file.state)));
         }
         // An early upload carries on from its parts.
         file.state = if file.upload.is_some() {
@@ -831,13 +1035,14 @@ impl Catalog {
         } else {
             FileState::Sealed
         };
-        file.size = size;
-        file.sha256 = sha256;
-        file.appended_only = appended_only;
-        file.mtime_unix = at_unix;
+        file.size = seal.size;
+        file.sha256 = seal.sha256;
+        file.appended_only = seal.appended_only;
+        file.mtime_unix = seal.at_unix;
         let (user, path) = (file.user.clone(), file.path.clone());
         // Older hidden versions of the same name are superseded now.
         self.drop_hidden_versions(&user, &path, id, effects);
+        Ok(())
     }
 
     /// Forgets a file: its name (if it still points at it), its spool copy and its upload.

@@ -10,7 +10,7 @@ mod handles;
 pub mod identity;
 mod pwrite;
 mod recovery;
-pub use catalog::{DeliveredRetention, StateCounts};
+pub use catalog::{DeliveredRetention, InvalidTransition, StateCounts};
 pub use recovery::{QUARANTINE_LISTED_COUNT_MAX, QuarantinedFile};
 mod dir_sync;
 mod pool;

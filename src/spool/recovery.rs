@@ -109,7 +109,8 @@ impl Spool {
                 Ok(records) => {
                     let mut catalog = self.lock();
                     for record in &records {
-                        catalog.apply(record);
+                        let applied = catalog.apply(record);
+                        debug_assert!(applied.is_ok(), "a reseal refused: {applied:?}");
                     }
                     drop(catalog);
                     tracing::warn!(id, "sealed file sealed again from its identity");
@@ -292,7 +293,8 @@ impl Spool {
         if !fixes.is_empty() {
             let mut catalog = self.lock();
             for r in &fixes {
-                catalog.apply(r);
+                let applied = catalog.apply(r);
+                debug_assert!(applied.is_ok(), "a recovery fix refused: {applied:?}");
             }
             drop(catalog);
             // Durability is not needed: replaying without these records reaches the same fixes.

@@ -39,7 +39,8 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
     })?;
     let mut catalog = Catalog::with_retention(config.spool.delivered_retention);
     for r in &records {
-        catalog.apply(r);
+        // A record that does not fit is ignored, as the daemon's replay does.
+        let _ = catalog.apply(r);
     }
     catalog.end_replay();
     let now = crate::spool::now_unix();

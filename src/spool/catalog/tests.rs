@@ -9,18 +9,29 @@ fn vp(s: &str) -> VPath {
 /// Applies what a new file's life begins with: user `u` opens `path` as `id`, then seals it
 /// at `size` bytes (no SHA-256, at time 0).
 fn open_and_seal(c: &mut Catalog, id: FileId, path: &str, size: u64) {
-    c.apply(&Record::Opened {
-        id,
-        user: "u".into(),
-        path: vp(path),
-        at_unix: 0,
-    });
-    c.apply(&Record::Sealed {
-        id,
-        size,
-        sha256: None,
-        at_unix: 0,
-    });
+    fits(
+        c,
+        &Record::Opened {
+            id,
+            user: "u".into(),
+            path: vp(path),
+            at_unix: 0,
+        },
+    );
+    fits(
+        c,
+        &Record::Sealed {
+            id,
+            size,
+            sha256: None,
+            at_unix: 0,
+        },
+    );
+}
+
+/// Applies `record`, which must fit: a test of a valid history fails on an invalid record.
+fn fits(c: &mut Catalog, record: &Record) -> Effects {
+    c.apply(record).expect("the record fits its file's state")
 }
 
 fn arb_record() -> impl Strategy<Value = Record> {
@@ -103,12 +114,13 @@ proptest! {
     fn snapshot_replays_to_the_same_catalog(records in proptest::collection::vec(arb_record(), 0..60)) {
         let mut live = Catalog::default();
         for r in &records {
-            live.apply(r);
+            // Random histories hold records that do not fit: refused, never a panic.
+            let _ = live.apply(r);
         }
         live.end_replay();
         let mut rebuilt = Catalog::default();
         for r in &live.snapshot_records() {
-            rebuilt.apply(r);
+            rebuilt.apply(r).map_err(|e| TestCaseError::fail(format!("snapshot record {r:?}: {e}")))?;
         }
         rebuilt.end_replay();
         prop_assert_eq!(&live.names, &rebuilt.names);
@@ -128,7 +140,7 @@ proptest! {
             age_secs_max: u64::MAX,
         });
         for r in &records {
-            c.apply(r);
+            let _ = c.apply(r);
             if let Err(e) = c.index.check(&c.files) {
                 return Err(TestCaseError::fail(format!("after {r:?}: {e}")));
             }
@@ -151,7 +163,7 @@ proptest! {
     fn names_never_dangle(records in proptest::collection::vec(arb_record(), 0..60)) {
         let mut c = Catalog::default();
         for r in &records {
-            c.apply(r);
+            let _ = c.apply(r);
             for node in c.names.values() {
                 if let Node::File(id) = node {
                     prop_assert!(c.files.contains_key(id), "dangling name after {:?}", r);
@@ -187,35 +199,47 @@ proptest! {
 fn superseding_a_pending_file_keeps_it_uploading_until_the_new_version_seals() {
     let mut c = Catalog::default();
     let (user, path) = ("u".to_owned(), vp("f"));
-    c.apply(&Record::Opened {
-        id: 1,
-        user: user.clone(),
-        path: path.clone(),
-        at_unix: 0,
-    });
-    c.apply(&Record::Sealed {
-        id: 1,
-        size: 10,
-        sha256: None,
-        at_unix: 0,
-    });
-    c.apply(&Record::Opened {
-        id: 2,
-        user: user.clone(),
-        path: path.clone(),
-        at_unix: 0,
-    });
+    fits(
+        &mut c,
+        &Record::Opened {
+            id: 1,
+            user: user.clone(),
+            path: path.clone(),
+            at_unix: 0,
+        },
+    );
+    fits(
+        &mut c,
+        &Record::Sealed {
+            id: 1,
+            size: 10,
+            sha256: None,
+            at_unix: 0,
+        },
+    );
+    fits(
+        &mut c,
+        &Record::Opened {
+            id: 2,
+            user: user.clone(),
+            path: path.clone(),
+            at_unix: 0,
+        },
+    );
     assert!(
         c.file(1).expect("old").hidden,
         "old version still pending, hidden"
     );
     assert_eq!(c.lookup(&user, &path), Some(Node::File(2)));
-    let effects = c.apply(&Record::Sealed {
-        id: 2,
-        size: 5,
-        sha256: None,
-        at_unix: 0,
-    });
+    let effects = fits(
+        &mut c,
+        &Record::Sealed {
+            id: 2,
+            size: 5,
+            sha256: None,
+            at_unix: 0,
+        },
+    );
     assert!(c.file(1).is_none(), "superseded at the new version's seal");
     assert_eq!(effects.free_spool, vec![1]);
 }
@@ -224,17 +248,23 @@ fn superseding_a_pending_file_keeps_it_uploading_until_the_new_version_seals() {
 fn rename_voids_the_upload_under_the_old_key() {
     let mut c = Catalog::default();
     open_and_seal(&mut c, 1, "a", 10);
-    c.apply(&Record::UploadStarted {
-        id: 1,
-        key: "k".into(),
-        upload_id: "x".into(),
-        part_size: 5,
-        token: "t".into(),
-    });
-    let effects = c.apply(&Record::Renamed {
-        id: 1,
-        path: vp("b"),
-    });
+    fits(
+        &mut c,
+        &Record::UploadStarted {
+            id: 1,
+            key: "k".into(),
+            upload_id: "x".into(),
+            part_size: 5,
+            token: "t".into(),
+        },
+    );
+    let effects = fits(
+        &mut c,
+        &Record::Renamed {
+            id: 1,
+            path: vp("b"),
+        },
+    );
     assert_eq!(
         effects.abort_uploads,
         vec![("k".to_owned(), "x".to_owned())]
@@ -247,25 +277,34 @@ fn rename_voids_the_upload_under_the_old_key() {
 #[test]
 fn an_early_upload_survives_the_seal_compaction_and_replay_and_is_aborted_with_its_file() {
     let mut c = Catalog::default();
-    c.apply(&Record::Opened {
-        id: 1,
-        user: "u".into(),
-        path: vp("a"),
-        at_unix: 0,
-    });
-    c.apply(&Record::UploadStarted {
-        id: 1,
-        key: "k".into(),
-        upload_id: "x".into(),
-        part_size: 5,
-        token: "t".into(),
-    });
-    c.apply(&Record::PartDone {
-        id: 1,
-        number: 1,
-        etag: "e".into(),
-        crc32c: 7,
-    });
+    fits(
+        &mut c,
+        &Record::Opened {
+            id: 1,
+            user: "u".into(),
+            path: vp("a"),
+            at_unix: 0,
+        },
+    );
+    fits(
+        &mut c,
+        &Record::UploadStarted {
+            id: 1,
+            key: "k".into(),
+            upload_id: "x".into(),
+            part_size: 5,
+            token: "t".into(),
+        },
+    );
+    fits(
+        &mut c,
+        &Record::PartDone {
+            id: 1,
+            number: 1,
+            etag: "e".into(),
+            crc32c: 7,
+        },
+    );
     let f = c.file(1).expect("file");
     assert_eq!(
         f.state,
@@ -277,19 +316,22 @@ fn an_early_upload_survives_the_seal_compaction_and_replay_and_is_aborted_with_i
     // Compaction before the seal (the file then replays as partial, upload kept).
     let mut replayed = Catalog::default();
     for r in c.snapshot_records() {
-        replayed.apply(&r);
+        fits(&mut replayed, &r);
     }
     replayed.end_replay();
     let f = replayed.file(1).expect("file");
     assert_eq!(f.state, FileState::Partial);
     assert_eq!(f.upload, c.file(1).expect("file").upload);
 
-    c.apply(&Record::Sealed {
-        id: 1,
-        size: 8,
-        sha256: None,
-        at_unix: 0,
-    });
+    fits(
+        &mut c,
+        &Record::Sealed {
+            id: 1,
+            size: 8,
+            sha256: None,
+            at_unix: 0,
+        },
+    );
     let f = c.file(1).expect("file");
     assert_eq!(
         f.state,
@@ -298,11 +340,11 @@ fn an_early_upload_survives_the_seal_compaction_and_replay_and_is_aborted_with_i
     );
     let mut replayed = Catalog::default();
     for r in c.snapshot_records() {
-        replayed.apply(&r);
+        fits(&mut replayed, &r);
     }
     assert_eq!(replayed.file(1), c.file(1), "still early after compaction");
 
-    let effects = c.apply(&Record::Removed { id: 1 });
+    let effects = fits(&mut c, &Record::Removed { id: 1 });
     assert_eq!(
         effects.abort_uploads,
         vec![("k".to_owned(), "x".to_owned())]
@@ -317,10 +359,13 @@ fn delivered_files_leave_the_catalog_beyond_the_retention_count_and_age() {
     });
     for id in 1..=4u64 {
         open_and_seal(&mut c, id, &format!("f{id}"), 1);
-        c.apply(&Record::Delivered {
-            id,
-            at_unix: 1000 + id,
-        });
+        fits(
+            &mut c,
+            &Record::Delivered {
+                id,
+                at_unix: 1000 + id,
+            },
+        );
     }
     // The two oldest deliveries are gone, with their names; the newest two are listed.
     assert_eq!(
@@ -350,12 +395,15 @@ fn a_file_removed_with_an_unresolved_upload_intent_asks_for_a_stray_search() {
     let mut c = Catalog::default();
     open_and_seal(&mut c, 1, "a", 8);
     // CreateMultipartUpload was sent; its answer never came (or the box crashed first).
-    c.apply(&Record::UploadIntent {
-        id: 1,
-        key: "k".into(),
-        at_unix: 1,
-    });
-    let effects = c.apply(&Record::Removed { id: 1 });
+    fits(
+        &mut c,
+        &Record::UploadIntent {
+            id: 1,
+            key: "k".into(),
+            at_unix: 1,
+        },
+    );
+    let effects = fits(&mut c, &Record::Removed { id: 1 });
     assert_eq!(effects.stray_searches, vec!["k".to_owned()]);
     assert!(
         effects.abort_uploads.is_empty(),
@@ -373,4 +421,57 @@ fn state_names_are_the_ones_json_uses() {
             serde_json::Value::from(state.name())
         );
     }
+}
+
+#[test]
+fn a_record_that_does_not_fit_is_refused_counted_and_changes_nothing() {
+    let mut c = Catalog::default();
+    open_and_seal(&mut c, 1, "a", 8);
+    fits(&mut c, &Record::Delivered { id: 1, at_unix: 5 });
+    let delivered = c.file(1).cloned();
+    let late_failure = Record::failed(1, "late");
+    assert_eq!(
+        c.apply(&late_failure),
+        Err(InvalidTransition {
+            record: "Failed",
+            id: 1,
+            met: Met::State(FileState::Delivered),
+        })
+    );
+    assert_eq!(c.file(1).cloned(), delivered, "nothing changed");
+    assert_eq!(c.invalid_transitions(), 1);
+
+    open_and_seal(&mut c, 2, "b", 3);
+    let sealed_again = Record::SealedAppended {
+        id: 2,
+        size: 4,
+        at_unix: 1,
+    };
+    let refused = c.apply(&sealed_again).expect_err("sealed twice");
+    assert_eq!(refused.met, Met::State(FileState::Sealed));
+    assert_eq!(c.file(2).map(|f| f.size), Some(3));
+    let part = Record::PartDone {
+        id: 2,
+        number: 1,
+        etag: "e".into(),
+        crc32c: 7,
+    };
+    assert_eq!(c.apply(&part).map_err(|e| e.met), Err(Met::NoUpload));
+    assert_eq!(c.invalid_transitions(), 3);
+
+    // Not errors: a record about a file no longer known (removed, forgotten by retention),
+    // a retry of a file that is not failed (it raced the drain's own), an intent noted twice.
+    assert_eq!(
+        c.apply(&Record::Delivered { id: 9, at_unix: 1 }),
+        Ok(Effects::default())
+    );
+    fits(&mut c, &Record::Retried { id: 2 });
+    let intent = Record::UploadIntent {
+        id: 2,
+        key: "k".into(),
+        at_unix: 1,
+    };
+    fits(&mut c, &intent);
+    fits(&mut c, &intent);
+    assert_eq!(c.invalid_transitions(), 3);
 }
