@@ -115,7 +115,7 @@ pub struct UploadIntent {
 pub const FAILURE_CAUSE_BYTES_MAX: usize = 512;
 const _: () = assert!(
     FAILURE_CAUSE_BYTES_MAX + 2 * crate::limits::KEY_BYTES_MAX
-        < crate::limits::RECORD_BYTES_MAX as usize
+        < crate::num::usize_from_u32(crate::limits::RECORD_BYTES_MAX)
 );
 
 impl Record {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 mod index;
+use crate::num::u64_from_usize;
 use index::PathIndex;
 
 /// A log file is closed at this size and a new one started.
@@ -133,14 +134,14 @@ impl DeliveryLog {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.bytes > 0 && current.bytes + line.len() as u64 > self.file_bytes_max {
+        if current.bytes > 0 && current.bytes + u64_from_usize(line.len()) > self.file_bytes_max {
             *current = open_file(&self.dir, current.number + 1)?;
             self.remove_oldest_beyond_bound()?;
         }
         let offset = current.bytes;
         current.file.write_all(&line)?;
         current.file.sync_data()?;
-        current.bytes += line.len() as u64;
+        current.bytes += u64_from_usize(line.len());
         self.index
             .appended(current.number, offset, &delivery.user, &delivery.path);
         Ok(())
@@ -331,7 +332,7 @@ pub fn read_from(spool_dir: &Path, at: LogPosition, bytes_max: usize) -> io::Res
             buf.truncate(end);
             let next = LogPosition {
                 file: at.file,
-                offset: at.offset + end as u64,
+                offset: at.offset + u64_from_usize(end),
             };
             return Ok(LogChunk {
                 lines: buf,

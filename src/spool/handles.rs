@@ -17,6 +17,7 @@ use super::identity::{self, SealedIdentity};
 use super::store::{io_error, no_space, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, OpenMode, Spool, VPath};
 use crate::limits::SEAL_INLINE_BYTES_MAX;
+use crate::num::{u64_from_usize, usize_from_u32};
 
 /// Writes at most this long are hashed on the calling task (about 10 µs with SHA extensions)
 /// instead of on the blocking pool.
@@ -56,7 +57,7 @@ impl SequentialHash {
         self.in_order
             && self.hasher.is_some()
             && offset == self.appended_bytes
-            && self.appended_bytes + len as u64 <= self.hash_bytes_max
+            && self.appended_bytes + u64_from_usize(len) <= self.hash_bytes_max
     }
 
     fn update(&mut self, offset: u64, data: &[u8]) {
@@ -64,7 +65,7 @@ impl SequentialHash {
             return;
         }
         if offset == self.appended_bytes {
-            let end = self.appended_bytes + data.len() as u64;
+            let end = self.appended_bytes + u64_from_usize(data.len());
             match &mut self.hasher {
                 Some(h) if end <= self.hash_bytes_max => h.update(data),
                 // Too big to hash here: the early drain does not need the hash, and the
@@ -329,7 +330,7 @@ impl WriteHandle {
     /// the running hash to stay valid (out-of-order writes are correct, only slower to drain).
     pub async fn write_at(&self, offset: u64, data: Bytes) -> Result<(), FsError> {
         let end = offset
-            .checked_add(data.len() as u64)
+            .checked_add(u64_from_usize(data.len()))
             .ok_or_else(|| FsError::new(FsErrorKind::Failure, "offset out of range"))?;
         let max = self.spool.options().max_file_size;
         if end > max {
@@ -342,7 +343,9 @@ impl WriteHandle {
         }
         // A write past the end also takes the hole before it: the file is uploaded with its
         // holes as zeros, and the disk may fill them in later, so they count as used space.
-        let growth = end.saturating_sub(self.size()).max(data.len() as u64);
+        let growth = end
+            .saturating_sub(self.size())
+            .max(u64_from_usize(data.len()));
         if growth > self.spool.free_after_reserve() {
             return Err(no_space());
         }
@@ -703,11 +706,11 @@ impl ReadHandle {
         }
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len as usize];
+            let mut buf = vec![0u8; usize_from_u32(len)];
             let mut filled = 0;
             while filled < buf.len() {
                 // An offset from the wire near u64::MAX reads as the end of the file.
-                let Some(at) = offset.checked_add(filled as u64) else {
+                let Some(at) = offset.checked_add(u64_from_usize(filled)) else {
                     break;
                 };
                 match file.read_at(&mut buf[filled..], at) {

@@ -29,6 +29,7 @@ use super::identity::{self, SealedIdentity};
 use super::store::{fsync_dir, now_unix};
 use super::{FileId, FileState, FsError, FsErrorKind, Spool, VPath};
 use crate::limits::SEAL_INLINE_BYTES_MAX;
+use crate::num::u64_from_usize;
 use sha2::{Digest, Sha256};
 
 /// Files `sftpgw quarantine list` shows at most; it says how many there are in all.
@@ -158,7 +159,7 @@ impl Spool {
                 f.state,
                 FileState::Sealed | FileState::Uploading | FileState::Failed | FileState::Conflict
             );
-            if !expects_sealed_copy || f.size != data.len() as u64 {
+            if !expects_sealed_copy || f.size != u64_from_usize(data.len()) {
                 continue;
             }
             let sealed = self.sealed_path(*id);
@@ -198,7 +199,7 @@ impl Spool {
         let quarantined = fs::read_dir(self.quarantine_dir())?.count();
         state
             .quarantined
-            .store(quarantined as u64, Ordering::Relaxed);
+            .store(u64_from_usize(quarantined), Ordering::Relaxed);
         let mut copies: Vec<PathBuf> = fs::read_dir(&self.options().dir)?
             .filter_map(|e| e.ok())
             .filter(|e| {

@@ -157,8 +157,7 @@ pub fn now_unix() -> u64 {
 /// Maps an I/O error to what a client is told; ENOSPC and EDQUOT become NoSpace.
 pub(super) fn io_error(context: &str, err: &io::Error) -> FsError {
     match err.raw_os_error() {
-        Some(libc_enospc) if libc_enospc == nix::errno::Errno::ENOSPC as i32 => no_space(),
-        Some(code) if code == nix::errno::Errno::EDQUOT as i32 => no_space(),
+        Some(nix::libc::ENOSPC | nix::libc::EDQUOT) => no_space(),
         _ => FsError::new(FsErrorKind::Failure, format!("{context}: {err}")),
     }
 }

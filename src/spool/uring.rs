@@ -25,6 +25,7 @@ use nix::errno::Errno;
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::SyncScope;
+use crate::num::{u64_from_usize, usize_from_u32};
 
 mod held;
 
@@ -34,19 +35,19 @@ use held::{FileBarriers, Slots};
 const RING_ENTRIES_COUNT: u32 = 256;
 /// Requests the ring thread holds at once, in the kernel or waiting behind an fsync. One
 /// entry stays free for the wake-up read, so the queues can never overflow.
-const REQUESTS_HELD_COUNT_MAX: usize = RING_ENTRIES_COUNT as usize - 1;
+const REQUESTS_HELD_COUNT_MAX: usize = usize_from_u32(RING_ENTRIES_COUNT) - 1;
 /// Requests waiting in the channel to the ring thread; senders wait beyond this.
 const REQUESTS_QUEUED_COUNT_MAX: usize = 64;
 /// Most bytes one write entry carries (its length field has 32 bits); the rest of a larger
 /// write continues like a short write.
 const WRITE_ENTRY_BYTES_MAX: usize = 1 << 30;
 /// Bytes one wake-up read takes from the pipe.
-const WAKE_READ_BYTES: usize = 64;
+const WAKE_READ_BYTES: u32 = 64;
 /// `user_data` of the wake-up read; requests use their slot index, which stays far below.
 const WAKE_TOKEN: u64 = u64::MAX;
 
-const _: () = assert!(REQUESTS_HELD_COUNT_MAX < RING_ENTRIES_COUNT as usize);
-const _: () = assert!(WRITE_ENTRY_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(REQUESTS_HELD_COUNT_MAX < usize_from_u32(RING_ENTRIES_COUNT));
+const _: () = assert!(WRITE_ENTRY_BYTES_MAX <= usize_from_u32(u32::MAX));
 
 /// Why io_uring cannot be used. The message names the cause an operator can act on.
 #[derive(Debug, thiserror::Error)]
@@ -274,7 +275,7 @@ enum Progress {
 
 fn progress(mut request: Request, res: i32) -> Progress {
     match &mut request.op {
-        Op::Write { .. } if res == -(Errno::EINTR as i32) || res == -(Errno::EAGAIN as i32) => {
+        Op::Write { .. } if res == -nix::libc::EINTR || res == -nix::libc::EAGAIN => {
             Progress::Again(request)
         }
         Op::Write { .. } if res < 0 => {
@@ -288,13 +289,13 @@ fn progress(mut request: Request, res: i32) -> Progress {
             )),
         ),
         Op::Write { offset, data } => {
-            let written = res.unsigned_abs() as usize;
+            let written = usize_from_u32(res.unsigned_abs());
             assert!(
                 written <= data.len(),
                 "the kernel wrote more than it was given"
             );
             data.advance(written);
-            *offset += written as u64;
+            *offset += u64_from_usize(written);
             if data.is_empty() {
                 Progress::Done(request, Ok(()))
             } else {
@@ -314,7 +315,7 @@ struct RingThread {
     waker: Arc<Waker>,
     wake_pipe: PipeReader,
     /// Target of the wake-up read; the kernel may write it while `wake_armed`.
-    wake_buf: Box<[u8; WAKE_READ_BYTES]>,
+    wake_buf: Box<[u8; usize_from_u32(WAKE_READ_BYTES)]>,
     wake_armed: bool,
     in_flight: Slots,
     barriers: FileBarriers,
@@ -337,7 +338,7 @@ impl RingThread {
             requests,
             waker,
             wake_pipe,
-            wake_buf: Box::new([0; WAKE_READ_BYTES]),
+            wake_buf: Box::new([0; usize_from_u32(WAKE_READ_BYTES)]),
             wake_armed: false,
             in_flight: Slots::default(),
             barriers: FileBarriers::default(),
@@ -459,8 +460,9 @@ impl RingThread {
         let fd = types::Fd(request.file.as_raw_fd());
         let entry = match &request.op {
             Op::Write { offset, data } => {
-                let len = data.len().min(WRITE_ENTRY_BYTES_MAX);
-                opcode::Write::new(fd, data.as_ptr(), len as u32)
+                // Fits: WRITE_ENTRY_BYTES_MAX is below u32::MAX (asserted above).
+                let len = u32::try_from(data.len().min(WRITE_ENTRY_BYTES_MAX)).unwrap_or(u32::MAX);
+                opcode::Write::new(fd, data.as_ptr(), len)
                     .offset(*offset)
                     .build()
             }
@@ -472,14 +474,14 @@ impl RingThread {
                 .build(),
         };
         let slot = self.in_flight.insert(request);
-        self.push(&entry.user_data(slot as u64));
+        self.push(&entry.user_data(u64_from_usize(slot)));
     }
 
     fn arm_wake(&mut self) {
         let entry = opcode::Read::new(
             types::Fd(self.wake_pipe.as_raw_fd()),
             self.wake_buf.as_mut_ptr(),
-            WAKE_READ_BYTES as u32,
+            WAKE_READ_BYTES,
         )
         .build()
         .user_data(WAKE_TOKEN);

@@ -24,6 +24,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use serde::Deserialize;
 
 use super::{Delivery, LOG_FILE_BYTES_MAX, file_path};
+use crate::num::u64_from_usize;
 
 /// Bits of an entry that hold the line's offset in its file.
 const OFFSET_BITS: u32 = 22;
@@ -145,7 +146,7 @@ impl PathIndex {
             {
                 entries.push(entry);
             }
-            offset += n as u64;
+            offset += u64_from_usize(n);
         }
         Ok(entries)
     }

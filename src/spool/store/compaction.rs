@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use super::Spool;
+use crate::num::u64_from_usize;
 
 /// Journal size above which the catalog is written out as a snapshot and the log restarted.
 /// It bounds the restart time: replay read a 10 MB journal (~100 000 files' histories) and
@@ -42,7 +43,7 @@ impl Spool {
         let snapshot = catalog.snapshot_records();
         // The next one is due once the compacted log has grown by a threshold; a large
         // catalog raises it so that compaction stays a small share of the writes.
-        let snapshot_bytes = snapshot.len() as u64 * RECORD_BYTES_ESTIMATE;
+        let snapshot_bytes = u64_from_usize(snapshot.len()) * RECORD_BYTES_ESTIMATE;
         self.compact_above_bytes.store(
             snapshot_bytes + JOURNAL_COMPACT_BYTES.max(snapshot_bytes),
             Ordering::Relaxed,
