@@ -5,6 +5,9 @@
 //! a restart is the state before it by construction. `apply` is total: a record about an unknown
 //! file (for instance after compaction raced a removal) is ignored, never a panic; a record that
 //! does not fit its file's state is refused with an [`InvalidTransition`], counted and logged.
+//!
+//! The catalog does no I/O: it never touches the disk, the network or the journal (its
+//! callers carry out the [`Effects`] of each record). It may use `limits` and `num` only.
 
 pub(super) mod index;
 
@@ -20,80 +23,152 @@ pub use index::{STATES, STATES_COUNT};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// A directory was created.
-    Mkdir { user: String, path: VPath },
+    Mkdir {
+        /// Whose namespace.
+        user: String,
+        /// The new directory.
+        path: VPath,
+    },
     /// An empty directory was removed.
-    Rmdir { user: String, path: VPath },
+    Rmdir {
+        /// Whose namespace.
+        user: String,
+        /// The removed directory.
+        path: VPath,
+    },
     /// A new file version started receiving at `spool/partial/<id>`. Not fsynced by itself:
     /// an unacknowledged file may be forgotten by a crash.
     Opened {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
         id: FileId,
+        /// Whose namespace.
         user: String,
+        /// The name in the namespace.
         path: VPath,
+        /// When it was opened, in seconds since the epoch (its mtime until sealed).
         at_unix: u64,
     },
     /// CLOSE: the data is fsynced and renamed to `spool/sealed/<id>`. Fsynced before the ack.
     Sealed {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
         id: FileId,
+        /// The sealed file's length in bytes.
         size: u64,
+        /// SHA-256 of the whole file, if it was computed on the way (`None` for a file not written
+        /// in order).
         sha256: Option<[u8; 32]>,
+        /// When it was sealed, in seconds since the epoch (its mtime).
         at_unix: u64,
     },
     /// The file moved to another name in the same namespace; any upload under the old key
     /// is void.
-    Renamed { id: FileId, path: VPath },
+    Renamed {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+        /// The new name.
+        path: VPath,
+    },
     /// The file is gone from the namespace (rm, superseded, or partial TTL expired).
-    Removed { id: FileId },
+    Removed {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+    },
     /// A multipart upload was created for the file under `key`.
     /// `token` is also stored as object metadata: a HEAD that shows it proves the object is ours
     /// (settles a Complete whose response was lost). Before `Sealed` (the file still receiving
     /// or partial) it starts an early upload: see [`UploadProgress::early`].
     UploadStarted {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
         id: FileId,
+        /// The object key the upload was created under.
         key: String,
+        /// S3's id of the multipart upload.
         upload_id: String,
+        /// Bytes per part (the last may be shorter).
         part_size: u64,
+        /// Random proof of ownership, stored as object metadata.
         token: String,
     },
     /// One part is in S3; it counts only once this record is journalled.
     PartDone {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
         id: FileId,
+        /// The part's number, from 1.
         number: u32,
+        /// The ETag S3 answered for the part.
         etag: String,
+        /// CRC32C of the part's bytes.
         crc32c: u32,
     },
     /// The upload is void (NoSuchUpload, or its key no longer matches): start the object again.
-    UploadReset { id: FileId },
+    UploadReset {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+    },
     /// Verified in S3 by HEAD; the spool copy may be freed.
-    Delivered { id: FileId, at_unix: u64 },
+    Delivered {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+        /// When it was verified in S3, in seconds since the epoch.
+        at_unix: u64,
+    },
     /// A permanent S3 error; kept in the spool until `retry`.
-    Failed { id: FileId, error: String },
+    Failed {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+        /// The cause, cut to [`FAILURE_CAUSE_BYTES_MAX`].
+        error: String,
+    },
     /// `sftpgw retry`: a failed file is queued again.
-    Retried { id: FileId },
+    Retried {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+    },
     /// Written by compaction only: the file is a superseded version still being delivered,
     /// reachable by no name.
-    Hidden { id: FileId },
+    Hidden {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+    },
     /// CLOSE, like `Sealed`, of a file written only by appends whose SHA-256 was not computed
     /// on the way (it outgrew `SpoolOptions::hash_bytes_max`). Fsynced before the ack.
-    SealedAppended { id: FileId, size: u64, at_unix: u64 },
+    SealedAppended {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+        /// The sealed file's length in bytes.
+        size: u64,
+        /// When it was sealed, in seconds since the epoch (its mtime).
+        at_unix: u64,
+    },
     /// The drain is about to create a multipart upload for the file under `key`; fsynced
     /// before CreateMultipartUpload. If the run dies before `UploadStarted` records the
     /// upload's id, the next start lists uploads of exactly `key` begun since `at_unix` and
     /// aborts the ones the journal does not know: the box aborts only what it created.
     UploadIntent {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
         id: FileId,
+        /// The object key the upload will be created under.
         key: String,
+        /// When, in seconds since the epoch: uploads of `key` begun since are suspects.
         at_unix: u64,
     },
     /// `overwrite = "never"`: the key holds another object; the file is kept, not uploaded.
     /// Its upload, if any, is aborted.
-    Conflict { id: FileId, error: String },
+    Conflict {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
+        id: FileId,
+        /// The cause, cut to [`FAILURE_CAUSE_BYTES_MAX`].
+        error: String,
+    },
     /// The whole bytes of a small file (at most [`crate::limits::SEAL_INLINE_BYTES_MAX`]),
     /// journalled with its `Sealed` record in one submission instead of fsyncing the file and
     /// its directories first. Replay leaves the catalog as it is; recovery rewrites
     /// `sealed/<id>` from it if the crash lost the unsynced copy. A compaction syncs the file
     /// system before its snapshot drops these records.
     InlineData {
+        /// The file version (its spool file is `partial/<id>` or `sealed/<id>`).
         id: FileId,
+        /// The file's bytes, all of them.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
@@ -106,7 +181,9 @@ pub const UPLOAD_INTENTS_PER_FILE_COUNT_MAX: usize = 8;
 /// A CreateMultipartUpload that may have happened without its upload id being journalled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadIntent {
+    /// The object key the upload would be created under.
     pub key: String,
+    /// When it was journalled, in seconds since the epoch.
     pub at_unix: u64,
 }
 
@@ -175,17 +252,24 @@ fn intent_records(f: &FileRecord, out: &mut Vec<Record>) {
 /// A part already in S3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartReceipt {
+    /// The ETag S3 answered for the part (Complete lists it).
     pub etag: String,
+    /// CRC32C of the part's bytes, checked against the sealed file before Complete.
     pub crc32c: u32,
 }
 
 /// An open multipart upload of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadProgress {
+    /// The object key the upload was created under.
     pub key: String,
+    /// S3's id of the multipart upload.
     pub upload_id: String,
+    /// Bytes per part (the last may be shorter).
     pub part_size: u64,
+    /// Random proof of ownership, stored as object metadata (see [`Record::UploadStarted`]).
     pub token: String,
+    /// Parts journalled as done, by part number (from 1).
     pub parts: BTreeMap<u32, PartReceipt>,
     /// Started before the file was sealed (early drain): parts were read while the file was
     /// still being written, so they are checked against the sealed bytes before Complete, and
@@ -196,19 +280,28 @@ pub struct UploadProgress {
 /// Everything known about one file version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {
+    /// The file version.
     pub id: FileId,
+    /// Whose namespace.
     pub user: String,
+    /// Its name (kept while hidden: the name it had).
     pub path: VPath,
+    /// Where it is in its life.
     pub state: FileState,
     /// Final size once sealed; 0 before (the open handle knows the live size).
     pub size: u64,
+    /// SHA-256 of the whole file, if computed on the way.
     pub sha256: Option<[u8; 32]>,
     /// Sealed after being written only by appends (always so when `sha256` is known): no byte
     /// was written twice, so parts read below the writer's frontier hold the sealed bytes.
     pub appended_only: bool,
+    /// Seconds since the epoch: opened, then sealed.
     pub mtime_unix: u64,
+    /// Its open multipart upload, if one is recorded.
     pub upload: Option<UploadProgress>,
+    /// Why it failed or conflicts; cleared on retry and delivery.
     pub last_error: Option<String>,
+    /// When it was verified in S3, in seconds since the epoch.
     pub delivered_unix: Option<u64>,
     /// Still in `files` but no longer reachable by name: superseded by a newer version that is
     /// not sealed yet. Its upload goes on; the newer version's seal removes it.
@@ -241,7 +334,9 @@ impl FileRecord {
 /// What a name in a namespace points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Node {
+    /// A directory.
     Dir,
+    /// A file: the version the name points at.
     File(FileId),
 }
 
@@ -251,7 +346,9 @@ pub enum Node {
 /// the journal stay bounded however many files a box receives over the years.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveredRetention {
+    /// Delivered files kept at most; the oldest deliveries leave first.
     pub files_count_max: usize,
+    /// Seconds after its delivery a file is kept at most.
     pub age_secs_max: u64,
 }
 
@@ -272,15 +369,19 @@ impl Default for DeliveredRetention {
 /// Files per state and their bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {
+    /// Files per state, indexed like [`STATES`].
     pub files: [usize; STATES_COUNT],
+    /// Their recorded sizes in bytes (0 before the seal), indexed like [`STATES`].
     pub bytes: [u64; STATES_COUNT],
 }
 
 impl StateCounts {
+    /// Files in `state`.
     pub fn files(&self, state: FileState) -> usize {
         self.files[state_slot(state)]
     }
 
+    /// Bytes of the files in `state`.
     pub fn bytes(&self, state: FileState) -> u64 {
         self.bytes[state_slot(state)]
     }
@@ -398,6 +499,7 @@ impl Catalog {
         }
     }
 
+    /// The record of file `id`, if the catalog holds it (not removed, not forgotten).
     pub fn file(&self, id: FileId) -> Option<&FileRecord> {
         self.files.get(&id)
     }
@@ -435,6 +537,7 @@ impl Catalog {
         self.index.usage(user)
     }
 
+    /// Files and bytes per state, counted as they change (O(1)).
     pub fn counts(&self) -> StateCounts {
         let mut c = StateCounts::default();
         for state in STATES {
@@ -465,10 +568,12 @@ impl Catalog {
             .filter_map(|(_, id)| self.files.get(&id))
     }
 
+    /// Every file record, in no order: O(all files).
     pub fn files(&self) -> impl Iterator<Item = &FileRecord> {
         self.files.values()
     }
 
+    /// What `path` names in `user`'s namespace (the root is always a directory).
     pub fn lookup(&self, user: &str, path: &VPath) -> Option<Node> {
         if path.is_root() {
             return Some(Node::Dir);
@@ -476,6 +581,7 @@ impl Catalog {
         self.names.get(&(user.to_owned(), path.clone())).copied()
     }
 
+    /// Whether `path` is a directory of `user`'s.
     pub fn is_dir(&self, user: &str, path: &VPath) -> bool {
         self.lookup(user, path) == Some(Node::Dir)
     }
@@ -558,6 +664,7 @@ impl Catalog {
         out
     }
 
+    /// Whether any name is below `dir`.
     pub fn has_children(&self, user: &str, dir: &VPath) -> bool {
         self.below(user, dir).next().is_some()
     }

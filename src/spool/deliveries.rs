@@ -12,6 +12,8 @@
 //! whose upload then finds its object in S3 and writes the line again. So no delivery is ever
 //! missing from the log, and a file may appear twice (same id, same key): readers keep the
 //! last line of an id ([`read`] does).
+//!
+//! It owns the files under `deliveries/`; it never reads or changes the catalog or the journal.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -39,11 +41,15 @@ const FILE_SUFFIX: &str = ".jsonl";
 pub struct Delivery {
     /// When HEAD found the object in S3 (RFC 3339, UTC).
     pub delivered_at: String,
+    /// Whose file.
     pub user: String,
     /// As the user sees it, `/dir/name`.
     pub path: String,
+    /// The bucket it went to.
     pub bucket: String,
+    /// Its object key.
     pub key: String,
+    /// Its length in bytes.
     pub size: u64,
     /// Hex SHA-256 of the whole file, when the box knew it.
     pub sha256: Option<String>,
@@ -257,7 +263,9 @@ pub fn read(spool_dir: &Path, keep: impl Fn(&Delivery) -> bool) -> io::Result<Ve
 /// A place in the log: a log file's number and a byte offset in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPosition {
+    /// The log file's number (`deliveries/<n>.jsonl`, by creation).
     pub file: u64,
+    /// Bytes from that file's start.
     pub offset: u64,
 }
 

@@ -7,6 +7,8 @@
 //! covered by any sync *started* after its request; [`DirSync::sync`] waits for the round in
 //! progress to end, then for (or runs) the next one, which covers every request made before
 //! it started. A failed round fails every caller it covered: none of them may acknowledge.
+//!
+//! It syncs the directories it was given and nothing else: it knows no file, record or catalog.
 
 use std::io;
 use std::path::PathBuf;

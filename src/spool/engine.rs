@@ -8,6 +8,9 @@
 //!
 //! Both engines promise the same: `write_at` returns once all bytes are in the file (short
 //! writes are continued), and `fsync` covers every write that completed before it was called.
+//!
+//! The engines write and sync the open files they are handed: they never name a path nor
+//! touch the catalog or the journal.
 
 use std::fs::File;
 use std::io;
@@ -47,13 +50,16 @@ pub enum SyncScope {
 /// The engine that writes and syncs spool files.
 #[derive(Debug)]
 pub enum SpoolEngine {
+    /// Blocking pwrite and fsync on tokio's blocking threads.
     Pwrite(PwriteEngine),
+    /// One io_uring ring served by its own thread.
     IoUring(UringEngine),
 }
 
 /// Why no engine could be started.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// io_uring was asked for and the kernel cannot give it.
     #[error("spool.engine is \"io_uring\" but io_uring is unavailable: {0}")]
     IoUringUnavailable(#[source] ProbeError),
 }

@@ -2,6 +2,9 @@
 //!
 //! The durability point of the whole product is [`WriteHandle::close`]:
 //! fsync(file) → rename `partial/<id>` → `sealed/<id>` → fsync(dirs) → journal `Sealed`, fsynced.
+//!
+//! Handles change the catalog only through `Spool::commit`, and reach the drain only through
+//! the spool's wake-up signal.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -322,6 +325,7 @@ impl WriteHandle {
         }
     }
 
+    /// The file version this handle writes.
     pub fn id(&self) -> FileId {
         self.id
     }
@@ -728,6 +732,7 @@ impl ReadHandle {
         .map_err(|e| io_error("reading spool file", &e))
     }
 
+    /// The file's length when it was opened for reading, in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }

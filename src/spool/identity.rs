@@ -10,6 +10,9 @@
 //! A file system without user extended attributes (tmpfs before Linux 6.6, some FUSE file
 //! systems) cannot hold one: sealing then goes on without it (one warning), and such files
 //! are quarantined, never deleted, if the journal forgets them.
+//!
+//! It reads and writes one extended attribute of a sealed file; it never touches the catalog
+//! or the journal.
 
 use std::fs::File;
 use std::path::Path;
@@ -28,12 +31,17 @@ pub const IDENTITY_BYTES_MAX: usize = 2048;
 /// Who a sealed file belongs to and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedIdentity {
+    /// The file version (its name in `sealed/`).
     pub id: FileId,
+    /// Whose file.
     pub user: String,
+    /// Its name when sealed (or renamed since).
     pub path: VPath,
+    /// Its length in bytes.
     pub size: u64,
     /// Hex, if the file was hashed on the way (see `SpoolOptions::hash_bytes_max`).
     pub sha256: Option<String>,
+    /// When it was sealed, in seconds since the epoch.
     pub sealed_at_unix: u64,
 }
 

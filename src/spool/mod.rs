@@ -2,6 +2,10 @@
 //! not yet delivered, on local disk. It owns the file lifecycle
 //! (`receiving → partial → sealed → uploading → delivered | failed`), journals every change,
 //! and acknowledges a CLOSE only once the data, the rename and the journal record are durable.
+//!
+//! The spool may use `journal`, `limits`, `num`, `names` and `telemetry`; it must not use
+//! `sftp`, `drain`, `config` or `status`, which use it (`tests/architecture.rs` checks part of
+//! this). The drain moves files through their upload states only through `uploads.rs`.
 
 pub mod catalog;
 pub mod deliveries;
@@ -31,7 +35,9 @@ pub use vpath::VPath;
 /// uploading, failed, conflict) and their bytes. `None`: no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
+    /// Bytes at most.
     pub bytes: Option<u64>,
+    /// Files at most.
     pub files: Option<u64>,
 }
 
@@ -42,27 +48,41 @@ pub type FileId = u64;
 /// (`sftp::wire::status_of`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsErrorKind {
+    /// No such file or directory.
     NotFound,
+    /// Refused by policy (the home directory, a delivered file's rename).
     PermissionDenied,
+    /// The name is taken.
     AlreadyExists,
+    /// The disk's reserve or watermark, or a quota of space.
     NoSpace,
+    /// A file operation on a directory.
     IsADirectory,
+    /// A directory operation on a file, or a file where a directory is needed.
     NotADirectory,
+    /// `rmdir` of a directory with names below it.
     DirectoryNotEmpty,
+    /// An operation the gateway does not offer.
     Unsupported,
     /// A name the server refuses (control characters, bidi overrides).
     BadName,
+    /// Anything else; the message says what.
     Failure,
 }
 
+/// A namespace or file operation refused or failed: the kind a client is told and the
+/// message it reads.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct FsError {
+    /// What a client is told (one SSH_FX_* code).
     pub kind: FsErrorKind,
+    /// What a person reads, with the name concerned.
     pub message: String,
 }
 
 impl FsError {
+    /// An error of `kind` that says `message`.
     pub fn new(kind: FsErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -75,11 +95,17 @@ impl FsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileState {
+    /// Open by a session, bytes arriving.
     Receiving,
+    /// Its session ended without CLOSE; kept for a resume until `partial_ttl`.
     Partial,
+    /// Closed and durable; waiting for the drain.
     Sealed,
+    /// A multipart upload of it is recorded; the drain carries it on.
     Uploading,
+    /// Verified in S3; the spool copy is freed, the listing kept a while.
     Delivered,
+    /// A permanent S3 error; kept, retried on a long backoff or by `sftpgw retry`.
     Failed,
     /// `overwrite = "never"` found another object at the key: kept, alarmed, retried on
     /// `sftpgw retry` (after someone moved the other object away, say).
@@ -112,18 +138,25 @@ pub const PENDING_STATES_LISTED: [FileState; 6] = [
     FileState::Sealed,
 ];
 
+/// What a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A directory.
     Dir,
+    /// A file.
     File,
 }
 
 /// One name in a user's namespace, as `stat` and `readdir` report it.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The last component of its path.
     pub name: String,
+    /// Directory or file.
     pub kind: EntryKind,
+    /// Bytes: the live size while receiving, 0 for a directory.
     pub size: u64,
+    /// Seconds since the epoch (0 for a directory).
     pub mtime_unix: u64,
     /// `None` for directories.
     pub state: Option<FileState>,
@@ -141,8 +174,12 @@ pub struct OpenMode {
 /// Space of the spool's filesystem, for statvfs@openssh.com.
 #[derive(Debug, Clone, Copy)]
 pub struct SpaceInfo {
+    /// Bytes per block (the fragment size).
     pub block_size: u64,
+    /// Blocks in the file system.
     pub blocks_total: u64,
+    /// Blocks free.
     pub blocks_free: u64,
+    /// Blocks free for an unprivileged process.
     pub blocks_avail: u64,
 }

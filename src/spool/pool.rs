@@ -13,6 +13,8 @@
 //! order of OPENs (recovery relies on it). A pooled file holds no data and no journal record:
 //! whatever a crash leaves in `pool/` is deleted at the next start. When the pool is empty
 //! (a burst, or creating files fails), OPEN creates its file itself, as before.
+//!
+//! It owns `pool/` only; what it creates holds no data and no record.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;

@@ -1,6 +1,8 @@
 //! [`PwriteEngine`]: the fallback spool engine. Every write is one `pwrite` loop
 //! (`write_all_at`) and every sync one `fsync`/`fdatasync`, each on tokio's blocking pool.
 //! It works wherever the daemon runs (containers, old kernels, io_uring switched off).
+//!
+//! Like every engine it writes only the open files it is handed (see `engine.rs`).
 
 use std::fs::File;
 use std::io;

@@ -14,6 +14,9 @@
 //!   delivering it is right whether or not CLOSE was answered); without one (a file sealed
 //!   before identities existed) and an undamaged journal it is partial again, resumable, as
 //!   before; otherwise quarantined.
+//!
+//! Recovery changes the catalog only with records it journals (or that replay derives again)
+//! and moves files only between `partial/`, `sealed/` and `quarantine/`; it never talks to S3.
 
 use std::fs;
 use std::io::{self, Write};
@@ -40,9 +43,11 @@ pub const QUARANTINE_LISTED_COUNT_MAX: usize = 200;
 pub struct QuarantinedFile {
     /// Its name in `quarantine/` (the id it had in `sealed/`), what the CLI takes.
     pub name: String,
+    /// Its length in bytes.
     pub size: u64,
     /// What its identity says, if it has one (it may be in doubt: see `reason`).
     pub identity: Option<SealedIdentity>,
+    /// Why recovery set it aside.
     pub reason: String,
 }
 

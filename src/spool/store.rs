@@ -56,7 +56,9 @@ use crate::journal::{Journal, JournalError};
 /// How the spool is set up.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
+    /// The spool directory (journal, `partial/`, `sealed/`, ...).
     pub dir: PathBuf,
+    /// How long a partial file (its session gone without CLOSE) is kept for a resume.
     pub partial_ttl: Duration,
     /// Writes are refused with "No space left on device" when fewer bytes than this are free,
     /// so that the journal and the files already acknowledged always have room.
@@ -185,6 +187,7 @@ impl Spool {
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How the spool was set up.
     pub fn options(&self) -> &SpoolOptions {
         &self.opts
     }
@@ -199,6 +202,7 @@ impl Spool {
         self.engine.name()
     }
 
+    /// Where the bytes of a file being received (or partial) are.
     pub fn partial_path(&self, id: FileId) -> PathBuf {
         self.partial_dir.join(id.to_string())
     }
@@ -269,12 +273,16 @@ impl Spool {
 /// Why the spool could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolOpenError {
+    /// The directory, or a file in it, could not be made or read.
     #[error("{0}: {1}")]
     Io(PathBuf, io::Error),
+    /// The journal could not be opened or replayed.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// Another process holds the spool's lock.
     #[error("{0} is in use by another sftpgw process")]
     Locked(PathBuf),
     #[error(transparent)]
+    /// The engine asked for could not be started.
     Engine(#[from] EngineError),
 }

@@ -8,6 +8,8 @@
 //! record (the drain knows how keys are made; the spool does not), and the step is refused
 //! with [`NotCurrent`] when the file was removed, renamed, superseded, failed or delivered
 //! meanwhile, or (for part and reset steps) when its recorded upload is no longer `upload_id`.
+//!
+//! It never calls the drain: the drain calls it.
 
 use std::sync::Arc;
 
@@ -29,15 +31,20 @@ impl From<FsError> for NotCurrent {
 /// Where a delivered file is in S3 and as what (from the HEAD that verified it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveredObject {
+    /// The bucket.
     pub bucket: String,
+    /// The object key.
     pub key: String,
+    /// The ETag HEAD answered.
     pub etag: Option<String>,
+    /// The object's version, in a versioned bucket.
     pub version_id: Option<String>,
 }
 
 /// Why a delivery was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
+    /// The file is no longer the one delivered.
     #[error(transparent)]
     NotCurrent(#[from] NotCurrent),
     /// The delivery log could not be written (the journal was not touched).
@@ -74,9 +81,13 @@ fn with_upload(file: &FileRecord, upload_id: &str) -> Result<(), FsError> {
 
 /// What a created multipart upload is.
 pub struct CreatedUpload<'a> {
+    /// The object key it was created under.
     pub key: &'a str,
+    /// S3's id of the multipart upload.
     pub upload_id: &'a str,
+    /// Bytes per part (the last may be shorter).
     pub part_size: u64,
+    /// Random proof of ownership, stored as object metadata.
     pub token: &'a str,
     /// The create was retried (a first answer may have been lost and left an upload open):
     /// the intent stays journalled with the upload, so the next start searches `key` again.

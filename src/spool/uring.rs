@@ -12,6 +12,9 @@
 //! The thread sleeps in `io_uring_enter`. To wake it for a new request without a system call
 //! per request, it keeps a read posted on a pipe and says when it is about to sleep; only then
 //! does a caller write a byte to the pipe.
+//!
+//! It owns its ring and its thread; like every engine it never names a path nor touches the
+//! catalog or the journal.
 
 use std::fs::File;
 use std::io::{self, PipeReader, PipeWriter, Write};
@@ -52,14 +55,19 @@ const _: () = assert!(WRITE_ENTRY_BYTES_MAX <= usize_from_u32(u32::MAX));
 /// Why io_uring cannot be used. The message names the cause an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// The ring could not be created.
     #[error("io_uring_setup failed: {}", explain(.0))]
     Setup(io::Error),
+    /// The kernel would not say which operations it supports.
     #[error("the io_uring opcode probe failed: {}", explain(.0))]
     Probe(io::Error),
+    /// An operation the engine needs is missing.
     #[error("the kernel's io_uring lacks the {0} operation")]
     MissingOpcode(&'static str),
+    /// The ring was made but a first no-op through it failed.
     #[error("a NOP submitted to io_uring failed: {}", explain(.0))]
     Nop(io::Error),
+    /// The thread that serves the ring could not start.
     #[error("cannot start the io_uring thread: {0}")]
     Thread(io::Error),
 }

@@ -3,6 +3,8 @@
 //! A [`VPath`] is normalised and can never name anything outside the user's root: `..` that
 //! would climb above `/` is refused rather than clamped, so a client learns it asked for
 //! something outside its jail.
+//!
+//! A leaf of the spool: it uses only `limits`, and every module may use it.
 
 use super::{FsError, FsErrorKind};
 use crate::limits::KEY_BYTES_MAX;
@@ -15,6 +17,7 @@ use crate::limits::KEY_BYTES_MAX;
 pub struct VPath(String);
 
 impl VPath {
+    /// The home directory: the root of a user's namespace.
     pub fn root() -> Self {
         VPath(String::new())
     }
@@ -79,6 +82,7 @@ impl VPath {
         VPath(s)
     }
 
+    /// Whether this is the home directory.
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
@@ -93,6 +97,7 @@ impl VPath {
         format!("/{}", self.0)
     }
 
+    /// The directory that holds it; `None` for the root.
     pub fn parent(&self) -> Option<VPath> {
         if self.is_root() {
             return None;
@@ -111,6 +116,7 @@ impl VPath {
         }
     }
 
+    /// `name` (one component or a relative path) below this directory.
     pub fn join(&self, name: &str) -> VPath {
         if self.is_root() {
             VPath(name.to_owned())

@@ -8,6 +8,8 @@
 //! and [`Index::refile`] then files each touched file again from its record, removing what
 //! it was filed under before (remembered in `filed`). A proptest checks every index against
 //! a full scan after every record (`indexes_agree_with_a_full_scan`).
+//!
+//! Derived state only: it never decides a transition, and only the catalog calls it.
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -12,6 +12,8 @@
 //!
 //! A hash names a candidate only: the line is read back and its user and path compared, so
 //! collisions cost a read, never a wrong receipt.
+//!
+//! It only reads the log files; writing them is `deliveries.rs`'s.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -75,6 +75,7 @@ impl Spool {
         Ok(())
     }
 
+    /// Space of the spool's file system (statvfs); all zero if it cannot be read.
     pub fn space(&self) -> SpaceInfo {
         match nix::sys::statvfs::statvfs(&self.opts.dir) {
             Ok(s) => SpaceInfo {

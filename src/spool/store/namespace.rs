@@ -48,6 +48,7 @@ impl Spool {
         }
     }
 
+    /// The entry `path` names (a receiving file shows its live size).
     pub fn stat(&self, user: &str, path: &VPath) -> Result<Entry, FsError> {
         let catalog = self.lock();
         let node = catalog.lookup(user, path).ok_or_else(|| not_found(path))?;
@@ -125,6 +126,7 @@ impl Spool {
             .collect())
     }
 
+    /// Creates a directory under an existing one; durable when it returns.
     pub async fn mkdir(&self, user: &str, path: &VPath) -> Result<(), FsError> {
         let record = Record::Mkdir {
             user: user.to_owned(),
@@ -142,6 +144,7 @@ impl Spool {
         .await
     }
 
+    /// Removes an empty directory (never the home directory); durable when it returns.
     pub async fn rmdir(&self, user: &str, path: &VPath) -> Result<(), FsError> {
         if path.is_root() {
             return Err(FsError::new(
@@ -253,6 +256,7 @@ impl Spool {
         Ok(())
     }
 
+    /// Opens `path` for writing as a new version (see `WriteHandle::open`).
     pub async fn open_write(
         self: &Arc<Self>,
         user: &str,

@@ -45,7 +45,8 @@ impl Spool {
     }
 
     /// Journal records that did not fit their file's state since the spool opened, replay
-    /// included (see [`Catalog::apply`]): each is a bug or the trace of a damaged journal.
+    /// included (see [`crate::spool::catalog::Catalog::apply`]): each is a bug or the trace
+    /// of a damaged journal.
     pub fn invalid_transitions(&self) -> u64 {
         self.lock().invalid_transitions()
     }

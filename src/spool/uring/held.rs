@@ -1,6 +1,8 @@
 //! What the ring thread holds: requests in the kernel, by slot ([`Slots`]), and per file the
 //! requests that must wait because an fsync may not start before the writes submitted ahead
 //! of it have completed ([`FileBarriers`]).
+//!
+//! Bookkeeping of the ring thread only: it submits nothing itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
