@@ -19,6 +19,8 @@ pub use recovery::{QUARANTINE_LISTED_COUNT_MAX, QuarantinedFile};
 mod dir_sync;
 mod pool;
 mod store;
+#[cfg(test)]
+mod test_files;
 mod uploads;
 pub use uploads::{CreatedUpload, DeliveredObject, DeliveryError, NotCurrent};
 mod uring;

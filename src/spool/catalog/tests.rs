@@ -29,6 +29,18 @@ fn open_and_seal(c: &mut Catalog, id: FileId, path: &str, size: u64) {
     );
 }
 
+/// Applies the creation of upload `x` of file `id` under key `k` (parts of 5 bytes).
+fn start_upload(c: &mut Catalog, id: FileId) {
+    let started = Record::UploadStarted {
+        id,
+        key: "k".into(),
+        upload_id: "x".into(),
+        part_size: 5,
+        token: "t".into(),
+    };
+    fits(c, &started);
+}
+
 /// Applies `record`, which must fit: a test of a valid history fails on an invalid record.
 fn fits(c: &mut Catalog, record: &Record) -> Effects {
     c.apply(record).expect("the record fits its file's state")
@@ -248,16 +260,7 @@ fn superseding_a_pending_file_keeps_it_uploading_until_the_new_version_seals() {
 fn rename_voids_the_upload_under_the_old_key() {
     let mut c = Catalog::default();
     open_and_seal(&mut c, 1, "a", 10);
-    fits(
-        &mut c,
-        &Record::UploadStarted {
-            id: 1,
-            key: "k".into(),
-            upload_id: "x".into(),
-            part_size: 5,
-            token: "t".into(),
-        },
-    );
+    start_upload(&mut c, 1);
     let effects = fits(
         &mut c,
         &Record::Renamed {
@@ -286,16 +289,7 @@ fn an_early_upload_survives_the_seal_compaction_and_replay_and_is_aborted_with_i
             at_unix: 0,
         },
     );
-    fits(
-        &mut c,
-        &Record::UploadStarted {
-            id: 1,
-            key: "k".into(),
-            upload_id: "x".into(),
-            part_size: 5,
-            token: "t".into(),
-        },
-    );
+    start_upload(&mut c, 1);
     fits(
         &mut c,
         &Record::PartDone {

@@ -1,7 +1,7 @@
 //! The engines are interchangeable: the same random writes through both give the same file,
 //! and start-up falls back to pwrite (saying why) when io_uring is refused.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use rand::{RngCore, SeedableRng};
 
 use super::*;
+use crate::spool::test_files::new_file;
 
 /// The io_uring engine, or `None` (said loudly) where this machine refuses io_uring.
 pub(crate) fn uring_or_skip() -> Option<UringEngine> {
@@ -28,16 +29,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-fn new_file(dir: &tempfile::TempDir, name: &str) -> Arc<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join(name))
-        .expect("create file");
-    Arc::new(file)
 }
 
 fn bytes_from_seed(seed: u64, len: usize) -> Bytes {

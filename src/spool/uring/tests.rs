@@ -1,21 +1,12 @@
 //! The io_uring engine: completions handled right (short writes, interrupted writes, failed
 //! fsyncs), an fsync ordered after the writes submitted before it, and many requests at once.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-
-fn temp_file(dir: &tempfile::TempDir, name: &str) -> Arc<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(dir.path().join(name))
-        .expect("create file");
-    Arc::new(file)
-}
+use crate::spool::test_files::new_file;
 
 /// A request and the receiver of its answer.
 fn request(file: &Arc<File>, op: Op) -> (Request, oneshot::Receiver<io::Result<()>>) {
@@ -38,7 +29,7 @@ fn write(offset: u64, data: &'static [u8]) -> Op {
 #[test]
 fn a_short_write_is_resubmitted_for_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = temp_file(&dir, "f");
+    let file = new_file(&dir, "f");
     let (req, _answer) = request(&file, write(10, b"0123456789"));
     let Progress::Again(req) = progress(req, 4) else {
         panic!("a short write must continue");
@@ -55,7 +46,7 @@ fn a_short_write_is_resubmitted_for_the_rest() {
 #[test]
 fn an_interrupted_write_is_resubmitted_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = temp_file(&dir, "f");
+    let file = new_file(&dir, "f");
     for errno in [Errno::EINTR, Errno::EAGAIN] {
         let (req, _answer) = request(&file, write(3, b"abc"));
         let Progress::Again(req) = progress(req, -(errno as i32)) else {
@@ -68,7 +59,7 @@ fn an_interrupted_write_is_resubmitted_unchanged() {
 #[test]
 fn write_errors_and_empty_writes_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = temp_file(&dir, "f");
+    let file = new_file(&dir, "f");
     let (req, _answer) = request(&file, write(0, b"abc"));
     match progress(req, -(Errno::ENOSPC as i32)) {
         Progress::Done(_, Err(err)) => assert_eq!(err.raw_os_error(), Some(Errno::ENOSPC as i32)),
@@ -84,7 +75,7 @@ fn write_errors_and_empty_writes_are_reported() {
 #[test]
 fn a_failed_fsync_is_reported_never_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = temp_file(&dir, "f");
+    let file = new_file(&dir, "f");
     for errno in [Errno::EIO, Errno::EINTR] {
         let (req, _answer) = request(&file, Op::Fsync(SyncScope::All));
         match progress(req, -(errno as i32)) {
@@ -97,7 +88,7 @@ fn a_failed_fsync_is_reported_never_retried() {
 #[test]
 fn an_fsync_waits_for_the_writes_submitted_before_it_and_later_requests_queue_behind_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (temp_file(&dir, "a"), temp_file(&dir, "b"));
+    let (a, b) = (new_file(&dir, "a"), new_file(&dir, "b"));
     let mut barriers = FileBarriers::default();
     let started = |r: Option<Request>| r.is_some();
     assert!(started(barriers.admit(request(&a, write(0, b"1")).0)));
@@ -145,9 +136,7 @@ async fn many_concurrent_writes_and_fsyncs_all_land_where_they_belong() {
     const CHUNK_BYTES: usize = 4096 + 17;
     let engine = Arc::new(engine);
     let dir = tempfile::tempdir().expect("tempdir");
-    let files: Vec<Arc<File>> = (0..FILES)
-        .map(|i| temp_file(&dir, &i.to_string()))
-        .collect();
+    let files: Vec<Arc<File>> = (0..FILES).map(|i| new_file(&dir, &i.to_string())).collect();
     // More requests than the ring holds and the channel queues: back-pressure is exercised.
     const _: () = assert!(FILES * CHUNKS > REQUESTS_HELD_COUNT_MAX + REQUESTS_QUEUED_COUNT_MAX);
     let mut tasks = tokio::task::JoinSet::new();
@@ -195,7 +184,7 @@ async fn a_write_of_several_mebibytes_is_written_whole() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = temp_file(&dir, "f");
+    let file = new_file(&dir, "f");
     let data: Vec<u8> = (0..3 * 1024 * 1024 + 5)
         .map(|i: u32| (i % 251) as u8)
         .collect();
@@ -213,7 +202,7 @@ fn dropping_the_engine_ends_its_thread_after_answering_what_it_held() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = temp_file(&dir, "f");
+    let file = new_file(&dir, "f");
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
