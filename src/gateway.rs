@@ -13,6 +13,7 @@ use crate::drain::observer::S3Observer;
 use crate::drain::shaper::Shaper;
 use crate::drain::upload::{Drain, DrainConfig};
 use crate::health::Watched;
+use crate::num::u64_from_usize;
 use crate::spool::{FileState, Spool, SpoolEngine, SpoolOptions, VPath};
 use crate::status::assess::{self, HealthInputs};
 use crate::status::control::{self, Request, Response};
@@ -21,6 +22,7 @@ use crate::status::{
     Counters, DrainSummary, FileStatus, QueueStatus, Rates, S3Status, Snapshot, SpoolUsage,
 };
 use crate::telemetry;
+use tokio::task::{AbortHandle, JoinHandle};
 
 /// When the drain has sent nothing for this long, a HeadBucket probe checks that S3 answers
 /// and measures the clock skew again.
@@ -51,6 +53,19 @@ impl Monitor {
             .store(r.1.bytes_per_sec(), Ordering::Relaxed);
     }
 
+    /// The names of the watched tasks that have stopped; none before they are watched.
+    fn tasks_stopped(&self) -> Vec<&'static str> {
+        self.watched
+            .get()
+            .map(|w| {
+                w.iter()
+                    .filter(|t| t.task.is_finished())
+                    .map(|t| t.name)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The S3 observer: reachability and the clock skew, whose
     /// [`S3Observer::subscribe_skew`] feeds the shaper.
     pub fn observer(&self) -> &Arc<S3Observer> {
@@ -77,6 +92,115 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> Result<(), BoxError> {
     let started = Instant::now();
+    let spool = open_spool(&config)?;
+    let core = start_drain(&config, &spool, started)?;
+    // The control socket answers before the SFTP port accepts, so that whoever sees the
+    // port open can also ask for status.
+    let control = start_control(&config, &spool, &core)?;
+    let metrics = start_metrics(&config, &spool, &core).await?;
+    let (stop_tx, sftp_task) = start_sftp(&config, &spool, &core.monitor).await?;
+    let sweeper = start_sweeper(&config, &spool);
+
+    tracing::info!(listen = %config.sftp.listen, spool = %config.spool.dir.display(), bucket = %config.s3.bucket, "gateway running");
+    ready();
+    let tasks = Tasks {
+        drain: core.tasks.drain,
+        monitor: core.tasks.monitor,
+        shaper: core.tasks.shaper,
+        control,
+        sweeper,
+        sftp: sftp_task.abort_handle(),
+        metrics,
+        webhook: core.tasks.webhook,
+        manifests: core.tasks.manifests,
+    };
+    let watched = tasks.watched();
+    let _ = core.monitor.watched.set(watched.clone());
+    let health_task = tokio::spawn(crate::health::supervise(
+        config.control.socket.clone(),
+        watched,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    tasks.abort(&health_task.abort_handle());
+    // Budget counters since the last periodic save (the override is saved when it is set).
+    let saver = core.monitor.shaper.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || saver.save_if_dirty()).await {
+        tracing::warn!(error = %e, "cannot save the shaping state at shutdown");
+    }
+    // Sessions still open keep their files partial; give the server a moment to close them.
+    let _ = tokio::time::timeout(Duration::from_secs(2), sftp_task).await;
+    let _ = std::fs::remove_file(&config.control.socket);
+    Ok(())
+}
+
+/// The gateway's long-running tasks: the health supervisor watches them, shutdown aborts them
+/// (all but the SFTP server, which is told to stop and given a moment to close its sessions).
+struct Tasks {
+    drain: AbortHandle,
+    monitor: AbortHandle,
+    shaper: AbortHandle,
+    control: AbortHandle,
+    sweeper: AbortHandle,
+    sftp: AbortHandle,
+    metrics: Option<AbortHandle>,
+    webhook: Option<AbortHandle>,
+    manifests: Option<AbortHandle>,
+}
+
+impl Tasks {
+    /// The tasks whose death makes the gateway failing, with the names status shows.
+    fn watched(&self) -> Vec<Watched> {
+        let always = [
+            ("drain", &self.drain),
+            ("status monitor", &self.monitor),
+            ("shaper", &self.shaper),
+            ("control socket", &self.control),
+            ("partial sweeper", &self.sweeper),
+            ("SFTP server", &self.sftp),
+        ];
+        let optional = [
+            ("metrics server", &self.metrics),
+            ("webhook", &self.webhook),
+            ("manifests", &self.manifests),
+        ];
+        always
+            .into_iter()
+            .chain(
+                optional
+                    .into_iter()
+                    .filter_map(|(name, task)| task.as_ref().map(|t| (name, t))),
+            )
+            .map(|(name, task)| Watched {
+                name,
+                task: task.clone(),
+            })
+            .collect()
+    }
+
+    /// Aborts every task but the SFTP server, and `health`, the supervisor watching them.
+    fn abort(&self, health: &AbortHandle) {
+        for t in [
+            &self.drain,
+            &self.control,
+            &self.sweeper,
+            health,
+            &self.monitor,
+            &self.shaper,
+        ]
+        .into_iter()
+        .chain(&self.metrics)
+        .chain(&self.manifests)
+        .chain(&self.webhook)
+        {
+            t.abort();
+        }
+    }
+}
+
+/// Opens the spool the configuration describes and sets each user's quota.
+fn open_spool(config: &Config) -> Result<Arc<Spool>, BoxError> {
     let spool = Spool::open_with_engine(
         SpoolOptions {
             dir: config.spool.dir.clone(),
@@ -105,6 +229,28 @@ pub async fn run(
             .map(|u| (u.name.clone(), u.quota))
             .collect(),
     );
+    Ok(spool)
+}
+
+/// The drain and what it needs to run: the S3 store, the shaper, the status monitor.
+struct Core {
+    drain: Arc<Drain<AwsStore>>,
+    monitor: Arc<Monitor>,
+    tasks: CoreTasks,
+}
+
+/// The tasks [`start_drain`] spawns.
+struct CoreTasks {
+    shaper: AbortHandle,
+    drain: AbortHandle,
+    webhook: Option<AbortHandle>,
+    manifests: Option<AbortHandle>,
+    monitor: AbortHandle,
+}
+
+/// Starts the shaper, the drain, the webhook and manifest shippers if configured, and the
+/// status monitor.
+fn start_drain(config: &Config, spool: &Arc<Spool>, started: Instant) -> Result<Core, BoxError> {
     // The shaper paces upload bodies (through the store) and admits parts (through the drain).
     let shaper = Shaper::new(config.shaping.clone(), &config.spool.dir);
     let shaper_task = tokio::spawn(shaper.clone().run());
@@ -122,17 +268,7 @@ pub async fn run(
     let drain = Drain::with_shaper(
         store.clone(),
         spool.clone(),
-        DrainConfig {
-            prefix: config.s3.prefix.clone(),
-            part_size: config.s3.part_size,
-            concurrency: config.s3.concurrency,
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
-            settle: crate::drain::upload::SETTLE_DEFAULT,
-            early: config.s3.early_drain,
-            failed_retry_first: config.s3.failed_retry,
-            failed_retry_max: config.s3.failed_retry_max,
-        },
+        drain_config(config),
         Some(shaper.clone()),
     );
     let drain_task = tokio::spawn(drain.clone().run());
@@ -154,38 +290,85 @@ pub async fn run(
         drain.stats().clone(),
         store.clone(),
     ));
+    Ok(Core {
+        drain,
+        monitor,
+        tasks: CoreTasks {
+            shaper: shaper_task.abort_handle(),
+            drain: drain_task.abort_handle(),
+            webhook: webhook_task.map(|t| t.abort_handle()),
+            manifests: manifests_task.map(|t| t.abort_handle()),
+            monitor: monitor_task.abort_handle(),
+        },
+    })
+}
 
-    // The control socket answers before the SFTP port accepts, so that whoever sees the
-    // port open can also ask for status.
+/// The drain's settings from the `[s3]` section.
+fn drain_config(config: &Config) -> DrainConfig {
+    DrainConfig {
+        prefix: config.s3.prefix.clone(),
+        part_size: config.s3.part_size,
+        concurrency: config.s3.concurrency,
+        backoff_base: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(30),
+        settle: crate::drain::upload::SETTLE_DEFAULT,
+        early: config.s3.early_drain,
+        failed_retry_first: config.s3.failed_retry,
+        failed_retry_max: config.s3.failed_retry_max,
+    }
+}
+
+/// Binds the control socket and serves it.
+fn start_control(
+    config: &Config,
+    spool: &Arc<Spool>,
+    core: &Core,
+) -> Result<AbortHandle, BoxError> {
     let control_listener = control::bind(&config.control.socket)?;
     let handler = control_handler(
         spool.clone(),
-        drain.clone(),
+        core.drain.clone(),
         config.clone(),
-        monitor.clone(),
-        Arc::clone(&defender),
+        core.monitor.clone(),
+        Arc::clone(&core.monitor.defender),
     );
-    let control_task = tokio::spawn(control::serve(control_listener, handler));
-    let metrics_task = match config.metrics.as_ref() {
-        Some(m) => {
-            let listener = crate::status::metrics::bind(m.listen).await?;
-            let (spool, drain, config, monitor) = (
-                spool.clone(),
-                drain.clone(),
-                config.clone(),
-                monitor.clone(),
-            );
-            let snapshot_fn: crate::status::metrics::SnapshotFn =
-                Arc::new(move || snapshot(&spool, &drain, &config, &monitor));
-            tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
-            Some(tokio::spawn(crate::status::metrics::serve(
-                listener,
-                snapshot_fn,
-            )))
-        }
-        None => None,
-    };
+    Ok(tokio::spawn(control::serve(control_listener, handler)).abort_handle())
+}
 
+/// Binds and serves `/metrics` when `[metrics]` is configured.
+async fn start_metrics(
+    config: &Config,
+    spool: &Arc<Spool>,
+    core: &Core,
+) -> Result<Option<AbortHandle>, BoxError> {
+    let Some(m) = config.metrics.as_ref() else {
+        return Ok(None);
+    };
+    let listener = crate::status::metrics::bind(m.listen).await?;
+    let (spool, drain, config, monitor) = (
+        spool.clone(),
+        core.drain.clone(),
+        config.clone(),
+        core.monitor.clone(),
+    );
+    let snapshot_fn: crate::status::metrics::SnapshotFn =
+        Arc::new(move || snapshot(&spool, &drain, &config, &monitor));
+    tracing::info!(listen = %m.listen, "metrics at http://{}/metrics", m.listen);
+    Ok(Some(
+        tokio::spawn(crate::status::metrics::serve(listener, snapshot_fn)).abort_handle(),
+    ))
+}
+
+/// The SFTP server's task, which returns once its sessions have ended.
+type SftpTask = JoinHandle<Result<(), crate::sftp::server::ServeError>>;
+
+/// Loads the host keys and users, binds the SFTP port and serves it until `true` is sent on
+/// the returned channel.
+async fn start_sftp(
+    config: &Config,
+    spool: &Arc<Spool>,
+    monitor: &Monitor,
+) -> Result<(tokio::sync::watch::Sender<bool>, SftpTask), BoxError> {
     let ssh = crate::sftp::SshSetup {
         algorithms: config.sftp.algorithms,
         host_keys: crate::sftp::load_host_keys(&config.sftp.host_key, config.sftp.algorithms)
@@ -202,7 +385,7 @@ pub async fn run(
                 crate::sftp::receipts::VirtualDir::new(name, Arc::clone(&monitor.drain_rate))
             }),
         },
-        defender: Arc::clone(&defender),
+        defender: Arc::clone(&monitor.defender),
     };
     let users = Arc::new(crate::sftp::namespace::Users::new(&config.users)?);
     let listener = tokio::net::TcpListener::bind(config.sftp.listen)
@@ -219,96 +402,23 @@ pub async fn run(
             let _ = sftp_stop.wait_for(|s| *s).await;
         },
     ));
+    Ok((stop_tx, sftp_task))
+}
 
+/// Expires stale partial files and prunes old delivered ones, every tenth of the partial TTL
+/// (between 1 s and 60 s).
+fn start_sweeper(config: &Config, spool: &Arc<Spool>) -> AbortHandle {
     let sweeper_spool = spool.clone();
     let sweep_every =
         (config.spool.partial_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let sweeper_task = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             tokio::time::sleep(sweep_every).await;
             sweeper_spool.expire_partials().await;
             sweeper_spool.prune_delivered();
         }
-    });
-
-    tracing::info!(listen = %config.sftp.listen, spool = %config.spool.dir.display(), bucket = %config.s3.bucket, "gateway running");
-    ready();
-    let mut watched = vec![
-        Watched {
-            name: "drain",
-            task: drain_task.abort_handle(),
-        },
-        Watched {
-            name: "status monitor",
-            task: monitor_task.abort_handle(),
-        },
-        Watched {
-            name: "shaper",
-            task: shaper_task.abort_handle(),
-        },
-        Watched {
-            name: "control socket",
-            task: control_task.abort_handle(),
-        },
-        Watched {
-            name: "partial sweeper",
-            task: sweeper_task.abort_handle(),
-        },
-        Watched {
-            name: "SFTP server",
-            task: sftp_task.abort_handle(),
-        },
-    ];
-    if let Some(t) = &metrics_task {
-        watched.push(Watched {
-            name: "metrics server",
-            task: t.abort_handle(),
-        });
-    }
-    if let Some(t) = &webhook_task {
-        watched.push(Watched {
-            name: "webhook",
-            task: t.abort_handle(),
-        });
-    }
-    if let Some(t) = &manifests_task {
-        watched.push(Watched {
-            name: "manifests",
-            task: t.abort_handle(),
-        });
-    }
-    let _ = monitor.watched.set(watched.clone());
-    let health_task = tokio::spawn(crate::health::supervise(
-        config.control.socket.clone(),
-        watched,
-    ));
-    shutdown.await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    for t in [
-        drain_task,
-        control_task,
-        sweeper_task,
-        health_task,
-        monitor_task,
-        shaper_task,
-    ]
-    .into_iter()
-    .chain(metrics_task)
-    .chain(manifests_task)
-    .chain(webhook_task)
-    {
-        t.abort();
-    }
-    // Budget counters since the last periodic save (the override is saved when it is set).
-    let saver = shaper.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || saver.save_if_dirty()).await {
-        tracing::warn!(error = %e, "cannot save the shaping state at shutdown");
-    }
-    // Sessions still open keep their files partial; give the server a moment to close them.
-    let _ = tokio::time::timeout(Duration::from_secs(2), sftp_task).await;
-    let _ = std::fs::remove_file(&config.control.socket);
-    Ok(())
+    })
+    .abort_handle()
 }
 
 /// Samples the rates every second and probes S3 when the drain has been quiet.
@@ -371,25 +481,7 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                 Request::Status => {
                     Response::Status(Box::new(snapshot(&spool, &drain, &config, &monitor)))
                 }
-                Request::Retry { user, path } => {
-                    let path = match path.as_deref().map(VPath::resolve).transpose() {
-                        Ok(p) => p,
-                        Err(e) => return Response::Error { message: e.message },
-                    };
-                    let count = match (&user, &path) {
-                        (Some(u), Some(p)) => spool.retry_failed(Some((u, p))).await,
-                        (Some(u), None) => spool.retry_failed(Some((u, &VPath::root()))).await,
-                        (None, None) => spool.retry_failed(None).await,
-                        (None, Some(_)) => {
-                            return Response::Error {
-                                message: "a path needs --user".into(),
-                            };
-                        }
-                    };
-                    Response::Retried {
-                        count: count as u64,
-                    }
-                }
+                Request::Retry { user, path } => retry(&spool, user, path).await,
                 Request::DrainPause { for_secs } => {
                     shaping_reply(shaper.pause(for_secs.map(Duration::from_secs)))
                 }
@@ -400,32 +492,7 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                     Response::Quarantine { files, count }
                 }
                 Request::QuarantineDeliver { name, user, path } => {
-                    let target = match (user, path.as_deref().map(VPath::resolve)) {
-                        (Some(user), Some(Ok(path))) => Some((user, path)),
-                        (_, Some(Err(e))) => return Response::Error { message: e.message },
-                        (None, None) => None,
-                        _ => {
-                            return Response::Error {
-                                message: "--as needs USER:/PATH".into(),
-                            };
-                        }
-                    };
-                    if let Some((user, _)) = &target
-                        && !config.users.iter().any(|u| &u.name == user)
-                    {
-                        return Response::Error {
-                            message: format!("{user}: no such user in the configuration"),
-                        };
-                    }
-                    match spool.quarantine_deliver(&name, target).await {
-                        Ok((user, path)) => Response::Done {
-                            message: format!(
-                                "{name} sealed as {user}:{}; it is queued for delivery",
-                                path.display()
-                            ),
-                        },
-                        Err(e) => Response::Error { message: e.message },
-                    }
+                    quarantine_deliver(&spool, &config, name, user, path).await
                 }
                 Request::QuarantineDelete { name } => match spool.quarantine_delete(&name) {
                     Ok(()) => Response::Done {
@@ -445,25 +512,7 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
                 Request::BansList => Response::Bans {
                     bans: defender.bans(std::time::Instant::now()),
                 },
-                Request::BansClear { source } => {
-                    let ip = match source.as_deref().map(str::parse::<std::net::IpAddr>) {
-                        Some(Err(_)) => {
-                            return Response::Error {
-                                message: format!(
-                                    "{:?} is not an IP address",
-                                    source.unwrap_or_default()
-                                ),
-                            };
-                        }
-                        Some(Ok(ip)) => Some(ip),
-                        None => None,
-                    };
-                    let lifted = defender.clear(ip, std::time::Instant::now());
-                    tracing::info!(source = ?ip, lifted, "bans cleared from the control socket");
-                    Response::Done {
-                        message: format!("{lifted} ban(s) lifted"),
-                    }
-                }
+                Request::BansClear { source } => bans_clear(&defender, source),
                 Request::DrainRate {
                     bytes_per_sec,
                     for_secs,
@@ -473,6 +522,83 @@ fn control_handler<S: crate::drain::store::ObjectStore>(
             }
         })
     })
+}
+
+/// `sftpgw retry [--user U [PATH]]`: queues failed files again, all or one user's or those
+/// under one path.
+async fn retry(spool: &Spool, user: Option<String>, path: Option<String>) -> Response {
+    let path = match path.as_deref().map(VPath::resolve).transpose() {
+        Ok(p) => p,
+        Err(e) => return Response::Error { message: e.message },
+    };
+    let count = match (&user, &path) {
+        (Some(u), Some(p)) => spool.retry_failed(Some((u, p))).await,
+        (Some(u), None) => spool.retry_failed(Some((u, &VPath::root()))).await,
+        (None, None) => spool.retry_failed(None).await,
+        (None, Some(_)) => {
+            return Response::Error {
+                message: "a path needs --user".into(),
+            };
+        }
+    };
+    Response::Retried {
+        count: u64_from_usize(count),
+    }
+}
+
+/// `sftpgw quarantine deliver NAME [--as USER:/PATH]`: seals a quarantined file as a new
+/// upload, where its identity says or where `--as` says.
+async fn quarantine_deliver(
+    spool: &Spool,
+    config: &Config,
+    name: String,
+    user: Option<String>,
+    path: Option<String>,
+) -> Response {
+    let target = match (user, path.as_deref().map(VPath::resolve)) {
+        (Some(user), Some(Ok(path))) => Some((user, path)),
+        (_, Some(Err(e))) => return Response::Error { message: e.message },
+        (None, None) => None,
+        _ => {
+            return Response::Error {
+                message: "--as needs USER:/PATH".into(),
+            };
+        }
+    };
+    if let Some((user, _)) = &target
+        && !config.users.iter().any(|u| &u.name == user)
+    {
+        return Response::Error {
+            message: format!("{user}: no such user in the configuration"),
+        };
+    }
+    match spool.quarantine_deliver(&name, target).await {
+        Ok((user, path)) => Response::Done {
+            message: format!(
+                "{name} sealed as {user}:{}; it is queued for delivery",
+                path.display()
+            ),
+        },
+        Err(e) => Response::Error { message: e.message },
+    }
+}
+
+/// `sftpgw bans clear [SOURCE]`: lifts every ban, or the bans of one IP address.
+fn bans_clear(defender: &crate::sftp::defender::Defender, source: Option<String>) -> Response {
+    let ip = match source.as_deref().map(str::parse::<std::net::IpAddr>) {
+        Some(Err(_)) => {
+            return Response::Error {
+                message: format!("{:?} is not an IP address", source.unwrap_or_default()),
+            };
+        }
+        Some(Ok(ip)) => Some(ip),
+        None => None,
+    };
+    let lifted = defender.clear(ip, std::time::Instant::now());
+    tracing::info!(source = ?ip, lifted, "bans cleared from the control socket");
+    Response::Done {
+        message: format!("{lifted} ban(s) lifted"),
+    }
 }
 
 /// The reply to a `drain pause|resume|rate` request.
@@ -534,7 +660,7 @@ fn files_page<S: crate::drain::store::ObjectStore>(
             .map(|f| file_status(spool, drain, config, f, &retrying))
             .collect(),
         next,
-        count: spool.counts().files(state) as u64,
+        count: u64_from_usize(spool.counts().files(state)),
     }
 }
 
@@ -564,13 +690,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         let r = monitor.rates.lock().unwrap_or_else(|p| p.into_inner());
         (r.0.bytes_per_sec(), r.1.bytes_per_sec(), r.0.span_secs())
     };
-    let uploading = files
-        .iter()
-        .filter(|f| f.state == FileState::Uploading)
-        .count() as u64;
-    for f in files.iter_mut().filter(|f| f.state == FileState::Uploading) {
-        f.eta_secs = assess::eta_secs(f.size.saturating_sub(f.bytes_done), drained, uploading);
-    }
+    set_upload_etas(&mut files, drained);
     let total_bytes = space.blocks_total * space.block_size;
     let free_bytes = space.blocks_avail * space.block_size;
     let high = config.spool.high_watermark_percent;
@@ -578,38 +698,18 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
     let skew = monitor.observer.skew();
     let errors = telemetry::recent_errors();
     let shaping = monitor.shaper.status();
-    let tasks_stopped = monitor
-        .watched
-        .get()
-        .map(|w| {
-            w.iter()
-                .filter(|t| t.task.is_finished())
-                .map(|t| t.name)
-                .collect()
-        })
-        .unwrap_or_default();
+    let tasks_stopped = monitor.tasks_stopped();
     let spool_alarms = spool.alarms();
     let health = assess::health(&HealthInputs {
         tasks_stopped,
-        // The spool's own gate first: it keeps refusing until the fill is below the low
-        // watermark, which a reading of the fill alone cannot tell.
-        spool_full: assess::spool_full(total_bytes, free_bytes, SPOOL_RESERVE_BYTES, high).or_else(
-            || {
-                spool.refusing_uploads().then(|| {
-                    format!(
-                        "spool refuses uploads until it drains below its low watermark of {}%",
-                        config.spool.low_watermark_percent
-                    )
-                })
-            },
-        ),
+        spool_full: spool_full(spool, config, total_bytes, free_bytes),
         recent_errors: &errors,
         now_unix: now,
         s3_reachable: reach.reachable,
         s3_last_error: reach.last_error.as_deref(),
-        failed_files: counts.files(FileState::Failed) as u64,
-        conflict_files: counts.files(FileState::Conflict) as u64,
-        retrying_files: retrying.len() as u64,
+        failed_files: u64_from_usize(counts.files(FileState::Failed)),
+        conflict_files: u64_from_usize(counts.files(FileState::Conflict)),
+        retrying_files: u64_from_usize(retrying.len()),
         clock_skew_secs: skew.map(|k| k.skew_secs),
         shaping: Some(&shaping),
         spool_alarms: &spool_alarms,
@@ -625,13 +725,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
             queue_bytes: queue.bytes,
             queue_files: queue.files,
         },
-        drain: DrainSummary {
-            endpoint: config.s3.endpoint_label(),
-            bucket: config.s3.bucket.clone(),
-            bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
-            parts_sent: stats.parts_sent.load(Ordering::Relaxed),
-            files_delivered: stats.files_delivered.load(Ordering::Relaxed),
-        },
+        drain: drain_summary(config, stats),
         files,
         file_counts: Some(crate::status::FileCounts::from_spool(&counts)),
         shaping,
@@ -651,20 +745,73 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         },
         queue,
         errors,
-        s3: S3Status {
-            reachable: reach.reachable,
-            last_request_unix: reach.last_request_unix,
-            last_error: reach.last_error,
-            clock_skew_secs: skew.map(|k| k.skew_secs),
-            clock_skew_measured_unix: skew.map(|k| k.measured_unix),
-        },
-        counters: Counters {
-            bytes_received: telemetry::bytes_received(),
-            s3_retries: telemetry::s3_retries(),
-            errors_by_kind: telemetry::ErrorKind::ALL
-                .iter()
-                .map(|k| (k.label().to_owned(), telemetry::errors_total(*k)))
-                .collect(),
-        },
+        s3: s3_status(reach, skew),
+        counters: counters(),
+    }
+}
+
+/// Each uploading file's ETA, sharing the drain rate `drained` among the uploads listed.
+fn set_upload_etas(files: &mut [FileStatus], drained: u64) {
+    let uploading = u64_from_usize(
+        files
+            .iter()
+            .filter(|f| f.state == FileState::Uploading)
+            .count(),
+    );
+    for f in files.iter_mut().filter(|f| f.state == FileState::Uploading) {
+        f.eta_secs = assess::eta_secs(f.size.saturating_sub(f.bytes_done), drained, uploading);
+    }
+}
+
+/// Why the spool refuses uploads, if it does: too full now, or not yet drained below the low
+/// watermark since it was.
+fn spool_full(spool: &Spool, config: &Config, total_bytes: u64, free_bytes: u64) -> Option<String> {
+    let high = config.spool.high_watermark_percent;
+    // The spool's own gate first: it keeps refusing until the fill is below the low
+    // watermark, which a reading of the fill alone cannot tell.
+    assess::spool_full(total_bytes, free_bytes, SPOOL_RESERVE_BYTES, high).or_else(|| {
+        spool.refusing_uploads().then(|| {
+            format!(
+                "spool refuses uploads until it drains below its low watermark of {}%",
+                config.spool.low_watermark_percent
+            )
+        })
+    })
+}
+
+/// What the drain has sent since the daemon started, and where to.
+fn drain_summary(config: &Config, stats: &crate::drain::upload::DrainStats) -> DrainSummary {
+    DrainSummary {
+        endpoint: config.s3.endpoint_label(),
+        bucket: config.s3.bucket.clone(),
+        bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+        parts_sent: stats.parts_sent.load(Ordering::Relaxed),
+        files_delivered: stats.files_delivered.load(Ordering::Relaxed),
+    }
+}
+
+/// What the S3 observer saw of the endpoint: its answers and its clock.
+fn s3_status(
+    reach: crate::drain::observer::S3Reachability,
+    skew: Option<crate::drain::observer::ServerClockSkew>,
+) -> S3Status {
+    S3Status {
+        reachable: reach.reachable,
+        last_request_unix: reach.last_request_unix,
+        last_error: reach.last_error,
+        clock_skew_secs: skew.map(|k| k.skew_secs),
+        clock_skew_measured_unix: skew.map(|k| k.measured_unix),
+    }
+}
+
+/// The process-wide counters of [`telemetry`].
+fn counters() -> Counters {
+    Counters {
+        bytes_received: telemetry::bytes_received(),
+        s3_retries: telemetry::s3_retries(),
+        errors_by_kind: telemetry::ErrorKind::ALL
+            .iter()
+            .map(|k| (k.label().to_owned(), telemetry::errors_total(*k)))
+            .collect(),
     }
 }
