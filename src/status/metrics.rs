@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::{HealthLevel, Snapshot, SnapshotSource};
+use crate::num::f64_from_u64;
 
 /// Longest request head read; a scrape's is a few hundred bytes.
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -57,84 +58,96 @@ fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The metrics text of one snapshot.
+/// The metrics text of one snapshot. The families are registered, and so written, in the
+/// order of the helpers below; scrapers do not care, but the tests compare the text.
 pub fn encode_snapshot(s: &Snapshot) -> String {
     let mut r = Registry::default();
+    register_daemon(&mut r, s);
+    register_transfers(&mut r, s);
+    register_backlog(&mut r, s);
+    register_rates(&mut r, s);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
+
+/// The daemon itself: health, uptime, SFTP sessions, and the SSH port's limits and bans.
+fn register_daemon(r: &mut Registry, s: &Snapshot) {
     let health = match s.health.level {
         HealthLevel::Ok => 0,
         HealthLevel::Degraded => 1,
         HealthLevel::Failing => 2,
     };
+    gauge(r, "sftpgw_health", "0 ok, 1 degraded, 2 failing", health);
     gauge(
-        &mut r,
-        "sftpgw_health",
-        "0 ok, 1 degraded, 2 failing",
-        health,
-    );
-    gauge(
-        &mut r,
+        r,
         "sftpgw_up",
         "1 when the daemon made this snapshot",
         i64::from(s.source == SnapshotSource::Daemon),
     );
     gauge(
-        &mut r,
+        r,
         "sftpgw_uptime_seconds",
         "Since the daemon started",
         as_i64(s.uptime_secs),
     );
     gauge(
-        &mut r,
+        r,
         "sftpgw_sftp_sessions",
         "Live SFTP sessions",
         as_i64(s.sftp_sessions),
     );
     if let Some(lan) = s.lan {
         gauge(
-            &mut r,
+            r,
             "sftpgw_ssh_banned_sources",
             "Sources refused for a while after repeated failures",
             i64::try_from(lan.banned_sources).unwrap_or(i64::MAX),
         );
         gauge(
-            &mut r,
+            r,
             "sftpgw_ssh_connections_not_logged_in",
             "SSH connections that have not logged in yet",
             i64::try_from(lan.startups).unwrap_or(i64::MAX),
         );
         counter(
-            &mut r,
+            r,
             "sftpgw_ssh_connections_refused",
             "SSH connections refused at accept or at login (limits, bans)",
             lan.refused,
         );
     }
+}
+
+/// What went through: bytes received and sent, parts, files delivered, retries, errors.
+fn register_transfers(r: &mut Registry, s: &Snapshot) {
     counter(
-        &mut r,
+        r,
         "sftpgw_sftp_received_bytes",
         "File bytes received over SFTP",
         s.counters.bytes_received,
     );
     counter(
-        &mut r,
+        r,
         "sftpgw_s3_sent_bytes",
         "Bytes of finished parts sent to S3",
         s.drain.bytes_sent,
     );
     counter(
-        &mut r,
+        r,
         "sftpgw_s3_parts_sent",
         "Parts (and single PUTs) sent to S3",
         s.drain.parts_sent,
     );
     counter(
-        &mut r,
+        r,
         "sftpgw_files_delivered",
         "Files delivered and verified",
         s.drain.files_delivered,
     );
     counter(
-        &mut r,
+        r,
         "sftpgw_s3_retries",
         "S3 requests retried after a transient error",
         s.counters.s3_retries,
@@ -152,21 +165,25 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
             .inc_by(n);
     }
     r.register("sftpgw_errors", "Errors by kind", errors);
+}
+
+/// What waits: the queue, the spool's fill, the files by state.
+fn register_backlog(r: &mut Registry, s: &Snapshot) {
     gauge(
-        &mut r,
+        r,
         "sftpgw_queue_files",
         "Files waiting for delivery",
         as_i64(s.queue.files),
     );
     gauge(
-        &mut r,
+        r,
         "sftpgw_queue_bytes",
         "Bytes waiting for delivery",
         as_i64(s.queue.bytes),
     );
     if let Some(age) = s.queue.oldest_age_secs {
         gauge(
-            &mut r,
+            r,
             "sftpgw_queue_oldest_age_seconds",
             "Age of the oldest queued file",
             as_i64(age),
@@ -176,16 +193,16 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
     let fill = if total == 0 {
         0.0
     } else {
-        total.saturating_sub(s.spool.free_bytes) as f64 / total as f64
+        f64_from_u64(total.saturating_sub(s.spool.free_bytes)) / f64_from_u64(total)
     };
     gauge_f64(
-        &mut r,
+        r,
         "sftpgw_spool_fill_ratio",
         "Used fraction of the spool file system",
         fill,
     );
     gauge(
-        &mut r,
+        r,
         "sftpgw_spool_free_bytes",
         "Free bytes on the spool file system",
         as_i64(s.spool.free_bytes),
@@ -199,41 +216,45 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
             .set(as_i64(n));
     }
     r.register("sftpgw_files", "Files the gateway knows, by state", files);
+}
+
+/// How fast: ingest and drain rates, the shaper's rate, limit and pause, and S3's state.
+fn register_rates(r: &mut Registry, s: &Snapshot) {
     gauge(
-        &mut r,
+        r,
         "sftpgw_ingest_rate_bytes_per_second",
         "SFTP ingest, 1 min average",
         as_i64(s.rates.ingest_bytes_per_sec),
     );
     gauge(
-        &mut r,
+        r,
         "sftpgw_drain_rate_bytes_per_second",
         "S3 drain, 1 min average",
         as_i64(s.rates.drain_bytes_per_sec),
     );
     gauge(
-        &mut r,
+        r,
         "sftpgw_wan_rate_bytes_per_second",
         "WAN rate the shaper measures",
         as_i64(s.shaping.rate_bytes_per_sec),
     );
     if let Some(limit) = s.shaping.limit_bytes_per_sec {
         gauge(
-            &mut r,
+            r,
             "sftpgw_wan_limit_bytes_per_second",
             "WAN limit in force (absent: unlimited)",
             as_i64(limit),
         );
     }
     gauge(
-        &mut r,
+        r,
         "sftpgw_drain_paused",
         "1 while no new part may start",
         i64::from(s.shaping.paused),
     );
     if let Some(reachable) = s.s3.reachable {
         gauge(
-            &mut r,
+            r,
             "sftpgw_s3_reachable",
             "1 if the last S3 request got an answer",
             i64::from(reachable),
@@ -241,16 +262,12 @@ pub fn encode_snapshot(s: &Snapshot) -> String {
     }
     if let Some(skew) = s.s3.clock_skew_secs {
         gauge_f64(
-            &mut r,
+            r,
             "sftpgw_s3_clock_skew_seconds",
             "S3 Date header minus our clock",
             skew,
         );
     }
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, &r);
-    out
 }
 
 /// What a scrape answers: the current snapshot.
