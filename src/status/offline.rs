@@ -11,6 +11,7 @@ use std::path::Path;
 use super::{FileStatus, Health, HealthLevel, QueueStatus, Snapshot, SnapshotSource, SpoolUsage};
 use crate::config::Config;
 use crate::journal::replay::decode_all;
+use crate::num::u64_from_usize;
 use crate::spool::FileState;
 use crate::spool::catalog::{Catalog, FileRecord, Record};
 
@@ -30,19 +31,7 @@ pub enum OfflineError {
 /// The snapshot the journal under `config.spool.dir` describes, with health `failing: daemon
 /// not running`.
 pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> {
-    let path = config.spool.dir.join("journal");
-    let shown = path.display().to_string();
-    let records = read_records(&path).map_err(|e| match e {
-        ReadError::Io(e) => OfflineError::Read(shown.clone(), e),
-        ReadError::Format(m) => OfflineError::Format(shown.clone(), m),
-        ReadError::TooLarge => OfflineError::TooLarge(shown.clone(), OFFLINE_JOURNAL_BYTES_MAX),
-    })?;
-    let mut catalog = Catalog::with_retention(config.spool.delivered_retention);
-    for r in &records {
-        // A record that does not fit is ignored, as the daemon's replay does.
-        let _ = catalog.apply(r);
-    }
-    catalog.end_replay();
+    let mut catalog = replay(config)?;
     let now = crate::spool::now_unix();
     catalog.prune_delivered(now);
     let counts = catalog.counts();
@@ -50,43 +39,8 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
         catalog.in_state(state).next().map(|f| f.mtime_unix)
     });
     let failed = counts.files(FileState::Failed);
-    // As the daemon does: pending files first, then the latest delivered, a bounded list.
-    let mut recs: Vec<&FileRecord> = Vec::new();
-    for state in [
-        FileState::Uploading,
-        FileState::Failed,
-        FileState::Conflict,
-        FileState::Partial,
-        FileState::Sealed,
-    ] {
-        let room = super::FILES_LISTED_COUNT_MAX.saturating_sub(recs.len());
-        recs.extend(catalog.in_state(state).filter(|f| !f.hidden).take(room));
-    }
-    let room = super::FILES_LISTED_COUNT_MAX.saturating_sub(recs.len());
-    recs.extend(catalog.recently_delivered().take(room));
-    recs.sort_by_key(|f| (f.mtime_unix, f.id));
-    let files: Vec<FileStatus> = recs
-        .iter()
-        .map(|f| {
-            let key = format!("{}{}/{}", config.s3.prefix, f.user, f.path.as_str());
-            // A receiving file's size is only in its spool file; stat it (read-only).
-            let size = match f.state {
-                FileState::Receiving | FileState::Partial => {
-                    std::fs::metadata(config.spool.dir.join("partial").join(f.id.to_string()))
-                        .map_or(0, |m| m.len())
-                }
-                _ => f.size,
-            };
-            FileStatus::from_record(f, key, size, config.s3.part_size, None)
-        })
-        .collect();
-    let (total, free) = match nix::sys::statvfs::statvfs(&config.spool.dir) {
-        Ok(s) => (
-            s.blocks() * s.fragment_size(),
-            s.blocks_available() * s.fragment_size(),
-        ),
-        Err(_) => (0, 0),
-    };
+    let files = listed_files(&catalog, config);
+    let (total, free) = spool_fs_bytes(&config.spool.dir);
     let mut reasons = vec!["daemon not running (status from the journal)".to_owned()];
     if failed > 0 {
         reasons.push(format!(
@@ -109,7 +63,7 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
             bucket: config.s3.bucket.clone(),
             bytes_sent: 0,
             parts_sent: 0,
-            files_delivered: counts.files(FileState::Delivered) as u64,
+            files_delivered: u64_from_usize(counts.files(FileState::Delivered)),
         },
         files,
         file_counts: Some(super::FileCounts::from_spool(&counts)),
@@ -127,6 +81,68 @@ pub fn snapshot_from_journal(config: &Config) -> Result<Snapshot, OfflineError> 
         s3: Default::default(),
         counters: Default::default(),
     })
+}
+
+/// The catalog the journal under `config.spool.dir` leaves once replayed, as a start would.
+fn replay(config: &Config) -> Result<Catalog, OfflineError> {
+    let path = config.spool.dir.join("journal");
+    let shown = path.display().to_string();
+    let records = read_records(&path).map_err(|e| match e {
+        ReadError::Io(e) => OfflineError::Read(shown.clone(), e),
+        ReadError::Format(m) => OfflineError::Format(shown.clone(), m),
+        ReadError::TooLarge => OfflineError::TooLarge(shown.clone(), OFFLINE_JOURNAL_BYTES_MAX),
+    })?;
+    let mut catalog = Catalog::with_retention(config.spool.delivered_retention);
+    for r in &records {
+        // A record that does not fit is ignored, as the daemon's replay does.
+        let _ = catalog.apply(r);
+    }
+    catalog.end_replay();
+    Ok(catalog)
+}
+
+/// The files status lists, as the daemon lists them: pending files first, then the latest
+/// delivered, a bounded list, oldest first.
+fn listed_files(catalog: &Catalog, config: &Config) -> Vec<FileStatus> {
+    let mut recs: Vec<&FileRecord> = Vec::new();
+    for state in [
+        FileState::Uploading,
+        FileState::Failed,
+        FileState::Conflict,
+        FileState::Partial,
+        FileState::Sealed,
+    ] {
+        let room = super::FILES_LISTED_COUNT_MAX.saturating_sub(recs.len());
+        recs.extend(catalog.in_state(state).filter(|f| !f.hidden).take(room));
+    }
+    let room = super::FILES_LISTED_COUNT_MAX.saturating_sub(recs.len());
+    recs.extend(catalog.recently_delivered().take(room));
+    recs.sort_by_key(|f| (f.mtime_unix, f.id));
+    recs.iter()
+        .map(|f| {
+            let key = format!("{}{}/{}", config.s3.prefix, f.user, f.path.as_str());
+            // A receiving file's size is only in its spool file; stat it (read-only).
+            let size = match f.state {
+                FileState::Receiving | FileState::Partial => {
+                    std::fs::metadata(config.spool.dir.join("partial").join(f.id.to_string()))
+                        .map_or(0, |m| m.len())
+                }
+                _ => f.size,
+            };
+            FileStatus::from_record(f, key, size, config.s3.part_size, None)
+        })
+        .collect()
+}
+
+/// The size and the free bytes of the file system holding `dir`; (0, 0) if unknown.
+fn spool_fs_bytes(dir: &Path) -> (u64, u64) {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => (
+            s.blocks() * s.fragment_size(),
+            s.blocks_available() * s.fragment_size(),
+        ),
+        Err(_) => (0, 0),
+    }
 }
 
 enum ReadError {
