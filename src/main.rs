@@ -336,6 +336,8 @@ fn required_config(config: Option<PathBuf>, command: &str) -> PathBuf {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = cli.config;
+    // The configuration of a command that needs one (a usage error without it).
+    let load = |command| Config::load(&required_config(config_path.clone(), command));
     let console_config = || {
         config_path
             .clone()
@@ -343,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Run => {
-            let config = Config::load(&required_config(config_path, "run"))?;
+            let config = load("run")?;
             runtime()?.block_on(async {
                 sftpgw::gateway::run(config, shutdown_signal(), sftpgw::health::ready)
                     .await
@@ -354,7 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .block_on(sftpgw::demo::run(&dir, port, s3_port, shutdown_signal()))
             .map_err(|e| anyhow::anyhow!(e)),
         Command::Status { json, all, watch } => {
-            let config = Config::load(&required_config(config_path, "status"))?;
+            let config = load("status")?;
             runtime()?.block_on(status(&config, json, all, watch))
         }
         Command::Files {
@@ -362,79 +364,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             after,
             limit,
             json,
-        } => {
-            let config = Config::load(&required_config(config_path, "files"))?;
-            files(&config.control.socket, &states, after, limit, json)
-        }
+        } => files(&load("files")?.control.socket, &states, after, limit, json),
         Command::Report {
             since,
             until,
             user,
             format,
         } => {
-            let config = Config::load(&required_config(config_path, "report"))?;
-            let filter = sftpgw::report::Filter { since, until, user };
-            let format = match format {
-                ReportFormat::Csv => sftpgw::report::Format::Csv,
-                ReportFormat::Json => sftpgw::report::Format::Json,
-            };
-            let mut out = std::io::stdout().lock();
-            match sftpgw::report::write(&config.spool.dir, &filter, format, &mut out) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                r => r.map(|_| ()).with_context(|| {
-                    format!("reading the delivery log in {}", config.spool.dir.display())
-                }),
-            }
+            let config = load("report")?;
+            report(
+                &config,
+                sftpgw::report::Filter { since, until, user },
+                format,
+            )
         }
         Command::Events { follow } => {
             if !follow {
                 bail!("events are not stored: `sftpgw events --follow` shows them as they happen");
             }
-            let config = Config::load(&required_config(config_path, "events"))?;
-            runtime()?.block_on(async {
-                use std::io::Write as _;
-                let mut out = std::io::stdout().lock();
-                let started = || eprintln!("following the daemon's events (Ctrl-C ends)");
-                let result = control::follow_events(&config.control.socket, started, |line| {
-                    writeln!(out, "{line}")?;
-                    out.flush()
-                })
-                .await;
-                match result {
-                    Err(ControlError::Io(_, e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                        Ok(())
-                    }
-                    r => r.map_err(anyhow::Error::from),
-                }
-            })
+            let config = load("events")?;
+            follow_events(&config.control.socket)
         }
-        Command::Retry { user, path } => {
-            let config = Config::load(&required_config(config_path, "retry"))?;
-            let response = runtime()?.block_on(control::request(
-                &config.control.socket,
-                &Request::Retry { user, path },
-            ))?;
-            match response {
-                Response::Retried { count } => {
-                    println!("{count} failed file(s) queued again");
-                    Ok(())
-                }
-                Response::Error { message } => bail!(message),
-                _ => bail!("unexpected response from the daemon"),
-            }
-        }
-        Command::Quarantine { command } => {
-            let config = Config::load(&required_config(config_path, "quarantine"))?;
-            quarantine(&config.control.socket, command)
-        }
-        Command::Bans { command } => {
-            let config = Config::load(&required_config(config_path, "bans"))?;
-            bans(&config.control.socket, command)
-        }
-        Command::Drain { command } => {
-            let config = Config::load(&required_config(config_path, "drain"))?;
-            drain(&config.control.socket, command)
-        }
+        Command::Retry { user, path } => retry(&load("retry")?.control.socket, user, path),
+        Command::Quarantine { command } => quarantine(&load("quarantine")?.control.socket, command),
+        Command::Bans { command } => bans(&load("bans")?.control.socket, command),
+        Command::Drain { command } => drain(&load("drain")?.control.socket, command),
         Command::Console {
             diagnostics_dir,
             reboot_request,
@@ -456,25 +410,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 on_change.as_deref(),
             ))
             .context("banner"),
-        Command::CheckConfig { file } => {
-            let file = file.unwrap_or_else(|| required_config(config_path, "check-config"));
-            let config = Config::load(&file)?;
-            println!(
-                "{}: OK ({} users, bucket {}, spool {})",
-                file.display(),
-                config.users.len(),
-                config.s3.bucket,
-                config.spool.dir.display()
-            );
-            Ok(())
-        }
+        Command::CheckConfig { file } => check_config(file, config_path),
         Command::User {
             command: UserCommand::Passwd,
-        } => {
-            let password = read_password()?;
-            println!("{}", sftpgw::sftp::namespace::hash_password(&password));
+        } => print_password_hash(),
+    }
+}
+
+/// `sftpgw user passwd`: reads a password and prints the hash a `[[users]]` entry takes.
+fn print_password_hash() -> anyhow::Result<()> {
+    let password = read_password()?;
+    println!("{}", sftpgw::sftp::namespace::hash_password(&password));
+    Ok(())
+}
+
+/// `sftpgw check-config [FILE]`: loads the configuration and says what it found.
+fn check_config(file: Option<PathBuf>, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let file = file.unwrap_or_else(|| required_config(config_path, "check-config"));
+    let config = Config::load(&file)?;
+    println!(
+        "{}: OK ({} users, bucket {}, spool {})",
+        file.display(),
+        config.users.len(),
+        config.s3.bucket,
+        config.spool.dir.display()
+    );
+    Ok(())
+}
+
+/// `sftpgw report`: the delivery log as CSV or JSON on stdout. A closed pipe ends it quietly.
+fn report(
+    config: &Config,
+    filter: sftpgw::report::Filter,
+    format: ReportFormat,
+) -> anyhow::Result<()> {
+    let format = match format {
+        ReportFormat::Csv => sftpgw::report::Format::Csv,
+        ReportFormat::Json => sftpgw::report::Format::Json,
+    };
+    let mut out = std::io::stdout().lock();
+    match sftpgw::report::write(&config.spool.dir, &filter, format, &mut out) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r
+            .map(|_| ())
+            .with_context(|| format!("reading the delivery log in {}", config.spool.dir.display())),
+    }
+}
+
+/// `sftpgw events --follow`: the daemon's lifecycle events as they happen, one JSON object a
+/// line, until Ctrl-C or a closed pipe.
+fn follow_events(socket: &Path) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let started = || eprintln!("following the daemon's events (Ctrl-C ends)");
+        let result = control::follow_events(socket, started, |line| {
+            writeln!(out, "{line}")?;
+            out.flush()
+        })
+        .await;
+        match result {
+            Err(ControlError::Io(_, e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.map_err(anyhow::Error::from),
+        }
+    })
+}
+
+/// `sftpgw retry`: asks the daemon to queue failed files again.
+fn retry(socket: &Path, user: Option<String>, path: Option<String>) -> anyhow::Result<()> {
+    let response = runtime()?.block_on(control::request(socket, &Request::Retry { user, path }))?;
+    match response {
+        Response::Retried { count } => {
+            println!("{count} failed file(s) queued again");
             Ok(())
         }
+        Response::Error { message } => bail!(message),
+        _ => bail!("unexpected response from the daemon"),
     }
 }
 
