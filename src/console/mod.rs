@@ -449,6 +449,28 @@ impl<W: Write> Console<'_, '_, W> {
             writeln!(self.out, "The quarantine is empty.")?;
             return Ok(());
         }
+        self.show_quarantine(&files, count)?;
+        let Some((deliver, file)) = self.pick_quarantined(&files)? else {
+            return Ok(());
+        };
+        let request = if deliver {
+            self.deliver_request(file)?
+        } else {
+            self.delete_request(file)?
+        };
+        let Some(request) = request else {
+            return Ok(());
+        };
+        let answer = self.request(&request);
+        self.show_done(answer)
+    }
+
+    /// The quarantined files, numbered from 1, each with why it is there.
+    fn show_quarantine(
+        &mut self,
+        files: &[crate::spool::QuarantinedFile],
+        count: usize,
+    ) -> std::io::Result<()> {
         writeln!(
             self.out,
             "Quarantined files (kept until delivered or deleted):"
@@ -478,78 +500,96 @@ impl<W: Write> Console<'_, '_, W> {
         if count > files.len() {
             writeln!(self.out, "... and {} more", count - files.len())?;
         }
+        Ok(())
+    }
+
+    /// Asks which file to deliver (`d N`, `true`) or delete (`x N`, `false`); `None` when the
+    /// answer is empty or not understood (with why printed).
+    fn pick_quarantined<'f>(
+        &mut self,
+        files: &'f [crate::spool::QuarantinedFile],
+    ) -> std::io::Result<Option<(bool, &'f crate::spool::QuarantinedFile)>> {
         let answer = match self.ask("Which? (d N: deliver, x N: delete, empty: none) ")? {
             Answer::Text(t) => t,
-            Answer::Back => return Ok(()),
+            Answer::Back => return Ok(None),
             Answer::Eof => return Err(eof()),
         };
         let mut words = answer.split_whitespace();
-        let (action, file) = match (words.next(), words.next(), words.next()) {
-            (None, _, _) => return Ok(()),
+        match (words.next(), words.next(), words.next()) {
+            (None, _, _) => Ok(None),
             (Some(action @ ("d" | "x")), Some(n), None) => match n
                 .parse::<usize>()
                 .ok()
                 .and_then(|i| files.get(i.wrapping_sub(1)))
             {
-                Some(f) => (action, f),
+                Some(f) => Ok(Some((action == "d", f))),
                 None => {
                     writeln!(
                         self.out,
                         "no such file: type a number from 1 to {}",
                         files.len()
                     )?;
-                    return Ok(());
+                    Ok(None)
                 }
             },
             _ => {
                 writeln!(self.out, "type d or x and a number, like: d 1")?;
-                return Ok(());
+                Ok(None)
             }
-        };
-        let request = if action == "d" {
-            let question = if file.identity.is_some() {
-                "Deliver as USER:/PATH (empty: where its identity says) "
-            } else {
-                "It carries no identity. Deliver as USER:/PATH "
-            };
-            let target = match self.ask(question)? {
-                Answer::Text(t) => t,
-                Answer::Back => return Ok(()),
-                Answer::Eof => return Err(eof()),
-            };
-            let target = target.trim();
-            let (user, path) = match target.split_once(':') {
-                Some((user, path)) => (Some(user.to_owned()), Some(path.to_owned())),
-                None if target.is_empty() && file.identity.is_some() => (None, None),
-                None => {
-                    writeln!(
-                        self.out,
-                        "type USER:/PATH, like alice:/scans/page-1.pdf: nothing delivered"
-                    )?;
-                    return Ok(());
-                }
-            };
-            Request::QuarantineDeliver {
-                name: file.name.clone(),
-                user,
-                path,
-            }
+        }
+    }
+
+    /// Asks where to deliver `file`; `None` when the operator backs out or types no target.
+    fn deliver_request(
+        &mut self,
+        file: &crate::spool::QuarantinedFile,
+    ) -> std::io::Result<Option<Request>> {
+        let question = if file.identity.is_some() {
+            "Deliver as USER:/PATH (empty: where its identity says) "
         } else {
-            let question = format!("Delete {} for good? Type yes to delete: ", file.name);
-            match self.ask(&question)? {
-                Answer::Text(t) if t.trim() == "yes" => {}
-                Answer::Eof => return Err(eof()),
-                _ => {
-                    writeln!(self.out, "nothing deleted")?;
-                    return Ok(());
-                }
-            }
-            Request::QuarantineDelete {
-                name: file.name.clone(),
+            "It carries no identity. Deliver as USER:/PATH "
+        };
+        let target = match self.ask(question)? {
+            Answer::Text(t) => t,
+            Answer::Back => return Ok(None),
+            Answer::Eof => return Err(eof()),
+        };
+        let target = target.trim();
+        let (user, path) = match target.split_once(':') {
+            Some((user, path)) => (Some(user.to_owned()), Some(path.to_owned())),
+            None if target.is_empty() && file.identity.is_some() => (None, None),
+            None => {
+                writeln!(
+                    self.out,
+                    "type USER:/PATH, like alice:/scans/page-1.pdf: nothing delivered"
+                )?;
+                return Ok(None);
             }
         };
-        let answer = self.request(&request);
-        self.show_done(answer)
+        Ok(Some(Request::QuarantineDeliver {
+            name: file.name.clone(),
+            user,
+            path,
+        }))
+    }
+
+    /// Asks the operator to confirm deleting `file`; `None` unless they type yes.
+    fn delete_request(
+        &mut self,
+        file: &crate::spool::QuarantinedFile,
+    ) -> std::io::Result<Option<Request>> {
+        let question = format!("Delete {} for good? Type yes to delete: ", file.name);
+        match self.ask(&question)? {
+            Answer::Text(t) if t.trim() == "yes" => {}
+            Answer::Eof => return Err(eof()),
+            _ => {
+                writeln!(self.out, "nothing deleted")?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(Request::QuarantineDelete {
+            name: file.name.clone(),
+        }))
     }
 
     /// Asks the daemon for a list; `None` (with the reason printed) when it refused, answered
