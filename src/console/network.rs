@@ -120,90 +120,32 @@ pub async fn check_endpoint(url: &str) -> EndpointCheck {
         steps: Vec::new(),
         answered: None,
     };
-    let parsed = match url::Url::parse(url) {
-        Ok(u) => u,
-        Err(e) => {
-            check.steps.push(format!("not a URL: {e}"));
+    let target = match Target::parse(url) {
+        Ok(t) => t,
+        Err(why) => {
+            check.steps.push(why);
             return check;
         }
     };
-    let tls = match parsed.scheme() {
-        "http" => false,
-        "https" => true,
-        other => {
-            check
-                .steps
-                .push(format!("scheme {other}: only http and https are checked"));
-            return check;
-        }
-    };
-    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
-        check.steps.push("the URL has no host".into());
-        return check;
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
     let step = Duration::from_secs(ENDPOINT_STEP_TIMEOUT_SECS);
-
-    let started = Instant::now();
-    let addrs: Vec<SocketAddr> =
-        match tokio::time::timeout(step, tokio::net::lookup_host((host.as_str(), port))).await {
-            Ok(Ok(a)) => a.collect(),
-            Ok(Err(e)) => {
-                check
-                    .steps
-                    .push(format!("DNS:  {host} does not resolve: {e}"));
-                return check;
-            }
-            Err(_) => {
-                check.steps.push(format!(
-                    "DNS:  no answer for {host} within {ENDPOINT_STEP_TIMEOUT_SECS} s"
-                ));
-                return check;
-            }
-        };
-    let Some(first) = addrs.first().copied() else {
-        check.steps.push(format!("DNS:  {host} has no address"));
+    let Some(first) = noted(
+        &mut check.steps,
+        resolve(&target.host, target.port, step).await,
+    ) else {
         return check;
     };
-    check.steps.push(format!(
-        "DNS:  {host} -> {} ({} ms)",
-        first.ip(),
-        started.elapsed().as_millis()
-    ));
-
-    let started = Instant::now();
-    let stream = match tokio::time::timeout(step, TcpStream::connect(first)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            check
-                .steps
-                .push(format!("TCP:  cannot connect to {first}: {e}"));
-            return check;
-        }
-        Err(_) => {
-            check.steps.push(format!(
-                "TCP:  no connection to {first} within {ENDPOINT_STEP_TIMEOUT_SECS} s"
-            ));
-            return check;
-        }
-    };
-    check.steps.push(format!(
-        "TCP:  connected to {first} ({} ms)",
-        started.elapsed().as_millis()
-    ));
-
-    let authority = match parsed.port() {
-        Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or(&host)),
-        None => parsed.host_str().unwrap_or(&host).to_owned(),
+    let Some(stream) = noted(&mut check.steps, connect(first, step).await) else {
+        return check;
     };
     let started = Instant::now();
-    let answer = if tls {
-        tokio::time::timeout(step, https_status_line(stream, &host, &authority)).await
+    let answer = if target.tls {
+        tokio::time::timeout(
+            step,
+            https_status_line(stream, &target.host, &target.authority),
+        )
+        .await
     } else {
-        tokio::time::timeout(step, status_line(stream, &authority)).await
+        tokio::time::timeout(step, status_line(stream, &target.authority)).await
     };
     match answer {
         Ok(Ok(line)) => {
@@ -219,6 +161,102 @@ pub async fn check_endpoint(url: &str) -> EndpointCheck {
         )),
     }
     check
+}
+
+/// Notes a step's line, done or failed, and gives what the step got if it was done.
+fn noted<T>(steps: &mut Vec<String>, step: Result<(T, String), String>) -> Option<T> {
+    match step {
+        Ok((got, done)) => {
+            steps.push(done);
+            Some(got)
+        }
+        Err(why) => {
+            steps.push(why);
+            None
+        }
+    }
+}
+
+/// Where the endpoint check connects, from the endpoint's URL.
+struct Target {
+    tls: bool,
+    /// The host name or address, without the brackets of an IPv6 literal.
+    host: String,
+    port: u16,
+    /// What the `Host` header says: the URL's host, and its port if the URL has one.
+    authority: String,
+}
+
+impl Target {
+    /// The target of `url`, or the step line that says why there is none.
+    fn parse(url: &str) -> Result<Target, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        let tls = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(format!("scheme {other}: only http and https are checked")),
+        };
+        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+            return Err("the URL has no host".into());
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let authority = match parsed.port() {
+            Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or(&host)),
+            None => parsed.host_str().unwrap_or(&host).to_owned(),
+        };
+        Ok(Target {
+            tls,
+            host,
+            port,
+            authority,
+        })
+    }
+}
+
+/// The DNS step: the first address of `host` and the step line, or the line that says why not.
+async fn resolve(host: &str, port: u16, step: Duration) -> Result<(SocketAddr, String), String> {
+    let started = Instant::now();
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(step, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(format!("DNS:  {host} does not resolve: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "DNS:  no answer for {host} within {ENDPOINT_STEP_TIMEOUT_SECS} s"
+                ));
+            }
+        };
+    let Some(first) = addrs.first().copied() else {
+        return Err(format!("DNS:  {host} has no address"));
+    };
+    let done = format!(
+        "DNS:  {host} -> {} ({} ms)",
+        first.ip(),
+        started.elapsed().as_millis()
+    );
+    Ok((first, done))
+}
+
+/// The TCP step: a connection to `addr` and the step line, or the line that says why not.
+async fn connect(addr: SocketAddr, step: Duration) -> Result<(TcpStream, String), String> {
+    let started = Instant::now();
+    let stream = match tokio::time::timeout(step, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("TCP:  cannot connect to {addr}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "TCP:  no connection to {addr} within {ENDPOINT_STEP_TIMEOUT_SECS} s"
+            ));
+        }
+    };
+    let done = format!(
+        "TCP:  connected to {addr} ({} ms)",
+        started.elapsed().as_millis()
+    );
+    Ok((stream, done))
 }
 
 async fn https_status_line(
