@@ -1,5 +1,10 @@
 //! Named limits of the whole gateway, with their units last (TigerBeetle style).
 //! Relations between limits are checked at compile time.
+//!
+//! A leaf: every module may read these limits, and this module uses nothing of the crate but
+//! the audited conversions of `crate::num` (which its compile-time checks need).
+
+use crate::num::{u64_from_usize, usize_from_u32};
 
 /// S3's smallest part (all but the last part of a multipart upload).
 pub const PART_SIZE_BYTES_MIN: u64 = 5 * 1024 * 1024;
@@ -32,4 +37,5 @@ const _: () = assert!(PART_SIZE_BYTES_MIN <= PART_SIZE_BYTES_DEFAULT);
 const _: () = assert!(PART_SIZE_BYTES_DEFAULT <= PART_SIZE_BYTES_MAX);
 const _: () = assert!(SFTP_IO_BYTES_MAX < SFTP_PACKET_BYTES_MAX);
 // An inline record (the bytes, an id, a length) must fit in one journal frame.
-const _: () = assert!(SEAL_INLINE_BYTES_MAX + 1024 <= RECORD_BYTES_MAX as u64);
+const _: () =
+    assert!(SEAL_INLINE_BYTES_MAX + 1024 <= u64_from_usize(usize_from_u32(RECORD_BYTES_MAX)));

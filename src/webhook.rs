@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, broadcast};
 
+use crate::num::u64_from_usize;
 /// Events kept while the receiver does not take them; the oldest go beyond it.
 pub const QUEUE_EVENTS_MAX: usize = 10_000;
 /// Events in one POST.
@@ -126,7 +127,7 @@ async fn send(cfg: &WebhookConfig, queue: &Mutex<Queue>, wake: &Notify) {
             Ok(Ok(())) => {
                 // Take the batch off the front; some of it may have been dropped meanwhile
                 // (the queue full), never anything after it.
-                lock(queue).pop_until(first + batch.len() as u64);
+                lock(queue).pop_until(first + u64_from_usize(batch.len()));
                 backoff = BACKOFF_FIRST;
             }
             Ok(Err(e)) => {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
+use crate::num::u64_from_usize;
 /// Where the privileged side mounts a removable USB partition (writable by the ops user).
 pub const USB_MOUNT_DIR: &str = "/media/usb";
 /// Bundles kept in the fallback directory; older ones are deleted when a new one is written.
@@ -195,7 +196,7 @@ fn pack(path: &Path, prefix: &str, files: &[(String, Vec<u8>)]) -> std::io::Resu
         .map_or(0, |d| d.as_secs());
     for (name, data) in files {
         let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
+        header.set_size(u64_from_usize(data.len()));
         header.set_mode(0o640);
         header.set_mtime(mtime);
         header.set_entry_type(tar::EntryType::Regular);

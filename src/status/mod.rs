@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::num::u64_from_usize;
 use crate::spool::FileState;
 pub use crate::telemetry::ErrorEvent;
 
@@ -119,7 +120,7 @@ impl FileCounts {
     pub fn from_spool(c: &crate::spool::StateCounts) -> FileCounts {
         let mut out = FileCounts::default();
         for state in crate::spool::catalog::STATES {
-            *out.slot(state) = c.files(state) as u64;
+            *out.slot(state) = u64_from_usize(c.files(state));
         }
         out
     }
@@ -211,7 +212,10 @@ impl QueueStatus {
         oldest_mtime: impl Fn(FileState) -> Option<u64>,
     ) -> QueueStatus {
         QueueStatus {
-            files: WAITING_STATES.iter().map(|s| counts.files(*s) as u64).sum(),
+            files: WAITING_STATES
+                .iter()
+                .map(|s| u64_from_usize(counts.files(*s)))
+                .sum(),
             bytes: WAITING_STATES.iter().map(|s| counts.bytes(*s)).sum(),
             oldest_age_secs: WAITING_STATES
                 .iter()
@@ -343,7 +347,10 @@ impl FileStatus {
         retrying: Option<String>,
     ) -> FileStatus {
         let part_size = f.upload.as_ref().map_or(default_part_size, |u| u.part_size);
-        let parts_done = f.upload.as_ref().map_or(0, |u| u.parts.len() as u64);
+        let parts_done = f
+            .upload
+            .as_ref()
+            .map_or(0, |u| u64_from_usize(u.parts.len()));
         let parts_total = if f.size >= part_size {
             f.size.div_ceil(part_size)
         } else {

@@ -7,12 +7,13 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::num::{f64_from_u64, u64_from_f64_saturating, usize_from_u64};
 /// Span of the moving average.
 pub const RATE_WINDOW_SECS: u64 = 60;
 /// How often the gateway samples its counters.
 pub const RATE_SAMPLE_INTERVAL_SECS: u64 = 1;
 /// Samples kept: one window's worth plus the one that opens it.
-const SAMPLES_COUNT_MAX: usize = (RATE_WINDOW_SECS / RATE_SAMPLE_INTERVAL_SECS) as usize + 1;
+const SAMPLES_COUNT_MAX: usize = usize_from_u64(RATE_WINDOW_SECS / RATE_SAMPLE_INTERVAL_SECS) + 1;
 
 const _: () =
     assert!(RATE_SAMPLE_INTERVAL_SECS > 0 && RATE_SAMPLE_INTERVAL_SECS < RATE_WINDOW_SECS);
@@ -49,7 +50,8 @@ impl RateMeter {
         if secs <= 0.0 {
             return 0;
         }
-        (last.1.saturating_sub(first.1) as f64 / secs) as u64
+        // Whole bytes per second, rounded down: a display and a forecast, not an account.
+        u64_from_f64_saturating(f64_from_u64(last.1.saturating_sub(first.1)) / secs)
     }
 
     /// Seconds the average spans now (less than the window just after start).

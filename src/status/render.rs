@@ -7,6 +7,7 @@
 use std::fmt::Write;
 
 use super::{FileStatus, Forecast, HealthLevel, Snapshot, SnapshotSource};
+use crate::num::{f64_from_u64, u64_from_usize, usize_from_u64};
 use crate::spool::FileState;
 
 /// Width of the serial console.
@@ -23,7 +24,7 @@ const PROGRESS_BAR_COLUMNS: usize = 20;
 /// Bytes as a short human string, `12.3 MiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
+    let mut v = f64_from_u64(n);
     let mut unit = 0;
     while v >= 1024.0 && unit < UNITS.len() - 1 {
         v /= 1024.0;
@@ -242,7 +243,7 @@ fn progress_bar(done: u64, total: u64) -> (String, u64) {
         .checked_div(total)
         .unwrap_or(100)
         .min(100);
-    let filled = (percent as usize * PROGRESS_BAR_COLUMNS) / 100;
+    let filled = (usize_from_u64(percent) * PROGRESS_BAR_COLUMNS) / 100;
     let bar = format!(
         "[{}{}]",
         "#".repeat(filled),
@@ -336,7 +337,7 @@ fn files(sc: &mut Screen, s: &Snapshot, all: bool) {
         .map(|st| count(*st))
         .sum()
     };
-    let more = listable.saturating_sub(shown as u64);
+    let more = listable.saturating_sub(u64_from_usize(shown));
     if more > 0 {
         sc.line(format!("  +{more} more (`sftpgw files` lists them all)"));
     }
