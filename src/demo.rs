@@ -11,9 +11,11 @@ use crate::gateway::BoxError;
 use crate::s3server::{S3Server, S3ServerConfig};
 use crate::sftp::KeyKind;
 
-pub const DEMO_BUCKET: &str = "uploads";
-pub const DEMO_ACCESS_KEY: &str = "sftpgw-demo";
-pub const DEMO_SECRET_KEY: &str = "sftpgw-demo-secret";
+/// The embedded S3 server's bucket.
+const DEMO_BUCKET: &str = "uploads";
+/// The embedded S3 server's credentials: loopback only, so fixed and public.
+const DEMO_ACCESS_KEY: &str = "sftpgw-demo";
+const DEMO_SECRET_KEY: &str = "sftpgw-demo-secret";
 
 /// The config `demo` writes: a complete example, commented.
 pub fn demo_config_text(

@@ -77,6 +77,7 @@ impl Monitor {
 /// journal and acknowledged files always have room.
 pub const SPOOL_RESERVE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Any error that stops the gateway from starting; `main` prints it and exits 1.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Size of the file system holding the spool directory (created if missing); 0 if unknown.

@@ -27,7 +27,9 @@ pub const HEALTH_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// A task that must run as long as the gateway does.
 #[derive(Clone)]
 pub struct Watched {
+    /// What status and the health reasons call the task: `drain`, `SFTP server`, ...
     pub name: &'static str,
+    /// The task: if it has finished while the gateway runs, it died.
     pub task: AbortHandle,
 }
 

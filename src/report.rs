@@ -14,6 +14,7 @@ pub struct Filter {
     pub since: Option<String>,
     /// Deliveries before this time.
     pub until: Option<String>,
+    /// Only this user's deliveries.
     pub user: Option<String>,
 }
 
@@ -26,9 +27,12 @@ impl Filter {
     }
 }
 
+/// How `sftpgw report` writes each delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Comma-separated values with a header line.
     Csv,
+    /// One JSON object per line, as the delivery log holds it.
     Json,
 }
 

@@ -33,6 +33,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order metrics list them.
     pub const ALL: [ErrorKind; 4] = [
         ErrorKind::S3Transient,
         ErrorKind::S3Permanent,
@@ -40,6 +41,7 @@ impl ErrorKind {
         ErrorKind::SshNegotiation,
     ];
 
+    /// The kind as a metric label and a JSON name, `s3_transient`.
     pub fn label(self) -> &'static str {
         match self {
             ErrorKind::S3Transient => "s3_transient",
@@ -62,10 +64,13 @@ impl ErrorKind {
 /// One error, as the status screen lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorEvent {
+    /// When it happened, Unix seconds.
     pub at_unix: u64,
+    /// What went wrong, broadly.
     pub kind: ErrorKind,
     /// `user:/path` of the file concerned, if any.
     pub file: Option<String>,
+    /// The error's message, cut to `ERROR_CAUSE_BYTES_MAX` bytes.
     pub cause: String,
 }
 
@@ -81,6 +86,7 @@ static RECENT_ERRORS: Mutex<VecDeque<ErrorEvent>> = Mutex::new(VecDeque::new());
 pub struct SessionGuard(());
 
 impl SessionGuard {
+    /// Counts one more live session until the guard is dropped.
     pub fn enter() -> SessionGuard {
         SFTP_SESSIONS_LIVE.fetch_add(1, Ordering::Relaxed);
         SessionGuard(())
@@ -100,6 +106,7 @@ pub fn hostname() -> String {
         .unwrap_or_else(|_| "sftpgw".to_owned())
 }
 
+/// SFTP sessions open now.
 pub fn sftp_sessions_live() -> u64 {
     SFTP_SESSIONS_LIVE.load(Ordering::Relaxed)
 }
@@ -109,6 +116,7 @@ pub fn add_bytes_received(n: u64) {
     SFTP_BYTES_RECEIVED.fetch_add(n, Ordering::Relaxed);
 }
 
+/// File bytes received over SFTP since the process started.
 pub fn bytes_received() -> u64 {
     SFTP_BYTES_RECEIVED.load(Ordering::Relaxed)
 }
@@ -118,6 +126,7 @@ pub fn add_s3_retry() {
     S3_RETRIES.fetch_add(1, Ordering::Relaxed);
 }
 
+/// S3 requests retried since the process started.
 pub fn s3_retries() -> u64 {
     S3_RETRIES.load(Ordering::Relaxed)
 }
@@ -146,6 +155,7 @@ pub fn record_error(kind: ErrorKind, file: Option<String>, cause: &str) {
     ring.push_back(event);
 }
 
+/// Errors of `kind` since the process started.
 pub fn errors_total(kind: ErrorKind) -> u64 {
     ERRORS_BY_KIND[kind.index()].load(Ordering::Relaxed)
 }

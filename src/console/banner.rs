@@ -21,7 +21,9 @@ const BANNER_ADDRESSES_COUNT_MAX: usize = 4;
 
 /// What the banner is made of, gathered by the caller.
 pub struct BannerFacts {
+    /// The box's host name, the banner's first line.
     pub hostname: String,
+    /// The box's addresses; the banner shows the first few that the LAN can reach.
     pub addresses: Vec<InterfaceAddress>,
     /// The daemon's snapshot, or why there is none.
     pub daemon: Result<Snapshot, String>,

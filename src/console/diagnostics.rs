@@ -103,9 +103,11 @@ fn collect_strings(value: &toml::Value, out: &mut Vec<String>) {
 /// What goes in a bundle, gathered by the caller (the console knows the daemon and the
 /// network; this module only packs and writes).
 pub struct BundleContents {
+    /// The configuration file, copied into the bundle with its secrets masked.
     pub config_path: PathBuf,
     /// The daemon's status as JSON, or why there is none.
     pub status: Result<String, String>,
+    /// The network page (addresses, route, DNS, endpoint check) as the console shows it.
     pub network_report: String,
 }
 

@@ -108,6 +108,7 @@ pub struct LineReader<'fd> {
 }
 
 impl<'fd> LineReader<'fd> {
+    /// A reader of `fd` with nothing read yet.
     pub fn new(fd: BorrowedFd<'fd>) -> Self {
         LineReader {
             fd,

@@ -46,9 +46,11 @@ const COLUMNS_COUNT: usize = 80;
 /// Where the console finds things; the defaults are the appliance's.
 #[derive(Debug, Clone)]
 pub struct ConsoleOptions {
+    /// The configuration file the console reads (and the banner shows).
     pub config_path: PathBuf,
     /// Where bundles go when no USB stick is mounted (default `<spool dir>/../diagnostics`).
     pub diagnostics_dir: Option<PathBuf>,
+    /// The file whose creation asks the root-owned watcher to reboot the box.
     pub reboot_request: PathBuf,
 }
 

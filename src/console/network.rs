@@ -16,18 +16,22 @@ use tokio::net::TcpStream;
 
 /// Each step of the endpoint check (DNS, TCP connect, TLS + HTTP answer) gives up after this.
 pub const ENDPOINT_STEP_TIMEOUT_SECS: u64 = 5;
-/// Longest HTTP status line read from the endpoint.
 /// Addresses shown per interface at most (a box has one or two).
 const ADDRESSES_COUNT_MAX: usize = 16;
 
-pub const PROC_NET_ROUTE: &str = "/proc/net/route";
-pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Where the kernel lists its IPv4 routes.
+const PROC_NET_ROUTE: &str = "/proc/net/route";
+/// Where the resolver reads its DNS servers.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// One address of one interface, `eth0 10.0.2.15/24`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceAddress {
+    /// The interface's name, `eth0`.
     pub interface: String,
+    /// The address itself.
     pub address: IpAddr,
+    /// The netmask's length in bits, `24` for 255.255.255.0.
     pub prefix_len: u32,
 }
 
@@ -106,6 +110,7 @@ pub fn dns_servers(resolv_conf: &str) -> Vec<String> {
 /// What the endpoint check found, step by step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointCheck {
+    /// The endpoint checked, as the configuration gives it.
     pub url: String,
     /// One line per step done, in order.
     pub steps: Vec<String>,

@@ -18,16 +18,23 @@ pub struct HealthInputs<'a> {
     /// The spool is at or above its high watermark, or down to its reserve (where uploads are
     /// refused with "No space left on device").
     pub spool_full: Option<String>,
+    /// Recent errors, newest first; spool write errors among them make the box failing.
     pub recent_errors: &'a [ErrorEvent],
+    /// The time to judge `recent_errors` against, Unix seconds.
     pub now_unix: u64,
     /// `Some(false)`: the last S3 request got no answer.
     pub s3_reachable: Option<bool>,
+    /// Why the last S3 request got no answer, for the reason shown.
     pub s3_last_error: Option<&'a str>,
+    /// Files that failed for good (they wait for `sftpgw retry`).
     pub failed_files: u64,
     /// Files whose key holds another object (`overwrite = "never"`).
     pub conflict_files: u64,
+    /// Files whose upload is retrying a transient error.
     pub retrying_files: u64,
+    /// S3 `Date` header − our clock, seconds, when measured.
     pub clock_skew_secs: Option<f64>,
+    /// The shaper's state: a pause or a spent budget is shown as a reason.
     pub shaping: Option<&'a ShapingStatus>,
     /// What the spool needs an operator for (a damaged journal's copy, quarantined files).
     pub spool_alarms: &'a [String],

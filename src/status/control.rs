@@ -23,24 +23,31 @@ use super::Snapshot;
 /// Longest request line accepted.
 const REQUEST_BYTES_MAX: usize = 64 * 1024;
 
+/// One request line of the control socket, tagged by `cmd`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
+    /// `sftpgw status`: the daemon's snapshot.
     Status,
     /// Re-queue failed files: all, or one user's below a path.
     Retry {
+        /// Only this user's failed files (needed with `path`).
         user: Option<String>,
+        /// Only failed files at or below this path.
         path: Option<String>,
     },
     /// `sftpgw drain pause [--for D]`: no new part starts until resumed or `for_secs` pass.
     DrainPause {
+        /// Seconds the pause lasts; `None` until `sftpgw drain resume`.
         for_secs: Option<u64>,
     },
     /// `sftpgw drain resume`: ends an override; the schedule applies again.
     DrainResume,
     /// `sftpgw drain rate R [--for D]`: `bytes_per_sec` `None` is unlimited.
     DrainRate {
+        /// The limit in bytes per second.
         bytes_per_sec: Option<u64>,
+        /// Seconds the rate holds; `None` until `sftpgw drain resume`.
         for_secs: Option<u64>,
     },
     /// `sftpgw quarantine list`.
@@ -48,20 +55,27 @@ pub enum Request {
     /// `sftpgw quarantine deliver NAME [--as USER:/PATH]`: without `user` and `path`, where
     /// the file's identity says.
     QuarantineDeliver {
+        /// The quarantined file's name, as `quarantine list` shows it.
         name: String,
+        /// The user to deliver as (with `path`).
         user: Option<String>,
+        /// The path to deliver to (with `user`).
         path: Option<String>,
     },
     /// `sftpgw quarantine delete NAME`.
     QuarantineDelete {
+        /// The quarantined file's name, as `quarantine list` shows it.
         name: String,
     },
     /// `sftpgw files`: one page of the files in `state`, oldest first, after the file id
     /// `after` (from the start with `None`); at most `limit` (cut to
     /// [`super::FILES_PAGE_COUNT_MAX`]).
     Files {
+        /// The state listed.
         state: crate::spool::FileState,
+        /// The id of the last file of the previous page.
         after: Option<u64>,
+        /// Files wanted at most.
         limit: Option<usize>,
     },
     /// `sftpgw events --follow`: after an `Events` reply, one JSON object per line for each
@@ -71,42 +85,56 @@ pub enum Request {
     BansList,
     /// `sftpgw bans clear [ADDRESS]`: one source's ban (any address of an IPv6 /64), or all.
     BansClear {
+        /// An IP address; `None` lifts every ban.
         source: Option<String>,
     },
 }
 
+/// One response line of the control socket, tagged by `reply`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
+    /// The snapshot a `Status` request asked for.
     Status(Box<Snapshot>),
+    /// What a `Retry` did.
     Retried {
+        /// Failed files queued again.
         count: u64,
     },
     /// The shaper after a `Drain*` request.
     Shaping(Box<super::ShapingStatus>),
     /// The quarantine: up to `QUARANTINE_LISTED_COUNT_MAX` files, and how many in all.
     Quarantine {
+        /// The files listed, oldest first.
         files: Vec<crate::spool::QuarantinedFile>,
+        /// Files in the quarantine, listed or not.
         count: usize,
     },
     /// A page of `Request::Files`: the files, the `after` of the next page (`None`: this was
     /// the last), and how many files are in that state in all.
     Files {
+        /// The files of the page, oldest first.
         files: Vec<super::FileStatus>,
+        /// The `after` of the next page; `None` on the last.
         next: Option<u64>,
+        /// Files in the state asked for, on every page.
         count: u64,
     },
     /// Lifecycle events follow, one JSON object per line.
     Events,
     /// Sources banned now, longest remaining first.
     Bans {
+        /// The bans in force.
         bans: Vec<crate::sftp::defender::Ban>,
     },
     /// A request that changed something, and what.
     Done {
+        /// One line for the operator.
         message: String,
     },
+    /// The request was refused or failed.
     Error {
+        /// Why, for the operator.
         message: String,
     },
 }
@@ -115,12 +143,16 @@ pub enum Response {
 pub type Handler =
     Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 
+/// Why a client could not get an answer from the control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// The socket does not accept: the daemon is not running, or runs with another config.
     #[error("cannot reach the daemon at {0}: {1} (is `sftpgw run` running with this config?)")]
     Connect(PathBuf, std::io::Error),
+    /// Reading or writing the socket failed after connecting.
     #[error("control socket {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// A request or a response line could not be encoded or decoded.
     #[error("control socket {0}: bad response: {1}")]
     Protocol(PathBuf, String),
 }
@@ -184,6 +216,8 @@ fn groups_of(pid: Option<i32>) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Answers every connection on `control` with `handler`, one request line at a time, until the task
+/// is aborted; peers that are not allowed are closed at once.
 pub async fn serve(control: ControlListener, handler: Handler) {
     let own_uid = nix::unistd::geteuid().as_raw();
     loop {

@@ -23,11 +23,15 @@ pub use crate::telemetry::ErrorEvent;
 /// Everything `sftpgw status` shows, taken at one moment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
+    /// The daemon's version (`CARGO_PKG_VERSION`).
     pub version: String,
+    /// Seconds since the daemon started; 0 from the journal.
     pub uptime_secs: u64,
     /// Spool write engine in use ("pwrite" or "io_uring").
     pub engine: String,
+    /// The spool's file system and what waits in it.
     pub spool: SpoolUsage,
+    /// What the drain has sent and where to.
     pub drain: DrainSummary,
     /// Files the gateway knows, oldest first: every upload in flight and file arriving, then
     /// failed, partial and waiting ones, then the latest delivered, at most
@@ -82,16 +86,24 @@ pub const FILES_PAGE_COUNT_MAX: usize = 1000;
 /// Files per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCounts {
+    /// Files being written by an SFTP client.
     pub receiving: u64,
+    /// Files left unfinished by a client, kept until they expire.
     pub partial: u64,
+    /// Files complete and waiting for the drain.
     pub sealed: u64,
+    /// Files being uploaded.
     pub uploading: u64,
+    /// Files delivered and still remembered (see `spool.delivered_retention`).
     pub delivered: u64,
+    /// Files that failed for good, waiting for `sftpgw retry`.
     pub failed: u64,
+    /// Files whose key already holds another object.
     pub conflict: u64,
 }
 
 impl FileCounts {
+    /// The count of one state.
     pub fn get(&self, state: FileState) -> u64 {
         match state {
             FileState::Receiving => self.receiving,
@@ -143,18 +155,22 @@ impl Snapshot {
     }
 }
 
+/// Who made a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotSource {
+    /// The running daemon.
     #[default]
     Daemon,
     /// The daemon is not running: read from the spool's journal (no rates, sessions, S3).
     Journal,
 }
 
+/// How the gateway is doing, worst last.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthLevel {
+    /// Doing its job.
     #[default]
     Ok,
     /// Working, but something needs attention (S3 unreachable, failed files, clock, retries).
@@ -163,20 +179,25 @@ pub enum HealthLevel {
     Failing,
 }
 
+/// The health level and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// The worst level any reason gives.
     pub level: HealthLevel,
     /// Why, one short sentence each, worst first.
     pub reasons: Vec<String>,
 }
 
+/// Ingest and drain rates and the forecast they make.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
     /// SFTP file bytes written to the spool per second, averaged over `window_secs`.
     pub ingest_bytes_per_sec: u64,
     /// Bytes sent to S3 per second (finished parts), averaged over `window_secs`.
     pub drain_bytes_per_sec: u64,
+    /// Seconds the averages span (less than a minute just after start).
     pub window_secs: u64,
+    /// When the spool fills at these rates.
     pub forecast: Forecast,
 }
 
@@ -192,7 +213,10 @@ pub enum Forecast {
     /// The drain keeps up: the spool does not fill.
     DrainingFaster,
     /// At current rates uploads are refused (high watermark) in this many seconds.
-    FullIn { secs: u64 },
+    FullIn {
+        /// Seconds until the high watermark.
+        secs: u64,
+    },
 }
 
 /// The states of files waiting for delivery.
@@ -226,27 +250,33 @@ impl QueueStatus {
     }
 }
 
+/// The files waiting for delivery.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueStatus {
     /// Files waiting for delivery (sealed, uploading, failed) and their bytes.
     pub files: u64,
+    /// Bytes of those files.
     pub bytes: u64,
     /// Age of the oldest of them, seconds since it was sealed.
     pub oldest_age_secs: Option<u64>,
 }
 
+/// What the drain's observer saw of the S3 endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct S3Status {
     /// Whether the last request got an answer; `None` before the first one.
     pub reachable: Option<bool>,
+    /// When the last request was made, Unix seconds.
     pub last_request_unix: Option<u64>,
     /// Why the last request got no answer.
     pub last_error: Option<String>,
     /// S3 `Date` header − our clock, seconds; SigV4 fails beyond 900 s.
     pub clock_skew_secs: Option<f64>,
+    /// When the skew was measured, Unix seconds.
     pub clock_skew_measured_unix: Option<u64>,
 }
 
+/// Counters since the daemon started, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// File bytes received over SFTP.
@@ -272,57 +302,80 @@ pub struct ShapingStatus {
     /// A runtime override (`sftpgw drain pause|rate`) in force, and when it ends (`None`: until
     /// `sftpgw drain resume`).
     pub override_active: bool,
+    /// When the override ends, Unix seconds.
     pub override_until_unix: Option<u64>,
     /// When the limit changes next by the schedule or a budget period, if known.
     pub next_change_unix: Option<u64>,
     /// Whether the box's clock is trusted (NTP-synchronised, or confirmed by the S3 server's
     /// Date header); when it is not, the configured fallback applies.
     pub clock_synced: bool,
+    /// Today's byte budget, if one is set.
     pub daily_budget: Option<BudgetStatus>,
+    /// This month's byte budget, if one is set.
     pub monthly_budget: Option<BudgetStatus>,
 }
 
 /// A byte budget of one period (day or month, in the schedule's time zone).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct BudgetStatus {
+    /// Bytes the period allows.
     pub limit_bytes: u64,
+    /// Bytes sent in the period so far.
     pub used_bytes: u64,
     /// When the period ends and the budget is full again.
     pub resets_unix: u64,
 }
 
+/// The spool's file system and what waits in it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SpoolUsage {
+    /// The spool directory.
     pub dir: String,
+    /// Size of the file system holding it.
     pub total_bytes: u64,
+    /// Free bytes on that file system (including the reserve).
     pub free_bytes: u64,
     /// Bytes of files waiting for delivery (sealed, uploading, failed).
     pub queue_bytes: u64,
+    /// Files waiting for delivery.
     pub queue_files: u64,
 }
 
+/// What the drain has sent since the daemon started, and where to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DrainSummary {
+    /// The S3 endpoint, or `AWS` for the default.
     pub endpoint: String,
+    /// The bucket files go to.
     pub bucket: String,
+    /// Bytes of finished parts and single PUTs.
     pub bytes_sent: u64,
+    /// Parts and single PUTs sent.
     pub parts_sent: u64,
+    /// Files delivered and verified.
     pub files_delivered: u64,
 }
 
+/// How status shows one file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileStatus {
+    /// The SFTP user who uploaded it.
     pub user: String,
     /// As the user sees it, `/dir/name`.
     pub path: String,
+    /// Where the file is in its life.
     pub state: FileState,
+    /// Bytes: received so far while arriving, the sealed size after.
     pub size: u64,
     /// Object key in the bucket.
     pub key: String,
+    /// Parts finished in S3.
     pub parts_done: u64,
+    /// Parts the upload needs (1 for a single PUT).
     pub parts_total: u64,
     /// The permanent error of a failed file, or the transient error being retried.
     pub error: Option<String>,
+    /// The file's modification time, Unix seconds: when it was sealed, once it is.
     pub mtime_unix: u64,
     /// Bytes already in S3 (finished parts), for the progress bar.
     #[serde(default)]

@@ -18,12 +18,16 @@ use crate::spool::catalog::{Catalog, FileRecord, Record};
 /// Largest journal read for an offline status; compaction keeps journals far below.
 pub const OFFLINE_JOURNAL_BYTES_MAX: u64 = 1 << 30;
 
+/// Why no snapshot could be built from the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
+    /// The journal could not be read (path, cause).
     #[error("cannot read the journal {0}: {1} (is `spool.dir` right?)")]
     Read(String, std::io::Error),
+    /// The journal is not one this version can replay (path, what is wrong).
     #[error("{0} is not a readable sftpgw journal: {1}")]
     Format(String, String),
+    /// The journal is larger than the bound given (path, bound in bytes).
     #[error("the journal {0} is larger than {1} bytes; not read")]
     TooLarge(String, u64),
 }
