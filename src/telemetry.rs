@@ -4,12 +4,15 @@
 //! Errors and byte counts arise in every layer (SFTP sessions, spool writes, S3 calls); a handle
 //! threaded through each constructor would touch every layer for numbers that only status
 //! reads. So, like a metrics registry, this is one static set per process: a leaf that any
-//! module may record into and only `status` reads. Counters only ever grow; the ring keeps the
-//! last [`RECENT_ERRORS_COUNT_MAX`] errors.
+//! module may record into and only `status` (and the gateway's snapshot) reads. Counters only
+//! ever grow; the ring keeps the last [`RECENT_ERRORS_COUNT_MAX`] errors.
+//!
+//! A leaf: it uses nothing of the crate, so that every layer may record into it without a cycle.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -143,7 +146,9 @@ pub fn record_error(kind: ErrorKind, file: Option<String>, cause: &str) {
         cause.truncate(cut);
     }
     let event = ErrorEvent {
-        at_unix: crate::spool::now_unix(),
+        at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         kind,
         file,
         cause,
