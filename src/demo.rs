@@ -1,6 +1,9 @@
 //! `sftpgw demo`: the gateway plus the embedded S3 server on loopback, with a generated,
 //! commented config and a client key for user `demo`. Running it again reuses the directory
 //! (keys, spool, journal and S3 data stay).
+//!
+//! It writes only in its own directory, and runs the gateway (`gateway::run`) and the embedded S3
+//! server (`s3server`); it may not reach into either beyond their public entry points.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -6,6 +6,9 @@
 //! sees them whatever the log level, so that there is one place where an event is described.
 //! The broadcast holds the last [`EVENTS_QUEUED_COUNT_MAX`]; a follower that falls behind is
 //! told how many it missed, and nobody ever waits for a follower: ingest and drain never block.
+//!
+//! A tracing layer and a broadcast: it uses `spool::deliveries` only for the shared timestamp
+//! format, and may not touch any state; senders never wait on it.
 
 use std::fmt::Debug;
 use std::sync::{Arc, OnceLock};

@@ -1,6 +1,11 @@
 //! The running gateway: opens the spool, starts the drain, the SFTP server, the control socket
 //! and the partial-file sweeper, and stops them on shutdown. `sftpgw run` and `sftpgw demo`
 //! both come here.
+//!
+//! The wiring: the one module that knows every subsystem and may use any of them; none may use
+//! it back but `demo` and the binary, which run it. It maps control requests onto the
+//! subsystems and keeps no rules of its own: health and renderings belong to `status`, files
+//! to `spool`, uploads to `drain`, sessions to `sftp`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

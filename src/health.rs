@@ -9,6 +9,10 @@
 //! process aborts (see `spool::store`).
 //!
 //! Outside systemd (`NOTIFY_SOCKET` unset) every notification is a no-op.
+//!
+//! A client of the control socket like any other: it may use `status` (requests, snapshots,
+//! `render::human_bytes`), and may not touch the spool, the drain or the sessions directly, so the
+//! check goes through the same path a request does.
 
 use std::path::PathBuf;
 use std::time::Duration;

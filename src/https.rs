@@ -2,6 +2,9 @@
 //! console's S3 endpoint check (a GET) and the events webhook (a POST). Each reads only the
 //! answer's status line. Rustls on aws-lc (the S3 client's TLS stack), checking against the
 //! system's CA certificates and, where given, those of a PEM file.
+//!
+//! A leaf: tokio-rustls and the system's CA store, no state. It knows nothing of S3, the console or
+//! webhooks.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! A plain fmt layer was chosen over the `tracing-journald` crate: it needs no extra crate
 //! (binary size), keeps the fields as `key=value` text that `journalctl -u sftpgw` shows as they
 //! are, and writes to stderr, which is the same stream outside systemd.
+//!
+//! It uses `names` to escape and writes to stderr; it may not touch any other module.
 
 use std::fmt;
 

@@ -3,6 +3,9 @@
 //! Exit codes: 0 success; 1 runtime failure; 2 usage error (from clap); 3 invalid configuration;
 //! 4 the daemon could not be reached on its control socket; 5 (`status` only) the daemon is
 //! not running and the status shown was read from the journal.
+//!
+//! It uses the library's public API only (`sftpgw::...`), and holds no rule a test would need:
+//! what a command does lives in the library; here is parsing, wiring and printing.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};

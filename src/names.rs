@@ -2,6 +2,8 @@
 //! line, an escape sequence could repaint the console, a bidi override could make
 //! `invoice<U+202E>fdp.exe` read as `invoiceexe.pdf`. Such characters are refused in new names by
 //! default (`[sftp] allow_control_characters`), and escaped wherever a name is shown.
+//!
+//! A leaf: pure functions on text, used wherever a name is checked or shown.
 
 use std::borrow::Cow;
 

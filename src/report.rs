@@ -1,6 +1,9 @@
 //! `sftpgw report`: the delivery log (`spool::deliveries`) filtered by time and user, as CSV or
 //! JSON lines, one line per delivered file. It reads the log files of the spool directory, so
 //! it works whether the daemon runs or not.
+//!
+//! May read `spool::deliveries`' log files; may not open the spool or its journal, and writes only
+//! to its output.
 
 use std::io::{self, Write};
 use std::path::Path;

@@ -14,6 +14,9 @@
 //!   `webhook_ca` (a private CA), through `https.rs` (one request a connection, shared with the
 //!   console's endpoint check) rather than an HTTP client crate: a POST and a status line are
 //!   all it needs.
+//!
+//! It may read the `events` broadcast and post with `https`; it may not touch the spool or the
+//! drain, and nothing of theirs ever waits on it.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

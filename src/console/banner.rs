@@ -7,6 +7,9 @@
 //! prompt only then (`agetty --reload` on the Buildroot image). The text holds no uptime or
 //! clock, so an idle box does not reprint its prompt. It avoids `\` and `%`, which getty
 //! programs treat as escapes in issue files.
+//!
+//! A client of the control socket like the console: it may use `config`, `status` and the network
+//! page, and may not touch the spool, the drain or the sessions.
 
 use std::fmt::Write as _;
 use std::io::Write as _;

@@ -7,6 +7,9 @@
 //! spool, never inside it, so the drain does not pick it up). Only the newest
 //! [`BUNDLES_COUNT_MAX`] bundles are kept there, because that directory shares its file system
 //! with the spool.
+//!
+//! It packs and writes only what its caller gathered, plus logs and system facts it reads itself;
+//! it may not touch the daemon's state, and reads the configuration file without ever writing it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

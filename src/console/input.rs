@@ -5,6 +5,9 @@
 //! buffered reader would hide already-read input from `poll`. Here stdin is polled in short
 //! slices; SIGINT only sets a flag ([`install_signal_handlers`]) that the reader turns into
 //! [`Input::Interrupted`], so Ctrl-C brings the menu back wherever the operator is.
+//!
+//! A leaf: terminal reads and signal flags only. It knows nothing of menus, the configuration or
+//! the daemon.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,6 +8,9 @@
 //!
 //! Ctrl-D (end of input) logs out; Ctrl-C brings the menu back and never ends the console;
 //! Ctrl-\ and Ctrl-Z are ignored.
+//!
+//! May use `config` (read only), `status` (the control client and the renderer),
+//! `telemetry::hostname` and its submodules; may not touch `spool`, `drain` or `sftp`.
 
 pub mod banner;
 pub mod diagnostics;

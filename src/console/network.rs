@@ -5,6 +5,9 @@
 //!
 //! Any HTTP answer counts as "answers" (an S3 server says 403 to an unsigned request): the
 //! point is to tell a network problem from a credentials problem.
+//!
+//! It reads the system (getifaddrs, /proc, resolv.conf) and uses `https` for the check; it may not
+//! touch anything of the gateway.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,5 +1,9 @@
 //! Judgements over measurements: the health level and its reasons, the spool forecast, and
 //! each upload's ETA. Pure functions, so that every rule is tested without a daemon.
+//!
+//! Owns the health rules, the forecast and the ETA. May use `telemetry`'s error types and
+//! [`super::render::human_bytes`] for the reasons it words; may not do I/O or read the clock (the
+//! time is an input).
 
 use super::{Forecast, Health, HealthLevel, ShapingStatus};
 use crate::telemetry::{ErrorEvent, ErrorKind};

@@ -7,6 +7,10 @@
 //! its supplementary groups from /proc) must be root, the daemon's user, or in that group.
 //! A request line is read at most `REQUEST_BYTES_MAX` long; a longer one is answered with an
 //! error and the connection closed, so a peer cannot make the daemon buffer without bound.
+//!
+//! Owns the socket, its protocol and its access rule. What a request does is the [`Handler`] the
+//! gateway gives it, so this module may not touch the spool, the drain or the sessions; it uses
+//! `events` to stream events and the data types of `spool` and `sftp::defender` in its messages.
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;

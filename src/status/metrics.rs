@@ -6,6 +6,9 @@
 //! and closes, reads at most [`REQUEST_HEAD_BYTES_MAX`] within [`REQUEST_TIMEOUT_SECS`], and
 //! serves at most [`SCRAPES_COUNT_MAX`] connections at once, so a misbehaving client cannot
 //! hold memory or tasks. Anything but `GET /metrics` gets 404 (or 405 for another method).
+//!
+//! Owns the metrics text and its small HTTP server. It reads snapshots only, through the
+//! [`SnapshotFn`] the gateway gives it, and may not touch the spool, the drain or the sessions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

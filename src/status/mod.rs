@@ -4,6 +4,11 @@
 //! The gateway fills a [`Snapshot`] and answers [`control::Request`]s; renderers ([`render`],
 //! [`metrics`]) only read snapshots. [`assess`] turns measurements into health and forecast;
 //! [`offline`] builds a snapshot from the journal when the daemon is down.
+//!
+//! Status may read `spool`'s public types (states, counts, records), the defender's counts and bans
+//! as data, `telemetry`, `names`, `config` and `num`, and `journal` read-only for [`offline`]. It
+//! may not touch `drain` at all, nor `sftp` beyond those data types, nor change the spool: what a
+//! request does is the gateway's handler, not status's.
 
 pub mod assess;
 pub mod control;

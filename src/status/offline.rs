@@ -5,6 +5,9 @@
 //! replay at start would), no file is created, renamed or truncated, so that a daemon starting
 //! meanwhile finds the spool exactly as it left it. Receiving files show as partial, as the
 //! next start will make them.
+//!
+//! May use `journal::replay` and `spool::catalog` to rebuild the state in memory; may not open the
+//! spool (`Spool::open` locks, replays and writes) nor touch the drain.
 
 use std::path::Path;
 

@@ -3,6 +3,9 @@
 //!
 //! Counting between samples rather than averaging instantaneous rates keeps the result exact
 //! for bursty counters such as the drain's, which grows a whole part at a time.
+//!
+//! Pure arithmetic over the samples the gateway takes: it uses nothing of the crate but `num`, and
+//! reads no clock of its own.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! sessions, spool and forecast, queue, WAN rate, uploads in flight, other pending files, last
 //! errors, S3, engine. Every line is at most [`SCREEN_COLUMNS`] characters: long names are cut
 //! in the middle with `…`, so that both the start and the end of a path stay visible.
+//!
+//! Reads snapshots only: it uses `names` to escape what clients named and `num` for the numbers
+//! shown, and may not do I/O or reach any other module's state.
 
 use std::fmt::Write;
 
