@@ -61,6 +61,23 @@ fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// One metric of a table: its name, its help text, its value.
+type Row<'a> = (&'a str, &'a str, u64);
+
+/// Registers a gauge per row, in order (values beyond `i64::MAX` show as `i64::MAX`).
+fn gauges(registry: &mut Registry, rows: &[Row<'_>]) {
+    for &(name, help, value) in rows {
+        gauge(registry, name, help, as_i64(value));
+    }
+}
+
+/// Registers a counter per row, in order.
+fn counters(registry: &mut Registry, rows: &[Row<'_>]) {
+    for &(name, help, value) in rows {
+        counter(registry, name, help, value);
+    }
+}
+
 /// The metrics text of one snapshot. The families are registered, and so written, in the
 /// order of the helpers below; scrapers do not care, but the tests compare the text.
 pub fn encode_snapshot(s: &Snapshot) -> String {
@@ -83,23 +100,22 @@ fn register_daemon(r: &mut Registry, s: &Snapshot) {
         HealthLevel::Failing => 2,
     };
     gauge(r, "sftpgw_health", "0 ok, 1 degraded, 2 failing", health);
-    gauge(
+    let up = i64::from(s.source == SnapshotSource::Daemon);
+    gauge(r, "sftpgw_up", "1 when the daemon made this snapshot", up);
+    gauges(
         r,
-        "sftpgw_up",
-        "1 when the daemon made this snapshot",
-        i64::from(s.source == SnapshotSource::Daemon),
-    );
-    gauge(
-        r,
-        "sftpgw_uptime_seconds",
-        "Since the daemon started",
-        as_i64(s.uptime_secs),
-    );
-    gauge(
-        r,
-        "sftpgw_sftp_sessions",
-        "Live SFTP sessions",
-        as_i64(s.sftp_sessions),
+        &[
+            (
+                "sftpgw_uptime_seconds",
+                "Since the daemon started",
+                s.uptime_secs,
+            ),
+            (
+                "sftpgw_sftp_sessions",
+                "Live SFTP sessions",
+                s.sftp_sessions,
+            ),
+        ],
     );
     if let Some(lan) = s.lan {
         gauge(
@@ -125,35 +141,35 @@ fn register_daemon(r: &mut Registry, s: &Snapshot) {
 
 /// What went through: bytes received and sent, parts, files delivered, retries, errors.
 fn register_transfers(r: &mut Registry, s: &Snapshot) {
-    counter(
+    counters(
         r,
-        "sftpgw_sftp_received_bytes",
-        "File bytes received over SFTP",
-        s.counters.bytes_received,
-    );
-    counter(
-        r,
-        "sftpgw_s3_sent_bytes",
-        "Bytes of finished parts sent to S3",
-        s.drain.bytes_sent,
-    );
-    counter(
-        r,
-        "sftpgw_s3_parts_sent",
-        "Parts (and single PUTs) sent to S3",
-        s.drain.parts_sent,
-    );
-    counter(
-        r,
-        "sftpgw_files_delivered",
-        "Files delivered and verified",
-        s.drain.files_delivered,
-    );
-    counter(
-        r,
-        "sftpgw_s3_retries",
-        "S3 requests retried after a transient error",
-        s.counters.s3_retries,
+        &[
+            (
+                "sftpgw_sftp_received_bytes",
+                "File bytes received over SFTP",
+                s.counters.bytes_received,
+            ),
+            (
+                "sftpgw_s3_sent_bytes",
+                "Bytes of finished parts sent to S3",
+                s.drain.bytes_sent,
+            ),
+            (
+                "sftpgw_s3_parts_sent",
+                "Parts (and single PUTs) sent to S3",
+                s.drain.parts_sent,
+            ),
+            (
+                "sftpgw_files_delivered",
+                "Files delivered and verified",
+                s.drain.files_delivered,
+            ),
+            (
+                "sftpgw_s3_retries",
+                "S3 requests retried after a transient error",
+                s.counters.s3_retries,
+            ),
+        ],
     );
     let errors = Family::<Labels, Counter>::default();
     for kind in crate::telemetry::ErrorKind::ALL {
@@ -172,17 +188,20 @@ fn register_transfers(r: &mut Registry, s: &Snapshot) {
 
 /// What waits: the queue, the spool's fill, the files by state.
 fn register_backlog(r: &mut Registry, s: &Snapshot) {
-    gauge(
+    gauges(
         r,
-        "sftpgw_queue_files",
-        "Files waiting for delivery",
-        as_i64(s.queue.files),
-    );
-    gauge(
-        r,
-        "sftpgw_queue_bytes",
-        "Bytes waiting for delivery",
-        as_i64(s.queue.bytes),
+        &[
+            (
+                "sftpgw_queue_files",
+                "Files waiting for delivery",
+                s.queue.files,
+            ),
+            (
+                "sftpgw_queue_bytes",
+                "Bytes waiting for delivery",
+                s.queue.bytes,
+            ),
+        ],
     );
     if let Some(age) = s.queue.oldest_age_secs {
         gauge(
@@ -223,23 +242,25 @@ fn register_backlog(r: &mut Registry, s: &Snapshot) {
 
 /// How fast: ingest and drain rates, the shaper's rate, limit and pause, and S3's state.
 fn register_rates(r: &mut Registry, s: &Snapshot) {
-    gauge(
+    gauges(
         r,
-        "sftpgw_ingest_rate_bytes_per_second",
-        "SFTP ingest, 1 min average",
-        as_i64(s.rates.ingest_bytes_per_sec),
-    );
-    gauge(
-        r,
-        "sftpgw_drain_rate_bytes_per_second",
-        "S3 drain, 1 min average",
-        as_i64(s.rates.drain_bytes_per_sec),
-    );
-    gauge(
-        r,
-        "sftpgw_wan_rate_bytes_per_second",
-        "WAN rate the shaper measures",
-        as_i64(s.shaping.rate_bytes_per_sec),
+        &[
+            (
+                "sftpgw_ingest_rate_bytes_per_second",
+                "SFTP ingest, 1 min average",
+                s.rates.ingest_bytes_per_sec,
+            ),
+            (
+                "sftpgw_drain_rate_bytes_per_second",
+                "S3 drain, 1 min average",
+                s.rates.drain_bytes_per_sec,
+            ),
+            (
+                "sftpgw_wan_rate_bytes_per_second",
+                "WAN rate the shaper measures",
+                s.shaping.rate_bytes_per_sec,
+            ),
+        ],
     );
     if let Some(limit) = s.shaping.limit_bytes_per_sec {
         gauge(
@@ -249,11 +270,12 @@ fn register_rates(r: &mut Registry, s: &Snapshot) {
             as_i64(limit),
         );
     }
+    let paused = i64::from(s.shaping.paused);
     gauge(
         r,
         "sftpgw_drain_paused",
         "1 while no new part may start",
-        i64::from(s.shaping.paused),
+        paused,
     );
     if let Some(reachable) = s.s3.reachable {
         gauge(
