@@ -482,14 +482,7 @@ fn follow_events(socket: &Path) -> anyhow::Result<()> {
 /// `sftpgw retry`: asks the daemon to queue failed files again.
 fn retry(socket: &Path, user: Option<String>, path: Option<String>) -> anyhow::Result<()> {
     let response = runtime()?.block_on(control::request(socket, &Request::Retry { user, path }))?;
-    match response {
-        Response::Retried { count } => {
-            println!("{count} failed file(s) queued again");
-            Ok(())
-        }
-        Response::Error { message } => bail!(message),
-        _ => bail!("unexpected response from the daemon"),
-    }
+    print_done(control::retried_as_done(response))
 }
 
 /// Prints what a `Done` response says; any other response is an error.

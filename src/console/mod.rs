@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::spool::FileState;
-use crate::status::control::{self, Request, Response};
+use crate::status::control::{self, Request, Response, retried_as_done};
 use crate::status::render::{human_bytes, human_duration, render_text};
 use crate::status::{ShapingStatus, Snapshot};
 use input::{Input, LineReader};
@@ -429,15 +429,8 @@ impl<W: Write> Console<'_, '_, W> {
                 }
             },
         };
-        match self.request(&req) {
-            Ok(Response::Retried { count }) => {
-                writeln!(self.out, "{count} failed file(s) queued again")?
-            }
-            Ok(Response::Error { message }) => writeln!(self.out, "The daemon refused: {message}")?,
-            Ok(other) => writeln!(self.out, "unexpected answer from the daemon: {other:?}")?,
-            Err(why) => return self.daemon_down(&why),
-        }
-        Ok(())
+        let answer = self.request(&req).map(retried_as_done);
+        self.show_done(answer)
     }
 
     /// Sealed files the journal did not explain (after a damaged or lost journal): lists

@@ -143,6 +143,16 @@ pub enum Response {
     },
 }
 
+/// A `Retried` response as the `Done` line a client prints for it; any other response as is.
+pub fn retried_as_done(response: Response) -> Response {
+    match response {
+        Response::Retried { count } => Response::Done {
+            message: format!("{count} failed file(s) queued again"),
+        },
+        other => other,
+    }
+}
+
 /// What the daemon does with a request.
 pub type Handler =
     Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
