@@ -752,7 +752,7 @@ pub fn snapshot<S: crate::drain::store::ObjectStore>(
         queue,
         errors,
         s3: s3_status(reach, skew),
-        counters: counters(),
+        counters: counters(spool.invalid_transitions()),
     }
 }
 
@@ -810,9 +810,10 @@ fn s3_status(
     }
 }
 
-/// The process-wide counters of [`telemetry`].
-fn counters() -> Counters {
+/// The process-wide counters of [`telemetry`], and the catalog's count of refused records.
+fn counters(invalid_transitions: u64) -> Counters {
     Counters {
+        invalid_transitions,
         bytes_received: telemetry::bytes_received(),
         s3_retries: telemetry::s3_retries(),
         errors_by_kind: telemetry::ErrorKind::ALL

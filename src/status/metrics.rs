@@ -169,6 +169,11 @@ fn register_transfers(r: &mut Registry, s: &Snapshot) {
                 "S3 requests retried after a transient error",
                 s.counters.s3_retries,
             ),
+            (
+                "sftpgw_journal_invalid_transitions",
+                "Journal records refused because they did not fit their file's state (a bug)",
+                s.counters.invalid_transitions,
+            ),
         ],
     );
     let errors = Family::<Labels, Counter>::default();
@@ -415,7 +420,7 @@ mod tests {
             "drain": {"endpoint": "e", "bucket": "b", "bytes_sent": 42, "parts_sent": 2, "files_delivered": 1},
             "files": [],
             "s3": {"reachable": true, "clock_skew_secs": -1.5},
-            "counters": {"bytes_received": 99, "s3_retries": 3, "errors_by_kind": {"s3_transient": 3}},
+            "counters": {"bytes_received": 99, "s3_retries": 3, "errors_by_kind": {"s3_transient": 3}, "invalid_transitions": 2},
         }))
         .expect("snapshot json");
         let text = encode_snapshot(&s);
@@ -424,6 +429,7 @@ mod tests {
             "sftpgw_sftp_received_bytes_total 99",
             "sftpgw_s3_sent_bytes_total 42",
             "sftpgw_s3_retries_total 3",
+            "sftpgw_journal_invalid_transitions_total 2",
             "sftpgw_errors_total{kind=\"s3_transient\"} 3",
             "sftpgw_errors_total{kind=\"spool_write\"} 0",
             "# TYPE sftpgw_spool_fill_ratio gauge",

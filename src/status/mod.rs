@@ -290,6 +290,10 @@ pub struct Counters {
     pub s3_retries: u64,
     /// Errors by kind (`s3_transient`, `s3_permanent`, `spool_write`).
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Journal records that did not fit their file's state, refused by the catalog (each is a
+    /// bug; the first of each kind is in the log). 0 from a daemon older than this field.
+    #[serde(default)]
+    pub invalid_transitions: u64,
 }
 
 /// What the drain's bandwidth shaper is doing now (`[shaping]` and `sftpgw drain ...`).

@@ -101,7 +101,8 @@ fn replay(config: &Config) -> Result<Catalog, OfflineError> {
     })?;
     let mut catalog = Catalog::with_retention(config.spool.delivered_retention);
     for r in &records {
-        // A record that does not fit is ignored, as the daemon's replay does.
+        // A record that does not fit its file's state is skipped, as the daemon's replay skips
+        // (and counts) it.
         let _ = catalog.apply(r);
     }
     catalog.end_replay();
