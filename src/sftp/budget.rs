@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use std::time::Duration;
 
 use super::{SFTP_BODY_CHUNK_BYTES, SFTP_INGEST_BYTES_MAX, SFTP_SESSION_INGEST_BYTES_MAX};
+use crate::num::usize_from_u32;
 
 /// The process-wide budget of request bytes that SFTP sessions hold in memory. Clones share
 /// it; a server creates one for all its sessions.
@@ -48,7 +49,7 @@ impl IngestBudget {
             "an ingest budget smaller than one packet would stop every session"
         );
         Self {
-            global: Arc::new(Semaphore::new(total_bytes as usize)),
+            global: Arc::new(Semaphore::new(usize_from_u32(total_bytes))),
             total_bytes,
         }
     }
@@ -67,7 +68,7 @@ impl IngestBudget {
         let share = SFTP_SESSION_INGEST_BYTES_MAX.min(self.total_bytes);
         SessionIngest {
             global: Arc::clone(&self.global),
-            share: Arc::new(Semaphore::new(share as usize)),
+            share: Arc::new(Semaphore::new(usize_from_u32(share))),
         }
     }
 }
@@ -129,7 +130,7 @@ pub(super) async fn read_charged<R: AsyncRead + Unpin>(
     stall: Duration,
 ) -> io::Result<Bytes> {
     let mut buffer = BytesMut::with_capacity(len);
-    let first = len.min(SFTP_BODY_CHUNK_BYTES as usize);
+    let first = len.min(usize_from_u32(SFTP_BODY_CHUNK_BYTES));
     let mut charges = vec![ingest.charge(charge_len(first)).await];
     read_until(input, &mut buffer, first, stall).await?;
     if len > first {

@@ -27,6 +27,8 @@ use ipnet::IpNet;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::num::{f64_from_u64, u64_from_usize};
+
 /// Sources tracked at most.
 pub const SOURCES_COUNT_MAX: usize = 65_536;
 /// A ban that follows an earlier one within this long is longer (doubled).
@@ -284,8 +286,8 @@ impl Defender {
         if state.startups >= start {
             // OpenSSH's formula: rate % at `start`, rising linearly to 100 % at `full`.
             let rate = f64::from(rate_percent) / 100.0;
-            let span = full.saturating_sub(start).max(1) as f64;
-            let above = (state.startups - start) as f64;
+            let span = f64_from_u64(u64_from_usize(full.saturating_sub(start).max(1)));
+            let above = f64_from_u64(u64_from_usize(state.startups - start));
             let p = rate + (1.0 - rate) * above / span;
             if rand::thread_rng().gen_bool(p.clamp(0.0, 1.0)) {
                 return Err(Refusal::EarlyDrop);

@@ -13,6 +13,7 @@ use super::lane::{self, Fence, Finished, LaneOp, Scope};
 use super::session::Ctx;
 use super::{SFTP_WRITE_COALESCE_BYTES_MAX, SFTP_WRITE_COALESCE_PART_BYTES_MAX, ops, wire};
 use crate::limits::SFTP_HANDLES_COUNT_MAX;
+use crate::num::u64_from_usize;
 use crate::spool::{FsError, FsErrorKind, ReadHandle, VPath, WriteHandle};
 
 /// The open handles of a session.
@@ -223,7 +224,7 @@ struct WriteBatch {
 impl WriteBatch {
     /// Where the batch ends; `None` past u64::MAX (such a write fails in the spool).
     fn end(&self) -> Option<u64> {
-        self.offset.checked_add(self.len as u64)
+        self.offset.checked_add(u64_from_usize(self.len))
     }
 
     fn push(&mut self, id: u32, data: Bytes, budget: OwnedSemaphorePermit) {

@@ -55,6 +55,7 @@ pub use server::{ServeError, SshSetup, serve};
 pub use session::SessionEnd;
 
 use crate::limits::{SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
+use crate::num::usize_from_u32;
 
 /// Request data (packet bodies) that all sessions together hold in memory: read from their
 /// channels but not yet applied to the spool (WRITE) or decoded (everything else). When it is
@@ -138,12 +139,12 @@ pub const SSH_KEEPALIVE_COUNT_MAX: usize = 4;
 /// channel busy: the ingest budget, plus what russh keeps outside it (a read buffer per
 /// connection; per channel its buffered packets and the one it waits to hand over). Kept
 /// within `SFTP_UPLOAD_MEMORY_BYTES_MAX` so that the daemon stays small under any load.
-pub const SFTP_UPLOAD_BUFFERED_BYTES_MAX: usize = SFTP_INGEST_BYTES_MAX as usize
-    + SSH_CONNECTIONS_COUNT_MAX * SSH_PACKET_BYTES_MAX as usize
+pub const SFTP_UPLOAD_BUFFERED_BYTES_MAX: usize = usize_from_u32(SFTP_INGEST_BYTES_MAX)
+    + SSH_CONNECTIONS_COUNT_MAX * usize_from_u32(SSH_PACKET_BYTES_MAX)
     + SSH_CONNECTIONS_COUNT_MAX
         * SSH_CHANNELS_PER_CONNECTION_COUNT_MAX
         * (SSH_CHANNEL_BUFFER_COUNT_MAX + 1)
-        * SSH_PACKET_BYTES_MAX as usize;
+        * usize_from_u32(SSH_PACKET_BYTES_MAX);
 /// Cap on that worst case. The measured target is lower: the whole daemon within 64 MiB
 /// while 64 sessions (one channel per connection, as OpenSSH's sftp opens) upload, where the
 /// bound is 16 + 2 + 10 MiB on top of the idle process's 15 MiB (bench/memory.sh).
@@ -161,5 +162,5 @@ const _: () = assert!(2 * SSH_PACKET_BYTES_MAX <= SSH_WINDOW_BYTES);
 const _: () = assert!(SFTP_IO_BYTES_MAX + 64 <= SFTP_REPLY_DATA_BYTES_MAX);
 const _: () = assert!(SFTP_NAME_REPLY_BYTES_MAX <= SFTP_REPLY_DATA_BYTES_MAX);
 const _: () = assert!(crate::limits::SFTP_HANDLES_COUNT_MAX <= SFTP_REPLIES_QUEUED_COUNT_MAX);
-const _: () = assert!(SFTP_IO_BYTES_MAX as usize <= SFTP_WRITE_COALESCE_BYTES_MAX);
+const _: () = assert!(usize_from_u32(SFTP_IO_BYTES_MAX) <= SFTP_WRITE_COALESCE_BYTES_MAX);
 const _: () = assert!(SFTP_WRITE_COALESCE_PART_BYTES_MAX < SFTP_WRITE_COALESCE_BYTES_MAX);

@@ -16,6 +16,7 @@ use super::receipts;
 use super::session::Ctx;
 use super::{SFTP_NAME_REPLY_BYTES_MAX, wire};
 use crate::limits::{SFTP_HANDLES_COUNT_MAX, SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
+use crate::num::{u64_from_usize, usize_from_u32};
 use crate::spool::{Entry, EntryKind, FsError, FsErrorKind, OpenMode, VPath};
 
 pub const LIMITS: &str = "limits@openssh.com";
@@ -244,7 +245,7 @@ async fn read_file(ctx: &Ctx, read: Read) -> Result<Bytes, FsError> {
     let handle = match ctx.handles().get_mut(&read.handle) {
         Some(OpenHandle::Read { handle, .. }) => Arc::clone(handle),
         Some(OpenHandle::Memory { data, .. }) => {
-            let len = read.len.min(SFTP_IO_BYTES_MAX) as usize;
+            let len = usize_from_u32(read.len.min(SFTP_IO_BYTES_MAX));
             let start = usize::try_from(read.offset)
                 .unwrap_or(usize::MAX)
                 .min(data.len());
@@ -273,8 +274,9 @@ async fn read_file(ctx: &Ctx, read: Read) -> Result<Bytes, FsError> {
             "End of file",
         )));
     }
-    let data = if data.len() > len as usize {
-        data.slice(..len as usize)
+    let len = usize_from_u32(len);
+    let data = if data.len() > len {
+        data.slice(..len)
     } else {
         data
     };
@@ -285,7 +287,7 @@ fn fstat_readable(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
     let (size, path) = match ctx.handles().get_mut(name) {
         Some(OpenHandle::Read { handle, path }) => (handle.size(), path.clone()),
         Some(OpenHandle::Memory { data, mtime_unix }) => {
-            let attrs = wire::file_attrs(data.len() as u64, *mtime_unix);
+            let attrs = wire::file_attrs(u64_from_usize(data.len()), *mtime_unix);
             return Ok(wire::encode(Packet::Attrs(Attrs { id, attrs })));
         }
         // Write handles are answered by their worker; a directory handle has no FSTAT here.
@@ -397,7 +399,7 @@ async fn read_dir(ctx: &Ctx, id: u32, name: &str) -> Result<Bytes, FsError> {
     for (entry, key) in page {
         let longname = wire::longname(&entry, &ctx.user, now);
         let entry_bytes = entry.name.len() + longname.len() + NAME_ENTRY_OVERHEAD_BYTES;
-        if bytes + entry_bytes > SFTP_NAME_REPLY_BYTES_MAX as usize && !files.is_empty() {
+        if bytes + entry_bytes > usize_from_u32(SFTP_NAME_REPLY_BYTES_MAX) && !files.is_empty() {
             break;
         }
         bytes += entry_bytes;
@@ -471,7 +473,7 @@ fn extended(ctx: &Ctx, id: u32, ext: Extended) -> Result<Bytes, FsError> {
                 max_packet_len: u64::from(SFTP_PACKET_BYTES_MAX),
                 max_read_len: u64::from(SFTP_IO_BYTES_MAX),
                 max_write_len: u64::from(SFTP_IO_BYTES_MAX),
-                max_open_handles: SFTP_HANDLES_COUNT_MAX as u64,
+                max_open_handles: u64_from_usize(SFTP_HANDLES_COUNT_MAX),
             };
             extended_reply(id, &limits)
         }

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::session::Ctx;
+use crate::num::{f64_from_u64, u64_from_usize};
 use crate::spool::catalog::FileRecord;
 use crate::spool::deliveries::Delivery;
 use crate::spool::{Entry, EntryKind, FileState, FsError, FsErrorKind, Spool, VPath};
@@ -140,7 +141,7 @@ fn file_entry(name: String, size: usize, mtime_unix: u64) -> Entry {
     Entry {
         name,
         kind: EntryKind::File,
-        size: size as u64,
+        size: u64_from_usize(size),
         mtime_unix,
         state: None,
     }
@@ -405,7 +406,7 @@ fn queue_of(spool: &Spool, user: &str, drain_rate: u64) -> QueueListing {
                 .ok_or(f.size.saturating_sub(f.bytes_sent())),
         );
     });
-    let in_flight = uploading.len() as u64;
+    let in_flight = u64_from_usize(uploading.len());
     let share = drain_rate / in_flight.max(1);
     let mut ahead: u64 = 0;
     for f in uploading {
@@ -454,7 +455,7 @@ fn format_queue(listing: &QueueListing, user: &str, drain_rate: u64, now_unix: u
     let mut out = String::new();
     let rate = match drain_rate {
         0 => "no upload in the last minute".to_owned(),
-        r => format!("draining {:.1} MiB/s", r as f64 / (1024.0 * 1024.0)),
+        r => format!("draining {:.1} MiB/s", f64_from_u64(r) / (1024.0 * 1024.0)),
     };
     let _ = writeln!(
         out,

@@ -61,12 +61,13 @@ use super::{
     SFTP_REQUEST_OVERHEAD_BYTES, SFTP_REQUESTS_EXECUTING_COUNT_MAX, ops, wire,
 };
 use crate::limits::{SFTP_IO_BYTES_MAX, SFTP_PACKET_BYTES_MAX};
+use crate::num::usize_from_u32;
 use crate::spool::{FsError, FsErrorKind, Spool, VPath, WriteHandle};
 
 /// Requests that can be queued at once, implied by the request budget; channels sized with it
 /// never make a sender wait.
 const REQUESTS_QUEUED_COUNT_MAX: usize =
-    (SFTP_QUEUED_REQUEST_BYTES_MAX / SFTP_REQUEST_OVERHEAD_BYTES) as usize;
+    usize_from_u32(SFTP_QUEUED_REQUEST_BYTES_MAX / SFTP_REQUEST_OVERHEAD_BYTES);
 /// Replies at least this big are written on their own instead of being merged.
 const REPLY_ALONE_BYTES_MIN: usize = 16 * 1024;
 
@@ -138,7 +139,9 @@ where
     F: Future<Output = ()> + Send,
 {
     let (input, mut output) = tokio::io::split(stream);
-    let request_budget = Arc::new(Semaphore::new(SFTP_QUEUED_REQUEST_BYTES_MAX as usize));
+    let request_budget = Arc::new(Semaphore::new(usize_from_u32(
+        SFTP_QUEUED_REQUEST_BYTES_MAX,
+    )));
     let (request_tx, request_rx) = mpsc::channel(REQUESTS_QUEUED_COUNT_MAX);
     let reader = tokio::spawn(read_requests(
         input,
@@ -182,7 +185,7 @@ where
         ctx: ctx.clone(),
         lane: lane_tx,
         initialized: false,
-        reply_budget: Arc::new(Semaphore::new(SFTP_REPLY_DATA_BYTES_MAX as usize)),
+        reply_budget: Arc::new(Semaphore::new(usize_from_u32(SFTP_REPLY_DATA_BYTES_MAX))),
         parked: VecDeque::new(),
         ready: VecDeque::new(),
     };
@@ -392,7 +395,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
         // Charged as it arrives (its first piece just before): the memory it takes is what
         // the budget bounds, and a client that announces a body and stalls holds one piece.
         let stall = Duration::from_secs(SFTP_BODY_STALL_SECONDS);
-        let body = match read_charged(&mut input, len as usize, &ingest, stall).await {
+        let body = match read_charged(&mut input, usize_from_u32(len), &ingest, stall).await {
             Ok(body) => body,
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
             Err(err) => return SessionEnd::ReadFailed(err),

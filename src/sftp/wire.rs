@@ -5,6 +5,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{FileAttributes, Packet, Status, StatusCode};
 
 use super::SFTP_STATUS_MESSAGE_BYTES_MAX;
+use crate::limits::SFTP_IO_BYTES_MAX;
+use crate::num::{usize_from_u32, usize_from_u64};
 use crate::spool::{Entry, EntryKind, FsError, FsErrorKind};
 
 /// `S_IFREG | 0644`, what every file looks like to clients.
@@ -57,7 +59,7 @@ fn decode_write(mut body: Bytes) -> Option<Incoming> {
 }
 
 fn take_string(body: &mut Bytes) -> Option<Bytes> {
-    let len = body.try_get_u32().ok()? as usize;
+    let len = usize_from_u32(body.try_get_u32().ok()?);
     (body.remaining() >= len).then(|| body.split_to(len))
 }
 
@@ -112,14 +114,27 @@ pub fn encode(packet: Packet) -> Bytes {
     }
 }
 
-/// SSH_FXP_DATA, encoded by hand to copy the payload once.
+/// SSH_FXP_DATA, encoded by hand to copy the payload once. Callers read at most
+/// `SFTP_IO_BYTES_MAX`; a longer payload is a broken invariant and degrades to a FAILURE
+/// status, as in [`encode`].
 pub fn encode_data(id: u32, data: &[u8]) -> Bytes {
+    let Some(data_len) = u32::try_from(data.len())
+        .ok()
+        .filter(|len| *len <= SFTP_IO_BYTES_MAX)
+    else {
+        tracing::error!(
+            len = data.len(),
+            "an SFTP DATA reply longer than a READ may ask"
+        );
+        let fallback = status(id, StatusCode::Failure, "internal error encoding the reply");
+        return encode(fallback);
+    };
     let mut out = BytesMut::with_capacity(13 + data.len());
-    // Length counts type, id, and the string (4 + payload); payload ≤ SFTP_IO_BYTES_MAX.
-    out.put_u32((1 + 4 + 4 + data.len()) as u32);
+    // Length counts type, id, and the string (4 + payload).
+    out.put_u32(1 + 4 + 4 + data_len);
     out.put_u8(SSH_FXP_DATA);
     out.put_u32(id);
-    out.put_u32(data.len() as u32);
+    out.put_u32(data_len);
     out.put_slice(data);
     out.freeze()
 }
@@ -183,10 +198,9 @@ fn ls_date(mtime_unix: u64, now_unix: u64) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     const HALF_YEAR_SECONDS: u64 = 365 * 24 * 3600 / 2;
-    let days = (mtime_unix / 86_400) as i64;
     let seconds_of_day = mtime_unix % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    let month_name = MONTHS[(month - 1) as usize];
+    let (year, month, day) = civil_from_days(mtime_unix / 86_400);
+    let month_name = MONTHS[usize_from_u64(month - 1)];
     let recent =
         mtime_unix + HALF_YEAR_SECONDS > now_unix && mtime_unix < now_unix + HALF_YEAR_SECONDS;
     if recent {
@@ -201,17 +215,18 @@ fn ls_date(mtime_unix: u64, now_unix: u64) -> String {
 }
 
 /// Proleptic Gregorian (year, month 1..=12, day 1..=31) of a day count since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// (Howard Hinnant's `civil_from_days`, in its unsigned form: mtimes are never before 1970,
+/// and every intermediate value stays non-negative).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
+    let era = z / 146_097;
+    let doe = z % 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
 
@@ -298,7 +313,7 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
     }
 
     #[test]
@@ -351,5 +366,10 @@ mod tests {
             Bytes::try_from(Packet::Data(russh_sftp::protocol::Data { id: 9, data })).unwrap();
         assert_eq!(ours, theirs);
         assert_eq!(ours.len() as u32, data_reply_bytes(1000));
+        let too_long = encode_data(9, &vec![0; SFTP_IO_BYTES_MAX as usize + 1]);
+        assert!(
+            too_long.len() < 100,
+            "a DATA reply over the READ bound is a FAILURE status"
+        );
     }
 }
