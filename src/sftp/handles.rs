@@ -227,6 +227,30 @@ impl WriteBatch {
         self.offset.checked_add(u64_from_usize(self.len))
     }
 
+    /// Takes the writes already queued that continue the batch, while the batch and each of
+    /// them are small: a large one costs a copy and saves little. Returns the operation that
+    /// stopped the merge, to be applied next.
+    fn merge_queued(&mut self, ops: &mut mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
+        while self.len < SFTP_WRITE_COALESCE_PART_BYTES_MAX {
+            match ops.try_recv() {
+                Ok(WriteOp::Write {
+                    id,
+                    offset,
+                    data,
+                    budget,
+                }) if Some(offset) == self.end()
+                    && data.len() < SFTP_WRITE_COALESCE_PART_BYTES_MAX
+                    && self.len + data.len() <= SFTP_WRITE_COALESCE_BYTES_MAX =>
+                {
+                    self.push(id, data, budget);
+                }
+                Ok(other) => return Some(other),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     fn push(&mut self, id: u32, data: Bytes, budget: OwnedSemaphorePermit) {
         self.len += data.len();
         self.parts.push(data);
@@ -328,14 +352,18 @@ pub(super) async fn write_worker(
     finished: oneshot::Sender<()>,
 ) {
     let _finished = finished;
-    // The first write error; later writes fail the same way and CLOSE does not seal.
-    let mut failed: Option<FsError> = None;
+    let mut worker = WriteWorker {
+        ctx,
+        handle,
+        path,
+        failed: None,
+        acks: Acks::default(),
+    };
     let mut next: Option<WriteOp> = None;
-    let mut acks = Acks::default();
     loop {
         let op = match next.take() {
             Some(op) => op,
-            None => match acks.next(&ctx, &mut ops).await {
+            None => match worker.acks.next(&worker.ctx, &mut ops).await {
                 Some(op) => op,
                 // The session ended without CLOSE: dropping the handle leaves the file partial.
                 None => break,
@@ -355,110 +383,131 @@ pub(super) async fn write_worker(
                     requests: Vec::new(),
                 };
                 batch.push(id, data, budget);
-                // Only small writes are merged: a large one costs a copy and saves little.
-                while batch.len < SFTP_WRITE_COALESCE_PART_BYTES_MAX {
-                    match ops.try_recv() {
-                        Ok(WriteOp::Write {
-                            id,
-                            offset,
-                            data,
-                            budget,
-                        }) if Some(offset) == batch.end()
-                            && data.len() < SFTP_WRITE_COALESCE_PART_BYTES_MAX
-                            && batch.len + data.len() <= SFTP_WRITE_COALESCE_BYTES_MAX =>
-                        {
-                            batch.push(id, data, budget);
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let result = match &failed {
-                    Some(err) => Err(err.clone()),
-                    None => {
-                        let _slot = ctx.executing.acquire().await;
-                        handle.write_at(batch.offset, batch.data()).await
-                    }
-                };
-                if let (Err(err), None) = (&result, &failed) {
-                    tracing::warn!(user = %ctx.user, path = %path.display(), offset = batch.offset,
-                        error = %err, "write failed; the file will stay partial");
-                    crate::telemetry::record_error(
-                        crate::telemetry::ErrorKind::SpoolWrite,
-                        Some(format!("{}:{}", ctx.user, path.display())),
-                        &err.to_string(),
-                    );
-                    failed = Some(err.clone());
-                }
-                // The data is no longer needed: give its ingest charge back before the replies.
-                drop(batch.parts);
-                for (id, budget) in batch.requests {
-                    acks.push(&ctx, ok_or_error(id, result.clone()), budget);
-                }
+                next = batch.merge_queued(&mut ops);
+                worker.write(batch).await;
             }
             WriteOp::Fsync { id, budget } => {
-                let result = match &failed {
-                    Some(err) => Err(err.clone()),
-                    None => {
-                        let _slot = ctx.executing.acquire().await;
-                        handle.fsync().await
-                    }
-                };
-                acks.push(&ctx, ok_or_error(id, result), budget);
+                let handle = &worker.handle;
+                let result = worker.unless_failed(|| handle.fsync()).await;
+                worker.reply(ok_or_error(id, result), budget);
             }
             WriteOp::Fstat { id, budget } => {
-                let attrs = wire::file_attrs(handle.size(), wire::now_unix());
+                let attrs = wire::file_attrs(worker.handle.size(), wire::now_unix());
                 let reply = Packet::Attrs(russh_sftp::protocol::Attrs { id, attrs });
-                acks.push(&ctx, reply, budget);
+                worker.reply(reply, budget);
             }
             WriteOp::SetStat { id, attrs, budget } => {
-                let result = ops::check_setstat(&attrs, handle.size());
-                acks.push(&ctx, ok_or_error(id, result), budget);
+                let result = ops::check_setstat(&attrs, worker.handle.size());
+                worker.reply(ok_or_error(id, result), budget);
             }
-            WriteOp::Fence(fence) => acks.during(&ctx, fence.pass()).await,
-            WriteOp::Close { id, budget } => {
-                let result = match failed {
-                    Some(err) => {
-                        // Gone before the client hears of it, so a retry finds the file partial.
-                        drop(handle);
-                        Err(FsError::new(
-                            err.kind,
-                            format!(
-                                "an earlier write failed, the file was not sealed: {}",
-                                err.message
-                            ),
-                        ))
-                    }
-                    None => {
-                        let _slot = ctx.executing.acquire().await;
-                        handle.close().await
-                    }
-                };
-                match &result {
-                    Ok(()) => {
-                        tracing::info!(user = %ctx.user, path = %path.display(), "file received")
-                    }
-                    Err(err) => {
-                        tracing::warn!(user = %ctx.user, path = %path.display(), error = %err,
-                        "close failed; the file stays partial");
-                        crate::telemetry::record_error(
-                            crate::telemetry::ErrorKind::SpoolWrite,
-                            Some(format!("{}:{}", ctx.user, path.display())),
-                            &err.to_string(),
-                        );
-                    }
-                }
-                acks.push(&ctx, ok_or_error(id, result), budget);
-                acks.finish(&ctx).await;
-                return;
+            WriteOp::Fence(fence) => worker.acks.during(&worker.ctx, fence.pass()).await,
+            WriteOp::Close { id, budget } => return worker.close(id, budget).await,
+        }
+    }
+    worker.acks.finish(&worker.ctx).await;
+    let WriteWorker { ctx, path, .. } = worker;
+    tracing::debug!(user = %ctx.user, path = %path.display(), "write handle dropped without CLOSE");
+}
+
+/// What a write worker keeps between operations.
+struct WriteWorker {
+    ctx: Ctx,
+    handle: WriteHandle,
+    path: VPath,
+    /// The first write error; later writes fail the same way and CLOSE does not seal.
+    failed: Option<FsError>,
+    acks: Acks,
+}
+
+impl WriteWorker {
+    /// Queues a reply behind the handle's earlier ones (see [`Acks`]).
+    fn reply(&mut self, reply: Packet, budget: OwnedSemaphorePermit) {
+        self.acks.push(&self.ctx, reply, budget);
+    }
+
+    /// Runs `work` in an execution slot, or fails at once as the first failed write did.
+    async fn unless_failed<F>(&self, work: impl FnOnce() -> F) -> Result<(), FsError>
+    where
+        F: Future<Output = Result<(), FsError>>,
+    {
+        match &self.failed {
+            Some(err) => Err(err.clone()),
+            None => {
+                let _slot = self.ctx.executing.acquire().await;
+                work().await
             }
         }
     }
-    acks.finish(&ctx).await;
-    tracing::debug!(user = %ctx.user, path = %path.display(), "write handle dropped without CLOSE");
+
+    /// Applies `batch` and answers each of its WRITE requests; the first failure poisons the
+    /// handle.
+    async fn write(&mut self, mut batch: WriteBatch) {
+        let handle = &self.handle;
+        let result = self
+            .unless_failed(|| handle.write_at(batch.offset, batch.data()))
+            .await;
+        if let (Err(err), None) = (&result, &self.failed) {
+            tracing::warn!(user = %self.ctx.user, path = %self.path.display(),
+                offset = batch.offset, error = %err, "write failed; the file will stay partial");
+            record_spool_error(&self.ctx, &self.path, err);
+            self.failed = Some(err.clone());
+        }
+        // The data is no longer needed: give its ingest charge back before the replies.
+        drop(batch.parts);
+        for (id, budget) in batch.requests {
+            self.reply(ok_or_error(id, result.clone()), budget);
+        }
+    }
+
+    /// Seals the file (unless a write failed), answers CLOSE once that is done, and waits
+    /// until every reply of the handle is queued.
+    async fn close(self, id: u32, budget: OwnedSemaphorePermit) {
+        let WriteWorker {
+            ctx,
+            handle,
+            path,
+            failed,
+            mut acks,
+        } = self;
+        let result = match failed {
+            Some(err) => {
+                // Gone before the client hears of it, so a retry finds the file partial.
+                drop(handle);
+                Err(FsError::new(
+                    err.kind,
+                    format!(
+                        "an earlier write failed, the file was not sealed: {}",
+                        err.message
+                    ),
+                ))
+            }
+            None => {
+                let _slot = ctx.executing.acquire().await;
+                handle.close().await
+            }
+        };
+        match &result {
+            Ok(()) => {
+                tracing::info!(user = %ctx.user, path = %path.display(), "file received")
+            }
+            Err(err) => {
+                tracing::warn!(user = %ctx.user, path = %path.display(), error = %err,
+                "close failed; the file stays partial");
+                record_spool_error(&ctx, &path, err);
+            }
+        }
+        acks.push(&ctx, ok_or_error(id, result), budget);
+        acks.finish(&ctx).await;
+    }
+}
+
+/// Counts a failed write or close of `path` in the error telemetry.
+fn record_spool_error(ctx: &Ctx, path: &VPath, err: &FsError) {
+    crate::telemetry::record_error(
+        crate::telemetry::ErrorKind::SpoolWrite,
+        Some(format!("{}:{}", ctx.user, path.display())),
+        &err.to_string(),
+    );
 }
 
 pub(super) fn ok_or_error(id: u32, result: Result<(), FsError>) -> Packet {
