@@ -138,7 +138,7 @@ where
     E: FnOnce(u32) -> F + Send + 'static,
     F: Future<Output = ()> + Send,
 {
-    let (input, mut output) = tokio::io::split(stream);
+    let (input, output) = tokio::io::split(stream);
     let request_budget = Arc::new(Semaphore::new(usize_from_u32(
         SFTP_QUEUED_REQUEST_BYTES_MAX,
     )));
@@ -153,18 +153,8 @@ where
     let (reply_tx, reply_rx) = mpsc::channel(SFTP_REPLIES_QUEUED_COUNT_MAX);
     let (status_tx, status_rx) = oneshot::channel::<u32>();
     let mut writer = tokio::spawn(async move {
-        let result = tokio::select! {
-            result = write_replies(&mut output, reply_rx) => result,
-            () = closed => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed")),
-        };
-        // The replies end only once the session has decided how it ended (see below).
-        if result.is_ok()
-            && let Ok(status) = status_rx.await
-        {
-            channel_end(status).await;
-        }
-        drop(output);
-        result
+        // Wrapped: only what the task captures must be 'static, not `channel_end`'s future.
+        write_then_end(output, reply_rx, closed, status_rx, channel_end).await
     });
 
     let (tracker, token) = TaskTracker::new();
@@ -226,6 +216,35 @@ where
         }
         (end, _) => end,
     }
+}
+
+/// The writer task: writes replies until every sender is gone or `closed` completes, then,
+/// if they were all written, reports the session's exit status through `channel_end` before
+/// `output` is dropped (which closes a russh channel).
+async fn write_then_end<W, E, F>(
+    mut output: W,
+    replies: mpsc::Receiver<Reply>,
+    closed: impl Future<Output = ()>,
+    status: oneshot::Receiver<u32>,
+    channel_end: E,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    E: FnOnce(u32) -> F,
+    F: Future<Output = ()>,
+{
+    let result = tokio::select! {
+        result = write_replies(&mut output, replies) => result,
+        () = closed => Err(io::Error::new(io::ErrorKind::BrokenPipe, "the channel is closed")),
+    };
+    // The replies end only once the session has decided how it ended (see `run`).
+    if result.is_ok()
+        && let Ok(status) = status.await
+    {
+        channel_end(status).await;
+    }
+    drop(output);
+    result
 }
 
 /// A packet as read, with its share of the request budget (its data carries its ingest charge).
