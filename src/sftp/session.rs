@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use russh_sftp::protocol::{Packet, Version};
+use russh_sftp::protocol::{Extended, Packet, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -604,29 +604,19 @@ impl Dispatcher {
         if !self.initialized {
             return Err("request before INIT");
         }
+        self.route_request(packet, budget).await
+    }
+
+    /// Sends one request after INIT (other than WRITE) to the queue it runs from: its write
+    /// handle's worker, the reply budget's queue, the lane, or the execution slots.
+    async fn route_request(
+        &mut self,
+        packet: Packet,
+        budget: OwnedSemaphorePermit,
+    ) -> Result<(), &'static str> {
         let id = packet.get_request_id();
         match packet {
-            Packet::Close(close) => {
-                let removed = self.ctx.handles().remove_closing(&close.handle);
-                match removed {
-                    Some(OpenHandle::Write { queue, .. }) => {
-                        // The worker answers after every earlier write of the handle.
-                        if let Err(mpsc::error::SendError(op)) =
-                            queue.send(WriteOp::Close { id, budget }).await
-                        {
-                            self.fail(op, invalid_handle());
-                        }
-                    }
-                    Some(
-                        OpenHandle::Read { .. } | OpenHandle::Dir(_) | OpenHandle::Memory { .. },
-                    ) => {
-                        self.ctx.reply_soon(wire::encode(wire::ok(id)), budget);
-                    }
-                    None => self
-                        .ctx
-                        .reply_soon(wire::encode(wire::error(id, &invalid_handle())), budget),
-                }
-            }
+            Packet::Close(close) => self.close(id, &close.handle, budget).await,
             Packet::Fstat(fstat) if self.is_write_handle(&fstat.handle) => {
                 self.queue_on_write_handle(&fstat.handle, WriteOp::Fstat { id, budget })
                     .await;
@@ -639,21 +629,7 @@ impl Dispatcher {
                 };
                 self.queue_on_write_handle(&set.handle, op).await;
             }
-            Packet::Extended(ext) if ext.request == ops::FSYNC => match ops::parse_fsync(&ext.data)
-            {
-                Ok(handle) if self.is_write_handle(&handle) => {
-                    self.queue_on_write_handle(&handle, WriteOp::Fsync { id, budget })
-                        .await;
-                }
-                // Read handles have nothing to sync; unknown ones fail in the task.
-                _ => self.ready.push_back((
-                    Request {
-                        packet: Packet::Extended(ext),
-                        budget,
-                    },
-                    None,
-                )),
-            },
+            Packet::Extended(ext) if ext.request == ops::FSYNC => self.fsync(id, ext, budget).await,
             Packet::Read(read) => {
                 let len = read.len.min(SFTP_IO_BYTES_MAX);
                 let request = Request {
@@ -684,6 +660,45 @@ impl Dispatcher {
             },
         }
         Ok(())
+    }
+
+    /// CLOSE: forgets the handle; a write handle's worker answers it.
+    async fn close(&mut self, id: u32, handle: &str, budget: OwnedSemaphorePermit) {
+        let removed = self.ctx.handles().remove_closing(handle);
+        match removed {
+            Some(OpenHandle::Write { queue, .. }) => {
+                // The worker answers after every earlier write of the handle.
+                if let Err(mpsc::error::SendError(op)) =
+                    queue.send(WriteOp::Close { id, budget }).await
+                {
+                    self.fail(op, invalid_handle());
+                }
+            }
+            Some(OpenHandle::Read { .. } | OpenHandle::Dir(_) | OpenHandle::Memory { .. }) => {
+                self.ctx.reply_soon(wire::encode(wire::ok(id)), budget);
+            }
+            None => self
+                .ctx
+                .reply_soon(wire::encode(wire::error(id, &invalid_handle())), budget),
+        }
+    }
+
+    /// fsync@openssh.com: ordered with the writes of a write handle by its worker.
+    async fn fsync(&mut self, id: u32, ext: Extended, budget: OwnedSemaphorePermit) {
+        match ops::parse_fsync(&ext.data) {
+            Ok(handle) if self.is_write_handle(&handle) => {
+                self.queue_on_write_handle(&handle, WriteOp::Fsync { id, budget })
+                    .await;
+            }
+            // Read handles have nothing to sync; unknown ones fail in the task.
+            _ => self.ready.push_back((
+                Request {
+                    packet: Packet::Extended(ext),
+                    budget,
+                },
+                None,
+            )),
+        }
     }
 
     /// Queues a path request in the lane behind the fences that order it with the write
