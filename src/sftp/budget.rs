@@ -54,6 +54,7 @@ impl IngestBudget {
         }
     }
 
+    /// The budget's size, charged or not.
     pub fn total_bytes(&self) -> u32 {
         self.total_bytes
     }

@@ -39,22 +39,34 @@ const BAN_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// `full`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Startups {
+    /// Connections not logged in below which none is dropped.
     pub start: usize,
+    /// Drop probability at `start`, in percent (0..=100).
     pub rate_percent: u8,
+    /// Connections not logged in at which every new one is refused.
     pub full: usize,
 }
 
 /// The limits and penalties (`[sftp]`); see `docs/OPERATIONS.md` for the defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DefenderConfig {
+    /// Connections not logged in, in all (`max_startups`).
     pub startups: Startups,
+    /// Connections not logged in from one source; more are closed at accept.
     pub startups_per_source: usize,
+    /// Logged-in connections in all; a login beyond is refused.
     pub sessions: usize,
+    /// Logged-in connections from one source.
     pub sessions_per_source: usize,
+    /// Failures within `failure_window` that ban a source (`max_auth_failures`).
     pub failures_max: u32,
+    /// How long a failure counts against its source.
     pub failure_window: Duration,
+    /// The first ban's length; each further one within a day doubles it.
     pub ban: Duration,
+    /// The longest ban.
     pub ban_max: Duration,
+    /// Networks exempt from the per-source limits and from penalties.
     pub allow: Vec<IpNet>,
 }
 
@@ -83,19 +95,31 @@ impl Default for DefenderConfig {
 /// What counts against a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Penalty {
+    /// A rejected password or key signature.
     AuthFailure,
+    /// A negotiation that failed: garbage, or no algorithm in common.
     Negotiation,
+    /// The login grace time ran out before the client logged in.
     GraceExpired,
 }
 
 /// Why a connection or a login is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    Banned { remaining: Duration },
+    /// The source is banned.
+    Banned {
+        /// Until the ban ends.
+        remaining: Duration,
+    },
+    /// The source has `startups_per_source` connections not logged in.
     StartupsPerSource,
+    /// `startups.full` connections are not logged in.
     StartupsFull,
+    /// Dropped at random between `startups.start` and `startups.full`.
     EarlyDrop,
+    /// The source has `sessions_per_source` sessions.
     SessionsPerSource,
+    /// `sessions` sessions are logged in.
     SessionsFull,
 }
 
@@ -121,6 +145,7 @@ impl std::fmt::Display for Refusal {
 pub struct Ban {
     /// The address, or the /64 for IPv6.
     pub source: String,
+    /// Seconds until the ban ends.
     pub remaining_secs: u64,
     /// Bans of this source within a day, this one included.
     pub count: u32,
@@ -129,8 +154,11 @@ pub struct Ban {
 /// Counts for status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DefenderCounts {
+    /// Connections not logged in yet.
     pub startups: usize,
+    /// Logged-in connections.
     pub sessions: usize,
+    /// Sources banned now.
     pub banned_sources: usize,
     /// Connections refused at accept or at login since the start.
     pub refused: u64,
@@ -211,6 +239,7 @@ pub struct SessionPermit {
 }
 
 impl Defender {
+    /// A defender with nothing tracked yet; the server shares it between its connections.
     pub fn new(config: DefenderConfig) -> Arc<Defender> {
         Arc::new(Defender {
             config,
@@ -218,6 +247,7 @@ impl Defender {
         })
     }
 
+    /// The limits it enforces.
     pub fn config(&self) -> &DefenderConfig {
         &self.config
     }
@@ -402,6 +432,7 @@ impl Defender {
         lifted
     }
 
+    /// Counts for status, with bans that have ended by `now` left out.
     pub fn counts(&self, now: Instant) -> DefenderCounts {
         let state = self.lock();
         DefenderCounts {

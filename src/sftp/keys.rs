@@ -13,33 +13,57 @@ use russh::keys::ssh_key::{EcdsaCurve, HashAlg, LineEnding};
 /// RSA host keys we generate: 3072 bits, the size NIST and ssh-audit expect from now on.
 pub const RSA_KEY_BITS: usize = 3072;
 
+/// Why a key file could not be loaded or generated; the message names the key and its file.
 #[derive(Debug, thiserror::Error)]
 pub enum HostKeyError {
+    /// Reading, creating or writing the file failed.
     #[error("{what} {path}: {source}")]
     Io {
+        /// Which key: "host key", "demo client key".
         what: &'static str,
+        /// The key file.
         path: PathBuf,
+        /// The failed operation's error.
         source: io::Error,
     },
+    /// The file is not an OpenSSH private key.
     #[error("{what} {path} is not an OpenSSH private key: {reason}")]
     Parse {
+        /// Which key: "host key", "demo client key".
         what: &'static str,
+        /// The key file.
         path: PathBuf,
+        /// What the key parser said.
         reason: String,
     },
+    /// The key has a passphrase, which a daemon cannot type.
     #[error("{what} {path} is encrypted; the gateway needs it without a passphrase")]
-    Encrypted { what: &'static str, path: PathBuf },
+    Encrypted {
+        /// Which key: "host key", "demo client key".
+        what: &'static str,
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key is not of the kind the caller asked for.
     #[error("{what} {path} is a {found} key; a {wanted} key belongs there")]
     WrongType {
+        /// Which key: "host key", "demo client key".
         what: &'static str,
+        /// The key file.
         path: PathBuf,
+        /// The algorithm of the key in the file.
         found: String,
+        /// The kind asked for ([`KeyKind`]'s label).
         wanted: &'static str,
     },
+    /// Generating a new key failed (the system's random source or the key encoder).
     #[error("generating the {what} {path}: {reason}")]
     Generate {
+        /// Which key: "host key", "demo client key".
         what: &'static str,
+        /// The key file.
         path: PathBuf,
+        /// What the generator said.
         reason: String,
     },
 }
@@ -47,8 +71,11 @@ pub enum HostKeyError {
 /// The kinds of key we load or generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
+    /// Ed25519: the host key every server has, and the demo client key.
     Ed25519,
+    /// ECDSA on NIST P-256.
     EcdsaP256,
+    /// RSA of [`RSA_KEY_BITS`] when generated.
     Rsa,
 }
 

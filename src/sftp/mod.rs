@@ -17,6 +17,7 @@ pub enum NamePolicy {
     /// and RENAME (see `crate::names`).
     #[default]
     RefuseHostile,
+    /// Any name the spool accepts (`allow_control_characters = true`).
     AllowAll,
 }
 
@@ -133,6 +134,7 @@ pub const SSH_CHANNELS_PER_CONNECTION_COUNT_MAX: usize = 4;
 pub const SSH_AUTH_REJECTION_MILLISECONDS: u64 = 500;
 /// Keepalive probe interval; a peer missing `SSH_KEEPALIVE_COUNT_MAX` probes is dropped.
 pub const SSH_KEEPALIVE_INTERVAL_SECONDS: u64 = 15;
+/// Keepalive probes a peer may miss in a row before it is dropped.
 pub const SSH_KEEPALIVE_COUNT_MAX: usize = 4;
 
 /// Upload data the SFTP layer can hold in memory at worst, every connection with every

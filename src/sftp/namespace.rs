@@ -16,6 +16,7 @@ use russh::keys::ssh_key::authorized_keys::Entry;
 /// A user of the configuration (`[[users]]`), as parsed and checked by `config`.
 #[derive(Debug, Clone)]
 pub struct User {
+    /// The login name, unique in the configuration.
     pub name: String,
     /// OpenSSH `authorized_keys` lines.
     pub authorized_keys: Vec<String>,
@@ -28,25 +29,44 @@ pub struct User {
 /// A user entry of the configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
+    /// A line of `authorized_keys` does not parse.
     #[error("user {user:?}: authorized_keys[{index}] is not an OpenSSH public key line: {reason}")]
     InvalidKey {
+        /// The user's name.
         user: String,
+        /// Which line of `authorized_keys`, from 0.
         index: usize,
+        /// What the parser said.
         reason: String,
     },
+    /// A line of `authorized_keys` has options (`from=`, `command=`...), which we would not
+    /// enforce.
     #[error(
         "user {user:?}: authorized_keys[{index}] has options ({options:?}); key options are not \
          supported, remove them"
     )]
     KeyOptions {
+        /// The user's name.
         user: String,
+        /// Which line of `authorized_keys`, from 0.
         index: usize,
+        /// The options, as written.
         options: String,
     },
+    /// `password_hash` is not an argon2 PHC string.
     #[error("user {user:?}: password_hash is not an argon2 PHC string ($argon2id$...): {reason}")]
-    InvalidPasswordHash { user: String, reason: String },
+    InvalidPasswordHash {
+        /// The user's name.
+        user: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Two entries have the same name.
     #[error("user {user:?} is listed twice")]
-    Duplicate { user: String },
+    Duplicate {
+        /// The user's name.
+        user: String,
+    },
 }
 
 struct Credentials {

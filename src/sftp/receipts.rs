@@ -61,6 +61,7 @@ impl VirtualDir {
         }
     }
 
+    /// The directory's name in `/` (`sftp.virtual_dir`).
     pub fn name(&self) -> &str {
         &self.name
     }

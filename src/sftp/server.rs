@@ -54,15 +54,19 @@ const ACCEPT_RETRY_MILLISECONDS: u64 = 100;
 const NEGOTIATION_OFFER_BYTES_MAX: usize = 512;
 const REFUSAL_MESSAGE: &str = "This service only offers SFTP (try: sftp user@host).\r\n";
 
+/// Why the server stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// `accept` failed with an error that retrying cannot fix.
     #[error("accepting SSH connections failed: {0}")]
     Accept(io::Error),
 }
 
 /// What the SSH server offers: the algorithm profile and the host keys it needs.
 pub struct SshSetup {
+    /// The algorithm profile offered (`sftp.algorithms`).
     pub algorithms: Algorithms,
+    /// Every host key the profile needs (see [`super::load_host_keys`]).
     pub host_keys: Vec<PrivateKey>,
     /// How long a connection may take to log in.
     pub login_grace: Duration,
