@@ -5,6 +5,9 @@
 //! proptest to `proptest-regressions/fuzz.txt`, which is committed: every crash found stays a
 //! regression test that runs first. The SFTP session state machine, which runs a whole
 //! session per case, is in [`session`].
+//!
+//! Test code (`cfg(test)`): it feeds the decoders through the same entry points as the
+//! daemon, may use any module, and nothing in the library may use it.
 
 mod session;
 

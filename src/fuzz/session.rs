@@ -9,6 +9,9 @@
 //! and its file made partial or sealed); a script of a well-behaved client (INIT once, first,
 //! then requests only) ends cleanly (exit status 0, as from OpenSSH's sftp-server), and any
 //! other end reports failure.
+//!
+//! It drives the session only through `sftp::session::run` and the spool's public API, as
+//! the server does.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,6 +9,9 @@
 //! RSA host keys (ssh-rsa signatures too), ecdh-sha2-nistp* and diffie-hellman-group14-sha256,
 //! non-ETM HMAC-SHA2, and ssh-rsa (SHA-1) signatures from RSA user keys, the only kind JSch
 //! 0.1.x can make.
+//!
+//! Owns the profiles and the host key files each needs; the files themselves are read and
+//! made by `keys`. It holds no connection state and may not touch the spool.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};

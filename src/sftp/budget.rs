@@ -14,6 +14,9 @@
 //! stalls) can hold at most its share, never the whole budget, and one that announces a body
 //! and sends nothing holds one piece. Waiters are served first come, first served (tokio's semaphore is FIFO), so
 //! a session waiting for the budget is not overtaken forever by others.
+//!
+//! Owns the semaphores and the charged buffers, and reads bytes without knowing what they
+//! mean: decoding is `session`'s and `wire`'s. It may not touch the spool.
 
 use std::io;
 use std::sync::Arc;

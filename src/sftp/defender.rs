@@ -17,6 +17,10 @@
 //! full, sources with nothing to remember are forgotten first; if none, a new source is not
 //! tracked (it gets the global limits only, and no penalties: OpenSSH's "permissive" overflow).
 //! The logic takes the time as an argument, so that tests drive the clock.
+//!
+//! Owns the source table and its counts, and decides; it may not touch sockets (the server
+//! closes what it refuses), the spool, or the configuration file (`config` fills
+//! [`DefenderConfig`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};

@@ -1,5 +1,9 @@
 //! The open handles of one SFTP session, and the worker that applies the operations on one
 //! write handle in arrival order (see `session` for how requests reach it).
+//!
+//! Owns the session's handle table and the write workers. Files change only through
+//! `spool::WriteHandle`, and replies go to the session's reply queue (through [`Acks`]), never
+//! to the channel.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

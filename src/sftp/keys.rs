@@ -1,5 +1,8 @@
 //! Key files: the server's host keys and the demo's client key, loaded from OpenSSH private
 //! key files or generated (mode 0600, written durably) on first start.
+//!
+//! Owns the key files at the paths it is given, and nothing else on disk; it knows nothing of
+//! SSH connections, of the spool or of the configuration.
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};

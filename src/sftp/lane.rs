@@ -28,6 +28,9 @@
 //! Nothing here waits on the client: the lane queues its replies like a write worker does
 //! (`handles::Acks`), and releases its fences before that, so handles' queued WRITE data,
 //! which holds the process-wide ingest budget, never waits for a client to read replies.
+//!
+//! Owns the lane and its fences. A request runs through `ops`; write handles are reached
+//! only through their queues (`handles`), never their data.
 
 use bytes::Bytes;
 use futures::FutureExt;

@@ -4,6 +4,12 @@
 //! `server` accepts SSH connections and authenticates them against `namespace::Users`; each
 //! "sftp" subsystem channel runs one `session` against the shared spool. The limits below are
 //! the SFTP layer's own (the ones shared with other layers live in [`crate::limits`]).
+//!
+//! May use: `spool` (and the journal's types only as `spool` hands them out), `limits`, `num`,
+//! `names`, `telemetry`. May not use `config`, `drain`, `status` or `gateway`: the
+//! configuration arrives as this module's own types ([`SessionPolicy`], [`SshSetup`],
+//! `defender::DefenderConfig`, `namespace::User`), and what becomes of a file after the spool
+//! is none of its business (`tests/architecture.rs` checks the list).
 
 mod algorithms;
 pub use algorithms::Algorithms;

@@ -4,6 +4,9 @@
 //! A user's namespace itself (the jail below `/`) is [`crate::spool::VPath`]; this module only
 //! decides whether a login is allowed. An unknown user and a wrong secret give the same answer
 //! (`false`) and, for passwords, take about the same time.
+//!
+//! Owns the credentials; from the spool it uses only the [`crate::spool::Quota`] type, and it
+//! may not touch files or the configuration file (`config` builds its [`User`]s).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

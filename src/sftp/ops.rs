@@ -1,6 +1,9 @@
 //! What each SFTP request does to the spool, for requests that do not go through a write
 //! handle's worker (see `session`). Every function returns the encoded reply or an [`FsError`]
 //! that `wire::status_of` turns into SSH_FX_*.
+//!
+//! Owns the mapping from a request to spool calls. It may not touch files but through `spool`,
+//! nor write to the channel: it returns bytes, and the session queues them.
 
 use std::sync::Arc;
 

@@ -17,6 +17,9 @@
 //!
 //! Nothing here can be written, renamed or removed, and no user file or directory may take the
 //! directory's name: each such request gets SSH_FX_PERMISSION_DENIED with a message.
+//!
+//! Reads the catalog and the delivery log through `spool` and may change nothing in it; it
+//! knows the drain only by the rate its [`VirtualDir`] is handed.
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -17,6 +17,10 @@
 //! task of its own, never inside russh's loop, and is told when its channel goes away (CHANNEL_CLOSE or the end
 //! of the connection), because a russh channel writer waiting for window is not woken by that.
 //! On shutdown every client is disconnected and `serve` returns once all sessions have ended.
+//!
+//! Owns listening, connections and logins; what happens inside a channel is `session`'s.
+//! Its settings arrive as [`SshSetup`] and [`super::SessionPolicy`]; it may not read the
+//! configuration file or touch the spool but through the sessions it starts.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

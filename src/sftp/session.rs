@@ -38,6 +38,10 @@
 //! answered; when the session must stop at once (protocol violation, channel gone) queued
 //! requests are dropped. Either way writes already queued on a handle are applied, then every
 //! write handle that was not closed is dropped, which leaves its file `partial` in the spool.
+//!
+//! Owns the tasks and budgets of one session. What a request does is `ops`', `handles`' and
+//! `lane`'s, what bytes go on the wire is `wire`'s; it sees a stream, never SSH, and may not
+//! touch the spool but through them.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -1,5 +1,7 @@
 //! What SFTP replies look like on the wire: the one mapping from [`FsError`] to SSH_FX_*,
 //! attributes and `ls -l` long names for spool entries, and packet encoding.
+//!
+//! Pure encoding and decoding: no I/O and no spool calls (spool types only as values).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::protocol::{FileAttributes, Packet, Status, StatusCode};

@@ -1,3 +1,5 @@
+//! The defender's limits, bans and memory bound, with a clock the tests drive.
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
