@@ -228,6 +228,43 @@ impl Client {
     async fn status(&mut self, packet: Packet) -> (StatusCode, String) {
         status_of(self.call(packet).await)
     }
+
+    /// MKDIR of `path`, answered by a status.
+    async fn mkdir(&mut self, path: &str) -> (StatusCode, String) {
+        let id = self.id();
+        let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
+            id,
+            path: path.into(),
+            attrs: FileAttributes::empty(),
+        });
+        self.status(mkdir).await
+    }
+
+    /// The handle OPENDIR of `path` gives, or its status.
+    async fn opendir(&mut self, path: &str) -> Result<String, (StatusCode, String)> {
+        let id = self.id();
+        let open = OpenDir {
+            id,
+            path: path.into(),
+        };
+        match self.call(Packet::OpenDir(open)).await {
+            Packet::Handle(h) => Ok(h.handle),
+            other => Err(status_of(other)),
+        }
+    }
+
+    /// The one name REALPATH gives for `path`.
+    async fn realpath(&mut self, path: &str) -> String {
+        let id = self.id();
+        let realpath = RealPath {
+            id,
+            path: path.into(),
+        };
+        let Packet::Name(name) = self.call(Packet::RealPath(realpath)).await else {
+            panic!("realpath {path} is a NAME")
+        };
+        name.files[0].filename.clone()
+    }
 }
 
 fn write_flags() -> OpenFlags {
@@ -614,36 +651,9 @@ async fn paths_outside_the_jail_are_permission_denied() {
     assert_eq!(client.status(stat).await.0, StatusCode::PermissionDenied);
     // REALPATH alone stops `..` at the root, as a chroot does (FileZilla asks for the
     // parent of `/`); it names nothing outside the jail.
-    let Packet::Name(name) = client
-        .call(Packet::RealPath(RealPath {
-            id: 4,
-            path: "/..".into(),
-        }))
-        .await
-    else {
-        panic!("realpath /.. is a NAME")
-    };
-    assert_eq!(name.files[0].filename, "/");
-    let Packet::Name(name) = client
-        .call(Packet::RealPath(RealPath {
-            id: 5,
-            path: ".".into(),
-        }))
-        .await
-    else {
-        panic!("realpath . is a NAME")
-    };
-    assert_eq!(name.files[0].filename, "/");
-    let Packet::Name(name) = client
-        .call(Packet::RealPath(RealPath {
-            id: 6,
-            path: "a/./b/../c".into(),
-        }))
-        .await
-    else {
-        panic!("realpath is a NAME")
-    };
-    assert_eq!(name.files[0].filename, "/a/c");
+    assert_eq!(client.realpath("/..").await, "/");
+    assert_eq!(client.realpath(".").await, "/");
+    assert_eq!(client.realpath("a/./b/../c").await, "/a/c");
 }
 
 #[tokio::test]
@@ -676,25 +686,12 @@ async fn readdir_lists_entries_like_ls_then_eof() {
     let spool = open_spool(tmp.path(), 0);
     let (mut client, _session) = start_initialized(&spool).await;
     client.put("/one.txt", b"12345").await;
-    let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
-        id: 20,
-        path: "/sub".into(),
-        attrs: FileAttributes::empty(),
-    });
-    assert_eq!(client.status(mkdir).await.0, StatusCode::Ok);
-    let Packet::Handle(dir) = client
-        .call(Packet::OpenDir(OpenDir {
-            id: 21,
-            path: "/".into(),
-        }))
-        .await
-    else {
-        panic!("opendir")
-    };
+    assert_eq!(client.mkdir("/sub").await.0, StatusCode::Ok);
+    let dir = client.opendir("/").await.expect("opendir");
     let Packet::Name(name) = client
         .call(Packet::ReadDir(ReadDir {
             id: 22,
-            handle: dir.handle.clone(),
+            handle: dir.clone(),
         }))
         .await
     else {
@@ -723,11 +720,11 @@ async fn readdir_lists_entries_like_ls_then_eof() {
     let eof = client
         .call(Packet::ReadDir(ReadDir {
             id: 23,
-            handle: dir.handle.clone(),
+            handle: dir.clone(),
         }))
         .await;
     assert_eq!(status_of(eof).0, StatusCode::Eof);
-    let close = client.close(&dir.handle);
+    let close = client.close(&dir);
     assert_eq!(client.status(close).await.0, StatusCode::Ok);
 }
 
@@ -1061,37 +1058,19 @@ async fn readdir_of_a_large_directory_goes_page_by_page_after_the_last_name() {
     let spool = open_spool(tmp.path(), 0);
     let (mut client, _session) = start_initialized(&spool).await;
     let mut names: Vec<String> = (0..1000).map(|i| format!("d{i:04}")).collect();
-    for (i, name) in names.iter().enumerate() {
-        let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
-            id: 100 + i as u32,
-            path: format!("/{name}"),
-            attrs: FileAttributes::empty(),
-        });
-        assert_eq!(client.status(mkdir).await.0, StatusCode::Ok);
+    for name in &names {
+        assert_eq!(client.mkdir(&format!("/{name}")).await.0, StatusCode::Ok);
     }
     // A subtree below one entry: skipped, not listed.
-    let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
-        id: 5000,
-        path: "/d0001/inner".into(),
-        attrs: FileAttributes::empty(),
-    });
-    assert_eq!(client.status(mkdir).await.0, StatusCode::Ok);
-    let Packet::Handle(dir) = client
-        .call(Packet::OpenDir(OpenDir {
-            id: 5001,
-            path: "/".into(),
-        }))
-        .await
-    else {
-        panic!("opendir")
-    };
+    assert_eq!(client.mkdir("/d0001/inner").await.0, StatusCode::Ok);
+    let dir = client.opendir("/").await.expect("opendir");
     let mut listed: Vec<String> = Vec::new();
     let mut replies = 0;
     loop {
         let reply = client
             .call(Packet::ReadDir(ReadDir {
                 id: 6000 + replies,
-                handle: dir.handle.clone(),
+                handle: dir.clone(),
             }))
             .await;
         let Packet::Name(name) = reply else {
@@ -1131,12 +1110,7 @@ async fn names_with_control_characters_or_bidi_overrides_are_refused_with_a_clea
             crate::names::hostile_char(&message).is_none(),
             "escaped: {message:?}"
         );
-        let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
-            id: 20,
-            path: bad.into(),
-            attrs: FileAttributes::empty(),
-        });
-        assert_eq!(client.status(mkdir).await.0, StatusCode::BadMessage);
+        assert_eq!(client.mkdir(bad).await.0, StatusCode::BadMessage);
     }
     client.put("/ok.txt", b"fine").await;
     let rename = Packet::Rename(Rename {
@@ -1187,20 +1161,10 @@ async fn directory_handles_count_against_the_session_cap_and_hold_no_listing() {
     let spool = open_spool(tmp.path(), 0);
     let (mut client, _session) = start_initialized(&spool).await;
     for n in 0..SFTP_HANDLES_COUNT_MAX {
-        let open = Packet::OpenDir(russh_sftp::protocol::OpenDir {
-            id: 100 + n as u32,
-            path: "/".into(),
-        });
-        assert!(
-            matches!(client.call(open).await, Packet::Handle(_)),
-            "handle {n} under the cap"
-        );
+        let opened = client.opendir("/").await;
+        assert!(opened.is_ok(), "handle {n} under the cap");
     }
-    let open = Packet::OpenDir(russh_sftp::protocol::OpenDir {
-        id: 99,
-        path: "/".into(),
-    });
-    let (code, message) = client.status(open).await;
+    let (code, message) = client.opendir("/").await.unwrap_err();
     assert_eq!(code, StatusCode::Failure);
     assert!(message.contains("too many open handles"), "{message}");
     // Each holds its directory's path and a cursor (the last name sent), not a copy of the

@@ -92,13 +92,7 @@ async fn a_stat_or_listing_behind_writes_sees_their_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let spool = open_spool(tmp.path(), 0);
     let (mut client, _session) = start_initialized(&spool).await;
-    client
-        .status(Packet::MkDir(russh_sftp::protocol::MkDir {
-            id: 3,
-            path: "/d".into(),
-            attrs: FileAttributes::empty(),
-        }))
-        .await;
+    client.mkdir("/d").await;
     let handle = client.open("/d/f", write_flags()).await.expect("open");
     for round in 0..10u64 {
         let chunk = 32 * 1024;
@@ -218,23 +212,14 @@ async fn readdirs_pipelined_on_one_handle_hand_out_the_listing_in_request_order(
         assert_eq!(status_of(client.call(close).await).0, StatusCode::Ok);
     }
     for round in 0..5 {
-        let id = client.id();
-        let Packet::Handle(dir) = client
-            .call(Packet::OpenDir(OpenDir {
-                id,
-                path: "/".into(),
-            }))
-            .await
-        else {
-            panic!("OPENDIR failed");
-        };
+        let dir = client.opendir("/").await.expect("OPENDIR failed");
         // sshfs sends READDIRs back to back and takes the replies in the order it sent them.
         let readdirs: Vec<Packet> = (0..12)
             .map(|_| {
                 let id = client.id();
                 Packet::ReadDir(ReadDir {
                     id,
-                    handle: dir.handle.clone(),
+                    handle: dir.clone(),
                 })
             })
             .collect();
@@ -259,7 +244,7 @@ async fn readdirs_pipelined_on_one_handle_hand_out_the_listing_in_request_order(
             "round {round}: the listing did not end within 12 READDIRs"
         );
         assert_eq!(listed, names, "round {round}");
-        let close = client.close(&dir.handle);
+        let close = client.close(&dir);
         client.call(close).await;
     }
 }

@@ -53,17 +53,7 @@ async fn deliver(spool: &Spool, path: &str, etag: &str) -> u64 {
 impl Client {
     /// Every name of a directory listing, in the order READDIR gave them.
     async fn list(&mut self, path: &str) -> Result<Vec<(String, u64)>, (StatusCode, String)> {
-        let id = self.id();
-        let handle = match self
-            .call(Packet::OpenDir(OpenDir {
-                id,
-                path: path.into(),
-            }))
-            .await
-        {
-            Packet::Handle(h) => h.handle,
-            other => return Err(status_of(other)),
-        };
+        let handle = self.opendir(path).await?;
         let mut names = Vec::new();
         loop {
             let id = self.id();
@@ -116,12 +106,7 @@ async fn a_receipt_appears_once_a_file_is_delivered_and_says_where_it_is() {
     let (mut client, _session) = start_virtual(&spool, 0).await;
     client.put("/a.txt", b"first file").await;
     client.put("/c.txt", b"not delivered").await;
-    let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
-        id: 90,
-        path: "/d".into(),
-        attrs: FileAttributes::empty(),
-    });
-    assert_eq!(client.status(mkdir).await.0, StatusCode::Ok);
+    assert_eq!(client.mkdir("/d").await.0, StatusCode::Ok);
     client.put("/d/b.bin", &pattern(70_000, 3)).await;
     let (code, _) = client
         .stat_size("/.sftpgw/receipts/a.txt.json")
@@ -252,12 +237,7 @@ async fn nothing_in_the_virtual_directory_can_be_changed_and_no_file_takes_its_n
     ] {
         denied(client.open(path, write_flags()).await.expect_err(path));
     }
-    let mkdir = Packet::MkDir(russh_sftp::protocol::MkDir {
-        id: 30,
-        path: "/.sftpgw".into(),
-        attrs: FileAttributes::empty(),
-    });
-    denied(client.status(mkdir).await);
+    denied(client.mkdir("/.sftpgw").await);
     let remove = Packet::Remove(russh_sftp::protocol::Remove {
         id: 31,
         filename: "/.sftpgw/receipts/a.txt.json".into(),
