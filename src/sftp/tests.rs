@@ -103,6 +103,20 @@ async fn start_initialized(spool: &Arc<Spool>) -> (Client, JoinHandle<SessionEnd
     (client, session)
 }
 
+/// What most tests start from: a spool in a temporary directory (kept while the returned
+/// directory lives) and a session on it past INIT.
+async fn initialized_session() -> (
+    tempfile::TempDir,
+    Arc<Spool>,
+    Client,
+    JoinHandle<SessionEnd>,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = open_spool(tmp.path(), 0);
+    let (client, session) = start_initialized(&spool).await;
+    (tmp, spool, client, session)
+}
+
 fn encode(packet: Packet) -> Bytes {
     Bytes::try_from(packet).expect("encode")
 }
@@ -338,9 +352,7 @@ async fn version_advertises_the_openssh_extensions() {
 
 #[tokio::test]
 async fn garbage_packet_ends_the_session() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, session) = initialized_session().await;
     // Type 0xEE does not exist; a loop that "logs and continues" would parse what follows.
     client
         .io
@@ -359,9 +371,7 @@ async fn garbage_packet_ends_the_session() {
 
 #[tokio::test]
 async fn truncated_packet_body_ends_the_session() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, session) = initialized_session().await;
     // A STAT whose path string claims more bytes than the packet holds.
     client
         .io
@@ -374,9 +384,7 @@ async fn truncated_packet_body_ends_the_session() {
 
 #[tokio::test]
 async fn oversized_length_ends_the_session() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, session) = initialized_session().await;
     client
         .io
         .write_all(&(SFTP_PACKET_BYTES_MAX + 1).to_be_bytes())
@@ -412,9 +420,7 @@ async fn requests_before_init_or_a_second_init_end_the_session() {
 
 #[tokio::test]
 async fn pipelined_requests_all_get_replies_with_matching_ids() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, session) = initialized_session().await;
     client.put("/f.bin", &pattern(1000, 1)).await;
     let handle = client.open("/g.bin", write_flags()).await.unwrap();
 
@@ -464,9 +470,7 @@ async fn pipelined_requests_all_get_replies_with_matching_ids() {
 
 #[tokio::test]
 async fn writes_to_one_handle_apply_in_arrival_order_and_close_answers_last() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     let handle = client.open("/order.bin", write_flags()).await.unwrap();
     // Overlapping writes: only arrival order gives the expected bytes.
     let writes = [
@@ -514,9 +518,7 @@ async fn writes_to_one_handle_apply_in_arrival_order_and_close_answers_last() {
 
 #[tokio::test]
 async fn put_then_get_round_trips_a_large_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     let data = pattern(3 * 1024 * 1024 + 17, 9);
     client.put("/big.bin", &data).await;
     assert_eq!(client.get("/big.bin").await, data);
@@ -608,9 +610,7 @@ async fn failed_write_poisons_the_handle_close_fails_and_the_file_stays_partial(
 
 #[tokio::test]
 async fn session_end_without_close_leaves_the_upload_partial() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, session) = start_initialized(&spool).await;
+    let (_tmp, spool, mut client, session) = initialized_session().await;
     let handle = client.open("/half.bin", write_flags()).await.unwrap();
     let write = client.write(&handle, 0, pattern(5000, 2));
     assert_eq!(client.status(write).await.0, StatusCode::Ok);
@@ -629,9 +629,7 @@ async fn session_end_without_close_leaves_the_upload_partial() {
 
 #[tokio::test]
 async fn paths_outside_the_jail_are_permission_denied() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     assert_eq!(
         client.open("/../x", write_flags()).await.unwrap_err().0,
         StatusCode::PermissionDenied
@@ -658,9 +656,7 @@ async fn paths_outside_the_jail_are_permission_denied() {
 
 #[tokio::test]
 async fn rename_refuses_an_existing_target_and_posix_rename_overwrites() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     client.put("/a", b"first").await;
     client.put("/b", b"second").await;
     let rename = Packet::Rename(Rename {
@@ -682,9 +678,7 @@ async fn rename_refuses_an_existing_target_and_posix_rename_overwrites() {
 
 #[tokio::test]
 async fn readdir_lists_entries_like_ls_then_eof() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     client.put("/one.txt", b"12345").await;
     assert_eq!(client.mkdir("/sub").await.0, StatusCode::Ok);
     let dir = client.opendir("/").await.expect("opendir");
@@ -730,9 +724,7 @@ async fn readdir_lists_entries_like_ls_then_eof() {
 
 #[tokio::test]
 async fn setstat_is_accepted_for_existing_names_only_and_links_are_unsupported() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     client.put("/s", b"x").await;
     let mut attrs = FileAttributes::empty();
     attrs.mtime = Some(1);
@@ -760,9 +752,7 @@ async fn setstat_is_accepted_for_existing_names_only_and_links_are_unsupported()
 
 #[tokio::test]
 async fn limits_and_statvfs_extensions_report_our_limits_and_the_spool_space() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, spool, mut client, _session) = initialized_session().await;
     let Packet::ExtendedReply(limits) = client
         .call(extended(40, "limits@openssh.com", Vec::new()))
         .await
@@ -794,9 +784,7 @@ async fn limits_and_statvfs_extensions_report_our_limits_and_the_spool_space() {
 
 #[tokio::test]
 async fn fsync_syncs_write_handles_in_order_and_fstat_sees_the_written_size() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     let handle = client.open("/s.bin", write_flags()).await.unwrap();
     let write = client.write(&handle, 0, vec![5; 12345]);
     client.send(write).await;
@@ -820,9 +808,7 @@ async fn fsync_syncs_write_handles_in_order_and_fstat_sees_the_written_size() {
 
 #[tokio::test]
 async fn open_handles_are_capped_per_session() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     client.put("/h", b"h").await;
     for _ in 0..SFTP_HANDLES_COUNT_MAX {
         client
@@ -837,9 +823,7 @@ async fn open_handles_are_capped_per_session() {
 
 #[tokio::test]
 async fn invalid_and_mismatched_handles_are_errors_not_crashes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     client.put("/r", b"data").await;
     let write = client.write("nope", 0, vec![1]);
     assert_eq!(client.status(write).await.0, StatusCode::Failure);
@@ -1054,9 +1038,7 @@ async fn writes_past_max_file_size_or_u64_fail_cleanly_and_the_session_goes_on()
 /// listing shows, one removed before it was reached does not (POSIX readdir allows both).
 #[tokio::test]
 async fn readdir_of_a_large_directory_goes_page_by_page_after_the_last_name() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, spool, mut client, _session) = initialized_session().await;
     let mut names: Vec<String> = (0..1000).map(|i| format!("d{i:04}")).collect();
     for name in &names {
         assert_eq!(client.mkdir(&format!("/{name}")).await.0, StatusCode::Ok);
@@ -1099,9 +1081,7 @@ async fn readdir_of_a_large_directory_goes_page_by_page_after_the_last_name() {
 
 #[tokio::test]
 async fn names_with_control_characters_or_bidi_overrides_are_refused_with_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     for bad in ["/a\nb.txt", "/\u{1b}[2Jx", "/invoice\u{202e}fdp.exe"] {
         let (code, message) = client.open(bad, write_flags()).await.expect_err(bad);
         assert_eq!(code, StatusCode::BadMessage, "{bad:?}");
@@ -1157,9 +1137,7 @@ async fn sessions_that_announce_large_packets_and_stall_do_not_stop_other_upload
 
 #[tokio::test]
 async fn directory_handles_count_against_the_session_cap_and_hold_no_listing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     for n in 0..SFTP_HANDLES_COUNT_MAX {
         let opened = client.opendir("/").await;
         assert!(opened.is_ok(), "handle {n} under the cap");

@@ -52,9 +52,7 @@ fn size_of(packet: &Packet) -> u64 {
 // Several workers, so that requests run in parallel unless the lane orders them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lstat_and_setstat_pipelined_behind_open_see_the_created_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     // sshfs's `cp`: OPEN(CREAT), then LSTAT and SETSTAT of the path, before the handle is known.
     // Run concurrently they were answered "no such file" most of the time: try many.
     for i in 0..50 {
@@ -89,9 +87,7 @@ async fn lstat_and_setstat_pipelined_behind_open_see_the_created_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stat_or_listing_behind_writes_sees_their_bytes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     client.mkdir("/d").await;
     let handle = client.open("/d/f", write_flags()).await.expect("open");
     for round in 0..10u64 {
@@ -142,9 +138,7 @@ async fn a_stat_or_listing_behind_writes_sees_their_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_and_remove_pipelined_behind_close_act_on_the_sealed_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, spool, mut client, _session) = initialized_session().await;
     for i in 0..20 {
         // rsync: write a temporary name, CLOSE, rename it over the real one at once.
         let (tmp_name, name) = (format!("/.f{i}.XXXX"), format!("/f{i}"));
@@ -196,9 +190,7 @@ async fn rename_and_remove_pipelined_behind_close_act_on_the_sealed_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readdirs_pipelined_on_one_handle_hand_out_the_listing_in_request_order() {
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = open_spool(tmp.path(), 0);
-    let (mut client, _session) = start_initialized(&spool).await;
+    let (_tmp, _spool, mut client, _session) = initialized_session().await;
     // Long names, so that the listing takes several NAME replies.
     let names: Vec<String> = (0..400)
         .map(|i| format!("{i:04}-{}", "n".repeat(200)))
