@@ -117,6 +117,13 @@ async fn initialized_session() -> (
     (tmp, spool, client, session)
 }
 
+/// Closes the client's end and waits for the session, which must end as after a clean close.
+async fn hang_up(client: Client, session: JoinHandle<SessionEnd>) {
+    drop(client);
+    let end = within(session).await.unwrap();
+    assert!(matches!(end, SessionEnd::ClientClosed), "{end:?}");
+}
+
 fn encode(packet: Packet) -> Bytes {
     Bytes::try_from(packet).expect("encode")
 }
@@ -461,11 +468,7 @@ async fn pipelined_requests_all_get_replies_with_matching_ids() {
         assert!(received.insert(reply_id(&reply)), "duplicate reply id");
     }
     assert_eq!(sent, received);
-    drop(client);
-    assert!(matches!(
-        within(session).await.unwrap(),
-        SessionEnd::ClientClosed
-    ));
+    hang_up(client, session).await;
 }
 
 #[tokio::test]
@@ -614,11 +617,7 @@ async fn session_end_without_close_leaves_the_upload_partial() {
     let handle = client.open("/half.bin", write_flags()).await.unwrap();
     let write = client.write(&handle, 0, pattern(5000, 2));
     assert_eq!(client.status(write).await.0, StatusCode::Ok);
-    drop(client);
-    assert!(matches!(
-        within(session).await.unwrap(),
-        SessionEnd::ClientClosed
-    ));
+    hang_up(client, session).await;
     let files = spool.files();
     assert_eq!(files.len(), 1);
     assert_eq!(
@@ -1026,11 +1025,7 @@ async fn writes_past_max_file_size_or_u64_fail_cleanly_and_the_session_goes_on()
     });
     let (code, message) = client.status(read).await;
     assert_eq!(code, StatusCode::Eof, "{message}");
-    drop(client);
-    assert!(matches!(
-        within(session).await.unwrap(),
-        SessionEnd::ClientClosed
-    ));
+    hang_up(client, session).await;
 }
 
 /// READDIR reads a large directory a page at a time after the last name handed out: every
