@@ -61,8 +61,7 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
         Packet::Lstat(stat) => stat_path(ctx, id, &stat.path).await,
         Packet::SetStat(set) => {
             // Accepted and ignored (OpenSSH `put -p` sends it), but only for names that exist.
-            let path = VPath::resolve(&set.path)?;
-            receipts::refuse_change(ctx, &path)?;
+            let path = changeable(ctx, &set.path)?;
             let entry = ctx.spool.stat(&ctx.user, &path)?;
             check_setstat(&set.attrs, entry.size)?;
             Ok(ok(id))
@@ -70,21 +69,18 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
         Packet::OpenDir(open) => open_dir(ctx, id, &open.path),
         Packet::ReadDir(read) => read_dir(ctx, id, &read.handle).await,
         Packet::Remove(remove) => {
-            let path = VPath::resolve(&remove.filename)?;
-            receipts::refuse_change(ctx, &path)?;
+            let path = changeable(ctx, &remove.filename)?;
             ctx.spool.remove(&ctx.user, &path).await?;
             Ok(ok(id))
         }
         Packet::MkDir(mkdir) => {
-            let path = VPath::resolve(&mkdir.path)?;
-            receipts::refuse_change(ctx, &path)?;
+            let path = changeable(ctx, &mkdir.path)?;
             check_new_name(ctx, &path)?;
             ctx.spool.mkdir(&ctx.user, &path).await?;
             Ok(ok(id))
         }
         Packet::RmDir(rmdir) => {
-            let path = VPath::resolve(&rmdir.path)?;
-            receipts::refuse_change(ctx, &path)?;
+            let path = changeable(ctx, &rmdir.path)?;
             ctx.spool.rmdir(&ctx.user, &path).await?;
             Ok(ok(id))
         }
@@ -119,6 +115,13 @@ pub(super) async fn execute(ctx: &Ctx, packet: Packet) -> Result<Bytes, FsError>
         // The dispatcher routes everything else elsewhere or ends the session.
         _ => Err(FsError::new(FsErrorKind::Failure, "unexpected request")),
     }
+}
+
+/// The path a request would change, resolved in the jail; refused in the virtual directory.
+fn changeable(ctx: &Ctx, name: &str) -> Result<VPath, FsError> {
+    let path = VPath::resolve(name)?;
+    receipts::refuse_change(ctx, &path)?;
+    Ok(path)
 }
 
 /// Refuses a new name with a control character or a bidi override, unless allowed.
