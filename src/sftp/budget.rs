@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use std::time::Duration;
 
 use super::{SFTP_BODY_CHUNK_BYTES, SFTP_INGEST_BYTES_MAX, SFTP_SESSION_INGEST_BYTES_MAX};
-use crate::num::usize_from_u32;
+use crate::num::{u64_from_usize, usize_from_u32};
 
 /// The process-wide budget of request bytes that SFTP sessions hold in memory. Clones share
 /// it; a server creates one for all its sessions.
@@ -129,26 +129,22 @@ impl AsRef<[u8]> for ChargedBuffer {
 /// for `stall` fails with `TimedOut`.
 pub(super) async fn read_charged<R: AsyncRead + Unpin>(
     input: &mut R,
-    len: usize,
+    len: u32,
     ingest: &SessionIngest,
     stall: Duration,
 ) -> io::Result<Bytes> {
-    let mut buffer = BytesMut::with_capacity(len);
-    let first = len.min(usize_from_u32(SFTP_BODY_CHUNK_BYTES));
-    let mut charges = vec![ingest.charge(charge_len(first)).await];
-    read_until(input, &mut buffer, first, stall).await?;
+    let mut buffer = BytesMut::with_capacity(usize_from_u32(len));
+    let first = len.min(SFTP_BODY_CHUNK_BYTES);
+    let mut charges = vec![ingest.charge(first).await];
+    read_until(input, &mut buffer, usize_from_u32(first), stall).await?;
     if len > first {
-        charges.push(ingest.charge(charge_len(len - first)).await);
-        read_until(input, &mut buffer, len, stall).await?;
+        charges.push(ingest.charge(len - first).await);
+        read_until(input, &mut buffer, usize_from_u32(len), stall).await?;
     }
     Ok(Bytes::from_owner(ChargedBuffer {
         buffer,
         _charges: charges,
     }))
-}
-
-fn charge_len(len: usize) -> u32 {
-    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 /// Reads into `buffer` until it holds `end` bytes; `TimedOut` if no byte comes for `stall`.
@@ -159,7 +155,7 @@ async fn read_until<R: AsyncRead + Unpin>(
     stall: Duration,
 ) -> io::Result<()> {
     while buffer.len() < end {
-        let limit = u64::try_from(end - buffer.len()).unwrap_or(u64::MAX);
+        let limit = u64_from_usize(end - buffer.len());
         let read = tokio::time::timeout(stall, (&mut *input).take(limit).read_buf(buffer))
             .await
             .map_err(|_| {

@@ -418,7 +418,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
         // Charged as it arrives (its first piece just before): the memory it takes is what
         // the budget bounds, and a client that announces a body and stalls holds one piece.
         let stall = Duration::from_secs(SFTP_BODY_STALL_SECONDS);
-        let body = match read_charged(&mut input, usize_from_u32(len), &ingest, stall).await {
+        let body = match read_charged(&mut input, len, &ingest, stall).await {
             Ok(body) => body,
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return SessionEnd::Truncated,
             Err(err) => return SessionEnd::ReadFailed(err),
