@@ -118,7 +118,21 @@ pub fn keygen_with(path: &Path, args: &[&str]) -> String {
         .to_owned()
 }
 
+/// Makes the client key at `key_path` and the `extra` ones in `dir`, and returns them as the
+/// items of a TOML `authorized_keys` array.
+fn authorized_keys(dir: &Path, key_path: &Path, extra: &[ExtraKey]) -> String {
+    let public = keygen(key_path);
+    let mut authorized = format!("\"{public}\"");
+    for extra in extra {
+        let line = keygen_with(&dir.join(extra.file), extra.keygen_args);
+        authorized.push_str(&format!(", \"{line}\""));
+    }
+    authorized
+}
+
 impl Harness {
+    /// Starts the embedded S3 server, makes the client keys and writes the gateway's
+    /// configuration; the daemon is not started (see [`Harness::start_daemon`]).
     pub async fn new(opts: Options) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let s3 = S3Server::start(S3ServerConfig {
@@ -131,18 +145,28 @@ impl Harness {
         .await
         .expect("start S3 server");
         let key_path = dir.path().join("client_key");
-        let public = keygen(&key_path);
-        let mut authorized = format!("\"{public}\"");
-        for extra in &opts.extra_keys {
-            let line = keygen_with(&dir.path().join(extra.file), extra.keygen_args);
-            authorized.push_str(&format!(", \"{line}\""));
-        }
-        let sftp_port = free_port();
+        let authorized = authorized_keys(dir.path(), &key_path, &opts.extra_keys);
         let spool_dir = opts
             .spool_dir
             .clone()
             .unwrap_or_else(|| dir.path().join("spool"));
-        let socket = dir.path().join("control.sock");
+        let h = Harness {
+            config_path: dir.path().join("sftpgw.toml"),
+            socket: dir.path().join("control.sock"),
+            dir,
+            s3,
+            spool_dir,
+            sftp_port: free_port(),
+            key_path,
+            daemon: None,
+        };
+        h.write_config(&opts, &authorized);
+        h
+    }
+
+    /// Writes the gateway's configuration for this harness's paths, ports and keys, as
+    /// `opts` shapes it.
+    fn write_config(&self, opts: &Options, authorized: &str) {
         let config = format!(
             r#"
 [sftp]
@@ -175,17 +199,18 @@ authorized_keys = [{authorized}]
 name = "bob"
 authorized_keys = [{authorized}]
 "#,
-            d = dir.path().display(),
-            spool = spool_dir.display(),
+            d = self.dir.path().display(),
+            spool = self.spool_dir.display(),
             ttl = opts.partial_ttl,
-            ep = s3.endpoint(),
+            ep = self.s3.endpoint(),
             part = opts.part_size,
             conc = opts.concurrency,
             manifest = opts.manifest_interval,
-            sock = socket.display(),
+            sock = self.socket.display(),
             bucket = opts.bucket,
             sftp_extra = opts.sftp_extra.as_deref().unwrap_or_default(),
             listen_host = opts.listen_host,
+            sftp_port = self.sftp_port,
         );
         let config = format!(
             "{config}\n{}\n",
@@ -199,18 +224,7 @@ authorized_keys = [{authorized}]
             Some(keys) => format!("{config}\n[events]\n{keys}\n"),
             None => config,
         };
-        let config_path = dir.path().join("sftpgw.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        Harness {
-            dir,
-            s3,
-            config_path,
-            socket,
-            spool_dir,
-            sftp_port,
-            key_path,
-            daemon: None,
-        }
+        std::fs::write(&self.config_path, config).expect("write config");
     }
 
     pub fn start_daemon(&mut self) {
