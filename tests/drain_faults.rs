@@ -12,19 +12,21 @@
     reason = "a test panics on what it did not expect, and may cast what it made itself"
 )]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::spool::{PART, spool_options};
 
 use bytes::Bytes;
 use sftpgw::drain::aws::AwsStore;
 use sftpgw::drain::fault::{Fault, FaultStore, Op};
 use sftpgw::drain::store::{Body, FileRange, ObjectStore};
 use sftpgw::drain::upload::{Drain, DrainConfig};
-use sftpgw::s3server::{S3Server, S3ServerConfig, test_s3_config};
+use sftpgw::s3server::{S3Server, test_s3_config};
 use sftpgw::spool::catalog::Record;
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath, WriteHandle};
-
-const PART: u64 = 5 << 20;
 
 struct Rig {
     tmp: tempfile::TempDir,
@@ -36,16 +38,8 @@ struct Rig {
 
 fn drain_config(concurrency: usize) -> DrainConfig {
     DrainConfig {
-        prefix: "p/".into(),
-        part_size: PART,
         concurrency,
-        backoff_base: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(50),
-        settle: Duration::ZERO,
-        early: true,
-        // Long enough that no test sees an automatic retry unless it asks for one.
-        failed_retry_first: Duration::from_secs(3600),
-        failed_retry_max: Duration::from_secs(3600),
+        ..common::spool::drain_config()
     }
 }
 
@@ -62,9 +56,7 @@ impl Rig {
 
     async fn with_ttl(concurrency: usize, partial_ttl: Duration) -> Rig {
         let tmp = tempfile::tempdir().expect("tmp");
-        let server = S3Server::start(S3ServerConfig::loopback(tmp.path().join("s3")))
-            .await
-            .expect("s3");
+        let server = common::s3::start(tmp.path()).await;
         let store = Arc::new(FaultStore::new(
             AwsStore::new(&test_s3_config(&server)).expect("store"),
         ));
@@ -90,77 +82,27 @@ impl Rig {
     }
 
     async fn put(&self, name: &str, bytes: &[u8]) {
-        let h = self
-            .spool
-            .open_write(
-                "u",
-                &VPath::resolve(name).expect("path"),
-                OpenMode {
-                    truncate: true,
-                    exclusive: false,
-                },
-            )
-            .await
-            .expect("open");
-        h.write_at(0, Bytes::copy_from_slice(bytes))
-            .await
-            .expect("write");
-        h.close().await.expect("close");
+        common::spool::put(&self.spool, "u", name, bytes).await;
     }
 
     fn state(&self, name: &str) -> Option<FileState> {
-        self.spool
-            .stat("u", &VPath::resolve(name).expect("path"))
-            .ok()
-            .and_then(|e| e.state)
+        common::spool::state(&self.spool, "u", name)
     }
 
     async fn wait_state(&self, name: &str, want: FileState) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.state(name) != Some(want) {
-            assert!(
-                Instant::now() < deadline,
-                "{name} never became {want:?}: {:?}",
-                self.spool.files()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::spool::wait_state(&self.spool, "u", name, want, "the drain stalled").await;
     }
 
     /// A client of the embedded S3 server, for looking at (and changing) the bucket.
     fn s3_client(&self) -> (aws_sdk_s3::Client, String) {
-        let cfg = test_s3_config(&self.server);
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(self.server.endpoint())
-            .force_path_style(true)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                cfg.access_key_id,
-                cfg.secret_access_key,
-                None,
-                None,
-                "test",
-            ))
-            .build();
-        (aws_sdk_s3::Client::from_conf(conf), cfg.bucket)
+        let client = common::s3::client(&self.server);
+        (client, test_s3_config(&self.server).bucket)
     }
 
     async fn object(&self, name: &str) -> Vec<u8> {
-        let (client, bucket) = self.s3_client();
-        let out = client
-            .get_object()
-            .bucket(bucket)
-            .key(format!("p/u/{name}"))
-            .send()
+        common::s3::object(&self.server, &format!("p/u/{name}"))
             .await
-            .expect("get object");
-        out.body
-            .collect()
-            .await
-            .expect("body")
-            .into_bytes()
-            .to_vec()
+            .expect("get object")
     }
 
     /// Opens `name` for writing: a new version (`truncate`) or a resume of a partial one.
@@ -235,16 +177,10 @@ fn open_spool(dir: &std::path::Path) -> Arc<Spool> {
 }
 
 fn open_spool_ttl(dir: &std::path::Path, partial_ttl: Duration) -> Arc<Spool> {
+    // As the gateway sets it with early drain on: larger files are hashed by the drain.
     Spool::open(SpoolOptions {
-        dir: dir.join("spool"),
         partial_ttl,
-        reserve_bytes: 0,
-        // As the gateway sets it with early drain on: larger files are hashed by the drain.
-        hash_bytes_max: PART,
-        high_watermark_percent: 100,
-        low_watermark_percent: 100,
-        max_file_size: u64::MAX,
-        delivered_retention: Default::default(),
+        ..spool_options(dir.join("spool"))
     })
     .expect("spool")
 }
@@ -383,9 +319,7 @@ async fn with_overwrite_never_an_object_at_the_key_is_never_replaced() {
     use sftpgw::config::OverwriteMode;
     use sftpgw::drain::store::ObjectMetadata;
     let tmp = tempfile::tempdir().expect("tmp");
-    let server = S3Server::start(S3ServerConfig::loopback(tmp.path().join("s3")))
-        .await
-        .expect("s3");
+    let server = common::s3::start(tmp.path()).await;
     let cfg = sftpgw::config::S3Config {
         overwrite: OverwriteMode::Never,
         ..test_s3_config(&server)
@@ -568,9 +502,7 @@ async fn after_a_crash_completed_parts_are_not_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_uploads_this_box_created_and_did_not_record_are_aborted_at_start() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let server = S3Server::start(S3ServerConfig::loopback(tmp.path().join("s3")))
-        .await
-        .expect("s3");
+    let server = common::s3::start(tmp.path()).await;
     let store = Arc::new(AwsStore::new(&test_s3_config(&server)).expect("store"));
     // Another box, or a person, sharing the bucket and even our prefix.
     let other_box = store

@@ -56,12 +56,15 @@
     reason = "a test panics on what it did not expect, and may cast what it made itself"
 )]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::spool::{PART, spool_options};
 use proptest::prelude::*;
 use rand::{RngCore, SeedableRng};
 use sftpgw::drain::aws::AwsStore;
@@ -69,10 +72,9 @@ use sftpgw::drain::fault::{Fault, FaultStore, Op as S3Op};
 use sftpgw::drain::store::ObjectStore;
 use sftpgw::drain::upload::{Drain, DrainConfig};
 use sftpgw::s3server::{S3Server, S3ServerConfig, test_s3_config};
-use sftpgw::spool::{FileState, FsErrorKind, OpenMode, Spool, SpoolOptions, VPath, WriteHandle};
+use sftpgw::spool::{FileState, FsErrorKind, OpenMode, Spool, VPath, WriteHandle};
 use sha2::{Digest, Sha256};
 
-const PART: u64 = 5 << 20;
 const PREFIX: &str = "p/";
 const USERS: [&str; 2] = ["u1", "u2"];
 const PATHS: [&str; 2] = ["a.bin", "b.bin"];
@@ -343,30 +345,16 @@ impl Slot {
 fn drain_config() -> DrainConfig {
     DrainConfig {
         prefix: PREFIX.into(),
-        part_size: PART,
         concurrency: 2,
         backoff_base: Duration::from_millis(5),
         backoff_max: Duration::from_millis(40),
-        settle: Duration::ZERO,
-        early: true,
-        failed_retry_first: Duration::from_secs(3600),
-        failed_retry_max: Duration::from_secs(3600),
+        ..common::spool::drain_config()
     }
 }
 
+/// As the gateway sets it with early drain on.
 fn open_spool(dir: &Path) -> Result<Arc<Spool>, String> {
-    Spool::open(SpoolOptions {
-        dir: dir.to_owned(),
-        partial_ttl: Duration::from_secs(3600),
-        reserve_bytes: 0,
-        // As the gateway sets it with early drain on.
-        hash_bytes_max: PART,
-        high_watermark_percent: 100,
-        low_watermark_percent: 100,
-        max_file_size: u64::MAX,
-        delivered_retention: Default::default(),
-    })
-    .map_err(|e| format!("Spool::open failed: {e}"))
+    Spool::open(spool_options(dir.to_owned())).map_err(|e| format!("Spool::open failed: {e}"))
 }
 
 /// Deterministic bytes, different for every salt.

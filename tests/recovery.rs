@@ -12,11 +12,14 @@
     reason = "a test panics on what it did not expect, and may cast what it made itself"
 )]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::spool::put;
 use sftpgw::spool::{FileState, OpenMode, Spool, SpoolOptions, VPath};
 
 fn open(dir: &Path) -> Arc<Spool> {
@@ -31,19 +34,6 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
-}
-
-/// Uploads and seals `path` with `data` (CLOSE acknowledged).
-async fn put(spool: &Arc<Spool>, user: &str, path: &str, data: &[u8]) {
-    let mode = OpenMode {
-        truncate: true,
-        exclusive: false,
-    };
-    let h = spool.open_write(user, &vp(path), mode).await.expect("open");
-    h.write_at(0, Bytes::copy_from_slice(data))
-        .await
-        .expect("write");
-    h.close().await.expect("close acknowledged");
 }
 
 /// (user, path, size, state) of every file, sorted.

@@ -1,5 +1,12 @@
 //! Shared harness for the end-to-end tests: the embedded S3 server in this process, the real
-//! `sftpgw` binary as a separate process, and the real OpenSSH `sftp` client.
+//! `sftpgw` binary as a separate process, and the real OpenSSH `sftp` client. Submodules hold
+//! what tests without a daemon share: `s3` (a client of the embedded server), `spool` (the
+//! spool and drain in the test's process).
+//!
+//! It drives the gateway only from outside, as an operator or a client would (configuration
+//! file, binary, control socket, SFTP, the bucket): it may not reach into a running daemon's
+//! state. Every test file includes it with `mod common;`; not every file uses every helper,
+//! hence `dead_code` is allowed here.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,12 +15,14 @@
 )]
 #![allow(dead_code)]
 
+pub mod s3;
+pub mod spool;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use sftpgw::s3server::{S3Server, S3ServerConfig};
 use sftpgw::status::Snapshot;
 use sftpgw::status::control::{self, Request, Response};
@@ -446,36 +455,14 @@ authorized_keys = [{authorized}]
         }
     }
 
+    /// A client of the embedded S3 server, for looking at the bucket behind the gateway.
     pub fn s3_client(&self) -> aws_sdk_s3::Client {
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(self.s3.endpoint())
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        s3::client(&self.s3)
     }
 
+    /// The bytes of object `key` (with its prefix), or None if there is none.
     pub async fn get_object(&self, key: &str) -> Option<Vec<u8>> {
-        match self
-            .s3_client()
-            .get_object()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => Some(
-                out.body
-                    .collect()
-                    .await
-                    .expect("body")
-                    .into_bytes()
-                    .to_vec(),
-            ),
-            Err(_) => None,
-        }
+        s3::object(&self.s3, key).await
     }
 
     pub async fn list_keys(&self) -> Vec<String> {
