@@ -665,140 +665,12 @@ impl Case {
     async fn apply(&mut self, index: usize, op: &Op) -> Result<(), String> {
         let salt = index as u64 + 1;
         match op {
-            Op::Put { slot, size, order } => {
-                let h = self.rig.open(*slot, true).await?;
-                let bytes = self
-                    .rig
-                    .write(&h, 0, content(*size, salt), *order, salt)
-                    .await?;
-                h.close()
-                    .await
-                    .map_err(|e| format!("close of {}: {e:?}", slot_name(*slot)))?;
-                self.model[*slot].acknowledge(index, &bytes);
-            }
-            Op::Abandon { slot, size } => {
-                let h = self.rig.open(*slot, true).await?;
-                let bytes = self
-                    .rig
-                    .write(&h, 0, content(*size, salt), Order::Paced, salt)
-                    .await?;
-                drop(h);
-                self.model[*slot].node = Node::Partial(bytes);
-            }
-            Op::Resume { slot, extra } => {
-                let Node::Partial(partial) = self.model[*slot].node.clone() else {
-                    self.trace
-                        .push(format!("op #{index}: nothing partial to resume"));
-                    return Ok(());
-                };
-                let h = self.rig.open(*slot, false).await?;
-                if h.size() != partial.len() as u64 {
-                    return Err(format!(
-                        "op #{index}: resuming {} opened {} bytes, the partial file had {}",
-                        slot_name(*slot),
-                        h.size(),
-                        partial.len()
-                    ));
-                }
-                let more = self
-                    .rig
-                    .write(
-                        &h,
-                        partial.len() as u64,
-                        content(*extra, salt),
-                        Order::Appends,
-                        salt,
-                    )
-                    .await?;
-                h.close()
-                    .await
-                    .map_err(|e| format!("close of resumed {}: {e:?}", slot_name(*slot)))?;
-                let mut bytes = partial;
-                bytes.extend_from_slice(&more);
-                self.model[*slot].acknowledge(index, &bytes);
-            }
-            Op::Remove { slot } => {
-                let removed = self.rig.spool().remove(user(*slot), &vpath(*slot)).await;
-                let m = &mut self.model[*slot];
-                match (&m.node, &removed) {
-                    (Node::Unknown, _) | (Node::None, Err(_)) => {}
-                    (Node::Acked | Node::Partial(_), Ok(())) => {}
-                    (node, result) => {
-                        return Err(format!(
-                            "op #{index}: remove of {} with the model's node {node:?} gave {result:?}",
-                            slot_name(*slot)
-                        ));
-                    }
-                }
-                if let Err(e) = &removed
-                    && e.kind != FsErrorKind::NotFound
-                {
-                    return Err(format!(
-                        "op #{index}: remove of {}: {e:?}",
-                        slot_name(*slot)
-                    ));
-                }
-                m.node = match m.node {
-                    Node::Acked | Node::None => Node::None,
-                    Node::Partial(_) | Node::Unknown => Node::Unknown,
-                };
-                if !m.versions.is_empty() {
-                    m.expect = Expect::AnyOf;
-                }
-            }
-            Op::Rename { slot } => {
-                let to = sibling(*slot);
-                let (Node::Acked, Expect::Exact(v)) =
-                    (&self.model[*slot].node, &self.model[*slot].expect)
-                else {
-                    self.trace
-                        .push(format!("op #{index}: nothing acknowledged to rename"));
-                    return Ok(());
-                };
-                if !matches!(self.model[to].node, Node::None | Node::Acked) {
-                    self.trace
-                        .push(format!("op #{index}: the target is partial or unknown"));
-                    return Ok(());
-                }
-                let version = self.model[*slot].versions[*v].clone();
-                let renamed = self
-                    .rig
-                    .spool()
-                    .rename(user(*slot), &vpath(*slot), &vpath(to), true)
-                    .await;
-                match renamed {
-                    Ok(()) => {
-                        let from = &mut self.model[*slot];
-                        from.expect = Expect::AnyOf;
-                        from.node = Node::None;
-                        let target = &mut self.model[to];
-                        target.versions.push(version);
-                        target.expect = Expect::Exact(target.versions.len() - 1);
-                        target.node = Node::Acked;
-                    }
-                    // Already delivered: it stays where it is.
-                    Err(e) if e.kind == FsErrorKind::PermissionDenied => {
-                        self.trace
-                            .push(format!("op #{index}: rename refused: {}", e.message));
-                    }
-                    Err(e) => {
-                        return Err(format!(
-                            "op #{index}: rename of {} to {}: {e:?}",
-                            slot_name(*slot),
-                            slot_name(to)
-                        ));
-                    }
-                }
-            }
-            Op::Crash { flips } => {
-                self.rig.crash(flips, &mut self.trace).await?;
-                if !flips.is_empty() {
-                    self.damaged = true;
-                    for m in &mut self.model {
-                        m.node = Node::Unknown;
-                    }
-                }
-            }
+            Op::Put { slot, size, order } => self.put(index, *slot, *size, *order).await?,
+            Op::Abandon { slot, size } => self.abandon(*slot, *size, salt).await?,
+            Op::Resume { slot, extra } => self.resume(index, *slot, *extra).await?,
+            Op::Remove { slot } => self.remove(index, *slot).await?,
+            Op::Rename { slot } => self.rename(index, *slot).await?,
+            Op::Crash { flips } => self.crash(flips).await?,
             Op::Fault { op, fault, count } => self.rig.fault(*op, *fault, *count),
             Op::Slow { bytes_per_sec } => self
                 .rig
@@ -806,6 +678,162 @@ impl Case {
                 .stats()
                 .set_upload_bytes_per_sec(*bytes_per_sec),
             Op::Tick { ms } => tokio::time::sleep(Duration::from_millis(*ms)).await,
+        }
+        Ok(())
+    }
+
+    /// `Op::Put`: a new version written and acknowledged.
+    async fn put(
+        &mut self,
+        index: usize,
+        slot: usize,
+        size: u64,
+        order: Order,
+    ) -> Result<(), String> {
+        let salt = index as u64 + 1;
+        let h = self.rig.open(slot, true).await?;
+        let bytes = self
+            .rig
+            .write(&h, 0, content(size, salt), order, salt)
+            .await?;
+        h.close()
+            .await
+            .map_err(|e| format!("close of {}: {e:?}", slot_name(slot)))?;
+        self.model[slot].acknowledge(index, &bytes);
+        Ok(())
+    }
+
+    /// `Op::Abandon`: a new version written without CLOSE.
+    async fn abandon(&mut self, slot: usize, size: u64, salt: u64) -> Result<(), String> {
+        let h = self.rig.open(slot, true).await?;
+        let bytes = self
+            .rig
+            .write(&h, 0, content(size, salt), Order::Paced, salt)
+            .await?;
+        drop(h);
+        self.model[slot].node = Node::Partial(bytes);
+        Ok(())
+    }
+
+    /// `Op::Resume`: the partial file reopened, appended to and acknowledged.
+    async fn resume(&mut self, index: usize, slot: usize, extra: u64) -> Result<(), String> {
+        let salt = index as u64 + 1;
+        let Node::Partial(partial) = self.model[slot].node.clone() else {
+            self.trace
+                .push(format!("op #{index}: nothing partial to resume"));
+            return Ok(());
+        };
+        let h = self.rig.open(slot, false).await?;
+        if h.size() != partial.len() as u64 {
+            return Err(format!(
+                "op #{index}: resuming {} opened {} bytes, the partial file had {}",
+                slot_name(slot),
+                h.size(),
+                partial.len()
+            ));
+        }
+        let more = self
+            .rig
+            .write(
+                &h,
+                partial.len() as u64,
+                content(extra, salt),
+                Order::Appends,
+                salt,
+            )
+            .await?;
+        h.close()
+            .await
+            .map_err(|e| format!("close of resumed {}: {e:?}", slot_name(slot)))?;
+        let mut bytes = partial;
+        bytes.extend_from_slice(&more);
+        self.model[slot].acknowledge(index, &bytes);
+        Ok(())
+    }
+
+    /// `Op::Remove`: the file removed from the spool; the bucket keeps what it has.
+    async fn remove(&mut self, index: usize, slot: usize) -> Result<(), String> {
+        let removed = self.rig.spool().remove(user(slot), &vpath(slot)).await;
+        let m = &mut self.model[slot];
+        match (&m.node, &removed) {
+            (Node::Unknown, _) | (Node::None, Err(_)) => {}
+            (Node::Acked | Node::Partial(_), Ok(())) => {}
+            (node, result) => {
+                return Err(format!(
+                    "op #{index}: remove of {} with the model's node {node:?} gave {result:?}",
+                    slot_name(slot)
+                ));
+            }
+        }
+        if let Err(e) = &removed
+            && e.kind != FsErrorKind::NotFound
+        {
+            return Err(format!("op #{index}: remove of {}: {e:?}", slot_name(slot)));
+        }
+        m.node = match m.node {
+            Node::Acked | Node::None => Node::None,
+            Node::Partial(_) | Node::Unknown => Node::Unknown,
+        };
+        if !m.versions.is_empty() {
+            m.expect = Expect::AnyOf;
+        }
+        Ok(())
+    }
+
+    /// `Op::Rename`: an acknowledged file renamed onto the user's other path.
+    async fn rename(&mut self, index: usize, slot: usize) -> Result<(), String> {
+        let to = sibling(slot);
+        let (Node::Acked, Expect::Exact(v)) = (&self.model[slot].node, &self.model[slot].expect)
+        else {
+            self.trace
+                .push(format!("op #{index}: nothing acknowledged to rename"));
+            return Ok(());
+        };
+        if !matches!(self.model[to].node, Node::None | Node::Acked) {
+            self.trace
+                .push(format!("op #{index}: the target is partial or unknown"));
+            return Ok(());
+        }
+        let version = self.model[slot].versions[*v].clone();
+        let renamed = self
+            .rig
+            .spool()
+            .rename(user(slot), &vpath(slot), &vpath(to), true)
+            .await;
+        match renamed {
+            Ok(()) => {
+                let from = &mut self.model[slot];
+                from.expect = Expect::AnyOf;
+                from.node = Node::None;
+                let target = &mut self.model[to];
+                target.versions.push(version);
+                target.expect = Expect::Exact(target.versions.len() - 1);
+                target.node = Node::Acked;
+            }
+            // Already delivered: it stays where it is.
+            Err(e) if e.kind == FsErrorKind::PermissionDenied => {
+                self.trace
+                    .push(format!("op #{index}: rename refused: {}", e.message));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "op #{index}: rename of {} to {}: {e:?}",
+                    slot_name(slot),
+                    slot_name(to)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Op::Crash`: the drain aborted and the spool reopened, its journal maybe damaged.
+    async fn crash(&mut self, flips: &[(u16, u8)]) -> Result<(), String> {
+        self.rig.crash(flips, &mut self.trace).await?;
+        if !flips.is_empty() {
+            self.damaged = true;
+            for m in &mut self.model {
+                m.node = Node::Unknown;
+            }
         }
         Ok(())
     }
@@ -837,6 +865,36 @@ impl Case {
         let mut problems = Vec::new();
         let objects = self.rig.objects().await?;
         let quarantine = self.rig.quarantine();
+        self.check_objects(&objects, &quarantine, &mut problems);
+        let files_before = self.rig.files();
+        self.check_nothing_failed(&files_before, &quarantine, &mut problems);
+        self.check_a_restart_changes_nothing(&files_before, &mut problems)
+            .await?;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}\n  spool files: {files_before:#?}\n  bucket: {:?}\n  quarantine: {:?}",
+                problems.join("\n  "),
+                objects
+                    .iter()
+                    .map(|(k, (len, d))| format!("{k}: {len} bytes sha {}", short(d)))
+                    .collect::<Vec<_>>(),
+                quarantine
+                    .iter()
+                    .map(|(k, (len, d))| format!("{k}: {len} bytes sha {}", short(d)))
+                    .collect::<Vec<_>>(),
+            ))
+        }
+    }
+
+    /// The oracle, per path: the bucket holds what the model allows, and nothing else.
+    fn check_objects(
+        &self,
+        objects: &BTreeMap<String, (u64, Digest32)>,
+        quarantine: &BTreeMap<String, (u64, Digest32)>,
+        problems: &mut Vec<String>,
+    ) {
         for (slot, m) in self.model.iter().enumerate() {
             let got = objects.get(&key(slot));
             let name = slot_name(slot);
@@ -884,7 +942,15 @@ impl Case {
         for k in objects.keys().filter(|k| !ours.contains(*k)) {
             problems.push(format!("an object under a key no operation wrote: {k}"));
         }
-        let files_before = self.rig.files();
+    }
+
+    /// Without journal damage, no file failed and nothing was quarantined.
+    fn check_nothing_failed(
+        &self,
+        files_before: &[String],
+        quarantine: &BTreeMap<String, (u64, Digest32)>,
+        problems: &mut Vec<String>,
+    ) {
         if !self.damaged {
             let failed: Vec<&String> = files_before
                 .iter()
@@ -902,7 +968,15 @@ impl Case {
                 ));
             }
         }
-        // A restart now changes nothing: nothing comes back to be delivered again.
+    }
+
+    /// A restart now changes nothing: nothing comes back to be delivered again, and no
+    /// upload the spool does not know stays open.
+    async fn check_a_restart_changes_nothing(
+        &mut self,
+        files_before: &[String],
+        problems: &mut Vec<String>,
+    ) -> Result<(), String> {
         let mut trace = Vec::new();
         self.rig.crash(&[], &mut trace).await?;
         let files_after = self.rig.files();
@@ -935,22 +1009,7 @@ impl Case {
                 "a restart at the end changed the files:\n    before {files_before:#?}\n    after {files_after:#?}"
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}\n  spool files: {files_before:#?}\n  bucket: {:?}\n  quarantine: {:?}",
-                problems.join("\n  "),
-                objects
-                    .iter()
-                    .map(|(k, (len, d))| format!("{k}: {len} bytes sha {}", short(d)))
-                    .collect::<Vec<_>>(),
-                quarantine
-                    .iter()
-                    .map(|(k, (len, d))| format!("{k}: {len} bytes sha {}", short(d)))
-                    .collect::<Vec<_>>(),
-            ))
-        }
+        Ok(())
     }
 }
 
