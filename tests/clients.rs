@@ -446,14 +446,7 @@ impl Drop for SshfsMount {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sshfs_cp_mv_ls_rm_rsync_and_df_through_a_mount() {
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: sshfs needs /dev/fuse, which this machine does not have");
-        return;
-    }
-    if !have("sshfs", "sshfs")
-        || !(on_path("fusermount3") || have("fusermount", "fuse3"))
-        || !have("rsync", "rsync")
-    {
+    if !sshfs_available() {
         return;
     }
     let mut h = Harness::new(Options::default()).await;
@@ -466,12 +459,35 @@ async fn sshfs_cp_mv_ls_rm_rsync_and_df_through_a_mount() {
             return;
         }
     };
-    let m = |name: &str| mount.dir.join(name);
     // (remote path, local file) of every object that must arrive.
     let mut expected: Vec<(String, PathBuf)> = Vec::new();
     // Failed steps of the known bugs below, reported together once every step has run.
     let mut problems: Vec<String> = Vec::new();
+    sshfs_cp(&h, &mount, &mut expected, &mut problems);
+    sshfs_mv_rm_and_ls_while_pending(&h, &mount, &mut expected, &mut problems).await;
+    sshfs_rsync_and_df(&h, &mount, &mut expected);
+    check_sshfs_objects(&h, &expected, &problems).await;
+    drop(mount);
+}
 
+/// Whether this machine has what the sshfs test needs (it says what is missing if not).
+fn sshfs_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: sshfs needs /dev/fuse, which this machine does not have");
+        return false;
+    }
+    have("sshfs", "sshfs")
+        && (on_path("fusermount3") || have("fusermount", "fuse3"))
+        && have("rsync", "rsync")
+}
+
+fn sshfs_cp(
+    h: &Harness,
+    mount: &SshfsMount,
+    expected: &mut Vec<(String, PathBuf)>,
+    problems: &mut Vec<String>,
+) {
+    let m = |name: &str| mount.dir.join(name);
     // cp: sshfs sends OPEN(CREAT|TRUNC) and pipelines an LSTAT of the new name right behind
     // it, so a gateway that answers them out of order fails cp with "No such file or
     // directory". Small files and ~3 MB ones, several times each; all failures are reported.
@@ -482,7 +498,7 @@ async fn sshfs_cp_mv_ls_rm_rsync_and_df_through_a_mount() {
             (3 << 20) + i as usize
         };
         let name = format!("cp-{i}.bin");
-        let local = local_file(&h, &name, len, 100 + i);
+        let local = local_file(h, &name, len, 100 + i);
         let ran = run(
             h.dir.path(),
             Command::new("cp").arg(&local).arg(m(&name)),
@@ -496,34 +512,42 @@ async fn sshfs_cp_mv_ls_rm_rsync_and_df_through_a_mount() {
     }
 
     // cp -p: SETSTAT of times, mode (and, as root, owner) after the data.
-    let local = local_file(&h, "cp-p.bin", 200_000, 200);
+    let local = local_file(h, "cp-p.bin", 200_000, 200);
     run_ok(
-        &h,
+        h,
         Command::new("cp").arg("-p").arg(&local).arg(m("cp-p.bin")),
     );
     expected.push(("cp-p.bin".into(), local));
+}
 
+async fn sshfs_mv_rm_and_ls_while_pending(
+    h: &Harness,
+    mount: &SshfsMount,
+    expected: &mut Vec<(String, PathBuf)>,
+    problems: &mut Vec<String>,
+) {
+    let m = |name: &str| mount.dir.join(name);
     // mv and rm of files still pending: the drain is paused so that they are.
-    drain(&h, "pause");
-    let moving = local_file(&h, "moving.bin", 50_000, 300);
-    let gone = local_file(&h, "gone.bin", 60_000, 301);
-    run_ok(&h, Command::new("cp").arg(&moving).arg(m("moving.bin")));
-    run_ok(&h, Command::new("cp").arg(&gone).arg(m("gone.bin")));
-    run_ok(&h, Command::new("mkdir").arg(m("sub")));
-    wait_sealed(&h, "/moving.bin").await;
-    wait_sealed(&h, "/gone.bin").await;
+    drain(h, "pause");
+    let moving = local_file(h, "moving.bin", 50_000, 300);
+    let gone = local_file(h, "gone.bin", 60_000, 301);
+    run_ok(h, Command::new("cp").arg(&moving).arg(m("moving.bin")));
+    run_ok(h, Command::new("cp").arg(&gone).arg(m("gone.bin")));
+    run_ok(h, Command::new("mkdir").arg(m("sub")));
+    wait_sealed(h, "/moving.bin").await;
+    wait_sealed(h, "/gone.bin").await;
     run_ok(
-        &h,
+        h,
         Command::new("mv")
             .arg(m("moving.bin"))
             .arg(m("sub/moved.bin")),
     );
-    run_ok(&h, Command::new("rm").arg(m("gone.bin")));
+    run_ok(h, Command::new("rm").arg(m("gone.bin")));
     expected.push(("sub/moved.bin".into(), moving));
     // ls -l: sshfs pipelines two READDIRs on the directory's handle; answered out of order,
     // the first gets the EOF and the listing comes out empty. Several listings, all reported.
     for i in 0..5 {
-        let ls = run_ok(&h, Command::new("ls").arg("-l").arg(m("")).arg(m("sub")));
+        let ls = run_ok(h, Command::new("ls").arg("-l").arg(m("")).arg(m("sub")));
         let shown = |name: &str| ls.stdout.contains(&format!(" {name}\n"));
         if !(shown("cp-0.bin") && shown("cp-p.bin") && shown("sub") && shown("moved.bin"))
             || shown("gone.bin")
@@ -536,43 +560,49 @@ async fn sshfs_cp_mv_ls_rm_rsync_and_df_through_a_mount() {
             ));
         }
     }
-    drain(&h, "resume");
+    drain(h, "resume");
+}
 
+fn sshfs_rsync_and_df(h: &Harness, mount: &SshfsMount, expected: &mut Vec<(String, PathBuf)>) {
+    let m = |name: &str| mount.dir.join(name);
     // rsync --inplace writes the target itself; plain rsync writes `.NAME.XXXXXX`, sets its
     // mode and times and renames it over NAME.
-    let local = local_file(&h, "rsync-inplace.bin", (2 << 20) + 11, 400);
+    let local = local_file(h, "rsync-inplace.bin", (2 << 20) + 11, 400);
     run_ok(
-        &h,
+        h,
         Command::new("rsync")
             .arg("--inplace")
             .arg(&local)
             .arg(m("rsync-inplace.bin")),
     );
     expected.push(("rsync-inplace.bin".into(), local));
-    let local = local_file(&h, "rsync-plain.bin", (2 << 20) + 13, 401);
+    let local = local_file(h, "rsync-plain.bin", (2 << 20) + 13, 401);
     run_ok(
-        &h,
+        h,
         Command::new("rsync").arg(&local).arg(m("rsync-plain.bin")),
     );
     expected.push(("rsync-plain.bin".into(), local));
 
     // df: statvfs@openssh.com.
-    let df = run_ok(&h, Command::new("df").arg(&mount.dir));
+    let df = run_ok(h, Command::new("df").arg(&mount.dir));
     assert!(
         df.stdout.contains(&*mount.dir.to_string_lossy()),
         "df shows the mount: {}",
         df.report()
     );
+}
 
-    for (path, local) in &expected {
-        assert_object(&h, "alice", path, local).await;
+/// Every expected object arrived byte-exact, and nothing else; then the steps that failed.
+async fn check_sshfs_objects(h: &Harness, expected: &[(String, PathBuf)], problems: &[String]) {
+    for (path, local) in expected {
+        assert_object(h, "alice", path, local).await;
     }
     assert!(
         problems.is_empty(),
         "{} sshfs steps failed (every other step passed):\n{}\n--- daemon log:\n{}",
         problems.len(),
         problems.join("\n"),
-        log_tail(&h)
+        log_tail(h)
     );
     h.wait_drained(OBJECT_TIMEOUT).await;
     let mut want: Vec<String> = expected.iter().map(|(p, _)| key_of("alice", p)).collect();
@@ -583,7 +613,6 @@ async fn sshfs_cp_mv_ls_rm_rsync_and_df_through_a_mount() {
         "exactly these objects: no removed file, no old name of a renamed one, no rsync \
          temporary file"
     );
-    drop(mount);
 }
 
 // ---------------------------------------------------------------------------------------------
