@@ -31,6 +31,14 @@ pub const BUCKET: &str = "uploads";
 pub const ACCESS_KEY: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret";
 pub const PREFIX: &str = "site/";
+/// OpenSSH client options that take the gateway's host key unseen and remember none: each
+/// test's gateway has a new one.
+pub const NO_HOST_KEY_CHECK: [&str; 4] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+];
 
 pub struct Options {
     pub part_size: &'static str,
@@ -329,11 +337,8 @@ authorized_keys = [{authorized}]
         cmd.args(["-b", "-", "-i"])
             .arg(&self.key_path)
             .args(["-P", &self.sftp_port.to_string()])
+            .args(NO_HOST_KEY_CHECK)
             .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
                 "-o",
                 "BatchMode=yes",
                 "-o",
