@@ -16,6 +16,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -67,17 +68,8 @@ fn sample(body: &str, name: &str) -> f64 {
         .expect("a number")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
-    // A bucket that does not exist: the file fails permanently and stays pending.
-    let mut h = Harness::new(Options {
-        bucket: "no-such-bucket",
-        ..Options::default()
-    })
-    .await;
-    h.start_daemon();
-    put(&h, "alice", "pending-report.csv", &common::data(100_000, 1));
-    put(&h, "bob", "second.bin", &common::data(2000, 2));
+/// Waits (30 s at most) until every file the daemon knows has failed.
+async fn wait_all_failed(h: &Harness) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while h
         .status()
@@ -93,18 +85,12 @@ async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let running = status_command(&h, &[]);
-    assert!(running.status.success());
-    let text = String::from_utf8_lossy(&running.stdout);
-    assert!(
-        text.contains("HEALTH   DEGRADED: 2 failed file(s)"),
-        "{text}"
-    );
+}
 
-    h.stop_daemon();
-    let journal = h.spool_dir.join("journal");
-    let before = std::fs::read(&journal).expect("journal");
-    let out = status_command(&h, &[]);
+/// With the daemon down, `status` reads the journal (without changing it), says so and exits 5.
+fn check_status_from_the_journal(h: &Harness, journal: &Path) {
+    let before = std::fs::read(journal).expect("journal");
+    let out = status_command(h, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -126,18 +112,20 @@ async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
     for line in text.lines() {
         assert!(line.chars().count() <= 80, "{line}");
     }
-    let json = status_command(&h, &["--json"]);
+    let json = status_command(h, &["--json"]);
     assert_eq!(json.status.code(), Some(5));
     let snap: Snapshot = serde_json::from_slice(&json.stdout).expect("status --json");
     assert_eq!(snap.source, SnapshotSource::Journal);
     assert_eq!(snap.files.len(), 2);
     assert_eq!(
-        std::fs::read(&journal).expect("journal"),
+        std::fs::read(journal).expect("journal"),
         before,
         "journal untouched"
     );
+}
 
-    // `--watch` redraws in place every second (cursor home + clear), daemon or not.
+/// `--watch` redraws in place every second (cursor home + clear), daemon or not.
+fn check_watch_redraws(h: &Harness) {
     let mut watch = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
         .args(["status", "--watch", "--config"])
         .arg(&h.config_path)
@@ -153,6 +141,32 @@ async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
         "redrawn at least twice: {text:?}"
     );
     assert!(text.contains("DAEMON NOT RUNNING"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reads_the_journal_when_the_daemon_is_down_and_exits_5() {
+    // A bucket that does not exist: the file fails permanently and stays pending.
+    let mut h = Harness::new(Options {
+        bucket: "no-such-bucket",
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    put(&h, "alice", "pending-report.csv", &common::data(100_000, 1));
+    put(&h, "bob", "second.bin", &common::data(2000, 2));
+    wait_all_failed(&h).await;
+    let running = status_command(&h, &[]);
+    assert!(running.status.success());
+    let text = String::from_utf8_lossy(&running.stdout);
+    assert!(
+        text.contains("HEALTH   DEGRADED: 2 failed file(s)"),
+        "{text}"
+    );
+
+    h.stop_daemon();
+    let journal = h.spool_dir.join("journal");
+    check_status_from_the_journal(&h, &journal);
+    check_watch_redraws(&h);
 
     // No journal at all (wrong spool): exit 4, the daemon cannot be reached.
     std::fs::remove_file(&journal).expect("rm journal");
@@ -269,105 +283,44 @@ async fn every_lifecycle_event_logs_one_line_with_its_fields() {
     }
 }
 
+const SECRET_S3_KEY: &str = "Sekr1t-S3-Key-zq9XyW";
+const PASSWORD: &str = "pw-Orange-Tractor-417";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_appear_in_logs_or_status() {
-    const SECRET_KEY: &str = "Sekr1t-S3-Key-zq9XyW";
-    const PASSWORD: &str = "pw-Orange-Tractor-417";
     let mut h = Harness::new(Options::default()).await;
-    let hash = {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
-            .args(["user", "passwd"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("user passwd");
-        writeln!(child.stdin.take().expect("stdin"), "{PASSWORD}").expect("password");
-        let out = child.wait_with_output().expect("hash");
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
+    let hash = password_hash(PASSWORD);
     // A wrong S3 secret: every S3 call fails (signature mismatch), with the secret in hand.
     let config = std::fs::read_to_string(&h.config_path)
         .expect("config")
         .replace(
             &format!("secret_access_key = \"{}\"", common::SECRET_KEY),
-            &format!("secret_access_key = \"{SECRET_KEY}\""),
+            &format!("secret_access_key = \"{SECRET_S3_KEY}\""),
         )
         .replacen(
             "name = \"alice\"\n",
             &format!("name = \"alice\"\npassword_hash = \"{hash}\"\n"),
             1,
         );
-    assert!(config.contains(SECRET_KEY) && config.contains(&hash));
+    assert!(config.contains(SECRET_S3_KEY) && config.contains(&hash));
     std::fs::write(&h.config_path, config).expect("config");
     h.start_daemon_with_env(&[("SFTPGW_LOG", std::ffi::OsStr::new("trace"))]);
 
     // Log in with the password (askpass answers it), and once with a wrong one.
-    let askpass = h.dir.path().join("askpass.sh");
-    let wrong = h.dir.path().join("wrong.sh");
-    std::fs::write(&askpass, format!("#!/bin/sh\necho '{PASSWORD}'\n")).expect("askpass");
-    std::fs::write(&wrong, format!("#!/bin/sh\necho '{PASSWORD}x'\n")).expect("askpass");
-    for script in [&askpass, &wrong] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
+    let askpass = askpass_script(&h, "askpass.sh", PASSWORD);
+    let wrong = askpass_script(&h, "wrong.sh", &format!("{PASSWORD}x"));
     let local = h.dir.path().join("s.bin");
     std::fs::write(&local, common::data(1000, 5)).expect("local");
-    let login = |script: &std::path::Path| {
-        let mut child = Command::new("sftp")
-            .args(["-P", &h.sftp_port.to_string()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "PubkeyAuthentication=no",
-                "-o",
-                "PreferredAuthentications=password",
-                "-o",
-                "NumberOfPasswordPrompts=1",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg("alice@127.0.0.1")
-            .env("SSH_ASKPASS", script)
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("DISPLAY", ":0")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sftp");
-        writeln!(
-            child.stdin.take().expect("stdin"),
-            "put {} /s.bin",
-            local.display()
-        )
-        .expect("batch");
-        child.wait_with_output().expect("sftp")
-    };
-    let ok = login(&askpass);
+    let ok = password_login(&h, &askpass, &local);
     assert!(
         ok.status.success(),
         "password login: {}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let refused = login(&wrong);
+    let refused = password_login(&h, &wrong, &local);
     assert!(!refused.status.success());
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = h.status().await;
-        if s.files.iter().any(|f| f.state == FileState::Failed) {
-            assert_ne!(s.health.level, HealthLevel::Ok);
-            break;
-        }
-        assert!(Instant::now() < deadline, "no S3 failure:\n{}", h.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_s3_failure(&h).await;
     let json = status_command(&h, &["--json", "--all"]);
     let text = status_command(&h, &["--all"]);
     h.stop_daemon();
@@ -382,12 +335,84 @@ async fn secrets_never_appear_in_logs_or_status() {
         ("status", &text.stdout[..]),
     ] {
         let out = String::from_utf8_lossy(out);
-        for secret in [SECRET_KEY, PASSWORD] {
+        for secret in [SECRET_S3_KEY, PASSWORD] {
             assert!(
                 !out.contains(secret),
                 "{secret} appears in the {what}:\n{out}"
             );
         }
+    }
+}
+
+/// The hash `sftpgw user passwd` prints for `password`.
+fn password_hash(password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+        .args(["user", "passwd"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("user passwd");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password");
+    let out = child.wait_with_output().expect("hash");
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// An SSH_ASKPASS script in the harness directory that answers `answer`.
+fn askpass_script(h: &Harness, name: &str, answer: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = h.dir.path().join(name);
+    std::fs::write(&script, format!("#!/bin/sh\necho '{answer}'\n")).expect("askpass");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+/// Puts `local` as alice, logging in with the password `script` answers (one try).
+fn password_login(h: &Harness, script: &Path, local: &Path) -> Output {
+    let mut child = Command::new("sftp")
+        .args(["-P", &h.sftp_port.to_string()])
+        .args(common::NO_HOST_KEY_CHECK)
+        .args([
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("alice@127.0.0.1")
+        .env("SSH_ASKPASS", script)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sftp");
+    writeln!(
+        child.stdin.take().expect("stdin"),
+        "put {} /s.bin",
+        local.display()
+    )
+    .expect("batch");
+    child.wait_with_output().expect("sftp")
+}
+
+/// Waits (30 s at most) until some file failed; the health is then not OK.
+async fn wait_s3_failure(h: &Harness) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = h.status().await;
+        if s.files.iter().any(|f| f.state == FileState::Failed) {
+            assert_ne!(s.health.level, HealthLevel::Ok);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no S3 failure:\n{}", h.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -764,29 +789,16 @@ fn delivery_log_bytes(h: &Harness) -> Vec<u8> {
         .collect()
 }
 
-/// The box copies its delivery log to `<prefix>_manifests/<date>/<box>-<n>.jsonl`: the
-/// manifests hold the log byte for byte (and so what `sftpgw report` prints), a restart goes on
-/// with the next number and never writes a manifest again.
-#[tokio::test(flavor = "multi_thread")]
-async fn manifests_in_the_bucket_hold_the_delivery_log_byte_for_byte_and_are_never_rewritten() {
-    let mut h = Harness::new(Options {
-        manifest_interval: "1s",
-        ..Options::default()
-    })
-    .await;
-    h.start_daemon();
-    let small = common::data(10_000, 1);
-    put(&h, "alice", "a.txt", &small);
-    put(&h, "bob", "b.txt", &small);
-    h.wait_drained(Duration::from_secs(60)).await;
-    let folder = format!("{}_manifests/", common::PREFIX);
-    let log = delivery_log_bytes(&h);
+/// Waits (30 s at most) until the manifests under `folder`, joined, are the delivery log;
+/// returns them (key, body).
+async fn wait_manifests_hold_the_log(h: &Harness, folder: &str) -> Vec<(String, Vec<u8>)> {
+    let log = delivery_log_bytes(h);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let manifests = objects_under(&h, &folder).await;
+    loop {
+        let manifests = objects_under(h, folder).await;
         let joined: Vec<u8> = manifests.iter().flat_map(|(_, b)| b.clone()).collect();
         if joined == log {
-            break manifests;
+            return manifests;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -795,7 +807,16 @@ async fn manifests_in_the_bucket_hold_the_delivery_log_byte_for_byte_and_are_nev
             String::from_utf8_lossy(&log)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
+
+/// Each manifest is named `<folder><date>/<host>-<n>.jsonl` and holds deliveries of that
+/// date; together they hold what `sftpgw report` prints.
+fn check_manifests_say_what_the_report_says(
+    h: &Harness,
+    folder: &str,
+    manifests: &[(String, Vec<u8>)],
+) {
     let host = sftpgw::telemetry::hostname();
     let report = h.cli("report", &["--format", "json"]);
     let reported: Vec<serde_json::Value> = report
@@ -803,10 +824,10 @@ async fn manifests_in_the_bucket_hold_the_delivery_log_byte_for_byte_and_are_nev
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
     let mut in_manifests: Vec<serde_json::Value> = Vec::new();
-    for (key, body) in &first {
+    for (key, body) in manifests {
         let text = String::from_utf8(body.clone()).expect("utf-8");
         let date = key
-            .strip_prefix(&folder)
+            .strip_prefix(folder)
             .and_then(|k| k.split('/').next())
             .expect("a date folder");
         assert!(
@@ -830,6 +851,26 @@ async fn manifests_in_the_bucket_hold_the_delivery_log_byte_for_byte_and_are_nev
         in_manifests, reported,
         "the manifests say what the report says"
     );
+}
+
+/// The box copies its delivery log to `<prefix>_manifests/<date>/<box>-<n>.jsonl`: the
+/// manifests hold the log byte for byte (and so what `sftpgw report` prints), a restart goes on
+/// with the next number and never writes a manifest again.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_in_the_bucket_hold_the_delivery_log_byte_for_byte_and_are_never_rewritten() {
+    let mut h = Harness::new(Options {
+        manifest_interval: "1s",
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    let small = common::data(10_000, 1);
+    put(&h, "alice", "a.txt", &small);
+    put(&h, "bob", "b.txt", &small);
+    h.wait_drained(Duration::from_secs(60)).await;
+    let folder = format!("{}_manifests/", common::PREFIX);
+    let first = wait_manifests_hold_the_log(&h, &folder).await;
+    check_manifests_say_what_the_report_says(&h, &folder, &first);
 
     // After a restart one more delivery goes into a new manifest; the old ones are untouched.
     h.stop_daemon();
