@@ -289,7 +289,7 @@ const PASSWORD: &str = "pw-Orange-Tractor-417";
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_appear_in_logs_or_status() {
     let mut h = Harness::new(Options::default()).await;
-    let hash = password_hash(PASSWORD);
+    let hash = common::password_hash(PASSWORD);
     // A wrong S3 secret: every S3 call fails (signature mismatch), with the secret in hand.
     let config = std::fs::read_to_string(&h.config_path)
         .expect("config")
@@ -342,22 +342,6 @@ async fn secrets_never_appear_in_logs_or_status() {
             );
         }
     }
-}
-
-/// The hash `sftpgw user passwd` prints for `password`.
-fn password_hash(password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
-        .args(["user", "passwd"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("user passwd");
-    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password");
-    let out = child.wait_with_output().expect("hash");
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
 }
 
 /// An SSH_ASKPASS script in the harness directory that answers `answer`.

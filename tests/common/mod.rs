@@ -147,6 +147,24 @@ fn authorized_keys(dir: &Path, key_path: &Path, extra: &[ExtraKey]) -> String {
     authorized
 }
 
+/// The hash `sftpgw user passwd` prints for `password`.
+pub fn password_hash(password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+        .args(["user", "passwd"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("user passwd");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password");
+    let out = child.wait_with_output().expect("hash");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
 impl Harness {
     /// Starts the embedded S3 server, makes the client keys and writes the gateway's
     /// configuration; the daemon is not started (see [`Harness::start_daemon`]).
