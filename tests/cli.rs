@@ -10,12 +10,32 @@
     reason = "a test panics on what it did not expect, and may cast what it made itself"
 )]
 
+mod common;
+
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn sftpgw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sftpgw"))
+}
+
+/// `sftpgw check-config PATH`.
+fn check_config(path: &Path) -> Output {
+    sftpgw()
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .expect("run")
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -23,16 +43,8 @@ fn check_config_accepts_the_example_and_names_file_line_and_key_of_a_mistake() {
     let tmp = tempfile::tempdir().expect("tmp");
     let good = tmp.path().join("good.toml");
     std::fs::write(&good, sftpgw::config::EXAMPLE).expect("write");
-    let out = sftpgw()
-        .arg("check-config")
-        .arg(&good)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = check_config(&good);
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 
     let bad = tmp.path().join("bad.toml");
@@ -44,11 +56,7 @@ fn check_config_accepts_the_example_and_names_file_line_and_key_of_a_mistake() {
         .position(|l| l.starts_with("part_size"))
         .expect("line")
         + 1;
-    let out = sftpgw()
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .expect("run");
+    let out = check_config(&bad);
     assert_eq!(out.status.code(), Some(3), "invalid config → exit 3");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -57,35 +65,14 @@ fn check_config_accepts_the_example_and_names_file_line_and_key_of_a_mistake() {
     );
     assert!(stderr.contains("part_size"), "{stderr}");
 
-    let out = sftpgw()
-        .arg("check-config")
-        .arg(tmp.path().join("missing.toml"))
-        .output()
-        .expect("run");
+    let out = check_config(&tmp.path().join("missing.toml"));
     assert_eq!(out.status.code(), Some(3));
 }
 
 #[test]
 fn user_passwd_prints_an_argon2id_hash_of_the_password() {
     use argon2::PasswordVerifier;
-    let mut child = sftpgw()
-        .args(["user", "passwd"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"correct horse\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success());
-    let hash = String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned();
+    let hash = common::password_hash("correct horse");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let parsed = argon2::PasswordHash::new(&hash).expect("PHC string");
     assert!(
@@ -111,16 +98,43 @@ fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("demo");
     let log_path = tmp.path().join("demo.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
+    let child = start_demo(&dir, port, &log_path);
+    let config = std::fs::read_to_string(dir.join("sftpgw.toml")).expect("config written");
+    assert!(
+        config.contains("[[users]]") && config.contains("name = \"demo\""),
+        "{config}"
+    );
+    assert!(dir.join("client_ed25519").exists() && dir.join("client_ed25519.pub").exists());
+    // The config it wrote is valid.
+    assert_success(&check_config(&dir.join("sftpgw.toml")));
+    // A real upload with the key it wrote.
+    let local = tmp.path().join("hello.txt");
+    std::fs::write(&local, b"hello from the demo\n").expect("write");
+    put_with_the_demo_key(&dir, port, &local);
+    // It lands in the embedded S3 server's directory (bucket "uploads", prefix "site-a/").
+    let object = dir.join("s3/uploads/site-a/demo/hello.txt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&object).ok().as_deref() != Some(&b"hello from the demo\n"[..]) {
+        assert!(
+            Instant::now() < deadline,
+            "object never appeared at {}",
+            object.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_demo_with_ctrl_c(child, &dir);
+    check_demo_names_its_keys(&dir, &log_path);
+}
+
+/// Starts `sftpgw demo` in `dir` with SFTP on `port` (its log to `log_path`) and waits until
+/// it listens.
+fn start_demo(dir: &Path, port: u16, log_path: &Path) -> Child {
+    let log = std::fs::File::create(log_path).expect("log");
     let mut child = sftpgw()
         .arg("demo")
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .args(["--port", &port.to_string(), "--s3-port", "0"])
         .stdout(Stdio::piped())
         .stderr(log)
@@ -135,37 +149,16 @@ fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
         assert!(Instant::now() < deadline, "demo did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let config = std::fs::read_to_string(dir.join("sftpgw.toml")).expect("config written");
-    assert!(
-        config.contains("[[users]]") && config.contains("name = \"demo\""),
-        "{config}"
-    );
-    assert!(dir.join("client_ed25519").exists() && dir.join("client_ed25519.pub").exists());
-    // The config it wrote is valid.
-    let out = sftpgw()
-        .arg("check-config")
-        .arg(dir.join("sftpgw.toml"))
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A real upload with the key it wrote.
-    let local = tmp.path().join("hello.txt");
-    std::fs::write(&local, b"hello from the demo\n").expect("write");
+    child
+}
+
+/// Puts `local` as `hello.txt` with the client key the demo wrote, and checks it worked.
+fn put_with_the_demo_key(dir: &Path, port: u16, local: &Path) {
     let mut sftp = Command::new("sftp")
         .args(["-b", "-", "-i"])
         .arg(dir.join("client_ed25519"))
-        .args([
-            "-P",
-            &port.to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
+        .args(["-P", &port.to_string()])
+        .args(common::NO_HOST_KEY_CHECK)
         .args(["-o", "BatchMode=yes", "demo@127.0.0.1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -177,23 +170,11 @@ fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
         .expect("stdin")
         .write_all(format!("put {} hello.txt\n", local.display()).as_bytes())
         .expect("batch");
-    let out = sftp.wait_with_output().expect("sftp");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // It lands in the embedded S3 server's directory (bucket "uploads", prefix "site-a/").
-    let object = dir.join("s3/uploads/site-a/demo/hello.txt");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read(&object).ok().as_deref() != Some(&b"hello from the demo\n"[..]) {
-        assert!(
-            Instant::now() < deadline,
-            "object never appeared at {}",
-            object.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_success(&sftp.wait_with_output().expect("sftp"));
+}
+
+/// Ctrl-C stops the demo cleanly, and what it printed says how to connect.
+fn stop_demo_with_ctrl_c(child: Child, dir: &Path) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -206,8 +187,11 @@ fn demo_writes_a_config_and_key_serves_sftp_and_stops_cleanly_on_ctrl_c() {
         stdout.contains(&format!("sftp -i {}", dir.join("client_ed25519").display())),
         "{stdout}"
     );
-    // Each generated key is named for what it is.
-    let log = std::fs::read_to_string(&log_path).expect("log");
+}
+
+/// Each generated key is named for what it is in the demo's log.
+fn check_demo_names_its_keys(dir: &Path, log_path: &Path) {
+    let log = std::fs::read_to_string(log_path).expect("log");
     let generated: Vec<&str> = log.lines().filter(|l| l.contains("generated")).collect();
     assert!(
         generated
