@@ -316,43 +316,12 @@ async fn a_failed_file_is_retried_by_itself_on_a_doubling_backoff_and_delivered_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_overwrite_never_an_object_at_the_key_is_never_replaced() {
-    use sftpgw::config::OverwriteMode;
-    use sftpgw::drain::store::ObjectMetadata;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let server = common::s3::start(tmp.path()).await;
-    let cfg = sftpgw::config::S3Config {
-        overwrite: OverwriteMode::Never,
-        ..test_s3_config(&server)
-    };
-    let store = Arc::new(FaultStore::new(AwsStore::new(&cfg).expect("store")));
-    let spool = open_spool(tmp.path());
-    let mut rig = Rig {
-        tmp,
-        server,
-        store,
-        spool,
-        drain_task: None,
-    };
+    let mut rig = rig_with_overwrite_never().await;
     // Another box's objects: one with other bytes at a small file's and a large file's key,
     // one with the very bytes this box will upload (and their SHA-256 as metadata).
     let theirs = content(500, 1);
     let same = content(700, 2);
-    let mut same_meta = ObjectMetadata::new();
-    same_meta.insert(
-        "sha256".into(),
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&same)),
-    );
-    for (key, bytes, meta) in [
-        ("p/u/taken.txt", &theirs, ObjectMetadata::new()),
-        ("p/u/big-taken.bin", &theirs, ObjectMetadata::new()),
-        ("p/u/same.txt", &same, same_meta),
-    ] {
-        rig.store
-            .inner()
-            .put_object(key, Body::Bytes(Bytes::from(bytes.clone())), &meta)
-            .await
-            .expect("their object");
-    }
+    put_their_objects(&rig, &theirs, &same).await;
     // This box's own PUT whose answer is lost: its retry meets its own object (412).
     let mut lost_once = false;
     rig.store.add_rule(move |c| {
@@ -381,6 +350,66 @@ async fn with_overwrite_never_an_object_at_the_key_is_never_replaced() {
         rig.object("big-taken.bin").await == theirs,
         "their object was replaced"
     );
+    check_conflict_kept_and_its_upload_aborted(&rig).await;
+    // Someone moves their object away; `retry` then delivers ours.
+    let (client, bucket) = rig.s3_client();
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key("p/u/taken.txt")
+        .send()
+        .await
+        .expect("delete theirs");
+    assert_eq!(rig.spool.retry_failed(None).await, 2);
+    rig.wait_state("taken.txt", FileState::Delivered).await;
+    assert!(rig.object("taken.txt").await == content(600, 4));
+    rig.wait_state("big-taken.bin", FileState::Conflict).await;
+}
+
+/// A rig whose store is configured with `overwrite = never`; its drain is not started.
+async fn rig_with_overwrite_never() -> Rig {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let server = common::s3::start(tmp.path()).await;
+    let cfg = sftpgw::config::S3Config {
+        overwrite: sftpgw::config::OverwriteMode::Never,
+        ..test_s3_config(&server)
+    };
+    let store = Arc::new(FaultStore::new(AwsStore::new(&cfg).expect("store")));
+    let spool = open_spool(tmp.path());
+    Rig {
+        tmp,
+        server,
+        store,
+        spool,
+        drain_task: None,
+    }
+}
+
+/// Another box's objects at `taken.txt` and `big-taken.bin` (`theirs`) and at `same.txt`
+/// (`same`, with its SHA-256 as metadata).
+async fn put_their_objects(rig: &Rig, theirs: &[u8], same: &[u8]) {
+    use sftpgw::drain::store::ObjectMetadata;
+    let mut same_meta = ObjectMetadata::new();
+    same_meta.insert(
+        "sha256".into(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(same)),
+    );
+    for (key, bytes, meta) in [
+        ("p/u/taken.txt", theirs, ObjectMetadata::new()),
+        ("p/u/big-taken.bin", theirs, ObjectMetadata::new()),
+        ("p/u/same.txt", same, same_meta),
+    ] {
+        rig.store
+            .inner()
+            .put_object(key, Body::Bytes(Bytes::copy_from_slice(bytes)), &meta)
+            .await
+            .expect("their object");
+    }
+}
+
+/// The conflicting file says why, stays on the spool, and its multipart upload is aborted,
+/// not left open.
+async fn check_conflict_kept_and_its_upload_aborted(rig: &Rig) {
     let conflict = rig
         .spool
         .files()
@@ -415,19 +444,6 @@ async fn with_overwrite_never_an_object_at_the_key_is_never_replaced() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Someone moves their object away; `retry` then delivers ours.
-    let (client, bucket) = rig.s3_client();
-    client
-        .delete_object()
-        .bucket(bucket)
-        .key("p/u/taken.txt")
-        .send()
-        .await
-        .expect("delete theirs");
-    assert_eq!(rig.spool.retry_failed(None).await, 2);
-    rig.wait_state("taken.txt", FileState::Delivered).await;
-    assert!(rig.object("taken.txt").await == content(600, 4));
-    rig.wait_state("big-taken.bin", FileState::Conflict).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
