@@ -30,61 +30,48 @@ fn receipts_by_path(h: &Harness) -> Vec<(String, Value)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openssh_sftp_reads_each_receipt_as_the_report_and_the_bucket_have_it_across_a_restart() {
-    let mut h = Harness::new(Options::default()).await;
-    h.start_daemon();
-    let small = common::data(5_000, 1);
-    let big = common::data((6 << 20) + 7, 2);
-    let (a, b) = (h.dir.path().join("a.txt"), h.dir.path().join("b.bin"));
-    std::fs::write(&a, &small).expect("write");
-    std::fs::write(&b, &big).expect("write");
-    h.sftp_ok(
+/// OpenSSH's sftp fetches each receipt under `/.sftpgw/receipts` as the delivery log's line
+/// for its file, and lists the virtual folders.
+fn check_receipts_over_sftp(h: &Harness, reported: &[(String, Value)]) {
+    let (ra, rb) = (h.dir.path().join("ra.json"), h.dir.path().join("rb.json"));
+    let listing = h.sftp_ok(
         "alice",
         &format!(
-            "put {} /a.txt\nmkdir /d\nput {} /d/b.bin\n",
-            a.display(),
-            b.display()
+            "get /.sftpgw/receipts/a.txt.json {}\nget /.sftpgw/receipts/d/b.bin.json {}\n\
+             ls -1 /.sftpgw/receipts\nls -1a /\nls -1 /.sftpgw\n",
+            ra.display(),
+            rb.display()
         ),
     );
-    h.wait_drained(DRAIN_TIMEOUT).await;
-    let reported = receipts_by_path(&h);
-    assert_eq!(reported.len(), 2, "{reported:?}");
-
-    let check = |h: &Harness| {
-        let (ra, rb) = (h.dir.path().join("ra.json"), h.dir.path().join("rb.json"));
-        let listing = h.sftp_ok(
-            "alice",
-            &format!(
-                "get /.sftpgw/receipts/a.txt.json {}\nget /.sftpgw/receipts/d/b.bin.json {}\n\
-                 ls -1 /.sftpgw/receipts\nls -1a /\nls -1 /.sftpgw\n",
-                ra.display(),
-                rb.display()
-            ),
+    for (path, file) in [("/a.txt", &ra), ("/d/b.bin", &rb)] {
+        let receipt: Value = serde_json::from_slice(&std::fs::read(file).expect("receipt fetched"))
+            .expect("a receipt is JSON");
+        let line = &reported
+            .iter()
+            .find(|(p, _)| p == path)
+            .expect("reported")
+            .1;
+        assert_eq!(
+            &receipt, line,
+            "{path}: the receipt is the delivery log's line"
         );
-        for (path, file) in [("/a.txt", &ra), ("/d/b.bin", &rb)] {
-            let receipt: Value =
-                serde_json::from_slice(&std::fs::read(file).expect("receipt fetched"))
-                    .expect("a receipt is JSON");
-            let line = &reported
-                .iter()
-                .find(|(p, _)| p == path)
-                .expect("reported")
-                .1;
-            assert_eq!(
-                &receipt, line,
-                "{path}: the receipt is the delivery log's line"
-            );
-        }
-        for name in ["a.txt.json", "d", ".sftpgw", "queue.txt", "receipts"] {
-            assert!(
-                listing.lines().any(|l| l.trim_end().ends_with(name)),
-                "{name} not listed:\n{listing}"
-            );
-        }
-    };
-    check(&h);
-    for (path, line) in &reported {
+    }
+    for name in ["a.txt.json", "d", ".sftpgw", "queue.txt", "receipts"] {
+        assert!(
+            listing.lines().any(|l| l.trim_end().ends_with(name)),
+            "{name} not listed:\n{listing}"
+        );
+    }
+}
+
+/// Each receipt names its object as the bucket has it: ETag, size, and a full-object checksum.
+async fn check_objects_match_receipts(
+    h: &Harness,
+    reported: &[(String, Value)],
+    small: &[u8],
+    big: &[u8],
+) {
+    for (path, line) in reported {
         let head = h
             .s3_client()
             .head_object()
@@ -107,12 +94,12 @@ async fn openssh_sftp_reads_each_receipt_as_the_report_and_the_bucket_have_it_ac
                 use sha2::Digest as _;
                 assert_eq!(
                     head.checksum_sha256(),
-                    Some(b64(&sha2::Sha256::digest(&small)).as_str())
+                    Some(b64(&sha2::Sha256::digest(small)).as_str())
                 );
             }
             _ => assert_eq!(
                 head.checksum_crc32_c(),
-                Some(b64(&crc32c::crc32c(&big).to_be_bytes()).as_str()),
+                Some(b64(&crc32c::crc32c(big).to_be_bytes()).as_str()),
                 "{path}"
             ),
         }
@@ -121,15 +108,13 @@ async fn openssh_sftp_reads_each_receipt_as_the_report_and_the_bucket_have_it_ac
             Some(&aws_sdk_s3::types::ChecksumType::FullObject)
         );
     }
-    // The index is rebuilt from the log on start: the receipts are still there.
-    h.stop_daemon();
-    h.start_daemon();
-    check(&h);
+}
 
-    // Refused, with OpenSSH's message for SSH_FX_PERMISSION_DENIED; nothing is created.
+/// Refused, with OpenSSH's message for SSH_FX_PERMISSION_DENIED; nothing is created.
+fn check_the_receipts_folder_is_read_only(h: &Harness, local: &std::path::Path) {
     for batch in [
-        format!("put {} /.sftpgw/x.txt\n", a.display()),
-        format!("put {} /.sftpgw\n", a.display()),
+        format!("put {} /.sftpgw/x.txt\n", local.display()),
+        format!("put {} /.sftpgw\n", local.display()),
         "mkdir /.sftpgw\n".to_owned(),
         "rm /.sftpgw/receipts/a.txt.json\n".to_owned(),
         "rename /.sftpgw/queue.txt /q.txt\n".to_owned(),
@@ -139,5 +124,35 @@ async fn openssh_sftp_reads_each_receipt_as_the_report_and_the_bucket_have_it_ac
         assert!(!out.status.success(), "{batch}: accepted");
         assert!(stderr.contains("Permission denied"), "{batch}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_sftp_reads_each_receipt_as_the_report_and_the_bucket_have_it_across_a_restart() {
+    let mut h = Harness::new(Options::default()).await;
+    h.start_daemon();
+    let small = common::data(5_000, 1);
+    let big = common::data((6 << 20) + 7, 2);
+    let (a, b) = (h.dir.path().join("a.txt"), h.dir.path().join("b.bin"));
+    std::fs::write(&a, &small).expect("write");
+    std::fs::write(&b, &big).expect("write");
+    h.sftp_ok(
+        "alice",
+        &format!(
+            "put {} /a.txt\nmkdir /d\nput {} /d/b.bin\n",
+            a.display(),
+            b.display()
+        ),
+    );
+    h.wait_drained(DRAIN_TIMEOUT).await;
+    let reported = receipts_by_path(&h);
+    assert_eq!(reported.len(), 2, "{reported:?}");
+
+    check_receipts_over_sftp(&h, &reported);
+    check_objects_match_receipts(&h, &reported, &small, &big).await;
+    // The index is rebuilt from the log on start: the receipts are still there.
+    h.stop_daemon();
+    h.start_daemon();
+    check_receipts_over_sftp(&h, &reported);
+    check_the_receipts_folder_is_read_only(&h, &a);
     assert_eq!(h.status().await.files.len(), 2, "nothing new in the spool");
 }
