@@ -19,9 +19,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use common::{Harness, Options, PREFIX, data};
+use sftpgw::spool::{FileState, FsErrorKind, OpenMode, Spool, SpoolOptions, VPath};
 use sftpgw::status::control::{self, Request, Response};
 
 /// The spool's file system: room for the small files, the journal and the 16 MiB reserve,
@@ -32,6 +36,14 @@ const TMPFS_BYTES: u64 = 64 << 20;
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// A tmpfs of TMPFS_BYTES on a new temporary directory (None, with a note, where this
+    /// machine does not let the test mount one). The tmpfs goes first, then the directory.
+    fn mount_temporary() -> Option<(Tmpfs, tempfile::TempDir)> {
+        let mount_dir = tempfile::tempdir().expect("tmp");
+        let tmpfs = Tmpfs::mount(mount_dir.path(), TMPFS_BYTES)?;
+        Some((tmpfs, mount_dir))
+    }
+
     fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).expect("mount point");
         let out = Command::new("mount")
@@ -63,51 +75,21 @@ async fn drain(h: &Harness, request: Request) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_spool_refuses_what_does_not_fit_keeps_what_was_acknowledged_and_serves_on() {
-    let mount_dir = tempfile::tempdir().expect("tmp");
-    let Some(_tmpfs) = Tmpfs::mount(mount_dir.path(), TMPFS_BYTES) else {
-        return;
-    };
-    let mut h = Harness::new(Options {
-        spool_dir: Some(mount_dir.path().join("spool")),
-        ..Options::default()
-    })
-    .await;
-    h.start_daemon();
-    // The WAN is down, say: everything stays on the spool.
-    drain(&h, Request::DrainPause { for_secs: None }).await;
-    let local = |name: &str, bytes: &[u8]| {
-        let path = h.dir.path().join(name);
-        std::fs::write(&path, bytes).expect("local file");
-        path
-    };
-    let small: Vec<(&str, Vec<u8>)> = vec![
-        ("a.bin", data(1 << 20, 1)),
-        ("b.bin", data(2 << 20, 2)),
-        ("c.bin", data(100_000, 3)),
-    ];
-    for (name, bytes) in &small {
-        let path = local(name, bytes);
-        h.sftp_ok("alice", &format!("put {} {name}\n", path.display()));
-    }
+/// Writes `bytes` to a local file `name` in the harness directory, for the client to put.
+fn local_file(h: &Harness, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = h.dir.path().join(name);
+    std::fs::write(&path, bytes).expect("local file");
+    path
+}
 
-    // 80 MiB is more than max_file_size (by default half the spool's 64 MiB): refused.
-    let big = local("big.bin", &data(80 << 20, 4));
-    let out = h.sftp("alice", &format!("put {} big.bin\n", big.display()));
-    assert!(
-        !out.status.success(),
-        "a file above max_file_size was accepted"
-    );
-    assert!(h.log().contains("file too large"), "{}", h.log());
-    h.sftp_ok("alice", "rm big.bin\n");
-    // 20 MiB files until the disk is full: the one that does not fit is refused part way.
-    let mut acknowledged = small.clone();
+/// Puts 20 MiB files until one is refused (the disk is full); adds the others to
+/// `acknowledged` and returns the refused one's name.
+fn put_until_the_disk_is_full(h: &Harness, acknowledged: &mut Vec<(&str, Vec<u8>)>) -> String {
     let mut refused = None;
     for n in 0..4u8 {
         let name = format!("fill-{n}.bin");
         let bytes = data(20 << 20, 10 + u64::from(n));
-        let path = local(&name, &bytes);
+        let path = local_file(h, &name, &bytes);
         let out = h.sftp("alice", &format!("put {} {name}\n", path.display()));
         if out.status.success() {
             acknowledged.push((Box::leak(name.into_boxed_str()), bytes));
@@ -118,19 +100,12 @@ async fn a_full_spool_refuses_what_does_not_fit_keeps_what_was_acknowledged_and_
     }
     let refused = refused.expect("the disk never filled up");
     assert!(h.log().contains("No space left on device"), "{}", h.log());
-    // The daemon serves on: status answers, the refused file can be removed, and once it is
-    // gone a new upload fits.
-    h.status().await;
-    h.sftp_ok("alice", &format!("rm {refused}\nls -l\n"));
-    let later = data(100_000, 5);
-    let path = local("d.bin", &later);
-    h.sftp_ok("alice", &format!("put {} d.bin\n", path.display()));
-    acknowledged.push(("d.bin", later));
+    refused
+}
 
-    // Every acknowledged file arrives byte for byte; the refused one never does.
-    drain(&h, Request::DrainResume).await;
-    h.wait_drained(Duration::from_secs(60)).await;
-    for (name, bytes) in &acknowledged {
+/// Every acknowledged file arrives byte for byte; the refused one (and big.bin) never does.
+async fn check_arrived(h: &Harness, acknowledged: &[(&str, Vec<u8>)], refused: &str) {
+    for (name, bytes) in acknowledged {
         let key = format!("{PREFIX}alice/{name}");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -146,7 +121,7 @@ async fn a_full_spool_refuses_what_does_not_fit_keeps_what_was_acknowledged_and_
             }
         }
     }
-    for name in ["big.bin", refused.as_str()] {
+    for name in ["big.bin", refused] {
         assert!(
             h.get_object(&format!("{PREFIX}alice/{name}"))
                 .await
@@ -154,6 +129,56 @@ async fn a_full_spool_refuses_what_does_not_fit_keeps_what_was_acknowledged_and_
             "{name}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_refuses_what_does_not_fit_keeps_what_was_acknowledged_and_serves_on() {
+    let Some((_tmpfs, mount_dir)) = Tmpfs::mount_temporary() else {
+        return;
+    };
+    let mut h = Harness::new(Options {
+        spool_dir: Some(mount_dir.path().join("spool")),
+        ..Options::default()
+    })
+    .await;
+    h.start_daemon();
+    // The WAN is down, say: everything stays on the spool.
+    drain(&h, Request::DrainPause { for_secs: None }).await;
+    let small: Vec<(&str, Vec<u8>)> = vec![
+        ("a.bin", data(1 << 20, 1)),
+        ("b.bin", data(2 << 20, 2)),
+        ("c.bin", data(100_000, 3)),
+    ];
+    for (name, bytes) in &small {
+        let path = local_file(&h, name, bytes);
+        h.sftp_ok("alice", &format!("put {} {name}\n", path.display()));
+    }
+
+    // 80 MiB is more than max_file_size (by default half the spool's 64 MiB): refused.
+    let big = local_file(&h, "big.bin", &data(80 << 20, 4));
+    let out = h.sftp("alice", &format!("put {} big.bin\n", big.display()));
+    assert!(
+        !out.status.success(),
+        "a file above max_file_size was accepted"
+    );
+    assert!(h.log().contains("file too large"), "{}", h.log());
+    h.sftp_ok("alice", "rm big.bin\n");
+    // 20 MiB files until the disk is full: the one that does not fit is refused part way.
+    let mut acknowledged = small.clone();
+    let refused = put_until_the_disk_is_full(&h, &mut acknowledged);
+    // The daemon serves on: status answers, the refused file can be removed, and once it is
+    // gone a new upload fits.
+    h.status().await;
+    h.sftp_ok("alice", &format!("rm {refused}\nls -l\n"));
+    let later = data(100_000, 5);
+    let path = local_file(&h, "d.bin", &later);
+    h.sftp_ok("alice", &format!("put {} d.bin\n", path.display()));
+    acknowledged.push(("d.bin", later));
+
+    // Every acknowledged file arrives byte for byte; the refused one never does.
+    drain(&h, Request::DrainResume).await;
+    h.wait_drained(Duration::from_secs(60)).await;
+    check_arrived(&h, &acknowledged, &refused).await;
     h.stop_daemon();
 }
 
@@ -172,10 +197,7 @@ fn fill_up(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_and_new_records_on_a_disk_filled_to_the_last_byte_still_succeed() {
-    use bytes::Bytes;
-    use sftpgw::spool::{FileState, FsErrorKind, OpenMode, Spool, SpoolOptions, VPath};
-    let mount_dir = tempfile::tempdir().expect("tmp");
-    let Some(_tmpfs) = Tmpfs::mount(mount_dir.path(), TMPFS_BYTES) else {
+    let Some((_tmpfs, mount_dir)) = Tmpfs::mount_temporary() else {
         return;
     };
     let dir = mount_dir.path().join("spool");
@@ -214,45 +236,20 @@ async fn a_close_and_new_records_on_a_disk_filled_to_the_last_byte_still_succeed
     drop(spool);
     // After a restart (on the still full disk) the acknowledged file is there, intact.
     let spool = Spool::open(options()).expect("reopen on a full disk");
-    let sealed = spool
-        .files()
-        .into_iter()
-        .find(|f| f.path == path)
-        .expect("the acknowledged file");
-    assert_eq!(sealed.state, FileState::Sealed);
-    assert_eq!(
-        std::fs::read(spool.sealed_path(sealed.id)).expect("bytes"),
-        bytes
-    );
+    assert_sealed_intact(&spool, &path, &bytes);
     std::fs::remove_file(filler).expect("free the disk");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() {
-    use bytes::Bytes;
-    use sftpgw::spool::{FileState, Spool, SpoolOptions, VPath};
-    let mount_dir = tempfile::tempdir().expect("tmp");
-    let Some(_tmpfs) = Tmpfs::mount(mount_dir.path(), TMPFS_BYTES) else {
+    let Some((_tmpfs, mount_dir)) = Tmpfs::mount_temporary() else {
         return;
     };
     let dir = mount_dir.path().join("spool");
     let options = || SpoolOptions::unlimited(dir.clone());
     let spool = Spool::open(options()).expect("spool");
     spool.set_journal_compaction_threshold(u64::MAX);
-    let mut acknowledged = Vec::new();
-    for n in 0..3u8 {
-        let path = VPath::resolve(&format!("/f{n}.bin")).expect("path");
-        let h = spool
-            .open_write("alice", &path, Default::default())
-            .await
-            .expect("open");
-        let bytes = data(100_000 + usize::from(n), u64::from(n));
-        h.write_at(0, Bytes::from(bytes.clone()))
-            .await
-            .expect("write");
-        h.close().await.expect("close");
-        acknowledged.push((path, bytes));
-    }
+    let acknowledged = three_sealed_files(&spool).await;
     // History that a compaction would drop: directories made and removed.
     let scratch = VPath::resolve("/scratch").expect("path");
     for _ in 0..300 {
@@ -267,6 +264,55 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
 
     // The disk fills to the last byte; a compaction is due now.
     let filler = fill_up(mount_dir.path());
+    let postponed = check_compaction_postponed(&spool, grown).await;
+
+    // Room again: the next compaction runs and the journal shrinks to the live state.
+    std::fs::remove_file(&filler).expect("free the disk");
+    check_compaction_runs(&spool, &dir.join("journal"), grown, postponed).await;
+    drop(spool);
+
+    // Nothing acknowledged was lost on the way.
+    let spool = Spool::open(options()).expect("reopen");
+    for (path, bytes) in &acknowledged {
+        assert_sealed_intact(&spool, path, bytes);
+    }
+    for d in ["/kept", "/kept/too", "/after"] {
+        assert!(
+            spool
+                .stat("alice", &VPath::resolve(d).expect("path"))
+                .is_ok(),
+            "{d} survives the compaction"
+        );
+    }
+    assert!(
+        spool.stat("alice", &scratch).is_err(),
+        "removed history stays removed"
+    );
+}
+
+/// Three files sealed on `spool`, (path, bytes) each.
+async fn three_sealed_files(spool: &Arc<Spool>) -> Vec<(VPath, Vec<u8>)> {
+    let mut acknowledged = Vec::new();
+    for n in 0..3u8 {
+        let path = VPath::resolve(&format!("/f{n}.bin")).expect("path");
+        let h = spool
+            .open_write("alice", &path, Default::default())
+            .await
+            .expect("open");
+        let bytes = data(100_000 + usize::from(n), u64::from(n));
+        h.write_at(0, Bytes::from(bytes.clone()))
+            .await
+            .expect("write");
+        h.close().await.expect("close");
+        acknowledged.push((path, bytes));
+    }
+    acknowledged
+}
+
+/// A compaction due on a full disk cannot write its snapshot: it is postponed, the durable
+/// append that asked for it still succeeds, and the spool goes on recording. Returns the
+/// journal's size then.
+async fn check_compaction_postponed(spool: &Spool, grown: u64) -> u64 {
     spool.set_journal_compaction_threshold(0);
     // Its snapshot cannot be written: it is postponed, and the durable append that asked for
     // it (ordered after the attempt in the journal writer) still succeeds.
@@ -285,8 +331,11 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
         .await
         .expect("the spool goes on recording");
 
-    // Room again: the next compaction runs and the journal shrinks to the live state.
-    std::fs::remove_file(&filler).expect("free the disk");
+    postponed
+}
+
+/// With room again, the next compaction runs: `journal` shrinks to the live state.
+async fn check_compaction_runs(spool: &Spool, journal: &Path, grown: u64, postponed: u64) {
     spool.set_journal_compaction_threshold(0);
     spool
         .mkdir("alice", &VPath::resolve("/after").expect("path"))
@@ -304,38 +353,22 @@ async fn a_compaction_on_a_full_disk_is_postponed_and_runs_once_there_is_room() 
         "the compaction ran once there was room: {postponed} -> {compacted} bytes"
     );
     assert_eq!(
-        std::fs::metadata(dir.join("journal"))
-            .expect("journal")
-            .len(),
+        std::fs::metadata(journal).expect("journal").len(),
         compacted,
         "the journal on disk is the compacted one"
     );
-    drop(spool);
+}
 
-    // Nothing acknowledged was lost on the way.
-    let spool = Spool::open(options()).expect("reopen");
-    for (path, bytes) in &acknowledged {
-        let f = spool
-            .files()
-            .into_iter()
-            .find(|f| &f.path == path)
-            .expect("an acknowledged file");
-        assert_eq!(f.state, FileState::Sealed, "{path:?}");
-        assert_eq!(
-            &std::fs::read(spool.sealed_path(f.id)).expect("bytes"),
-            bytes
-        );
-    }
-    for d in ["/kept", "/kept/too", "/after"] {
-        assert!(
-            spool
-                .stat("alice", &VPath::resolve(d).expect("path"))
-                .is_ok(),
-            "{d} survives the compaction"
-        );
-    }
-    assert!(
-        spool.stat("alice", &scratch).is_err(),
-        "removed history stays removed"
+/// The acknowledged file at `path` is sealed on `spool` and holds `bytes`.
+fn assert_sealed_intact(spool: &Spool, path: &VPath, bytes: &[u8]) {
+    let f = spool
+        .files()
+        .into_iter()
+        .find(|f| &f.path == path)
+        .expect("an acknowledged file");
+    assert_eq!(f.state, FileState::Sealed, "{path:?}");
+    assert_eq!(
+        std::fs::read(spool.sealed_path(f.id)).expect("bytes"),
+        bytes
     );
 }
