@@ -404,31 +404,24 @@ async fn statvfs_reports_block_size_total_and_free_space() {
     }
 }
 
-/// WinSCP's "transfer to temporary filename" and Cyberduck's atomic upload: the new version
-/// goes to `NAME.filepart`, then posix-rename@openssh.com replaces NAME, whether NAME is
-/// delivered already or still pending. The object is the new version and nothing is left
-/// under the temporary name. A plain RENAME over an existing name is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_temporary_upload_posix_renamed_over_the_target_delivers_the_new_bytes() {
-    let Some((h, client)) = start(Options::default()).await else {
-        return;
-    };
-    // Over a delivered target.
+/// `temp-rename` over a delivered report.csv (and a plain RENAME of second.csv over it,
+/// refused); returns the new version and second.csv's bytes.
+async fn rename_over_a_delivered_target(h: &Harness, client: &Client) -> (Vec<u8>, Vec<u8>) {
     let old = data(50_000, 31);
     let new = data(70_001, 32);
     let second = data(1_000, 33);
-    let old_file = local(&h, "old.csv", &old);
-    let new_file = local(&h, "new.csv", &new);
-    let second_file = local(&h, "second.csv", &second);
+    let old_file = local(h, "old.csv", &old);
+    let new_file = local(h, "new.csv", &new);
+    let second_file = local(h, "second.csv", &second);
     let out = client
-        .run(&h, "alice", &["upload", "report.csv", &old_file])
+        .run(h, "alice", &["upload", "report.csv", &old_file])
         .await;
-    assert_ok(&out, "upload of report.csv", &h);
+    assert_ok(&out, "upload of report.csv", h);
     h.wait_drained(DRAIN_TIMEOUT).await;
     assert!(h.get_object(&key("alice", "report.csv")).await == Some(old.clone()));
     let out = client
         .run(
-            &h,
+            h,
             "alice",
             &[
                 "temp-rename",
@@ -444,9 +437,9 @@ async fn a_temporary_upload_posix_renamed_over_the_target_delivers_the_new_bytes
     assert_ok(
         &out["posix_rename"],
         "posix-rename report.csv.filepart over a delivered report.csv",
-        &h,
+        h,
     );
-    assert_ok(&out["stat_target"], "STAT report.csv after the rename", &h);
+    assert_ok(&out["stat_target"], "STAT report.csv after the rename", h);
     assert_eq!(out["stat_target"]["size"], new.len(), "{out}");
     assert_eq!(
         code(&out["stat_temp"]),
@@ -460,14 +453,19 @@ async fn a_temporary_upload_posix_renamed_over_the_target_delivers_the_new_bytes
         "plain RENAME over an existing target: {out}"
     );
 
-    // Over a target still pending (uploaded a moment before, in the same session).
+    (new, second)
+}
+
+/// `temp-rename` over a pending.csv uploaded a moment before in the same session; returns the
+/// new version.
+async fn rename_over_a_pending_target(h: &Harness, client: &Client) -> Vec<u8> {
     let old2 = data(40_000, 34);
     let new2 = data(45_000, 35);
-    let old2_file = local(&h, "old2.csv", &old2);
-    let new2_file = local(&h, "new2.csv", &new2);
+    let old2_file = local(h, "old2.csv", &old2);
+    let new2_file = local(h, "new2.csv", &new2);
     let out = client
         .run(
-            &h,
+            h,
             "alice",
             &[
                 "temp-rename",
@@ -483,10 +481,24 @@ async fn a_temporary_upload_posix_renamed_over_the_target_delivers_the_new_bytes
     assert_ok(
         &out["posix_rename"],
         "posix-rename pending.csv.filepart over a pending pending.csv",
-        &h,
+        h,
     );
     assert_eq!(out["stat_target"]["size"], new2.len(), "{out}");
 
+    new2
+}
+
+/// WinSCP's "transfer to temporary filename" and Cyberduck's atomic upload: the new version
+/// goes to `NAME.filepart`, then posix-rename@openssh.com replaces NAME, whether NAME is
+/// delivered already or still pending. The object is the new version and nothing is left
+/// under the temporary name. A plain RENAME over an existing name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_upload_posix_renamed_over_the_target_delivers_the_new_bytes() {
+    let Some((h, client)) = start(Options::default()).await else {
+        return;
+    };
+    let (new, second) = rename_over_a_delivered_target(&h, &client).await;
+    let new2 = rename_over_a_pending_target(&h, &client).await;
     h.wait_drained(DRAIN_TIMEOUT).await;
     let got = h.get_object(&key("alice", "report.csv")).await;
     assert!(
