@@ -1490,29 +1490,11 @@ async fn multipart_uploads_carry_a_full_object_crc32c_checked_part_by_part_and_w
     assert!(on.full_object_checksums() && !f.store.full_object_checksums());
     let parts = three_parts();
     let whole: Vec<u8> = parts.concat();
-    let (_tmp, path) = spool_like_file("part2", &parts[1]);
     let id = on
         .create_multipart_upload("crc/obj", &metadata("t"), true)
         .await
         .unwrap();
-    let mut done = Vec::new();
-    for (i, bytes) in parts.iter().enumerate() {
-        let number = u32::try_from(i + 1).unwrap();
-        let body = match number {
-            2 => range(&path, 0, bytes.len()),
-            _ => bytes.clone().into(),
-        };
-        let sent = on
-            .upload_part("crc/obj", &id, number, body, true)
-            .await
-            .expect("a part with its CRC32C");
-        assert_eq!(sent.crc32c, crc32c::crc32c(bytes));
-        done.push(CompletedPart {
-            number,
-            etag: sent.etag,
-            crc32c: Some((sent.crc32c, bytes.len() as u64)),
-        });
-    }
+    let done = upload_parts_with_crc32c(&on, "crc/obj", &id, &parts).await;
     assert_eq!(full_object_crc32c(&done), Some(crc32c::crc32c(&whole)));
     let mut wrong = done.clone();
     wrong[2].crc32c = wrong[2].crc32c.map(|(crc, len)| (crc ^ 1, len));
@@ -1536,7 +1518,58 @@ async fn multipart_uploads_carry_a_full_object_crc32c_checked_part_by_part_and_w
     );
     assert!(get(&on, "crc/obj").await == whole);
 
-    // A part whose bytes do not match its header is refused.
+    a_part_that_is_not_its_crc32c_is_refused(&on).await;
+    // Without the setting nothing is sent, and the object has no checksum.
+    let id = f
+        .store
+        .create_multipart_upload("crc/off", &metadata("t"), false)
+        .await
+        .unwrap();
+    let done = upload_parts(&f.store, "crc/off", &id, &parts).await;
+    f.store
+        .complete_multipart_upload("crc/off", &id, &done)
+        .await
+        .unwrap();
+    assert_eq!(
+        head_with_checksums(&f.store, "crc/off")
+            .await
+            .checksum_crc32_c,
+        None
+    );
+}
+
+/// Uploads `parts` with their CRC32C (the second from a spool-like file, as the drain sends
+/// it), checks the CRC32C each answer carries, and returns the completed-part list.
+async fn upload_parts_with_crc32c(
+    on: &AwsStore,
+    key: &str,
+    id: &str,
+    parts: &[Bytes],
+) -> Vec<CompletedPart> {
+    let (_tmp, path) = spool_like_file("part2", &parts[1]);
+    let mut done = Vec::new();
+    for (i, bytes) in parts.iter().enumerate() {
+        let number = u32::try_from(i + 1).unwrap();
+        let body = match number {
+            2 => range(&path, 0, bytes.len()),
+            _ => bytes.clone().into(),
+        };
+        let sent = on
+            .upload_part(key, id, number, body, true)
+            .await
+            .expect("a part with its CRC32C");
+        assert_eq!(sent.crc32c, crc32c::crc32c(bytes));
+        done.push(CompletedPart {
+            number,
+            etag: sent.etag,
+            crc32c: Some((sent.crc32c, bytes.len() as u64)),
+        });
+    }
+    done
+}
+
+/// A part whose bytes do not match its header is refused.
+async fn a_part_that_is_not_its_crc32c_is_refused(on: &AwsStore) {
     let id = on
         .create_multipart_upload("crc/bad-part", &metadata("t"), true)
         .await
@@ -1556,22 +1589,5 @@ async fn multipart_uploads_carry_a_full_object_crc32c_checked_part_by_part_and_w
     assert!(
         format!("{}", aws_sdk_s3::error::DisplayErrorContext(&refused)).contains("BadDigest"),
         "{refused:?}"
-    );
-    // Without the setting nothing is sent, and the object has no checksum.
-    let id = f
-        .store
-        .create_multipart_upload("crc/off", &metadata("t"), false)
-        .await
-        .unwrap();
-    let done = upload_parts(&f.store, "crc/off", &id, &parts).await;
-    f.store
-        .complete_multipart_upload("crc/off", &id, &done)
-        .await
-        .unwrap();
-    assert_eq!(
-        head_with_checksums(&f.store, "crc/off")
-            .await
-            .checksum_crc32_c,
-        None
     );
 }
