@@ -22,7 +22,7 @@ use sftpgw::drain::aws::{AwsStore, AwsTimeouts};
 use sftpgw::drain::fault::{Fault, FaultStore, Op};
 use sftpgw::drain::store::{
     Body, CompletedPart, FileRange, META_SHA256, META_TOKEN, ObjectMetadata, ObjectStore,
-    OpenUpload, S3ErrorKind, full_object_crc32c,
+    OpenUpload, S3Error, S3ErrorKind, full_object_crc32c,
 };
 use sftpgw::limits::PART_SIZE_BYTES_MIN;
 use sftpgw::s3server::{S3Server, S3ServerConfig, ServerOp, test_s3_config};
@@ -131,6 +131,14 @@ async fn upload_parts(
         });
     }
     done
+}
+
+/// The error of a small PUT at key `k` that `store` is expected to refuse.
+async fn small_put_error(store: &impl ObjectStore) -> S3Error {
+    store
+        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
+        .await
+        .unwrap_err()
 }
 
 fn three_parts() -> Vec<Bytes> {
@@ -504,10 +512,7 @@ async fn wrong_secret_is_permanent() {
         ..f.cfg.clone()
     };
     let store = AwsStore::new(&cfg).unwrap();
-    let err = store
-        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
-        .await
-        .unwrap_err();
+    let err = small_put_error(&store).await;
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
     assert!(err.message.contains("SignatureDoesNotMatch"), "{err}");
     let err = store.head_object("k").await.unwrap_err();
@@ -535,10 +540,7 @@ async fn unknown_access_key_is_permanent() {
 async fn nothing_listening_is_transient() {
     let f = fixture().await;
     let store = AwsStore::new(&unreachable_store_config(&f.cfg)).unwrap();
-    let err = store
-        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
-        .await
-        .unwrap_err();
+    let err = small_put_error(&store).await;
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
     let err = store.head_object("k").await.unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Transient, "{err}");
@@ -595,10 +597,7 @@ async fn missing_bucket_is_permanent_and_not_created() {
         ..f.cfg.clone()
     };
     let store = AwsStore::new(&cfg).unwrap();
-    let err = store
-        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
-        .await
-        .unwrap_err();
+    let err = small_put_error(&store).await;
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
     assert!(err.message.contains("NoSuchBucket"), "{err}");
     let err = store
@@ -609,10 +608,7 @@ async fn missing_bucket_is_permanent_and_not_created() {
     let err = store.list_multipart_uploads("").await.unwrap_err();
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
     // A second try still fails: the first PUT did not create the bucket.
-    let err = store
-        .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
-        .await
-        .unwrap_err();
+    let err = small_put_error(&store).await;
     assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
 }
 
@@ -975,10 +971,7 @@ async fn fault_access_denied_is_permanent_and_never_reaches_the_store() {
     let (f, store) = fault_fixture().await;
     store.fail_always(Op::PutObject, Fault::AccessDenied);
     for _ in 0..2 {
-        let err = store
-            .put_object("k", pattern(10, 0).into(), &ObjectMetadata::new())
-            .await
-            .unwrap_err();
+        let err = small_put_error(&store).await;
         assert_eq!(err.kind, S3ErrorKind::Permanent, "{err}");
     }
     assert_eq!(f.server.stats().requests(ServerOp::PutObject), 0);
