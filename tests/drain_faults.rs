@@ -61,15 +61,25 @@ impl Rig {
             AwsStore::new(&test_s3_config(&server)).expect("store"),
         ));
         let spool = open_spool_ttl(tmp.path(), partial_ttl);
-        let mut rig = Rig {
+        let mut rig = Rig::stopped(tmp, server, store, spool);
+        rig.start_drain(concurrency);
+        rig
+    }
+
+    /// A rig of these parts whose drain is not started yet.
+    fn stopped(
+        tmp: tempfile::TempDir,
+        server: S3Server,
+        store: Arc<FaultStore<AwsStore>>,
+        spool: Arc<Spool>,
+    ) -> Rig {
+        Rig {
             tmp,
             server,
             store,
             spool,
             drain_task: None,
-        };
-        rig.start_drain(concurrency);
-        rig
+        }
     }
 
     fn start_drain(&mut self, concurrency: usize) {
@@ -376,13 +386,7 @@ async fn rig_with_overwrite_never() -> Rig {
     };
     let store = Arc::new(FaultStore::new(AwsStore::new(&cfg).expect("store")));
     let spool = open_spool(tmp.path());
-    Rig {
-        tmp,
-        server,
-        store,
-        spool,
-        drain_task: None,
-    }
+    Rig::stopped(tmp, server, store, spool)
 }
 
 /// Another box's objects at `taken.txt` and `big-taken.bin` (`theirs`) and at `same.txt`
@@ -489,13 +493,7 @@ async fn after_a_crash_completed_parts_are_not_sent_again() {
     } = rig;
     drop(spool);
     let spool = open_spool(tmp.path());
-    let mut rig = Rig {
-        tmp,
-        server,
-        store,
-        spool,
-        drain_task: None,
-    };
+    let mut rig = Rig::stopped(tmp, server, store, spool);
     rig.server.stats().set_upload_bytes_per_sec(None);
     rig.start_drain(1);
     rig.wait_state("big.bin", FileState::Delivered).await;
