@@ -517,6 +517,22 @@ impl RawSftp {
             other => panic!("open {path}: {other:?}"),
         }
     }
+
+    /// Opens `path` for writing (request 1) and writes `len` bytes of `byte` at its start
+    /// (request 2), which the server acknowledges: an upload in progress.
+    async fn start_upload(&mut self, path: &str, byte: u8, len: usize) {
+        let handle = self
+            .open(1, path, OpenFlags::WRITE | OpenFlags::CREATE)
+            .await;
+        let write = Write {
+            id: 2,
+            handle,
+            offset: 0,
+            data: vec![byte; len],
+        };
+        self.send(Packet::Write(write)).await;
+        assert!(matches!(self.recv().await, Packet::Status(_)));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,17 +551,7 @@ async fn client_killed_while_replies_wait_for_its_window_ends_the_session() {
     writer.close().await.unwrap();
 
     let mut raw = RawSftp::connect(&gw).await;
-    let upload = raw
-        .open(1, "/open.bin", OpenFlags::WRITE | OpenFlags::CREATE)
-        .await;
-    let write = Write {
-        id: 2,
-        handle: upload,
-        offset: 0,
-        data: vec![1; 1000],
-    };
-    raw.send(Packet::Write(write)).await;
-    assert!(matches!(raw.recv().await, Packet::Status(_)));
+    raw.start_upload("/open.bin", 1, 1000).await;
     let reader = raw.open(3, "/big.bin", OpenFlags::READ).await;
     // 64 MiB of replies that nobody reads: ssh's stdout pipe fills, the SSH window closes,
     // and the session's writer waits for window that will never come.
@@ -583,17 +589,7 @@ async fn shutdown_is_not_held_up_by_a_silent_or_a_busy_client() {
         .await
         .unwrap();
     let mut raw = RawSftp::connect(&gw).await;
-    let upload = raw
-        .open(1, "/busy.bin", OpenFlags::WRITE | OpenFlags::CREATE)
-        .await;
-    let write = Write {
-        id: 2,
-        handle: upload,
-        offset: 0,
-        data: vec![3; 4096],
-    };
-    raw.send(Packet::Write(write)).await;
-    assert!(matches!(raw.recv().await, Packet::Status(_)));
+    raw.start_upload("/busy.bin", 3, 4096).await;
     let spool = Arc::clone(&gw.spool);
     // `stop` fails the test if serve does not return within 10 s.
     gw.stop().await;
