@@ -238,19 +238,14 @@ async fn console_without_the_daemon_says_so_and_still_offers_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_lists_a_failed_file_and_retries_it() {
-    let mut h = Harness::new(Options {
-        bucket: "not-yet",
-        ..Options::default()
-    })
-    .await;
-    h.start_daemon();
+    let h = Harness::started_without_its_bucket().await;
     let local = h.dir.path().join("f.bin");
     std::fs::write(&local, data(70_000, 3)).expect("write");
     h.sftp_ok("alice", &format!("put {} f.bin\n", local.display()));
     h.wait_failed(WAIT).await;
     h.s3_client()
         .create_bucket()
-        .bucket("not-yet")
+        .bucket(common::MISSING_BUCKET)
         .send()
         .await
         .expect("create bucket");

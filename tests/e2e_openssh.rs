@@ -335,12 +335,7 @@ async fn status_command_shows_states_as_text_and_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_error_is_shown_in_status_and_retry_delivers_once_it_is_fixed() {
-    let mut h = Harness::new(Options {
-        bucket: "not-yet",
-        ..Options::default()
-    })
-    .await;
-    h.start_daemon();
+    let h = Harness::started_without_its_bucket().await;
     let local = write_local(&h, "f.bin", &data(70_000, 11));
     h.sftp_ok("alice", &format!("put {local} f.bin\n"));
     let failed = h.wait_failed(Duration::from_secs(30)).await;
@@ -370,7 +365,7 @@ async fn a_permanent_error_is_shown_in_status_and_retry_delivers_once_it_is_fixe
     // Someone creates the bucket; an operator retries.
     h.s3_client()
         .create_bucket()
-        .bucket("not-yet")
+        .bucket(common::MISSING_BUCKET)
         .send()
         .await
         .expect("create bucket");
@@ -390,7 +385,7 @@ async fn a_permanent_error_is_shown_in_status_and_retry_delivers_once_it_is_fixe
     let got = h
         .s3_client()
         .get_object()
-        .bucket("not-yet")
+        .bucket(common::MISSING_BUCKET)
         .key(format!("{PREFIX}alice/f.bin"))
         .send()
         .await

@@ -31,6 +31,8 @@ pub const BUCKET: &str = "uploads";
 pub const ACCESS_KEY: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret";
 pub const PREFIX: &str = "site/";
+/// A bucket name the embedded S3 server does not have unless a test creates it.
+pub const MISSING_BUCKET: &str = "not-yet";
 /// OpenSSH client options that take the gateway's host key unseen and remember none: each
 /// test's gateway has a new one.
 pub const NO_HOST_KEY_CHECK: [&str; 4] = [
@@ -166,6 +168,18 @@ pub fn password_hash(password: &str) -> String {
 }
 
 impl Harness {
+    /// A harness whose daemon is started with the bucket MISSING_BUCKET, which the S3 server
+    /// does not have until the test creates it: every upload fails permanently till then.
+    pub async fn started_without_its_bucket() -> Harness {
+        let mut h = Harness::new(Options {
+            bucket: MISSING_BUCKET,
+            ..Options::default()
+        })
+        .await;
+        h.start_daemon();
+        h
+    }
+
     /// Starts the embedded S3 server, makes the client keys and writes the gateway's
     /// configuration; the daemon is not started (see [`Harness::start_daemon`]).
     pub async fn new(opts: Options) -> Harness {
