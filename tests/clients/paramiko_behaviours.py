@@ -469,6 +469,16 @@ def cmd_receipt(args, client, sftp):
     return out
 
 
+def command(sub, name, run, *positionals):
+    """Adds subcommand NAME, run by RUN, with POSITIONALS in order; returns its parser for
+    more arguments."""
+    s = sub.add_parser(name)
+    for arg in positionals:
+        s.add_argument(arg)
+    s.set_defaults(run=run)
+    return s
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -477,58 +487,23 @@ def main():
     p.add_argument("--key", required=True)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("upload-partial")
-    s.add_argument("remote")
-    s.add_argument("local")
-    s.add_argument("count", type=int)
-    s.set_defaults(run=cmd_upload_partial)
-
-    s = sub.add_parser("resume")
-    s.add_argument("remote")
-    s.add_argument("local")
+    command(sub, "upload-partial", cmd_upload_partial, "remote", "local").add_argument(
+        "count", type=int
+    )
+    s = command(sub, "resume", cmd_resume, "remote", "local")
     s.add_argument("--style", choices=["winscp", "paramiko"], required=True)
-    s.set_defaults(run=cmd_resume)
-
-    s = sub.add_parser("setstat")
-    s.add_argument("remote")
-    s.add_argument("local")
+    s = command(sub, "setstat", cmd_setstat, "remote", "local")
     s.add_argument("--mtime", type=int, default=1_600_000_000)
-    s.set_defaults(run=cmd_setstat)
-
-    s = sub.add_parser("realpath")
-    s.set_defaults(run=cmd_realpath)
-
-    s = sub.add_parser("statvfs")
-    s.add_argument("paths", nargs="+")
-    s.set_defaults(run=cmd_statvfs)
-
-    s = sub.add_parser("upload")
-    s.add_argument("remote")
-    s.add_argument("local")
-    s.set_defaults(run=cmd_upload)
-
-    s = sub.add_parser("temp-rename")
-    s.add_argument("target")
-    s.add_argument("local")
+    command(sub, "realpath", cmd_realpath)
+    command(sub, "statvfs", cmd_statvfs).add_argument("paths", nargs="+")
+    command(sub, "upload", cmd_upload, "remote", "local")
+    s = command(sub, "temp-rename", cmd_temp_rename, "target", "local")
     s.add_argument("--first", metavar="LOCAL", help="upload this to TARGET first")
     s.add_argument("--plain-source", nargs=2, metavar=("REMOTE", "LOCAL"))
-    s.set_defaults(run=cmd_temp_rename)
-
-    s = sub.add_parser("put")
-    s.add_argument("local")
-    s.add_argument("remote")
-    s.set_defaults(run=cmd_put)
-
-    s = sub.add_parser("get")
-    s.add_argument("remote")
-    s.add_argument("local")
-    s.set_defaults(run=cmd_get)
-
-    s = sub.add_parser("receipt")
-    s.add_argument("local")
-    s.add_argument("remote")
+    command(sub, "put", cmd_put, "local", "remote")
+    command(sub, "get", cmd_get, "remote", "local")
+    s = command(sub, "receipt", cmd_receipt, "local", "remote")
     s.add_argument("--wait", type=float, default=20.0, help="seconds to poll for the receipt")
-    s.set_defaults(run=cmd_receipt)
 
     args = p.parse_args()
     client, sftp = connect(args)
