@@ -243,12 +243,7 @@ async fn console_lists_a_failed_file_and_retries_it() {
     std::fs::write(&local, data(70_000, 3)).expect("write");
     h.sftp_ok("alice", &format!("put {} f.bin\n", local.display()));
     h.wait_failed(WAIT).await;
-    h.s3_client()
-        .create_bucket()
-        .bucket(common::MISSING_BUCKET)
-        .send()
-        .await
-        .expect("create bucket");
+    h.create_missing_bucket().await;
     let mut c = Console::start(&h.config_path, &[]);
     c.send("5");
     let text = c.wait_for("Retry which?");

@@ -363,12 +363,7 @@ async fn a_permanent_error_is_shown_in_status_and_retry_delivers_once_it_is_fixe
         "a failed file keeps its spool copy"
     );
     // Someone creates the bucket; an operator retries.
-    h.s3_client()
-        .create_bucket()
-        .bucket(common::MISSING_BUCKET)
-        .send()
-        .await
-        .expect("create bucket");
+    h.create_missing_bucket().await;
     let out = std::process::Command::new(bin)
         .args(["retry", "--config"])
         .arg(&h.config_path)

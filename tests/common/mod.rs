@@ -180,6 +180,16 @@ impl Harness {
         h
     }
 
+    /// Creates MISSING_BUCKET on the S3 server: someone fixes what made uploads fail.
+    pub async fn create_missing_bucket(&self) {
+        self.s3_client()
+            .create_bucket()
+            .bucket(MISSING_BUCKET)
+            .send()
+            .await
+            .expect("create bucket");
+    }
+
     /// Starts the embedded S3 server, makes the client keys and writes the gateway's
     /// configuration; the daemon is not started (see [`Harness::start_daemon`]).
     pub async fn new(opts: Options) -> Harness {
