@@ -11,6 +11,8 @@
     reason = "a test panics on what it did not expect, and may cast what it made itself"
 )]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,9 +41,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(S3ServerConfig::loopback(dir.path().join("s3")))
-        .await
-        .unwrap();
+    let server = common::s3::start(dir.path()).await;
     // The tests' metadata names a made-up SHA-256 (see `metadata`): not sent as a checksum
     // here; `single_puts_carry_the_full_object_sha256_which_the_store_checks` turns it on.
     let cfg = S3Config {

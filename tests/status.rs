@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{Harness, Options, free_port};
 use sftpgw::drain::aws::AwsStore;
-use sftpgw::s3server::{S3Server, S3ServerConfig, test_s3_config};
+use sftpgw::s3server::test_s3_config;
 use sftpgw::spool::FileState;
 use sftpgw::status::{HealthLevel, Snapshot, SnapshotSource};
 
@@ -403,9 +403,7 @@ async fn wait_s3_failure(h: &Harness) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_clock_skew_of_the_embedded_s3_server_is_about_zero() {
     let dir = tempfile::tempdir().expect("tmp");
-    let server = S3Server::start(S3ServerConfig::loopback(dir.path().join("s3")))
-        .await
-        .expect("S3 server");
+    let server = common::s3::start(dir.path()).await;
     let store = AwsStore::new(&test_s3_config(&server)).expect("store");
     let skew = store.observer().subscribe_skew();
     assert_eq!(store.observer().skew(), None);
