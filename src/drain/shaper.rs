@@ -69,6 +69,16 @@ pub const SERVER_SKEW_SECS_MAX: f64 = 60.0;
 /// The measured rate is averaged over this many evaluation intervals.
 const RATE_SAMPLES_COUNT: usize = 5;
 
+/// The instant a decision is made for: the time, its local time in the configured zone (which
+/// the schedule and the budget periods read), and whether the clock is trusted (kernel NTP
+/// sync, or the S3 server's Date header agreeing); when it is not, the fallback applies.
+#[derive(Clone, Copy)]
+struct Moment<'a> {
+    now: Timestamp,
+    here: &'a ZonedDateTime,
+    clock_synced: bool,
+}
+
 /// The decision of one evaluation.
 #[derive(Debug, Clone, Default)]
 struct Decision {
@@ -284,7 +294,14 @@ impl Shaper {
                 && skew.abs() < SERVER_SKEW_SECS_MAX
         });
         let clock_synced = kernel_synced || server_confirms;
-        let decision = self.decide(&inner, now, &here, clock_synced);
+        let decision = self.decide(
+            &inner,
+            Moment {
+                now,
+                here: &here,
+                clock_synced,
+            },
+        );
         match (decision.paused, decision.limit) {
             // Paused: parts in flight go on at the last rate (see the module doc).
             (true, _) => {}
@@ -303,13 +320,12 @@ impl Shaper {
         }
     }
 
-    fn decide(
-        &self,
-        inner: &Inner,
-        now: Timestamp,
-        here: &ZonedDateTime,
-        clock_synced: bool,
-    ) -> Decision {
+    fn decide(&self, inner: &Inner, at: Moment<'_>) -> Decision {
+        let Moment {
+            now,
+            here,
+            clock_synced,
+        } = at;
         let zone = &self.config.timezone;
         let spent = |limit: Option<u64>, usage: &Option<PeriodUsage>| {
             let used = usage.as_ref().map_or(0, |u| u.used_bytes);
@@ -319,7 +335,7 @@ impl Shaper {
                     > limit
             })
         };
-        let base = self.decide_rate(inner, now, here, clock_synced);
+        let base = self.decide_rate(inner, at);
         for (name, limit, usage, end) in [
             (
                 "daily",
@@ -349,13 +365,12 @@ impl Shaper {
     }
 
     /// What the override, the clock fallback or the schedule say (budgets aside).
-    fn decide_rate(
-        &self,
-        inner: &Inner,
-        now: Timestamp,
-        here: &ZonedDateTime,
-        clock_synced: bool,
-    ) -> Decision {
+    fn decide_rate(&self, inner: &Inner, at: Moment<'_>) -> Decision {
+        let Moment {
+            now,
+            here,
+            clock_synced,
+        } = at;
         let zone = &self.config.timezone;
         if let Some(o) = inner.persisted.override_ {
             let until = o
