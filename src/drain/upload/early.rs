@@ -3,8 +3,8 @@
 //! checks those parts against the sealed bytes before the Complete).
 //!
 //! May use the spool's live view of files being received; parts go through `parts` and the
-//! delivery after the seal through `deliver`. It never completes an upload: nothing is
-//! completed before the seal.
+//! delivery after the seal through `deliver`. It completes nothing itself: after the seal it
+//! hands the file to `deliver`, which completes the upload.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
