@@ -202,6 +202,19 @@ async fn a_sealed_file_the_journal_cannot_explain_is_quarantined_listed_and_deli
 
     // Without an identity it needs a target; then it is a new sealed upload there.
     assert!(spool.quarantine_deliver("4242", None).await.is_err());
+    // Never onto a directory: refused, and the file stays in quarantine.
+    spool.mkdir("alice", &vp("/restored")).await.expect("mkdir");
+    let onto_dir = spool
+        .quarantine_deliver("4242", Some(("alice".into(), vp("/restored"))))
+        .await
+        .expect_err("a directory is not a file path");
+    assert_eq!(
+        onto_dir.kind,
+        sftpgw::spool::FsErrorKind::IsADirectory,
+        "{onto_dir:?}"
+    );
+    assert_eq!(spool.quarantined_count(), 2);
+    assert!(dir.join("quarantine/4242").is_file());
     spool
         .quarantine_deliver("4242", Some(("alice".into(), vp("/restored/4242.bin"))))
         .await
@@ -222,6 +235,44 @@ async fn a_sealed_file_the_journal_cannot_explain_is_quarantined_listed_and_deli
     assert_eq!(
         sealed_bytes(&spool, "alice", "/restored/4242.bin"),
         pattern(5000, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_sealed_file_whose_path_is_now_a_directory_is_quarantined_not_resealed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // A sealed file with its identity (alice:/x.bin), from one spool...
+    let first = tmp.path().join("first");
+    let spool = open(&first);
+    put(&spool, "alice", "/x.bin", &pattern(40_000, 3)).await;
+    let id = spool.files()[0].id;
+    let sealed = spool.sealed_path(id);
+    drop(spool);
+    // ...found in the sealed/ folder of a spool whose journal knows /x.bin as a directory (as
+    // a journal rewritten around damage may, having lost the file's records).
+    let second = tmp.path().join("second");
+    let spool = open(&second);
+    spool.mkdir("alice", &vp("/x.bin")).await.expect("mkdir");
+    drop(spool);
+    let status = std::process::Command::new("cp")
+        .arg("-a") // keeps the identity's extended attribute
+        .arg(&sealed)
+        .arg(second.join("sealed").join(id.to_string()))
+        .status()
+        .expect("cp");
+    assert!(status.success());
+
+    let spool = open(&second);
+    assert_eq!(spool.quarantined_count(), 1);
+    let (listed, _) = spool.quarantined(10);
+    assert!(
+        listed[0].reason.contains("is a directory now"),
+        "{:?}",
+        listed[0].reason
+    );
+    assert!(
+        spool.list_dir("alice", &vp("/x.bin")).is_ok(),
+        "the directory stays"
     );
 }
 

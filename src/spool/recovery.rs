@@ -337,14 +337,24 @@ impl Spool {
             }
         }
         let catalog = self.lock();
-        if let Some(Node::File(other)) = catalog.lookup(&identity.user, &identity.path)
-            && other > id
-        {
-            return Err(format!(
-                "{}:{} holds a newer version (file {other})",
-                identity.user,
-                identity.path.display()
-            ));
+        match catalog.lookup(&identity.user, &identity.path) {
+            Some(Node::File(other)) if other > id => {
+                return Err(format!(
+                    "{}:{} holds a newer version (file {other})",
+                    identity.user,
+                    identity.path.display()
+                ));
+            }
+            // A journal with gaps (damage cut out) may have lost the file's records while a
+            // directory took its name: a file never replaces a directory.
+            Some(Node::Dir) => {
+                return Err(format!(
+                    "{}:{} is a directory now",
+                    identity.user,
+                    identity.path.display()
+                ));
+            }
+            _ => {}
         }
         Ok(reseal_records(&catalog, &identity, state.is_some()))
     }
@@ -471,6 +481,19 @@ impl Spool {
         if vpath.is_root() {
             return Err(FsError::new(FsErrorKind::Failure, "--as needs a file path"));
         }
+        let onto_a_directory = |catalog: &Catalog| {
+            if catalog.lookup(&user, &vpath) == Some(Node::Dir) {
+                return Err(FsError::new(
+                    FsErrorKind::IsADirectory,
+                    format!(
+                        "{user}:{} is a directory: say where the file goes with --as USER:/PATH",
+                        vpath.display()
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        onto_a_directory(&self.lock())?;
         let size = fs::metadata(&path)
             .map_err(|e| quarantine_error(name, &e))?
             .len();
@@ -503,7 +526,15 @@ impl Spool {
                 at_unix,
             },
         ]);
-        self.commit(records, true, |_| Ok(())).await?;
+        if let Err(e) = self.commit(records, true, onto_a_directory).await {
+            if e.kind == FsErrorKind::IsADirectory {
+                // Refused before anything was applied (a directory was made at the path since
+                // the check above): the file goes back where the operator found it.
+                fs::rename(&sealed, &path).map_err(|e| quarantine_error(name, &e))?;
+                self.count_quarantined(1);
+            }
+            return Err(e);
+        }
         tracing::warn!(name, id, user, path = %vpath.display(), "quarantined file delivered by the operator");
         self.work().notify_one();
         Ok((user, vpath))
