@@ -748,7 +748,8 @@ impl Catalog {
     }
 
     /// The change `record` makes, one helper per record kind. An error leaves the catalog
-    /// and `effects` untouched: every check comes before the first change.
+    /// and `effects` untouched (every check comes before the first change), but for `max_id`:
+    /// an `Opened` raises it even when refused, so that an id is never handed out twice.
     fn apply_to_state(
         &mut self,
         record: &Record,
