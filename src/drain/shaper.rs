@@ -321,11 +321,7 @@ impl Shaper {
     }
 
     fn decide(&self, inner: &Inner, at: Moment<'_>) -> Decision {
-        let Moment {
-            now,
-            here,
-            clock_synced,
-        } = at;
+        let (now, here, clock_synced) = (at.now, at.here, at.clock_synced);
         let zone = &self.config.timezone;
         let spent = |limit: Option<u64>, usage: &Option<PeriodUsage>| {
             let used = usage.as_ref().map_or(0, |u| u.used_bytes);
@@ -366,11 +362,7 @@ impl Shaper {
 
     /// What the override, the clock fallback or the schedule say (budgets aside).
     fn decide_rate(&self, inner: &Inner, at: Moment<'_>) -> Decision {
-        let Moment {
-            now,
-            here,
-            clock_synced,
-        } = at;
+        let (now, here, clock_synced) = (at.now, at.here, at.clock_synced);
         let zone = &self.config.timezone;
         if let Some(o) = inner.persisted.override_ {
             let until = o
